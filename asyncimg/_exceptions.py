@@ -1,0 +1,263 @@
+"""The one error tree of asyncimg.
+
+Names follow the official ``openai`` SDK, so that code switching over keeps its
+``except`` clauses::
+
+    AsyncImgError
+    ├── ValidationError              bad input; raised before anything is sent
+    │                                 or any rate budget is spent (also a ValueError)
+    └── APIError
+        ├── APIStatusError           the server answered with an error status
+        │   ├── BadRequestError                   400
+        │   │   └── ContentPolicyError            400, content_policy_violation /
+        │   │                                          moderation_blocked
+        │   ├── AuthenticationError               401
+        │   ├── PermissionDeniedError             403
+        │   ├── NotFoundError                     404
+        │   ├── ConflictError                     409
+        │   ├── UnprocessableEntityError          422
+        │   ├── RateLimitError                    429
+        │   └── InternalServerError               >= 500
+        ├── APIResponseValidationError  a 2xx whose body is not an images response
+        │   └── ResponseTooLargeError    the body is over the client's size cap
+        └── APIConnectionError       no answer: refused, reset, dropped, too large
+            └── APITimeoutError      an attempt ran out of time (also a TimeoutError)
+
+Turning a status and a body into the right class is :func:`error_from_response`,
+a pure function. Turning aiohttp's exceptions into these happens in one place,
+``asyncimg._transport.map_transport_errors``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncImgError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "ContentPolicyError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResponseTooLargeError",
+    "UnprocessableEntityError",
+    "ValidationError",
+    "error_from_response",
+]
+
+
+class AsyncImgError(Exception):
+    """The base of every error asyncimg raises."""
+
+
+class ValidationError(AsyncImgError, ValueError):
+    """A parameter is invalid; nothing was sent and no rate budget was spent.
+
+    ``param`` names the parameter (``"size"``, ``"image[1]"``, ...).
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
+class APIError(AsyncImgError):
+    """Talking to the API failed; ``request_id`` is set when the server sent one."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+class APIStatusError(APIError):
+    """The server answered with a status of 400 or above.
+
+    Carries ``status_code``, ``message``, ``type``, ``param``, ``code``,
+    ``request_id`` and the decoded ``body`` (a dict for a JSON body, else text).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        body: object = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status_code = status_code
+        self.type = type
+        self.param = param
+        self.code = code
+        self.body = body
+        self.headers: Mapping[str, str] = dict(headers or {})
+
+    def __str__(self) -> str:
+        parts = [f"{self.status_code}"]
+        if self.code:
+            parts.append(self.code)
+        text = f"Error {' '.join(parts)}: {self.message}"
+        if self.request_id:
+            text += f" (request id {self.request_id})"
+        return text
+
+
+class BadRequestError(APIStatusError):
+    """400: the server refused the request as invalid."""
+
+
+class ContentPolicyError(BadRequestError):
+    """400: the prompt or an image was refused by the content policy."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing or wrong."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key may not use this model or endpoint."""
+
+
+class NotFoundError(APIStatusError):
+    """404: no such endpoint or model."""
+
+
+class ConflictError(APIStatusError):
+    """409: a conflicting request; retried by default."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: the request was understood but cannot be processed."""
+
+
+class RateLimitError(APIStatusError):
+    """429: a rate limit or a quota was hit."""
+
+
+class InternalServerError(APIStatusError):
+    """500 or above: the server failed."""
+
+
+class APIResponseValidationError(APIError):
+    """A successful status came with a body that is not an images response."""
+
+    def __init__(
+        self, message: str, *, status_code: int, request_id: str | None = None
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status_code = status_code
+
+
+class ResponseTooLargeError(APIResponseValidationError):
+    """The response body is larger than ``max_response_bytes``; it was not read."""
+
+
+class APIConnectionError(APIError):
+    """No usable answer: the connection failed, dropped, or the body was refused."""
+
+
+class APITimeoutError(APIConnectionError, TimeoutError):
+    """One attempt took longer than its timeout."""
+
+
+_STATUS_CLASSES: Mapping[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
+
+
+def _text_of(body: bytes, limit: int = 200) -> str:
+    text = body.decode("utf-8", "replace")
+    if "<" in text and ">" in text:  # an HTML page from a proxy: keep its title or words
+        start = text.lower().find("<title>")
+        if start != -1:
+            end = text.lower().find("</title>", start)
+            if end != -1:
+                return text[start + 7 : end].strip()[:limit]
+        words = []
+        inside = False
+        for ch in text:
+            if ch == "<":
+                inside = True
+                words.append(" ")
+            elif ch == ">":
+                inside = False
+            elif not inside:
+                words.append(ch)
+        text = "".join(words)
+    return " ".join(text.split())[:limit]
+
+
+def error_from_response(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    request_id: str | None = None,
+) -> APIStatusError:
+    """Build the exception for an error response (pure; never raises).
+
+    A JSON body in the API's shape ``{"error": {message, type, param, code}}``
+    gives its fields; any other body (an HTML page from a proxy, plain text,
+    nothing) gives a readable message with the status.
+    """
+    decoded: object
+    error: Mapping[str, Any] = {}
+    try:
+        decoded = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        decoded = body.decode("utf-8", "replace")
+    if isinstance(decoded, dict):
+        inner = decoded.get("error")
+        if isinstance(inner, dict):
+            error = inner
+        elif isinstance(inner, str):
+            error = {"message": inner}
+    message = error.get("message")
+    if not isinstance(message, str) or not message:
+        text = _text_of(body) if body else ""
+        message = f"HTTP {status}" + (f": {text}" if text else " with an empty body")
+
+    def field(name: str) -> str | None:
+        value = error.get(name)
+        return None if value is None else str(value)
+
+    code = field("code")
+    cls = _STATUS_CLASSES.get(status)
+    if cls is None:
+        cls = InternalServerError if status >= 500 else APIStatusError
+    if cls is BadRequestError and code in CONTENT_POLICY_CODES:
+        cls = ContentPolicyError
+    return cls(
+        message,
+        status_code=status,
+        type=field("type"),
+        param=field("param"),
+        code=code,
+        request_id=request_id,
+        body=decoded,
+        headers=headers,
+    )
