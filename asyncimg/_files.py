@@ -1,0 +1,251 @@
+"""Image inputs: whatever the caller passes becomes an :class:`ImageFile`.
+
+An image may be a path (``str`` or ``os.PathLike``), ``bytes``, a binary file
+object (``io.BytesIO`` included) or a ``(filename, bytes[, mime])`` tuple. The
+MIME type always comes from the bytes, never from the name. Image headers (PNG,
+JPEG, WebP) are read here without Pillow.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from typing import IO, Union
+
+import anyio
+import attrs
+
+from ._exceptions import ValidationError
+
+__all__ = [
+    "ImageFile",
+    "ImageInfo",
+    "ImageInput",
+    "image_info",
+    "load_image",
+    "load_images",
+    "sniff_mime",
+]
+
+ImageInput = Union[
+    str,
+    "os.PathLike[str]",
+    bytes,
+    bytearray,
+    memoryview,
+    IO[bytes],
+    tuple[str, bytes],
+    tuple[str, bytes, str],
+]
+"""Anything accepted where an image is expected."""
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """The MIME type of PNG, JPEG or WebP bytes, or None for anything else."""
+    if data.startswith(_PNG_SIGNATURE):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+@attrs.frozen
+class ImageInfo:
+    """What an image's header says: format, size and whether it has an alpha channel."""
+
+    format: str
+    width: int
+    height: int
+    has_alpha: bool
+
+
+def _png_info(data: bytes) -> ImageInfo | None:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    width, height, _depth, colour_type = struct.unpack(">IIBB", data[16:26])
+    has_alpha = colour_type in (4, 6)
+    pos = 8
+    while not has_alpha and pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"tRNS":
+            has_alpha = True
+        elif kind in (b"IDAT", b"IEND"):
+            break
+        pos += 12 + length
+    return ImageInfo("png", width, height, has_alpha)
+
+
+# Start-of-frame markers (they carry the size): SOF0-3, 5-7, 9-11, 13-15;
+# C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
+_SOF_MARKERS = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+
+
+def _jpeg_info(data: bytes) -> ImageInfo | None:
+    pos = 2
+    while pos + 9 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _SOF_MARKERS:
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return ImageInfo("jpeg", width, height, False)
+        pos += 2 + length
+    return None
+
+
+def _webp_info(data: bytes) -> ImageInfo | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        flags = data[20]
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return ImageInfo("webp", width, height, bool(flags & 0x10))
+    if chunk == b"VP8 " and len(data) >= 30:
+        width, height = struct.unpack("<HH", data[26:30])
+        return ImageInfo("webp", width & 0x3FFF, height & 0x3FFF, False)
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        width = (bits & 0x3FFF) + 1
+        height = ((bits >> 14) & 0x3FFF) + 1
+        return ImageInfo("webp", width, height, bool((bits >> 28) & 1))
+    return None
+
+
+def image_info(data: bytes) -> ImageInfo | None:
+    """Read the header of PNG, JPEG or WebP bytes; None if it cannot be read.
+
+    For PNG, alpha means colour type 4 or 6, or a ``tRNS`` chunk.
+    """
+    mime = sniff_mime(data)
+    if mime == "image/png":
+        return _png_info(data)
+    if mime == "image/jpeg":
+        return _jpeg_info(data)
+    if mime == "image/webp":
+        return _webp_info(data)
+    return None
+
+
+@attrs.frozen
+class ImageFile:
+    """An image ready to upload: a file name, its bytes and the MIME type of those bytes."""
+
+    filename: str
+    data: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
+    mime: str = "application/octet-stream"
+
+    @classmethod
+    def from_bytes(cls, data: bytes, filename: str | None = None) -> ImageFile:
+        """Wrap bytes; the MIME type is sniffed, and a name made up when none is given."""
+        mime = sniff_mime(data) or "application/octet-stream"
+        if not filename:
+            filename = f"image.{_EXTENSIONS.get(mime, 'bin')}"
+        return cls(filename, bytes(data), mime)
+
+    @property
+    def info(self) -> ImageInfo | None:
+        """The header of the image, or None when it is not PNG, JPEG or WebP."""
+        return image_info(self.data)
+
+
+def _describe(value: object) -> str:
+    return type(value).__name__
+
+
+def _read_path(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+async def load_image(value: ImageInput | ImageFile, param: str = "image") -> ImageFile:
+    """Turn one image input into an :class:`ImageFile`.
+
+    Paths are read in a worker thread so that the event loop never blocks.
+
+    Raises:
+        ValidationError: the value is of no accepted kind, a path cannot be read,
+            or a file object gives text instead of bytes.
+    """
+    if isinstance(value, ImageFile):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return ImageFile.from_bytes(bytes(value))
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        try:
+            data = await anyio.to_thread.run_sync(_read_path, path)
+        except OSError as exc:
+            raise ValidationError(param, f"{param}: cannot read {path!r}: {exc.strerror}") from exc
+        return ImageFile.from_bytes(data, os.path.basename(path))
+    if isinstance(value, tuple):
+        if (
+            len(value) in (2, 3)
+            and isinstance(value[0], str)
+            and isinstance(value[1], (bytes, bytearray, memoryview))
+            and (len(value) == 2 or isinstance(value[2], str))
+        ):
+            file = ImageFile.from_bytes(bytes(value[1]), value[0])
+            if len(value) == 3:
+                file = attrs.evolve(file, mime=value[2])
+            return file
+        raise ValidationError(
+            param, f"{param}: a tuple must be (filename, bytes) or (filename, bytes, mime)"
+        )
+    read = getattr(value, "read", None)
+    if callable(read):
+        data = read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise ValidationError(
+                param, f"{param}: the file object gave {_describe(data)}, not bytes; open it 'rb'"
+            )
+        name = getattr(value, "name", None)
+        filename = os.path.basename(name) if isinstance(name, str) else None
+        return ImageFile.from_bytes(bytes(data), filename)
+    raise ValidationError(
+        param,
+        f"{param}: expected a path, bytes, a binary file or a (filename, bytes) tuple, "
+        f"got {_describe(value)}",
+    )
+
+
+def _is_file_tuple(value: object) -> bool:
+    """A ``(filename, bytes[, mime])`` tuple, as opposed to a tuple of several images."""
+    return (
+        isinstance(value, tuple)
+        and len(value) in (2, 3)
+        and isinstance(value[0], str)
+        and isinstance(value[1], (bytes, bytearray, memoryview))
+    )
+
+
+async def load_images(
+    value: ImageInput | ImageFile | Sequence[ImageInput | ImageFile], param: str = "image"
+) -> tuple[ImageFile, ...]:
+    """Load one image or a list of them; several are named ``image[0]``, ``image[1]``, ...
+
+    Raises:
+        ValidationError: as :func:`load_image`, or the list is empty.
+    """
+    if isinstance(value, (list, tuple)) and not _is_file_tuple(value):
+        if not value:
+            raise ValidationError(param, f"{param}: at least one image is required")
+        return tuple([await load_image(item, f"{param}[{i}]") for i, item in enumerate(value)])
+    return (await load_image(value, param),)  # type: ignore[arg-type]

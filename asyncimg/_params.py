@@ -1,0 +1,282 @@
+"""Request parameters as frozen attrs values, and their wire forms.
+
+Each endpoint has one class. ``build()`` checks the types (attrs validators),
+then the model's rules (:mod:`asyncimg._validation`), and raises
+:class:`~asyncimg.ValidationError` naming the parameter; nothing here does I/O.
+``to_json()`` gives the JSON body of a generation, ``to_form()`` the multipart
+fields and files of an edit or a variation. Parameters left as None are never
+sent. ``from_wire()`` reads a request the other way round (the emulator uses it
+to judge requests exactly as the client does).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeVar, cast
+
+import attrs
+from attrs.validators import and_, deep_iterable, ge, instance_of, le, optional
+
+from ._exceptions import ValidationError
+from ._files import ImageFile
+from ._validation import validate
+
+__all__ = [
+    "EditParams",
+    "Endpoint",
+    "Form",
+    "GenerateParams",
+    "Params",
+    "VariationParams",
+]
+
+Endpoint = Literal["generate", "edit", "variation"]
+
+_P = TypeVar("_P", bound="_Base")
+
+
+def _not_bool(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool):
+        raise TypeError(f"'{attribute.name}' must be <class 'int'>", attribute, int, value)
+
+
+_opt_str = optional(instance_of(str))
+_opt_int = optional(and_(instance_of(int), _not_bool))
+_opt_n = optional(and_(instance_of(int), _not_bool, ge(1)))
+_opt_compression = optional(and_(instance_of(int), _not_bool, ge(0), le(100)))
+_images = deep_iterable(instance_of(ImageFile), instance_of(tuple))
+
+
+@attrs.frozen
+class Form:
+    """A multipart body: text fields and files, in the order they are sent."""
+
+    fields: tuple[tuple[str, str], ...]
+    files: tuple[tuple[str, ImageFile], ...]
+
+
+def _wire_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return json.dumps(value)
+
+
+def _type_error_to_validation(exc: Exception) -> ValidationError:
+    """attrs' validators raise TypeError/ValueError; name the parameter instead.
+
+    Also names the parameter when ``__init__`` itself refuses the call: an
+    unknown keyword (suggest ``extra_body``) or a missing required one.
+    """
+    text = str(exc.args[0]) if exc.args else ""
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if unknown:
+        name = unknown.group(1)
+        return ValidationError(
+            name, f"{name} is not a parameter of this call; pass it in extra_body"
+        )
+    missing = re.search(r"missing \d+ required (?:keyword-only )?arguments?: '(\w+)'", text)
+    if missing:
+        name = missing.group(1)
+        return ValidationError(name, f"{name} is required")
+    attribute = exc.args[1] if len(exc.args) > 1 else None
+    name = getattr(attribute, "name", None)
+    if name is None:
+        found = re.match(r"'(\w+)'", str(exc.args[0]) if exc.args else "")
+        name = found.group(1) if found else "request"
+    if isinstance(exc, TypeError) and len(exc.args) > 3:
+        expected, value = exc.args[2], exc.args[3]
+        kind = getattr(expected, "__name__", str(expected))
+        return ValidationError(
+            name, f"{name} must be {kind}, not {type(value).__name__} ({value!r})"
+        )
+    message = str(exc.args[0]) if exc.args else str(exc)
+    return ValidationError(name, message.replace(f"'{name}'", name, 1))
+
+
+@attrs.frozen(kw_only=True)
+class _Base:
+    endpoint: ClassVar[Endpoint]
+    path: ClassVar[str]
+
+    extra_body: Mapping[str, Any] = attrs.field(
+        factory=dict,
+        validator=instance_of(Mapping),  # type: ignore[type-abstract]
+        repr=False,
+    )
+
+    @classmethod
+    def build(cls: type[_P], **kwargs: Any) -> _P:
+        """Make the parameters and check them against the model's rules.
+
+        Raises:
+            ValidationError: a value has the wrong type or breaks a rule; its
+                ``param`` names the parameter.
+        """
+        if kwargs.get("extra_body") is None:
+            kwargs.pop("extra_body", None)
+        try:
+            params = cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ValidationError):
+                raise
+            raise _type_error_to_validation(exc) from None
+        validate(cast("Params", params))
+        return params
+
+    @property
+    def images(self) -> int:
+        """How many images the call asks for (its cost against the rate limit)."""
+        n = getattr(self, "n", None)
+        extra_n = self.extra_body.get("n")
+        if isinstance(extra_n, int) and not isinstance(extra_n, bool):
+            n = extra_n
+        return n if isinstance(n, int) and n > 0 else 1
+
+    def _values(self) -> dict[str, Any]:
+        skip = {"extra_body", "image", "mask"}
+        out = {
+            a.name: getattr(self, a.name)
+            for a in attrs.fields(type(self))
+            if a.name not in skip and getattr(self, a.name) is not None
+        }
+        out.update(self.extra_body)
+        return out
+
+
+@attrs.frozen(kw_only=True)
+class GenerateParams(_Base):
+    """The body of ``POST /images/generations`` (sent as JSON)."""
+
+    endpoint: ClassVar[Endpoint] = "generate"
+    path: ClassVar[str] = "/images/generations"
+
+    prompt: str = attrs.field(validator=instance_of(str))
+    model: str | None = attrs.field(default=None, validator=_opt_str)
+    n: int | None = attrs.field(default=None, validator=_opt_n)
+    quality: str | None = attrs.field(default=None, validator=_opt_str)
+    response_format: str | None = attrs.field(default=None, validator=_opt_str)
+    output_format: str | None = attrs.field(default=None, validator=_opt_str)
+    output_compression: int | None = attrs.field(default=None, validator=_opt_compression)
+    size: str | None = attrs.field(default=None, validator=_opt_str)
+    moderation: str | None = attrs.field(default=None, validator=_opt_str)
+    background: str | None = attrs.field(default=None, validator=_opt_str)
+    style: str | None = attrs.field(default=None, validator=_opt_str)
+    user: str | None = attrs.field(default=None, validator=_opt_str)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON body: every parameter that is not None, then ``extra_body``."""
+        return self._values()
+
+
+@attrs.frozen(kw_only=True)
+class _FormParams(_Base):
+    image: tuple[ImageFile, ...] = attrs.field(validator=_images)
+
+    def to_form(self) -> Form:
+        """The multipart body: ``image`` (or ``image[]`` for several), ``mask``, fields."""
+        name = "image" if len(self.image) == 1 else "image[]"
+        files = [(name, file) for file in self.image]
+        mask: ImageFile | None = getattr(self, "mask", None)
+        if mask is not None:
+            files.append(("mask", mask))
+        fields = tuple((k, _wire_text(v)) for k, v in self._values().items())
+        return Form(fields, tuple(files))
+
+
+@attrs.frozen(kw_only=True)
+class EditParams(_FormParams):
+    """The body of ``POST /images/edits`` (sent as multipart form data)."""
+
+    endpoint: ClassVar[Endpoint] = "edit"
+    path: ClassVar[str] = "/images/edits"
+
+    prompt: str = attrs.field(validator=instance_of(str))
+    mask: ImageFile | None = attrs.field(default=None, validator=optional(instance_of(ImageFile)))
+    model: str | None = attrs.field(default=None, validator=_opt_str)
+    n: int | None = attrs.field(default=None, validator=_opt_n)
+    size: str | None = attrs.field(default=None, validator=_opt_str)
+    quality: str | None = attrs.field(default=None, validator=_opt_str)
+    response_format: str | None = attrs.field(default=None, validator=_opt_str)
+    output_format: str | None = attrs.field(default=None, validator=_opt_str)
+    output_compression: int | None = attrs.field(default=None, validator=_opt_compression)
+    background: str | None = attrs.field(default=None, validator=_opt_str)
+    input_fidelity: str | None = attrs.field(default=None, validator=_opt_str)
+    user: str | None = attrs.field(default=None, validator=_opt_str)
+
+
+@attrs.frozen(kw_only=True)
+class VariationParams(_FormParams):
+    """The body of ``POST /images/variations`` (sent as multipart form data)."""
+
+    endpoint: ClassVar[Endpoint] = "variation"
+    path: ClassVar[str] = "/images/variations"
+
+    model: str | None = attrs.field(default=None, validator=_opt_str)
+    n: int | None = attrs.field(default=None, validator=_opt_n)
+    size: str | None = attrs.field(default=None, validator=_opt_str)
+    response_format: str | None = attrs.field(default=None, validator=_opt_str)
+    user: str | None = attrs.field(default=None, validator=_opt_str)
+
+
+Params = GenerateParams | EditParams | VariationParams
+
+_INT_FIELDS = frozenset({"n", "output_compression"})
+
+
+def _from_form_value(name: str, value: str) -> object:
+    if name in _INT_FIELDS:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValidationError(name, f"{name} must be an integer, not {value!r}") from None
+    return value
+
+
+def from_wire(
+    endpoint: Endpoint,
+    fields: Mapping[str, Any],
+    files: Mapping[str, tuple[ImageFile, ...]] | None = None,
+) -> Params:
+    """Read a request as a server receives it, and check it as the client would.
+
+    ``fields`` is the JSON body of a generation, or the text fields of a form
+    (strings); ``files`` maps ``image``/``image[]``/``mask`` to uploaded files.
+    Names the class does not know go to ``extra_body``.
+
+    Raises:
+        ValidationError: a required part is missing, or a value breaks a rule.
+    """
+    cls: type[GenerateParams] | type[EditParams] | type[VariationParams] = {
+        "generate": GenerateParams,
+        "edit": EditParams,
+        "variation": VariationParams,
+    }[endpoint]
+    known = {a.name for a in attrs.fields(cls)} - {"extra_body", "image", "mask"}
+    files = files or {}
+    is_form = endpoint != "generate"
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name in known:
+            kwargs[name] = _from_form_value(name, value) if is_form else value
+        else:
+            extra[name] = value
+    if "prompt" in known and "prompt" not in kwargs:
+        raise ValidationError("prompt", "prompt is required")
+    if is_form:
+        images = tuple(files.get("image", ())) + tuple(files.get("image[]", ()))
+        if not images:
+            raise ValidationError("image", "image is required")
+        kwargs["image"] = images
+        masks = files.get("mask", ())
+        if masks:
+            if endpoint != "edit":
+                raise ValidationError("mask", "mask is only accepted by edits")
+            kwargs["mask"] = masks[0]
+    if extra:
+        kwargs["extra_body"] = extra
+    return cls.build(**kwargs)
