@@ -1,0 +1,157 @@
+"""Which failures are retried, and how long to wait: pure functions, no awaits.
+
+A small loop in ``_client.py`` applies these decisions. It is not built on a
+retry library because a 429's wait is not slept by the caller: it pauses the
+shared limiter once for every caller (see ``_limiter.py``), and every attempt
+takes its images from the rate budget again; both live in that loop.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from collections.abc import Callable, Mapping
+
+import attrs
+from attrs.validators import ge, instance_of
+
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    ResponseTooLargeError,
+)
+
+__all__ = [
+    "QUOTA_CODES",
+    "RETRY_STATUSES",
+    "Decision",
+    "RetryPolicy",
+    "backoff",
+    "decide",
+    "parse_retry_after",
+]
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+"""Statuses retried by default (``x-should-retry`` overrides)."""
+
+QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
+"""429 codes that no wait will fix: raised at once."""
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How often and how long to retry.
+
+    Waits grow from ``initial`` seconds, doubling up to ``maximum``, with full
+    jitter. A server's ``Retry-After`` is honoured up to ``max_retry_after``
+    seconds; a longer one is raised instead of slept.
+    """
+
+    max_retries: int = attrs.field(default=3, validator=[instance_of(int), ge(0)])
+    initial: float = attrs.field(default=0.5, validator=ge(0.0))
+    maximum: float = attrs.field(default=8.0, validator=ge(0.0))
+    max_retry_after: float = attrs.field(default=120.0, validator=ge(0.0))
+
+
+@attrs.frozen
+class Decision:
+    """What to do after a failed attempt.
+
+    ``retry`` says whether to try again; ``wait`` is the seconds to wait first;
+    ``pause_all`` says the wait is a rate limit, to be shared by every caller
+    through the limiter rather than slept by this one.
+    """
+
+    retry: bool
+    wait: float = 0.0
+    pause_all: bool = False
+    reason: str = ""
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, else ``Retry-After`` (seconds or an HTTP date).
+
+    ``now`` is the wall-clock time (``time.time()``), used for a date.
+    Returns None when neither header gives a usable, non-negative value.
+    """
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            value = -1.0
+        if value >= 0:
+            return value
+    text = headers.get("retry-after")
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        value = when.timestamp() - now
+        return max(value, 0.0)
+    return value if value >= 0 else None
+
+
+def backoff(attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff before retry number ``attempt`` (1 for the first)."""
+    ceiling = min(policy.maximum, policy.initial * 2.0 ** (attempt - 1))
+    return ceiling * rand()
+
+
+def _should_retry_header(headers: Mapping[str, str]) -> bool | None:
+    value = headers.get("x-should-retry")
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    return None
+
+
+def decide(
+    error: APIError,
+    attempt: int,
+    policy: RetryPolicy,
+    *,
+    now: float,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """Decide whether to retry after ``attempt`` attempts failed with ``error``.
+
+    Connection errors and timeouts, 408, 409, 429, 500, 502, 503 and 504 are
+    retried, and so is a successful status with a body that does not parse
+    (a truncated reply); ``x-should-retry: true/false`` overrides the status; a 429 whose
+    code says a quota or billing limit is reached is never retried. The wait is
+    the server's ``retry-after-ms`` / ``Retry-After`` when given (a wait longer
+    than ``policy.max_retry_after`` is not retried), else full-jitter backoff.
+    """
+    if attempt > policy.max_retries:
+        return Decision(False, reason=f"no retries left after {attempt} attempts")
+    if isinstance(error, APIStatusError):
+        status = error.status_code
+        if status == 429 and error.code in QUOTA_CODES:
+            return Decision(False, reason=f"429 {error.code}: waiting will not help")
+        override = _should_retry_header(error.headers)
+        retry = status in RETRY_STATUSES if override is None else override
+        if not retry:
+            return Decision(False, reason=f"status {status} is not retried")
+        server_wait = parse_retry_after(error.headers, now)
+        if server_wait is not None and server_wait > policy.max_retry_after:
+            return Decision(
+                False,
+                reason=f"server asks to wait {server_wait:.0f}s, over the "
+                f"{policy.max_retry_after:.0f}s cap",
+            )
+        wait = backoff(attempt, policy, rand) if server_wait is None else server_wait
+        return Decision(True, wait, pause_all=status == 429, reason=f"status {status}")
+    if isinstance(error, ResponseTooLargeError):
+        return Decision(False, reason="the response is over the size cap")
+    if isinstance(error, (APIConnectionError, APIResponseValidationError)):
+        return Decision(True, backoff(attempt, policy, rand), reason=type(error).__name__)
+    return Decision(False, reason=f"{type(error).__name__} is not retried")
