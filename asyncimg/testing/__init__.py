@@ -1,0 +1,44 @@
+"""asyncimg.testing: a local emulator of the OpenAI Images API, for tests and demos.
+
+::
+
+    from asyncimg.testing import Emulator, Fault
+
+    async with Emulator(api_key="sk-test") as emu:
+        emu.add_fault(Fault.status(503))
+        ...  # point a client at emu.base_url
+        assert len(emu.requests("generate")) == 2
+
+Importing this package imports aiohttp.web; ``import asyncimg`` alone does not.
+Run one as a process with ``python -m asyncimg.testing --port 8089``; pytest
+users get the ``emulator`` fixture with
+``pytest_plugins = ["asyncimg.testing.pytest_plugin"]``.
+"""
+
+from ._emulator import (
+    CONTENT_POLICY_MARKER,
+    Emulator,
+    Journal,
+    JournalEntry,
+    UploadedFile,
+    format_duration,
+    mask_key,
+    serve,
+)
+from ._faults import Fault, FaultKind
+from ._png import encode_png, make_png
+
+__all__ = [
+    "CONTENT_POLICY_MARKER",
+    "Emulator",
+    "Fault",
+    "FaultKind",
+    "Journal",
+    "JournalEntry",
+    "UploadedFile",
+    "encode_png",
+    "format_duration",
+    "make_png",
+    "mask_key",
+    "serve",
+]
