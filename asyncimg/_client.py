@@ -1,0 +1,534 @@
+"""AsyncImagesClient: generations, edits and variations, downloads and saving.
+
+A call flows: build and validate the parameters (pure), take its images from
+the rate limiter, take a concurrency slot, send, retry what is worth retrying,
+parse. See ``DESIGN.md`` for the whole picture.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import platform
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+import anyio.to_thread
+
+from ._exceptions import APIError, APIResponseValidationError, ValidationError
+from ._files import ImageFile, ImageInput, load_image, load_images, sniff_mime
+from ._limiter import Limiter, RateLimit, RateLimiter
+from ._models import Image, ImagesResponse
+from ._params import EditParams, GenerateParams, Params, VariationParams
+from ._retry import RetryPolicy, decide
+from ._transport import RawResponse, Transport, parse_json
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._batch import BatchItem, PromptSource
+
+__all__ = ["DEFAULT_RATE_LIMIT", "AsyncImagesClient"]
+
+logger = logging.getLogger("asyncimg")
+
+DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+DEFAULT_RATE_LIMIT: Final = RateLimit(images=50, per=60.0)
+"""The API's default for image models: 50 images per minute."""
+DEFAULT_MAX_RESPONSE_BYTES: Final = 512 * 1024 * 1024
+
+_T = TypeVar("_T")
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
+_DASHES = re.compile(r"-{2,}")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def safe_stem(stem: str) -> str:
+    """A file name stem that cannot leave its directory: no separators, no leading dots."""
+    cleaned = _DASHES.sub("-", _UNSAFE.sub("-", stem)).strip(".-")
+    return cleaned[:120] or "image"
+
+
+class AsyncImagesClient:
+    """An async client for the OpenAI Images API and servers that speak it.
+
+    Use it as ``async with AsyncImagesClient() as client:`` (or call
+    :meth:`aclose`). Its aiohttp session is created on the running loop when
+    first needed, so the client may be constructed anywhere.
+
+    Args:
+        api_key: default ``$OPENAI_API_KEY``. Required for the official API;
+            a custom ``base_url`` may go without one.
+        base_url: default ``$OPENAI_BASE_URL``, else ``https://api.openai.com/v1``.
+        organization: ``$OPENAI_ORG_ID`` by default, sent as ``OpenAI-Organization``.
+        project: ``$OPENAI_PROJECT_ID`` by default, sent as ``OpenAI-Project``.
+        model: the model for every call that names none; None lets the server choose.
+        rate_limit: images per window; None switches the limiter off.
+        limiter: a limiter to share between clients (overrides ``rate_limit``).
+        max_concurrency: requests in flight at once.
+        max_retries: retries after the first attempt (per call: ``max_retries=``).
+        timeout: seconds for one attempt (per call: ``timeout=``).
+        max_response_bytes: a larger response body is refused unread.
+
+    Raises:
+        ValidationError: an argument is invalid, or no API key is set for the official API.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        model: str | None = None,
+        rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+        limiter: RateLimiter | None = None,
+        max_concurrency: int = 16,
+        max_retries: int = 3,
+        timeout: float | None = 600.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        organization = organization or os.environ.get("OPENAI_ORG_ID")
+        project = project or os.environ.get("OPENAI_PROJECT_ID")
+        if not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValidationError("max_concurrency", "max_concurrency must be an integer >= 1")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValidationError("max_retries", "max_retries must be an integer >= 0")
+        if timeout is not None and timeout <= 0:
+            raise ValidationError("timeout", "timeout must be a positive number of seconds")
+        if not api_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
+            raise ValidationError(
+                "api_key", "no API key: pass api_key= or set OPENAI_API_KEY"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.retry_policy = RetryPolicy(max_retries=max_retries)
+        self.limiter: RateLimiter = limiter if limiter is not None else Limiter(rate_limit)
+        self._origin = _origin(self.base_url)
+        headers = {}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        if organization:
+            headers["OpenAI-Organization"] = organization
+        if project:
+            headers["OpenAI-Project"] = project
+        self._headers: Mapping[str, str] = headers
+        self._gate: anyio.Semaphore | None = None
+        user_agent = (
+            f"asyncimg/{__version__} aiohttp/{aiohttp.__version__} "
+            f"python/{platform.python_version()}"
+        )
+        self._transport = Transport(
+            max_connections=max_concurrency + 4,
+            max_response_bytes=max_response_bytes,
+            user_agent=user_agent,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"AsyncImagesClient(base_url={self.base_url!r}, model={self.model!r}, "
+            f"max_concurrency={self.max_concurrency})"
+        )
+
+    async def __aenter__(self) -> AsyncImagesClient:
+        self._transport.session  # noqa: B018 - create the session on this loop
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session and its connections. Safe to call twice."""
+        await self._transport.aclose()
+
+    # -- the three calls ---------------------------------------------------------------
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        n: int | None = None,
+        size: str | None = None,
+        quality: str | None = None,
+        response_format: str | None = None,
+        output_format: str | None = None,
+        output_compression: int | None = None,
+        background: str | None = None,
+        moderation: str | None = None,
+        style: str | None = None,
+        user: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> ImagesResponse:
+        """Create images from a prompt (``POST /images/generations``).
+
+        Every parameter of the API is a keyword; None is not sent. ``extra_body``
+        adds parameters this version does not know; ``timeout`` and
+        ``max_retries`` override the client's for this call.
+
+        Raises:
+            ValidationError: a parameter breaks the model's rules (nothing sent).
+            APIStatusError: the server refused (a subclass per status).
+            APIConnectionError: no usable answer after the retries.
+        """
+        params = GenerateParams.build(
+            prompt=prompt,
+            model=model if model is not None else self.model,
+            n=n,
+            size=size,
+            quality=quality,
+            response_format=response_format,
+            output_format=output_format,
+            output_compression=output_compression,
+            background=background,
+            moderation=moderation,
+            style=style,
+            user=user,
+            extra_body=extra_body,
+        )
+        return await self._call(params, timeout, max_retries)
+
+    async def edit(
+        self,
+        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        prompt: str,
+        *,
+        mask: ImageInput | ImageFile | None = None,
+        model: str | None = None,
+        n: int | None = None,
+        size: str | None = None,
+        quality: str | None = None,
+        response_format: str | None = None,
+        output_format: str | None = None,
+        output_compression: int | None = None,
+        background: str | None = None,
+        input_fidelity: str | None = None,
+        user: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> ImagesResponse:
+        """Edit or extend one image, or up to 16 for the GPT image models (``POST /images/edits``).
+
+        ``image`` is a path, bytes, a binary file, a ``(filename, bytes[, mime])``
+        tuple, or a list of those; ``mask`` likewise (a PNG whose transparent
+        areas mark what to edit).
+
+        Raises:
+            ValidationError: an image or a parameter breaks the model's rules.
+            APIStatusError: the server refused (a subclass per status).
+            APIConnectionError: no usable answer after the retries.
+        """
+        images = await load_images(image, "image")
+        mask_file = None if mask is None else await load_image(mask, "mask")
+        params = EditParams.build(
+            image=images,
+            prompt=prompt,
+            mask=mask_file,
+            model=model if model is not None else self.model,
+            n=n,
+            size=size,
+            quality=quality,
+            response_format=response_format,
+            output_format=output_format,
+            output_compression=output_compression,
+            background=background,
+            input_fidelity=input_fidelity,
+            user=user,
+            extra_body=extra_body,
+        )
+        return await self._call(params, timeout, max_retries)
+
+    async def create_variation(
+        self,
+        image: ImageInput | ImageFile,
+        *,
+        model: str | None = None,
+        n: int | None = None,
+        size: str | None = None,
+        response_format: str | None = None,
+        user: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> ImagesResponse:
+        """Create variations of an image (``POST /images/variations``, dall-e-2).
+
+        Raises:
+            ValidationError: the image or a parameter breaks the model's rules.
+            APIStatusError: the server refused (a subclass per status).
+            APIConnectionError: no usable answer after the retries.
+        """
+        params = VariationParams.build(
+            image=(await load_image(image, "image"),),
+            model=model if model is not None else self.model,
+            n=n,
+            size=size,
+            response_format=response_format,
+            user=user,
+            extra_body=extra_body,
+        )
+        return await self._call(params, timeout, max_retries)
+
+    def generate_many(
+        self,
+        /,
+        prompts: PromptSource,
+        *,
+        ordered: bool = False,
+        **params: Any,
+    ) -> AsyncIterator[BatchItem]:
+        """Generate images for many prompts, at most ``max_concurrency`` at once.
+
+        ``prompts`` is an iterable or async iterable of strings or mappings
+        (``{"prompt": ..., **params}``), pulled lazily. Yields one
+        :class:`~asyncimg.BatchItem` per prompt as it finishes (in input order
+        with ``ordered=True``); a failure is an item with ``.error``, never an
+        exception that ends the batch. Leaving the loop early cancels the rest.
+
+        Raises:
+            ValidationError: ``params`` names a parameter generate does not take.
+        """
+        from ._batch import generate_many
+
+        return generate_many(self, prompts, ordered=ordered, params=params)
+
+    # -- results -----------------------------------------------------------------------
+
+    async def download(self, image: Image, *, timeout: float | None = None) -> bytes:
+        """The bytes of one result: ``b64_json`` decoded, or ``url`` fetched with retries.
+
+        The API key is sent only to a URL on the API's own origin.
+
+        Raises:
+            APIResponseValidationError: the base64 does not decode, or the image has neither.
+            APIStatusError: the URL answered an error (403 once it has expired).
+            APIConnectionError: no usable answer after the retries.
+        """
+        if image.b64_json is not None:
+            return decode_b64(image)
+        if image.url is None:
+            raise APIResponseValidationError(
+                "the image has neither b64_json nor url", status_code=200
+            )
+        url = image.url
+        headers = self._headers if _origin(url) == self._origin else {}
+        return await self._with_retries(
+            lambda: self._transport.request(
+                "GET", url, headers=headers, timeout=timeout or self.timeout
+            ),
+            _body,
+            images=0,
+            max_retries=None,
+            what="download",
+        )
+
+    async def save(
+        self,
+        response: ImagesResponse,
+        directory: str | os.PathLike[str],
+        *,
+        stem: str | None = None,
+    ) -> list[Path]:
+        """Write every image of ``response`` into ``directory``; returns the paths.
+
+        Files are named ``{stem}-{i}.{ext}`` (the extension from the bytes; the
+        stem defaults to the request id or the creation time and is made safe so
+        that it cannot leave the directory). Each file is written to a temporary
+        name and renamed, so a reader never sees a half-written image.
+
+        Raises:
+            APIResponseValidationError, APIStatusError, APIConnectionError: as :meth:`download`.
+            OSError: the directory cannot be written.
+        """
+        folder = Path(directory)
+        base = safe_stem(stem or response.request_id or f"image-{response.created or 0}")
+        paths = []
+        for i, image in enumerate(response.data):
+            data = await self.download(image)
+            ext = _EXTENSIONS.get(sniff_mime(data) or "", response.output_format or "png")
+            path = folder / f"{base}-{i}.{ext}"
+            await anyio.to_thread.run_sync(write_atomic, path, data)
+            paths.append(path)
+        return paths
+
+    # -- the engine --------------------------------------------------------------------
+
+    def _get_gate(self) -> anyio.Semaphore:
+        gate = self._gate
+        if gate is None:
+            gate = self._gate = anyio.Semaphore(self.max_concurrency)
+        return gate
+
+    async def _call(
+        self, params: Params, timeout: float | None, max_retries: int | None
+    ) -> ImagesResponse:
+        url = self.base_url + params.path
+        json_body = params.to_json() if isinstance(params, GenerateParams) else None
+        form = None if isinstance(params, GenerateParams) else params.to_form()
+        attempt_timeout = timeout if timeout is not None else self.timeout
+
+        async def attempt() -> RawResponse:
+            return await self._transport.request(
+                "POST",
+                url,
+                headers=self._headers,
+                json_body=json_body,
+                form=form,
+                timeout=attempt_timeout,
+            )
+
+        return await self._with_retries(
+            attempt, parse_images_response, images=params.images, max_retries=max_retries,
+            what=params.path,
+        )
+
+    async def _with_retries(
+        self,
+        send: Callable[[], Awaitable[RawResponse]],
+        parse: Callable[[RawResponse], _T],
+        *,
+        images: int,
+        max_retries: int | None,
+        what: str,
+    ) -> _T:
+        policy = self.retry_policy
+        if max_retries is not None:
+            if not isinstance(max_retries, int) or max_retries < 0:
+                raise ValidationError("max_retries", "max_retries must be an integer >= 0")
+            policy = RetryPolicy(
+                max_retries=max_retries,
+                initial=policy.initial,
+                maximum=policy.maximum,
+                max_retry_after=policy.max_retry_after,
+            )
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            try:
+                raw = await self._attempt(send, images)
+                logger.debug(
+                    "%s attempt %d: %d in %.3fs (request id %s)",
+                    what, attempt, raw.status, time.monotonic() - started, raw.request_id,
+                )
+                return parse(raw)
+            except APIError as exc:
+                decision = decide(exc, attempt, policy, now=time.time())
+                status = getattr(exc, "status_code", None)
+                logger.debug(
+                    "%s attempt %d: %s %s (request id %s)",
+                    what, attempt, status or type(exc).__name__, exc.message, exc.request_id,
+                )
+                if not decision.retry:
+                    raise
+                logger.info(
+                    "%s: retrying after attempt %d (%s) in %.2fs",
+                    what, attempt, decision.reason, decision.wait,
+                )
+                if decision.pause_all:
+                    self.limiter.pause(decision.wait)
+                else:
+                    await anyio.sleep(decision.wait)
+
+    async def _attempt(
+        self, send: Callable[[], Awaitable[RawResponse]], images: int
+    ) -> RawResponse:
+        if images == 0:
+            return await send()
+        permit = await self.limiter.acquire(images)
+        try:
+            async with self._get_gate():
+                permit.stamp()
+                try:
+                    raw = await send()
+                except APIError as exc:
+                    headers = getattr(exc, "headers", None)
+                    if headers:
+                        self.limiter.observe_headers(headers)
+                    raise
+                self.limiter.observe_headers(raw.headers)
+                return raw
+        finally:
+            permit.refund()
+
+
+def parse_images_response(raw: RawResponse) -> ImagesResponse:
+    """Parse a successful response into an :class:`ImagesResponse`.
+
+    Raises:
+        APIResponseValidationError: the body is not JSON, or not an images response.
+    """
+    return ImagesResponse.from_json(
+        parse_json(raw), request_id=raw.request_id, status_code=raw.status
+    )
+
+
+def _body(raw: RawResponse) -> bytes:
+    return raw.body
+
+
+def decode_b64(image: Image, index: int | None = None) -> bytes:
+    """Decode an image's ``b64_json``.
+
+    Raises:
+        APIResponseValidationError: the text is not valid base64.
+    """
+    text = image.b64_json or ""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        name = "image" if index is None else f"image {index}"
+        raise APIResponseValidationError(
+            f"{name}: b64_json is not valid base64 ({len(text)} characters)", status_code=200
+        ) from None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
