@@ -1,8 +1,8 @@
 """AsyncImagesClient: generations, edits and variations, downloads and saving.
 
-A call flows: build and validate the parameters (pure), take its images from
-the rate limiter, take a concurrency slot, send, retry what is worth retrying,
-parse. See ``DESIGN.md`` for the whole picture.
+A call flows: build and validate the parameters (pure), take a concurrency
+slot, take its images from the rate limiter, send, retry what is worth
+retrying, parse. See ``DESIGN.md`` for the whole picture.
 """
 
 from __future__ import annotations
@@ -465,21 +465,23 @@ class AsyncImagesClient:
     ) -> RawResponse:
         if images == 0:
             return await send()
-        permit = await self.limiter.acquire(images)
-        try:
-            async with self._get_gate():
+        async with self._get_gate():
+            # The slot first, then the images: a permit is stamped the moment it
+            # is granted, so no budget sits idle waiting for a slot and a pause
+            # that begins meanwhile holds back every request not yet sent.
+            permit = await self.limiter.acquire(images)
+            try:
                 permit.stamp()
-                try:
-                    raw = await send()
-                except APIError as exc:
-                    headers = getattr(exc, "headers", None)
-                    if headers:
-                        self.limiter.observe_headers(headers)
-                    raise
-                self.limiter.observe_headers(raw.headers)
-                return raw
-        finally:
-            permit.refund()
+                raw = await send()
+            except APIError as exc:
+                headers = getattr(exc, "headers", None)
+                if headers:
+                    self.limiter.observe_headers(headers)
+                raise
+            finally:
+                permit.refund()
+            self.limiter.observe_headers(raw.headers)
+            return raw
 
 
 def parse_images_response(raw: RawResponse) -> ImagesResponse:

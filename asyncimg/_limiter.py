@@ -1,0 +1,813 @@
+"""The image rate limiter: a FIFO sliding window counted in images.
+
+How it works
+------------
+:class:`Limiter` hands out :class:`Permit` objects for ``n`` images. A permit
+takes ``n`` images of the budget when it is granted, and keeps them:
+
+* until it is :meth:`~Permit.refund`-ed (nothing was sent: they come back at once), or
+* once :meth:`~Permit.stamp`-ed at send time ``s``, until ``s + per + margin``.
+
+So every image sent in a window of ``per`` seconds (measured on the send stamps)
+held the budget at the end of that window at the same time: no window of
+``per`` seconds ever holds more than ``images`` images, at the client, nor at the
+server as long as a request reaches it within ``margin`` seconds of its stamp.
+
+Waiters are served strictly in order of arrival: a big request at the head of the
+queue blocks the small ones behind it, so it is never starved. A request larger
+than the whole budget is refused at once with a :class:`ValidationError`. A waiter
+cancelled while waiting takes nothing and delays nobody.
+
+Server feedback: :meth:`Limiter.pause` stops every grant until a deadline (a 429's
+Retry-After; concurrent pauses merge, the latest deadline wins);
+:meth:`Limiter.observe_headers` reads ``x-ratelimit-remaining-images`` and
+``x-ratelimit-reset-images`` (or the ``-requests`` variants) and, until that reset,
+grants no more than the server says remains plus what our own sends give back as
+they leave the window. It never raises the budget above the configured one.
+
+The clock is injectable (:class:`Clock`); tests use :class:`FakeClock` and travel in
+time. A limiter is not thread-safe: share one between clients on one event loop
+(or one loop after another), not between threads.
+
+The concurrency cap (``max_concurrency``) is independent of the rate and is a plain
+semaphore in the client; there is no gate class here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from ._exceptions import ValidationError
+
+__all__ = [
+    "Clock",
+    "FakeClock",
+    "Limiter",
+    "LimiterStats",
+    "MonotonicClock",
+    "Permit",
+    "RateLimit",
+    "RateLimiter",
+    "RatePermit",
+    "Timer",
+    "parse_duration",
+]
+
+
+# -- the configuration ------------------------------------------------------------------
+
+
+def _check_images(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"images must be an integer >= 1, not {value!r}")
+
+
+def _check_per(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"per must be a finite number of seconds > 0, not {value!r}")
+
+
+def _check_margin(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"margin must be a finite number of seconds >= 0, not {value!r}")
+
+
+def _check_burst(instance: RateLimit, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"burst must be None or an integer >= 1, not {value!r}")
+    if value > instance.images:
+        raise ValueError(f"burst ({value}) must not exceed images ({instance.images})")
+
+
+@attrs.frozen(init=False)
+class RateLimit:
+    """At most ``images`` images in any window of ``per`` seconds.
+
+    Args:
+        images: the budget, in images (not requests), >= 1.
+        per: the window in seconds, > 0.
+        margin: seconds added to the window after each send, to cover the time a
+            request takes to reach the server (which counts arrivals). None means
+            1% of ``per``.
+        burst: None (the default) lets the whole budget go at once. An integer
+            ``b`` (1 <= b <= images) also spreads it: at most ``b`` images in any
+            window of ``per * b / images`` seconds (plus a proportional margin), the
+            same long-run rate without the initial burst, for servers that enforce
+            sub-minute limits. A single request larger than ``b`` is sent alone in
+            its short window rather than refused.
+
+    Raises:
+        ValueError: a value is out of range.
+    """
+
+    images: int = attrs.field(validator=_check_images)
+    per: float = attrs.field(validator=_check_per)
+    margin: float = attrs.field(validator=_check_margin)
+    burst: int | None = attrs.field(validator=_check_burst)
+
+    def __init__(
+        self,
+        images: int = 50,
+        per: float = 60.0,
+        margin: float | None = None,
+        burst: int | None = None,
+    ) -> None:
+        if margin is None:
+            margin = per / 100 if isinstance(per, (int, float)) else 0.0
+        self.__attrs_init__(images, per, margin, burst)
+
+    @property
+    def window(self) -> float:
+        """How long a sent image holds its budget: ``per + margin`` seconds."""
+        return self.per + self.margin
+
+
+# -- time -------------------------------------------------------------------------------
+
+
+class Timer(Protocol):
+    """A scheduled callback that can be cancelled (``asyncio.TimerHandle`` is one)."""
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """The limiter's time: seconds on a monotonic scale, and a way to be woken."""
+
+    def now(self) -> float:
+        """The current time in seconds."""
+        ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` (on the running event loop) once ``now() >= when``."""
+        ...
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Return once ``now() >= deadline``."""
+        ...
+
+
+class MonotonicClock:
+    """The default clock: ``time.monotonic`` and the running asyncio loop."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        loop = asyncio.get_running_loop()
+        return loop.call_later(max(0.0, when - time.monotonic()), callback)
+
+    async def sleep_until(self, deadline: float) -> None:
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class _FakeTimer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """A clock for tests: time moves only when :meth:`advance` is called.
+
+    Callbacks scheduled with :meth:`call_at` (and sleepers in :meth:`sleep_until`)
+    run inside :meth:`advance`, in deadline order, each with :meth:`now` set to its
+    deadline. Woken tasks run when the test next yields to the loop
+    (``await asyncio.sleep(0)``).
+    """
+
+    __slots__ = ("_heap", "_now", "_seq")
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = float(start)
+        self._heap: list[tuple[float, int, _FakeTimer]] = []
+        self._seq = 0
+
+    def now(self) -> float:
+        return self._now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = _FakeTimer(when, callback)
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, timer))
+        return timer
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= self._now:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        timer = self.call_at(deadline, wake)
+        try:
+            await future
+        finally:
+            timer.cancel()
+
+    @property
+    def next_deadline(self) -> float | None:
+        """The earliest pending deadline, or None when nothing is scheduled."""
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` (>= 0), running every callback now due.
+
+        Raises:
+            ValueError: ``seconds`` is negative.
+        """
+        if seconds < 0:
+            raise ValueError("a FakeClock cannot go back in time")
+        self.advance_to(self._now + seconds)
+
+    def advance_to(self, when: float) -> None:
+        """Move time forward to ``when`` (never back), running the callbacks due."""
+        heap = self._heap
+        while heap and heap[0][0] <= when:
+            deadline, _, timer = heapq.heappop(heap)
+            if timer.cancelled:
+                continue
+            timer.cancelled = True
+            self._now = max(self._now, deadline)
+            timer.callback()
+        self._now = max(self._now, when)
+
+
+# -- durations --------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|μs|ns|d|h|m|s)")
+_UNIT_SECONDS = {
+    "d": 86400.0,
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ns": 1e-9,
+}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a rate-limit reset duration into seconds.
+
+    Accepts the API's Go-style durations (``"1s"``, ``"6m0s"``, ``"20ms"``,
+    ``"1h2m3.5s"``, ``"1.5s"``, ``"300us"``, also ``"2d"``) and a bare number of
+    seconds (``"2"``, ``"0.5"``). Surrounding whitespace is ignored.
+
+    Raises:
+        ValueError: the text is not a non-negative duration.
+    """
+    s = text.strip()
+    if not s:
+        raise ValueError("an empty duration")
+    try:
+        value = float(s)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"not a duration: {text!r}")
+        return value
+    total = 0.0
+    pos = 0
+    while pos < len(s):
+        match = _DURATION_PART.match(s, pos)
+        if match is None:
+            raise ValueError(f"not a duration: {text!r}")
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    return total
+
+
+# -- permits and stats ------------------------------------------------------------------
+
+_HELD = 0
+_STAMPED = 1
+_REFUNDED = 2
+
+
+@runtime_checkable
+class RatePermit(Protocol):
+    """What :meth:`RateLimiter.acquire` returns."""
+
+    @property
+    def images(self) -> int: ...
+
+    def stamp(self) -> None: ...
+
+    def refund(self) -> None: ...
+
+
+class Permit:
+    """The right to send a request for ``images`` images.
+
+    Call :meth:`stamp` as the request is sent, or :meth:`refund` if nothing was
+    sent. Calling :meth:`refund` after :meth:`stamp` does nothing, so a ``finally:
+    permit.refund()`` is always safe.
+    """
+
+    __slots__ = ("_epoch", "_limiter", "_state", "images", "stamped_at")
+
+    def __init__(self, limiter: Limiter, images: int, epoch: int) -> None:
+        self._limiter = limiter
+        self.images = images
+        self._epoch = epoch
+        self._state = _HELD
+        self.stamped_at: float | None = None
+
+    @property
+    def stamped(self) -> bool:
+        """True once :meth:`stamp` was called."""
+        return self._state == _STAMPED
+
+    @property
+    def refunded(self) -> bool:
+        """True once :meth:`refund` gave the images back."""
+        return self._state == _REFUNDED
+
+    def stamp(self) -> None:
+        """The request is being sent now: its window starts. Idempotent.
+
+        Raises:
+            RuntimeError: the permit was already refunded.
+        """
+        state = self._state
+        if state == _HELD:
+            self._state = _STAMPED
+            self._limiter._stamp(self)
+        elif state == _REFUNDED:
+            raise RuntimeError("a refunded permit cannot be stamped")
+
+    def refund(self) -> None:
+        """Nothing was sent: give the images back at once. No-op once stamped or refunded."""
+        if self._state == _HELD:
+            self._state = _REFUNDED
+            self._limiter._refund(self)
+
+    def __repr__(self) -> str:
+        state = ("held", "stamped", "refunded")[self._state]
+        return f"<Permit images={self.images} {state}>"
+
+
+@attrs.frozen
+class LimiterStats:
+    """A snapshot of a limiter.
+
+    Attributes:
+        granted: images granted since creation (refunded ones included).
+        refunded: images given back unsent.
+        sent: images stamped (sent).
+        waiting: waiters in the queue.
+        waiting_images: images the waiters ask for.
+        held: images granted but not yet stamped nor refunded.
+        in_window: images stamped less than ``per + margin`` ago (still holding budget).
+        in_flight: ``held + in_window``: the budget in use.
+        available: images grantable now by the local window (None without a rate).
+        pauses: pauses begun while the limiter was not paused.
+        paused_for: seconds until the current pause ends (0.0 when not paused).
+        server_remaining: what the server's headers still allow (None: no constraint).
+        server_reset_in: seconds until that constraint lapses (None: no constraint).
+        server_limit: the last ``x-ratelimit-limit-*`` the server sent, if any.
+        images_last_window: images stamped in the last ``per`` seconds.
+        images_per_minute: ``images_last_window`` scaled to a minute (None without a rate).
+    """
+
+    granted: int
+    refunded: int
+    sent: int
+    waiting: int
+    waiting_images: int
+    held: int
+    in_window: int
+    in_flight: int
+    available: int | None
+    pauses: int
+    paused_for: float
+    server_remaining: int | None
+    server_reset_in: float | None
+    server_limit: int | None
+    images_last_window: int
+    images_per_minute: float | None
+
+
+class RateLimiter(Protocol):
+    """The interface the client uses; a limiter shared between processes can plug in."""
+
+    async def acquire(self, images: int) -> RatePermit:
+        """Wait for (FIFO) and take a permit for ``images`` images."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Grant nothing to anyone for ``seconds`` (merged with a pause in progress)."""
+        ...
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        """Learn from a response's ``x-ratelimit-*`` headers."""
+        ...
+
+    def stats(self) -> LimiterStats:
+        """A snapshot for monitoring."""
+        ...
+
+
+# -- the limiter ------------------------------------------------------------------------
+
+_Waiter = tuple["asyncio.Future[Permit]", int]
+
+
+class Limiter:
+    """A FIFO sliding-window limiter counted in images (see the module docstring).
+
+    Args:
+        rate: the budget; None switches the budget off (acquire never waits for it,
+            and server headers are ignored) but :meth:`pause` still holds everyone.
+        clock: the time source; :class:`MonotonicClock` by default.
+
+    One limiter may be shared by several clients on one event loop. Nothing is
+    bound to a loop at construction time.
+    """
+
+    __slots__ = (
+        "_allow",
+        "_allow_epoch",
+        "_allow_images",
+        "_allow_until",
+        "_clock",
+        "_granted",
+        "_held",
+        "_limit",
+        "_n_waiting",
+        "_paused_until",
+        "_pauses",
+        "_refunded",
+        "_sent",
+        "_server_limit",
+        "_span",
+        "_sub_limit",
+        "_sub_span",
+        "_sub_used",
+        "_sub_window",
+        "_timer",
+        "_timer_when",
+        "_used",
+        "_waiters",
+        "_waiting_images",
+        "_window",
+        "rate",
+    )
+
+    def __init__(self, rate: RateLimit | None, *, clock: Clock | None = None) -> None:
+        self.rate = rate
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        # The local window: 0 means no budget.
+        self._limit = rate.images if rate is not None else 0
+        self._span = rate.window if rate is not None else 0.0
+        self._used = 0  # held + stamped images whose window is open
+        self._window: deque[tuple[float, int]] = deque()  # (expiry, images), sorted
+        # The burst window (0: none).
+        if rate is not None and rate.burst is not None and rate.burst < rate.images:
+            scale = rate.burst / rate.images
+            self._sub_limit = rate.burst
+            self._sub_span = rate.window * scale
+        else:
+            self._sub_limit = 0
+            self._sub_span = 0.0
+        self._sub_used = 0
+        self._sub_window: deque[tuple[float, int]] = deque()
+        self._held = 0
+        # Waiters: FIFO; cancelled ones stay in place until they reach the head.
+        self._waiters: deque[_Waiter] = deque()
+        self._n_waiting = 0
+        self._waiting_images = 0
+        self._timer: Timer | None = None
+        self._timer_when = 0.0
+        self._paused_until = -math.inf
+        self._pauses = 0
+        # The server's word: at most _allow more (images or requests) until _allow_until.
+        self._allow: int | None = None
+        self._allow_until = -math.inf
+        self._allow_images = True
+        self._allow_epoch = 0
+        self._server_limit: int | None = None
+        self._granted = 0
+        self._refunded = 0
+        self._sent = 0
+
+    def __repr__(self) -> str:
+        return f"<Limiter rate={self.rate!r} waiting={self._n_waiting}>"
+
+    # -- the public interface --
+
+    async def acquire(self, images: int) -> Permit:
+        """Wait for a permit for ``images`` images, in strict order of arrival.
+
+        Cancelling the waiting call takes nothing from the budget.
+
+        Raises:
+            ValidationError: ``images`` is not an integer >= 1, or exceeds the
+                whole budget (``param`` is ``"n"``).
+        """
+        n = images
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValidationError("n", f"the number of images must be an integer >= 1, not {n!r}")
+        if self._limit and n > self._limit:
+            raise ValidationError(
+                "n",
+                f"n={n} exceeds the rate limit of {self._limit} images per "
+                f"{self.rate.per if self.rate else 0:g}s; it could never be sent",
+            )
+        if not self._n_waiting:
+            now = self._clock.now()
+            if now >= self._paused_until:
+                self._expire(now)
+                if self._fits(n):
+                    return self._grant(n)
+        future: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
+        self._waiters.append((future, n))
+        self._n_waiting += 1
+        self._waiting_images += n
+        if self._n_waiting == 1:
+            self._drain()  # the first waiter: set up the timer
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.cancelled():
+                self._n_waiting -= 1
+                self._waiting_images -= n
+                waiters = self._waiters
+                if waiters and waiters[0][0] is future:
+                    self._drain()  # those behind may fit now
+            else:  # granted, then cancelled before it could resume
+                future.result().refund()
+            raise
+
+    def pause(self, seconds: float) -> None:
+        """Grant nothing to anyone until ``seconds`` from now.
+
+        Pauses merge: the latest deadline wins, and ``stats().pauses`` counts only
+        the pauses that began while the limiter was running (the 429s of requests
+        already in flight extend the pause; they do not start another one).
+        Permits already granted are not affected.
+
+        Raises:
+            ValueError: ``seconds`` is negative or not finite.
+        """
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"a pause must be a finite number of seconds >= 0, not {seconds!r}")
+        now = self._clock.now()
+        until = now + seconds
+        if until > self._paused_until:
+            if now >= self._paused_until:
+                self._pauses += 1
+            self._paused_until = until
+            if self._n_waiting:
+                self._drain()
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        """Learn from ``x-ratelimit-*`` response headers.
+
+        ``x-ratelimit-remaining-images`` with ``x-ratelimit-reset-images`` (else
+        the ``-requests`` pair, counted in requests) replace what the server last
+        said: until the reset has passed, grants are capped by an allowance that
+        starts at ``remaining``, shrinks with every grant, comes back with a
+        refund, and grows as images this limiter sent leave the window (they
+        leave the server's window too, a margin earlier). So ``remaining=0`` with
+        nothing of ours in the window blocks everyone until the reset, while a
+        saturated server answering ``remaining=0`` to each request does not stall
+        a limiter whose own window is moving. This is on top of the local window:
+        the budget is never raised. Malformed or incomplete headers are ignored.
+        No-op without a rate.
+        """
+        if self.rate is None:
+            return
+        found: dict[str, str] = {}
+        for key, value in headers.items():
+            lowered = key.lower()
+            if lowered.startswith("x-ratelimit-"):
+                found[lowered] = value
+        if not found:
+            return
+        for unit in ("images", "requests"):
+            raw_remaining = found.get("x-ratelimit-remaining-" + unit)
+            raw_reset = found.get("x-ratelimit-reset-" + unit)
+            if raw_remaining is None or raw_reset is None:
+                continue
+            try:
+                remaining = int(float(raw_remaining.strip()))
+                reset = parse_duration(raw_reset)
+            except (ValueError, OverflowError):
+                continue
+            raw_limit = found.get("x-ratelimit-limit-" + unit)
+            if raw_limit is not None:
+                with contextlib.suppress(ValueError, OverflowError):
+                    self._server_limit = int(float(raw_limit.strip()))
+            now = self._clock.now()
+            self._allow_epoch += 1
+            if reset <= 0:
+                self._allow = None
+            else:
+                self._allow = max(0, remaining)
+                self._allow_until = now + reset
+                self._allow_images = unit == "images"
+            if self._n_waiting:
+                self._drain()
+            return
+
+    def stats(self) -> LimiterStats:
+        """A snapshot of the counters (see :class:`LimiterStats`)."""
+        now = self._clock.now()
+        self._expire(now)
+        in_window = self._used - self._held if self._limit else 0
+        last = 0
+        per_minute: float | None = None
+        if self.rate is not None:
+            # Stamped at s > now - per  <=>  expiry > now - per + span.
+            since = now - self.rate.per + self._span
+            for expiry, count in self._window:
+                if expiry > since:
+                    last += count
+            per_minute = last * 60.0 / self.rate.per
+        allow = self._allow
+        return LimiterStats(
+            granted=self._granted,
+            refunded=self._refunded,
+            sent=self._sent,
+            waiting=self._n_waiting,
+            waiting_images=self._waiting_images,
+            held=self._held,
+            in_window=in_window,
+            in_flight=self._held + in_window,
+            available=self._limit - self._used if self._limit else None,
+            pauses=self._pauses,
+            paused_for=max(0.0, self._paused_until - now),
+            server_remaining=allow,
+            server_reset_in=None if allow is None else self._allow_until - now,
+            server_limit=self._server_limit,
+            images_last_window=last,
+            images_per_minute=per_minute,
+        )
+
+    # -- the machinery --
+
+    def _expire(self, now: float) -> None:
+        window = self._window
+        while window and window[0][0] <= now:
+            n = window.popleft()[1]
+            self._used -= n
+            if self._allow is not None:  # it has left the server's window too
+                self._allow += n if self._allow_images else 1
+        window = self._sub_window
+        while window and window[0][0] <= now:
+            self._sub_used -= window.popleft()[1]
+        if self._allow is not None and now >= self._allow_until:
+            self._allow = None
+
+    def _fits(self, n: int) -> bool:
+        limit = self._limit
+        if limit and self._used + n > limit:
+            return False
+        used = self._sub_used
+        if used and used + n > self._sub_limit:
+            return False
+        allow = self._allow
+        return allow is None or (n if self._allow_images else 1) <= allow
+
+    def _grant(self, n: int) -> Permit:
+        if self._limit:
+            self._used += n
+            if self._sub_limit:
+                self._sub_used += n
+            if self._allow is not None:
+                self._allow -= n if self._allow_images else 1
+        self._held += n
+        self._granted += n
+        return Permit(self, n, self._allow_epoch)
+
+    def _stamp(self, permit: Permit) -> None:
+        n = permit.images
+        now = self._clock.now()
+        permit.stamped_at = now
+        self._held -= n
+        self._sent += n
+        if self._limit:
+            self._window.append((now + self._span, n))
+            if self._sub_limit:
+                self._sub_window.append((now + self._sub_span, n))
+            if self._n_waiting:
+                self._drain()  # the head may now have an expiry to wait for
+
+    def _refund(self, permit: Permit) -> None:
+        n = permit.images
+        self._held -= n
+        self._refunded += n
+        if self._limit:
+            self._used -= n
+            if self._sub_limit:
+                self._sub_used -= n
+            if self._allow is not None and permit._epoch == self._allow_epoch:
+                self._allow += n if self._allow_images else 1
+        if self._n_waiting:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Serve the waiters at the head that fit; then arm the timer for the rest."""
+        waiters = self._waiters
+        now = self._clock.now()
+        if now < self._paused_until:
+            if self._n_waiting:
+                self._schedule(self._paused_until)
+            return
+        self._expire(now)
+        while waiters:
+            future, n = waiters[0]
+            if future.done():  # cancelled while waiting
+                waiters.popleft()
+                continue
+            if not self._fits(n):
+                break
+            waiters.popleft()
+            self._n_waiting -= 1
+            self._waiting_images -= n
+            future.set_result(self._grant(n))
+        if not waiters:
+            self._cancel_timer()
+            return
+        when = self._next_change(waiters[0][1])
+        if when is None:
+            self._cancel_timer()  # only a stamp or a refund can help; both drain
+        else:
+            self._schedule(when)
+
+    def _next_change(self, n: int) -> float | None:
+        """The earliest time the head (``n`` images) may fit, or None: wait for an event."""
+        when = math.inf
+        limit = self._limit
+        if limit and self._used + n > limit and self._window:
+            when = self._window[0][0]
+        used = self._sub_used
+        if used and used + n > self._sub_limit and self._sub_window:
+            when = min(when, self._sub_window[0][0])
+        allow = self._allow
+        if allow is not None and (n if self._allow_images else 1) > allow:
+            when = min(when, self._allow_until)
+            if self._window:  # an expiry gives back to the allowance too
+                when = min(when, self._window[0][0])
+        return None if when == math.inf else when
+
+    def _schedule(self, when: float) -> None:
+        timer = self._timer
+        if timer is not None:
+            if self._timer_when == when:
+                return
+            timer.cancel()
+        self._timer_when = when
+        self._timer = self._clock.call_at(when, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._drain()
