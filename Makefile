@@ -17,8 +17,12 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
+# The main job, offline: a batch against the embedded emulator, rate-limited to
+# 8 images per 2 s so the limiter is seen at work. Two prompts fail on purpose;
+# their exit status (1) is the expected result here. Run it again to see a resume.
 demo: $(STAMP)
-	$(VENV)/bin/asyncimg batch examples/prompts.txt -o out --emulator
+	$(VENV)/bin/asyncimg batch examples/prompts.txt -o out --emulator --emulator-latency 0.2 \
+		--model dall-e-2 --size 256x256 --rate 8/2s; test $$? -le 1
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

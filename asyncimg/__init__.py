@@ -9,6 +9,9 @@
         await client.save(response, "out/")
 """
 
+import typing as _typing
+
+from ._batch import BatchItem, PromptSource, PromptSpec
 from ._client import AsyncImagesClient
 from ._exceptions import (
     APIConnectionError,
@@ -32,8 +35,10 @@ from ._exceptions import (
 from ._files import ImageFile, ImageInput
 from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse, InputTokensDetails, OutputTokensDetails, Usage
-from ._sync import ImagesClient
 from ._version import __version__
+
+if _typing.TYPE_CHECKING:
+    from ._sync import ImagesClient
 
 __all__ = [
     "APIConnectionError",
@@ -45,6 +50,7 @@ __all__ = [
     "AsyncImgError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchItem",
     "ConflictError",
     "ContentPolicyError",
     "Image",
@@ -59,6 +65,8 @@ __all__ = [
     "NotFoundError",
     "OutputTokensDetails",
     "PermissionDeniedError",
+    "PromptSource",
+    "PromptSpec",
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
@@ -68,3 +76,14 @@ __all__ = [
     "ValidationError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # The blocking client (and the anyio portal machinery) loads on first use:
+    # an async service never pays its import.
+    if name == "ImagesClient":
+        from ._sync import ImagesClient
+
+        globals()["ImagesClient"] = ImagesClient
+        return ImagesClient
+    raise AttributeError(f"module 'asyncimg' has no attribute {name!r}")

@@ -1,0 +1,426 @@
+"""Batches: :func:`generate_many` and the engine under it.
+
+The engine (:class:`BatchIterator`) is an async iterator object, not an async
+generator: a *driver* task pulls the source lazily and starts one task per item
+in an anyio task group; finished items travel back to the consumer through a
+memory object stream. Two semaphores keep everything bounded:
+
+* ``in flight``: at most ``concurrency`` items are being worked on;
+* ``window``: at most ``2 * concurrency`` items are started but not yet handed to
+  the consumer, so a slow consumer (or, with ``ordered=True``, a slow head item)
+  stops new work instead of piling up results.
+
+The driver holds no reference to the iterator object, so when the consumer drops
+it (``break`` out of ``async for``, an exception, a cancellation) ``__del__``
+cancels the driver, whose task group cancels every item: their rate permits are
+refunded by the client and no task is left pending. :meth:`BatchIterator.aclose`
+(or ``async with``) does the same deterministically and waits for the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import inspect
+import math
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._exceptions import AsyncImgError, ValidationError
+from ._models import ImagesResponse
+
+if TYPE_CHECKING:
+    from ._client import AsyncImagesClient
+
+__all__ = [
+    "BatchItem",
+    "BatchIterator",
+    "PromptSource",
+    "PromptSpec",
+    "count_attempt",
+    "generate_keywords",
+    "generate_many",
+    "make_item",
+]
+
+PromptSpec: TypeAlias = "str | Mapping[str, Any]"
+"""One prompt of a batch: a string, or a mapping ``{"prompt": ..., **params}``."""
+
+PromptSource: TypeAlias = "Iterable[PromptSpec] | AsyncIterable[PromptSpec]"
+"""The prompts of a batch: any iterable or async iterable of :data:`PromptSpec`."""
+
+_S = TypeVar("_S")
+_T = TypeVar("_T")
+
+_NOT_PARAMS = frozenset({"self", "prompt"})
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+# Counts the HTTP attempts of the item running in the current task, when the
+# client's limiter reports them (see count_attempt).
+_ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "asyncimg_attempts", default=None
+)
+# Tasks of running drivers: the event loop keeps only weak references.
+_DRIVERS: set[asyncio.Task[None]] = set()
+
+
+def count_attempt() -> None:
+    """Count one HTTP attempt for the batch item running in this task (if any).
+
+    A limiter that wraps another calls this on every granted ``acquire`` and sets
+    ``counts_attempts = True``; :class:`BatchItem.attempts` is then filled in.
+    """
+    counter = _ATTEMPTS.get()
+    if counter is not None:
+        counter[0] += 1
+
+
+def _check_outcome(item: BatchItem, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if (item.response is None) == (value is None):
+        raise ValueError("a BatchItem has exactly one of response and error")
+
+
+@attrs.frozen(eq=False)
+class BatchItem:
+    """The outcome of one prompt of a batch: exactly one of ``response`` and ``error``.
+
+    Attributes:
+        index: the prompt's position in the input (0-based).
+        prompt: the prompt text ("" when the input gave none).
+        params: the item's own parameters (those of a mapping, without ``prompt``;
+            empty for a string); the batch's parameters apply under them.
+        response: the result, or None if the item failed.
+        error: the failure (a ValidationError for a bad item, an APIError after
+            the retries), or None.
+        attempts: HTTP attempts made, when the client's limiter counts them (None
+            otherwise; 0 when the item failed validation).
+        seconds: wall time from the start of the item to its outcome.
+    """
+
+    index: int
+    prompt: str
+    params: Mapping[str, Any]
+    response: ImagesResponse | None
+    error: AsyncImgError | None = attrs.field(validator=_check_outcome)
+    attempts: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the item has a response."""
+        return self.response is not None
+
+
+def generate_keywords(client: AsyncImagesClient) -> frozenset[str]:
+    """The keyword parameters ``client.generate`` takes (``prompt`` excluded)."""
+    return frozenset(
+        name
+        for name, p in inspect.signature(client.generate).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _NOT_PARAMS
+    )
+
+
+def _split_spec(spec: object, allowed: frozenset[str]) -> tuple[str, Mapping[str, Any]]:
+    """``(prompt, own params)`` of one prompt of the input.
+
+    Raises:
+        ValidationError: not a string or a mapping; no string prompt; an unknown key.
+    """
+    if isinstance(spec, str):
+        return spec, _EMPTY
+    if not isinstance(spec, Mapping):
+        raise ValidationError(
+            "prompt", f"a prompt must be a string or a mapping, not {type(spec).__name__}"
+        )
+    own = {str(k): v for k, v in spec.items() if k != "prompt"}
+    for key in own:
+        if key not in allowed:
+            raise ValidationError(key, f"generate() takes no parameter {key!r}")
+    prompt = spec.get("prompt")
+    if not isinstance(prompt, str):
+        raise ValidationError("prompt", "each mapping needs a string 'prompt'")
+    return prompt, MappingProxyType(own)
+
+
+async def make_item(
+    client: AsyncImagesClient,
+    index: int,
+    spec: object,
+    params: Mapping[str, Any],
+    allowed: frozenset[str],
+) -> BatchItem:
+    """Run one prompt of a batch: ``client.generate`` with ``params`` under the item's own.
+
+    Returns an item with ``.error`` for any :class:`AsyncImgError`; anything else
+    (a bug) propagates.
+    """
+    started = time.monotonic()
+    counter = [0]
+    token = _ATTEMPTS.set(counter)
+    counted = bool(getattr(client.limiter, "counts_attempts", False))
+    prompt = spec if isinstance(spec, str) else ""
+    own: Mapping[str, Any] = _EMPTY
+    try:
+        prompt, own = _split_spec(spec, allowed)
+        response = await client.generate(prompt, **{**params, **own})
+    except AsyncImgError as exc:
+        if isinstance(spec, Mapping) and own is _EMPTY:
+            raw = spec.get("prompt")
+            prompt = raw if isinstance(raw, str) else ""
+            own = MappingProxyType({str(k): v for k, v in spec.items() if k != "prompt"})
+        return BatchItem(
+            index, prompt, own, None, exc,
+            counter[0] if counted else None, time.monotonic() - started,
+        )
+    finally:
+        _ATTEMPTS.reset(token)
+    return BatchItem(
+        index, prompt, own, response, None,
+        counter[0] if counted else None, time.monotonic() - started,
+    )
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The single exception inside (nested) exception groups of one, else ``exc``."""
+    while True:
+        inner = getattr(exc, "exceptions", None)
+        if not (hasattr(exc, "split") and isinstance(inner, tuple) and len(inner) == 1):
+            return exc
+        exc = inner[0]
+
+
+@attrs.define(eq=False)
+class _Shared(Generic[_T]):
+    """What the driver and the iterator share (the driver never sees the iterator)."""
+
+    send: MemoryObjectSendStream[tuple[int, _T]]
+    window: anyio.Semaphore
+    error: BaseException | None = None
+
+
+async def _aiter_source(source: Iterable[_S] | AsyncIterable[_S]) -> AsyncIterable[_S]:
+    if isinstance(source, AsyncIterable):
+        async for spec in source:
+            yield spec
+    else:
+        for spec in source:
+            yield spec
+
+
+async def _drive(
+    shared: _Shared[_T],
+    source: Iterable[_S] | AsyncIterable[_S],
+    work: Callable[[int, _S], Awaitable[_T]],
+    concurrency: int,
+) -> None:
+    in_flight = anyio.Semaphore(concurrency)
+
+    async def run_one(index: int, spec: _S) -> None:
+        try:
+            result = await work(index, spec)
+        finally:
+            in_flight.release()
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            shared.send.send_nowait((index, result))
+
+    specs = _aiter_source(source)
+    try:
+        async with anyio.create_task_group() as tg:
+            index = 0
+            while True:
+                await shared.window.acquire()
+                await in_flight.acquire()
+                try:
+                    spec = await specs.__anext__()  # type: ignore[attr-defined]
+                except StopAsyncIteration:
+                    break
+                tg.start_soon(run_one, index, spec)
+                index += 1
+    except Exception as exc:
+        shared.error = _unwrap(exc)
+    finally:
+        with contextlib.suppress(Exception):
+            await specs.aclose()  # type: ignore[attr-defined]
+        shared.send.close()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    _DRIVERS.discard(task)
+    if not task.cancelled():
+        task.exception()
+
+
+class BatchIterator(Generic[_T]):
+    """An async iterator over the results of ``work(index, spec)`` for each spec of a source.
+
+    Created by :func:`generate_many`; nothing starts before the first ``__anext__``.
+    Use it with ``async for``; leaving the loop early cancels the items in flight
+    (``await it.aclose()`` or ``async with it:`` waits for that to finish).
+
+    Args:
+        source: an iterable or async iterable, pulled lazily (a sync one is
+            iterated on the event loop, so it must not block).
+        work: the coroutine run for each spec; it should turn expected failures
+            into results: any exception it raises ends the batch and is raised
+            from ``__anext__``.
+        concurrency: items worked on at once.
+        ordered: yield results in input order (else as they finish).
+        window: items started but not yet yielded (default ``2 * concurrency``).
+    """
+
+    def __init__(
+        self,
+        source: Iterable[_S] | AsyncIterable[_S],
+        work: Callable[[int, _S], Awaitable[_T]],
+        *,
+        concurrency: int,
+        ordered: bool = False,
+        window: int | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValidationError("concurrency", "concurrency must be >= 1")
+        self._source: Iterable[Any] | AsyncIterable[Any] | None = source
+        self._work: Callable[[int, Any], Awaitable[_T]] | None = work
+        self._concurrency = concurrency
+        self._ordered = ordered
+        self._window_size = max(window or 2 * concurrency, concurrency)
+        self._shared: _Shared[_T] | None = None
+        self._receive: MemoryObjectReceiveStream[tuple[int, _T]] | None = None
+        self._driver: asyncio.Task[None] | None = None
+        self._buffer: dict[int, _T] = {}
+        self._next = 0
+        self._closed = False
+
+    def __aiter__(self) -> BatchIterator[_T]:
+        return self
+
+    async def __aenter__(self) -> BatchIterator[_T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _start(self) -> MemoryObjectReceiveStream[tuple[int, _T]]:
+        if self._receive is not None:
+            return self._receive
+        assert self._source is not None
+        assert self._work is not None
+        send, receive = anyio.create_memory_object_stream[tuple[int, _T]](math.inf)
+        self._shared = shared = _Shared(send, anyio.Semaphore(self._window_size))
+        coro = _drive(shared, self._source, self._work, self._concurrency)
+        self._source = self._work = None
+        task = asyncio.get_running_loop().create_task(coro)
+        _DRIVERS.add(task)
+        task.add_done_callback(_retrieve)
+        self._driver = task
+        self._receive = receive
+        return receive
+
+    async def __anext__(self) -> _T:
+        if self._closed:
+            raise StopAsyncIteration
+        receive = self._start()
+        try:
+            if self._ordered:
+                while self._next not in self._buffer:
+                    index, result = await receive.receive()
+                    self._buffer[index] = result
+                result = self._buffer.pop(self._next)
+                self._next += 1
+            else:
+                _, result = await receive.receive()
+        except anyio.EndOfStream:
+            await self._finish()
+            raise StopAsyncIteration from None
+        assert self._shared is not None
+        self._shared.window.release()
+        return result
+
+    async def _finish(self) -> None:
+        self._closed = True
+        if self._receive is not None:
+            self._receive.close()
+        task = self._driver
+        if task is not None and not task.done():
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({task})
+        shared = self._shared
+        if shared is not None and shared.error is not None:
+            error, shared.error = shared.error, None
+            raise error
+
+    async def aclose(self) -> None:
+        """Cancel what is in flight and wait until every task has ended. Safe to call twice."""
+        self._closed = True
+        self._buffer.clear()
+        task = self._driver
+        if task is not None and not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({task})
+        if self._receive is not None:
+            self._receive.close()
+        if self._shared is not None:
+            self._shared.send.close()
+
+    def __del__(self) -> None:
+        task = self._driver
+        if task is not None and not task.done():
+            with contextlib.suppress(RuntimeError):
+                task.cancel()
+        if self._receive is not None:
+            self._receive.close()
+        if self._shared is not None:
+            self._shared.send.close()
+
+
+def generate_many(
+    client: AsyncImagesClient,
+    prompts: PromptSource,
+    *,
+    ordered: bool = False,
+    params: Mapping[str, Any] | None = None,
+) -> BatchIterator[BatchItem]:
+    """Generate images for many prompts, at most ``client.max_concurrency`` at once.
+
+    See :meth:`AsyncImagesClient.generate_many`. ``params`` apply to every item;
+    a mapping item's own keys override them.
+
+    Raises:
+        ValidationError: ``params`` names a parameter ``generate`` does not take
+            (``param`` is its name), or ``prompts`` is not an iterable of prompts.
+    """
+    params = dict(params or {})
+    allowed = generate_keywords(client)
+    for key in params:
+        if key == "prompt":
+            raise ValidationError("prompt", "the prompts come from `prompts`, not from params")
+        if key not in allowed:
+            raise ValidationError(key, f"generate() takes no parameter {key!r}")
+    if isinstance(prompts, (str, bytes)) or not isinstance(
+        prompts, (Iterable, AsyncIterable)
+    ):
+        raise ValidationError(
+            "prompts", "prompts must be an iterable or async iterable of prompts, not a "
+            + type(prompts).__name__
+        )
+    frozen = MappingProxyType(params)
+
+    async def work(index: int, spec: PromptSpec) -> BatchItem:
+        return await make_item(client, index, spec, frozen, allowed)
+
+    return BatchIterator(
+        prompts, work, concurrency=client.max_concurrency, ordered=ordered
+    )

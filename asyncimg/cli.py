@@ -1,0 +1,514 @@
+"""The ``asyncimg`` command (also ``python -m asyncimg``).
+
+::
+
+    asyncimg batch PROMPTS -o DIR      many prompts, resumable, with a manifest
+    asyncimg generate PROMPT           one generation
+    asyncimg edit IMAGE PROMPT         one edit (--mask M)
+    asyncimg variation IMAGE           variations of an image
+    asyncimg serve                     run the emulator
+
+Exit status: 0 all succeeded, 1 something failed, 2 a usage error. rich draws the
+progress bar and the summary when standard error is a terminal; it is imported
+only then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ._exceptions import APIError, AsyncImgError, ValidationError
+from ._limiter import Limiter, RateLimit
+from ._runner import ProgressSink
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._client import AsyncImagesClient
+    from ._runner import BatchSummary, Record
+
+__all__ = ["main", "parse_rate"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_RATE = re.compile(r"^\s*([0-9]+)\s*(?:/\s*([0-9]*\.?[0-9]*)\s*(s|sec|m|min|h|hour)?)?\s*$")
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+_EMULATOR_KEY = "sk-asyncimg-emulator"
+
+
+class UsageError(Exception):
+    """A bad command line or input: exit status 2."""
+
+
+def parse_rate(text: str) -> RateLimit | None:
+    """``50/min``, ``5/s``, ``20/2s``, ``1000/h`` or ``50`` (per minute); ``off`` -> None.
+
+    Raises:
+        ValueError: the text is none of those.
+    """
+    if text.strip().lower() in ("off", "none", "0"):
+        return None
+    found = _RATE.match(text.lower())
+    if found is None or (found.group(2) is None and "/" in text) or (
+        found.group(2) is not None and found.group(2) == "" and found.group(3) is None
+    ):
+        raise ValueError(f"not a rate: {text!r} (try 50/min, 5/s, 20/2s or off)")
+    images = int(found.group(1))
+    if found.group(2) is None:
+        return RateLimit(images=images, per=60.0)
+    count = float(found.group(2)) if found.group(2) else 1.0
+    unit = _UNITS[found.group(3) or "s"]
+    return RateLimit(images=images, per=count * unit)
+
+
+def _rate_arg(text: str) -> RateLimit | None:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {value}")
+    return value
+
+
+# -- the parser -------------------------------------------------------------------------
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("connection")
+    g.add_argument("--base-url", help="the API's base URL (default $OPENAI_BASE_URL or OpenAI)")
+    g.add_argument(
+        "--rate", type=_rate_arg, default=RateLimit(images=50, per=60.0), metavar="RATE",
+        help="images per window: 50/min (default), 5/s, 20/2s, or off",
+    )
+    g.add_argument("--concurrency", type=_positive_int, default=16, help="requests in flight")
+    g.add_argument("--max-retries", type=int, default=3, help="retries per request")
+    g.add_argument("--timeout", type=float, default=600.0, help="seconds for one attempt")
+    g.add_argument(
+        "--emulator", action="store_true",
+        help="run against an emulator started in this process (no key needed)",
+    )
+    g.add_argument(
+        "--emulator-latency", type=float, default=0.0, metavar="S",
+        help="the emulator's answer delay in seconds (with --emulator)",
+    )
+    return common
+
+
+def _image_options(*, style: bool = True, gpt: bool = True) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("image parameters (left out: the server's default)")
+    g.add_argument("--model", help="dall-e-2, dall-e-3, gpt-image-1, ...")
+    g.add_argument("-n", type=int, dest="n", help="images per prompt")
+    g.add_argument("--size", help="e.g. 1024x1024, 256x256, auto")
+    g.add_argument(
+        "--format", dest="response_format", choices=("url", "b64_json"),
+        help="response_format (dall-e models)",
+    )
+    g.add_argument("--user", help="an end-user id for abuse monitoring")
+    if gpt:
+        g.add_argument("--quality", help="standard, hd, low, medium, high, auto")
+        g.add_argument("--output-format", choices=("png", "jpeg", "webp"))
+        g.add_argument("--output-compression", type=int, metavar="0-100")
+        g.add_argument("--background", choices=("transparent", "opaque", "auto"))
+    if style:
+        g.add_argument("--moderation", choices=("low", "auto"))
+        g.add_argument("--style", choices=("vivid", "natural"))
+    return common
+
+
+_PARAM_NAMES = (
+    "model", "n", "size", "quality", "response_format", "output_format", "output_compression",
+    "background", "moderation", "style", "user", "input_fidelity",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``asyncimg`` command."""
+    parser = argparse.ArgumentParser(
+        prog="asyncimg",
+        description="Generate, edit and vary images with the OpenAI Images API "
+        "(or any server that speaks it). The key comes from $OPENAI_API_KEY.",
+    )
+    parser.add_argument("--version", action="version", version=f"asyncimg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    conn = _connection_options()
+
+    batch = sub.add_parser(
+        "batch", parents=[_image_options(), conn],
+        help="generate images for every prompt of a file, resumably",
+        description="Generate images for every prompt of PROMPTS into DIR, with "
+        "DIR/manifest.jsonl recording each finished item. Rerunning with the same "
+        "input and DIR skips what is done and retries what failed.",
+    )
+    batch.add_argument(
+        "prompts", metavar="PROMPTS", help=".txt, .jsonl or .csv file, or - for stdin"
+    )
+    batch.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    batch.add_argument(
+        "--input-format", choices=("txt", "jsonl", "csv"),
+        help="the input's format (default: from the suffix; txt for stdin)",
+    )
+    batch.add_argument(
+        "--retry-failed", action=argparse.BooleanOptionalAction, default=True,
+        help="run items that failed in an earlier run again (default: yes)",
+    )
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
+
+    generate = sub.add_parser(
+        "generate", parents=[_image_options(), conn], help="generate images for one prompt"
+    )
+    generate.add_argument("prompt", metavar="PROMPT")
+    generate.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
+
+    edit = sub.add_parser(
+        "edit", parents=[_image_options(style=False), conn], help="edit an image"
+    )
+    edit.add_argument("image", metavar="IMAGE", help="the image to edit (a PNG for dall-e-2)")
+    edit.add_argument("prompt", metavar="PROMPT")
+    edit.add_argument("--mask", metavar="M", help="a PNG whose transparent areas mark the edit")
+    edit.add_argument("--input-fidelity", choices=("high", "low"))
+    edit.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
+
+    variation = sub.add_parser(
+        "variation", parents=[_image_options(style=False, gpt=False), conn],
+        help="create variations of an image (dall-e-2)",
+    )
+    variation.add_argument("image", metavar="IMAGE")
+    variation.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
+
+    serve = sub.add_parser("serve", help="run the emulator until Ctrl-C")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8089, help="0 picks a free port")
+    serve.add_argument("--api-key", help="the key to expect (default: any)")
+    serve.add_argument("--images-per-minute", type=int, help="answer 429 above this")
+    serve.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    return parser
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        name: getattr(args, name)
+        for name in _PARAM_NAMES
+        if getattr(args, name, None) is not None
+    }
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
+    from ._client import AsyncImagesClient
+    from ._runner import MeteredLimiter
+
+    limiter = MeteredLimiter(Limiter(args.rate))
+    async with contextlib.AsyncExitStack() as stack:
+        base_url = args.base_url
+        api_key = None
+        if args.emulator:
+            from .testing import Emulator
+
+            emu = await stack.enter_async_context(Emulator(latency=args.emulator_latency))
+            base_url, api_key = emu.base_url, _EMULATOR_KEY
+        client = AsyncImagesClient(
+            api_key=api_key,
+            base_url=base_url,
+            limiter=limiter,
+            max_concurrency=args.concurrency,
+            max_retries=args.max_retries,
+            timeout=args.timeout,
+        )
+        yield await stack.enter_async_context(client)
+
+
+async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    params = _params(args)
+    async with _client(args) as client:
+        try:
+            if args.command == "generate":
+                response = await client.generate(args.prompt, **params)
+            elif args.command == "edit":
+                response = await client.edit(args.image, args.prompt, mask=args.mask, **params)
+            else:
+                response = await client.create_variation(args.image, **params)
+            paths = await client.save(response, args.output)
+        except ValidationError as exc:
+            print(f"asyncimg: error: {exc.param}: {exc}", file=err)
+            return EXIT_USAGE
+        except APIError as exc:
+            print(f"asyncimg: {type(exc).__name__}: {exc}", file=err)
+            return EXIT_FAILED
+    for path in paths:
+        print(path, file=out)
+    for image in response.data:
+        if image.revised_prompt:
+            print(f"revised prompt: {image.revised_prompt}", file=err)
+    return EXIT_OK
+
+
+async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from ._runner import InputError, detect_format, open_text, run_batch
+
+    fmt = detect_format(args.prompts, args.input_format)
+    quiet = args.quiet
+    progress: _Plain | None = None
+    if not quiet:
+        progress = _Rich(err) if _isatty(err) else _Plain(err)
+    async with _client(args) as client:
+        try:
+            summary = await run_batch(
+                client,
+                open_text(args.prompts),
+                fmt,
+                args.output,
+                params=_params(args),
+                retry_failed=args.retry_failed,
+                count_first=args.prompts != "-",
+                progress=progress,
+            )
+        except (InputError, ValidationError) as exc:
+            raise UsageError(str(exc)) from None
+    if not quiet:
+        _print_summary(summary, args, out, rich=isinstance(progress, _Rich))
+    elif summary.failed:
+        _print_failures(summary, err)
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _short(text: str, width: int = 50) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _error_text(record: Record) -> str:
+    error = record.error or {}
+    code = f" ({error['code']})" if error.get("code") else ""
+    return f"{error.get('type', 'Error')}{code}: {_short(str(error.get('message', '')), 160)}"
+
+
+class _Plain(ProgressSink):
+    """Progress as plain lines: one per finished item, and a status line every 10 s."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._last = time.monotonic()
+
+    def _status(self, s: BatchSummary) -> str:
+        total = "?" if s.total is None else str(s.total)
+        eta = ""
+        if s.total and s.done:
+            left = (time.monotonic() - s.started) / s.done * (s.total - s.done)
+            eta = f", ETA {_duration(left)}"
+        return (
+            f"{s.done}/{total} done, {s.failed} failed, {s.images_per_minute:.1f} images/min, "
+            f"waited {_duration(s.waited)} on the rate limit{eta}"
+        )
+
+    def start(self, s: BatchSummary) -> None:
+        total = "unknown" if s.total is None else str(s.total)
+        skipped = f" ({s.skipped} already done)" if s.skipped else ""
+        print(f"batch: {total} items to run{skipped}", file=self.stream, flush=True)
+
+    def item(self, record: Record, s: BatchSummary) -> None:
+        total = "?" if s.total is None else str(s.total)
+        head = f"[{s.done}/{total}] line {record.line}"
+        if record.ok:
+            line = f"{head} ok {', '.join(record.files)} ({record.seconds:.1f}s)"
+        else:
+            line = f"{head} FAILED {_error_text(record)}"
+        print(line, file=self.stream, flush=True)
+
+    def tick(self, s: BatchSummary) -> None:
+        now = time.monotonic()
+        if now - self._last >= 10.0:
+            self._last = now
+            print(self._status(s), file=self.stream, flush=True)
+
+    def stop(self, s: BatchSummary) -> None:
+        print(self._status(s), file=self.stream, flush=True)
+
+
+class _Rich(_Plain):
+    """A rich progress bar on a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(file=stream)
+        self.progress = Progress(
+            TextColumn("[bold]batch"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TextColumn("{task.fields[ipm]} img/min"),
+            TextColumn("rate wait {task.fields[waited]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("batch", total=None, failed=0, ipm="0.0", waited="0s")
+
+    def _update(self, s: BatchSummary, advance: int = 0) -> None:
+        self.progress.update(
+            self.task, total=s.total, advance=advance, failed=s.failed,
+            ipm=f"{s.images_per_minute:.1f}", waited=_duration(s.waited),
+        )
+
+    def start(self, s: BatchSummary) -> None:
+        if s.skipped:
+            self.console.print(f"{s.skipped} items already done, skipped")
+        self._update(s)
+        self.progress.start()
+
+    def item(self, record: Record, s: BatchSummary) -> None:
+        if not record.ok:
+            self.progress.console.print(
+                f"[red]line {record.line} failed[/red]: {_error_text(record)}", markup=True,
+                highlight=False,
+            )
+        self._update(s, advance=1)
+
+    def tick(self, s: BatchSummary) -> None:
+        self._update(s)
+
+    def stop(self, s: BatchSummary) -> None:
+        self._update(s)
+        self.progress.stop()
+
+
+def _print_failures(s: BatchSummary, stream: TextIO) -> None:
+    print(f"{s.failed} failed:", file=stream)
+    for record in s.failures:
+        print(f"  line {record.line} [{record.id}] {_error_text(record)}", file=stream)
+    if s.failed > len(s.failures):
+        print(f"  ... and {s.failed - len(s.failures)} more (see the manifest)", file=stream)
+
+
+def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, rich: bool) -> None:
+    out_dir = Path(args.output)
+    rows = [
+        ("items run", str(s.done)),
+        ("succeeded", str(s.ok)),
+        ("failed", str(s.failed)),
+        ("skipped (already done)", str(s.skipped)),
+        ("images saved", str(s.images)),
+        ("time", _duration(s.elapsed)),
+        ("images/min", f"{s.images_per_minute:.1f}"),
+        ("waited on the rate limit", _duration(s.waited)),
+        ("images in", str(out_dir)),
+        ("manifest", str(out_dir / "manifest.jsonl")),
+    ]
+    if rich:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(file=out)
+        table = Table(title="asyncimg batch", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for name, value in rows:
+            table.add_row(name, value)
+        console.print(table)
+        if s.failed:
+            failures = Table(title=f"{s.failed} failed", show_lines=False)
+            failures.add_column("line", justify="right")
+            failures.add_column("id")
+            failures.add_column("error")
+            for record in s.failures:
+                failures.add_row(str(record.line), record.id, _error_text(record))
+            console.print(failures)
+            if s.failed > len(s.failures):
+                console.print(f"... and {s.failed - len(s.failures)} more (see the manifest)")
+        return
+    width = max(len(name) for name, _ in rows)
+    print("summary:", file=out)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}", file=out)
+    if s.failed:
+        _print_failures(s, out)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .testing import serve
+
+    serve(
+        args.host, args.port, api_key=args.api_key,
+        images_per_minute=args.images_per_minute, latency=args.latency,
+    )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``asyncimg`` command; returns the exit status (0, 1 or 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "batch" and args.prompts != "-" and not Path(args.prompts).is_file():
+            raise UsageError(f"no such file: {args.prompts}")
+        runner = _batch if args.command == "batch" else _single
+        return asyncio.run(runner(args, out, err))
+    except UsageError as exc:
+        print(f"asyncimg: error: {exc}", file=err)
+        return EXIT_USAGE
+    except ValidationError as exc:  # the client's own arguments, e.g. no API key
+        print(f"asyncimg: error: {exc}", file=err)
+        return EXIT_USAGE
+    except AsyncImgError as exc:
+        print(f"asyncimg: {type(exc).__name__}: {exc}", file=err)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"asyncimg: {exc}", file=err)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("asyncimg: interrupted", file=err)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

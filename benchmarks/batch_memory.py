@@ -1,0 +1,91 @@
+"""Peak RSS of `asyncimg batch` for 250 and 1,000 1024x1024 b64 images at concurrency 32.
+
+The emulator runs in a separate process (its memory is not counted); each batch
+runs in a fresh process of its own, which reports its peak RSS (ru_maxrss). Goal:
+the two within 10% of each other, both under 150 MB.
+
+    .venv/bin/python benchmarks/batch_memory.py [--sizes 250 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _worker(base_url: str, count: int, concurrency: int) -> None:
+    from asyncimg import AsyncImagesClient, Limiter
+    from asyncimg._runner import MeteredLimiter, run_batch
+
+    async def run() -> dict[str, float]:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "prompts.txt"
+            src.write_text("".join(f"benchmark prompt {i}\n" for i in range(count)))
+            started = time.monotonic()
+            async with AsyncImagesClient(
+                api_key="sk-bench", base_url=base_url, limiter=MeteredLimiter(Limiter(None)),
+                max_concurrency=concurrency,
+            ) as client:
+                summary = await run_batch(
+                    client, lambda: open(src), "txt", Path(tmp) / "out",  # noqa: SIM115
+                    params={"model": "dall-e-2", "size": "1024x1024",
+                            "response_format": "b64_json"},
+                )
+            elapsed = time.monotonic() - started
+            assert summary.ok == count, summary
+            size = sum(p.stat().st_size for p in (Path(tmp) / "out").glob("*.png"))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+        return {"images": count, "peak_rss_mb": round(peak, 1), "seconds": round(elapsed, 2),
+                "image_mb_each": round(size / count / 2**20, 2)}
+
+    print(json.dumps(asyncio.run(run())))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[250, 1000])
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--worker", nargs=2, metavar=("BASE_URL", "COUNT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker[0], int(args.worker[1]), args.concurrency)
+        return 0
+    server = subprocess.Popen(
+        [sys.executable, "-m", "asyncimg.testing", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        base_url = next(w for w in line.split() if w.startswith("http://"))
+        results = []
+        for count in args.sizes:
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", base_url, str(count),
+                 "--concurrency", str(args.concurrency)],
+                capture_output=True, text=True, check=True,
+            )
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append(result)
+            print(f"{count:>6} images: peak RSS {result['peak_rss_mb']:.1f} MB, "
+                  f"{result['seconds']:.1f}s, {result['image_mb_each']} MB per image", flush=True)
+        peaks = [r["peak_rss_mb"] for r in results]
+        spread = (max(peaks) - min(peaks)) / min(peaks) * 100
+        verdict = "ok" if spread <= 10 and max(peaks) < 150 else "MISSED"
+        print(f"spread {spread:.1f}% (goal <= 10%), max {max(peaks):.1f} MB (goal < 150): "
+              f"{verdict}")
+        return 0 if verdict == "ok" else 1
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""The asyncimg command: batch end to end, exit statuses, SIGKILL and rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asyncimg import RateLimit
+from asyncimg.cli import main, parse_rate
+
+ROOT = Path(__file__).resolve().parent.parent
+EMU = ["--emulator", "--model", "dall-e-2", "--size", "256x256"]
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    return subprocess.run(
+        [sys.executable, "-m", "asyncimg", *args], cwd=ROOT, capture_output=True, text=True,
+        input=stdin, env=env, timeout=60,
+    )
+
+
+def _manifest(out: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_parse_rate() -> None:
+    assert parse_rate("50/min") == RateLimit(50, 60.0)
+    assert parse_rate("5/s") == RateLimit(5, 1.0)
+    assert parse_rate("20/2s") == RateLimit(20, 2.0)
+    assert parse_rate("100/h") == RateLimit(100, 3600.0)
+    assert parse_rate("50") == RateLimit(50, 60.0)
+    assert parse_rate("off") is None
+    for bad in ("fast", "5/", "5/x", "/s"):
+        with pytest.raises(ValueError, match="not a rate"):
+            parse_rate(bad)
+
+
+def test_examples_batch_exit_1_then_resume(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = _cli("batch", "examples/prompts.txt", "-o", str(out), *EMU)
+    assert run.returncode == 1, run.stderr
+    # Not a terminal: plain progress lines, then the summary with the failures.
+    assert "batch: 19 items to run" in run.stderr
+    assert "[19/19]" in run.stderr
+    assert "FAILED" in run.stderr
+    assert "summary:" in run.stdout
+    assert "2 failed:" in run.stdout
+    assert "ContentPolicyError" in run.stdout
+    assert "ValidationError" in run.stdout
+    lines = _manifest(out)
+    assert len(lines) == 19
+    assert sum(x["status"] == "ok" for x in lines) == 17
+    assert len(list(out.glob("*.png"))) == 17
+    again = _cli("batch", "examples/prompts.txt", "-o", str(out), *EMU, "--no-retry-failed", "-q")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == ""
+    assert again.stderr == ""
+    assert len(_manifest(out)) == 19
+
+
+def test_formats_and_stdin(tmp_path: Path) -> None:
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b", "size": "512x512"}\n')
+    (tmp_path / "p.csv").write_text("prompt,size\nc,256x256\nd,512x512\n")
+    for name in ("p.jsonl", "p.csv"):
+        run = _cli("batch", str(tmp_path / name), "-o", str(tmp_path / name[2:]), *EMU)
+        assert run.returncode == 0, run.stderr
+        assert len(_manifest(tmp_path / name[2:])) == 2
+    run = _cli("batch", "-", "-o", str(tmp_path / "stdin"), *EMU, stdin="e\nf\n\ng\n")
+    assert run.returncode == 0, run.stderr
+    assert len(_manifest(tmp_path / "stdin")) == 3
+
+
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["batch", "x.txt"])  # no -o
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["batch", "x.txt", "-o", "out", "--rate", "fast"])
+    assert info.value.code == 2
+    assert main(["batch", str(tmp_path / "missing.txt"), "-o", str(tmp_path)]) == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text\nhello\n")
+    assert main(["batch", str(bad), "-o", str(tmp_path / "o"), "--emulator"]) == 2
+    assert "prompt" in capsys.readouterr().err
+
+
+def test_generate_command(tmp_path: Path) -> None:
+    run = _cli("generate", "a cat", "-o", str(tmp_path), *EMU, "--format", "url")
+    assert run.returncode == 0, run.stderr
+    paths = run.stdout.split()
+    assert len(paths) == 1
+    assert Path(paths[0]).is_file()
+    run = _cli("generate", "x" * 1001, *EMU)
+    assert run.returncode == 2
+    assert "prompt" in run.stderr
+    run = _cli("generate", "forbidden-content", "-o", str(tmp_path), *EMU)
+    assert run.returncode == 1
+    assert "ContentPolicyError" in run.stderr
+
+
+def test_no_key_is_a_usage_error(tmp_path: Path) -> None:
+    run = _cli("generate", "a cat", "-o", str(tmp_path))
+    assert run.returncode == 2
+    assert "API key" in run.stderr
+
+
+def test_sigkill_and_rerun_is_exactly_once(tmp_path: Path) -> None:
+    prompts = [f"prompt number {i}" for i in range(40)]
+    src = tmp_path / "p.txt"
+    src.write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "out"
+    args = ["batch", str(src), "-o", str(out), *EMU, "--rate", "off", "--concurrency", "8", "-q"]
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    for delay in (0.6, 0.9):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "asyncimg", *args, "--emulator-latency", "0.1"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+    run = _cli(*args)
+    assert run.returncode == 0, run.stderr
+    lines = _manifest(out)
+    assert sorted(x["prompt"] for x in lines) == sorted(prompts)
+    assert len({x["id"] for x in lines}) == 40
+    assert all(x["status"] == "ok" for x in lines)
+    images = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+    assert images == sorted(f for x in lines for f in x["files"])  # type: ignore[attr-defined]
+    assert not [p for p in out.iterdir() if p.name.endswith(".part")]

@@ -1,0 +1,171 @@
+"""The batch runner: input formats, the manifest, resume, exactly-once."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from asyncimg import AsyncImagesClient, Limiter
+from asyncimg._runner import (
+    MANIFEST_NAME,
+    InputError,
+    Manifest,
+    MeteredLimiter,
+    read_entries,
+    run_batch,
+)
+from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
+
+from .conftest import TEST_KEY
+
+
+def _lines(directory: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in (directory / MANIFEST_NAME).read_text().splitlines()]
+
+
+def test_txt_skips_blank_and_comment_lines() -> None:
+    text = "# a comment\nfirst\n\n   \n  second  \nfirst\n"
+    entries = list(read_entries(io.StringIO(text), "txt", {"size": "256x256"}))
+    assert [(e.line, e.prompt) for e in entries] == [(2, "first"), (5, "second"), (6, "first")]
+    # A repeat is another item, with its own stable id.
+    assert entries[2].id == entries[0].id + "-2"
+    again = list(read_entries(io.StringIO("inserted\n" + text), "txt", {"size": "256x256"}))
+    assert {e.id for e in again} >= {e.id for e in entries}
+    other = list(read_entries(io.StringIO(text), "txt", {"size": "512x512"}))
+    assert entries[0].id != other[0].id
+
+
+def test_jsonl_entries() -> None:
+    text = (
+        '{"prompt": "a", "size": "512x512"}\n\n"just a string"\nnot json\n[1]\n{"size": "x"}\n'
+    )
+    entries = list(read_entries(io.StringIO(text), "jsonl", {}))
+    assert entries[0].prompt == "a"
+    assert entries[0].params == {"size": "512x512"}
+    assert entries[1].prompt == "just a string"
+    assert entries[1].problem is None
+    assert [e.problem is not None for e in entries] == [False, False, True, True, True]
+
+
+def test_csv_entries() -> None:
+    text = "prompt,size,n\nhello,256x256,2\n,,\nworld,,\n"
+    entries = list(read_entries(io.StringIO(text), "csv", {}))
+    assert [(e.prompt, dict(e.params)) for e in entries] == [
+        ("hello", {"size": "256x256", "n": 2}),
+        ("world", {}),
+    ]
+    with pytest.raises(InputError):
+        list(read_entries(io.StringIO("text,size\na,b\n"), "csv", {}))
+
+
+async def _run(
+    base_url: str, path: Path, out: Path, fmt: str = "txt", **kwargs: object
+) -> object:
+    async with AsyncImagesClient(
+        api_key=TEST_KEY, base_url=base_url, limiter=MeteredLimiter(Limiter(None)),
+        max_concurrency=4, max_retries=0,
+    ) as client:
+        return await run_batch(
+            client, lambda: open(path, encoding="utf-8"), fmt, out,
+            params={"model": "dall-e-2", "size": "256x256"}, **kwargs,  # type: ignore[arg-type]
+        )
+
+
+async def test_manifest_and_resume_after_failure(emu: Emulator, tmp_path: Path) -> None:
+    src = tmp_path / "p.txt"
+    src.write_text(f"one\ntwo\nthree {CONTENT_POLICY_MARKER}\nfour\n")
+    out = tmp_path / "out"
+    emu.add_fault(Fault.status(500, times=1))  # one of the four fails (no retries)
+    summary = await _run(emu.base_url, src, out)
+    assert summary.total == 4
+    assert summary.ok == 2
+    assert summary.failed == 2
+    lines = _lines(out)
+    assert len(lines) == 4
+    failed = [x for x in lines if x["status"] == "failed"]
+    assert {x["error"]["type"] for x in failed} == {"ContentPolicyError", "InternalServerError"}  # type: ignore[index]
+    policy = next(x for x in failed if x["error"]["type"] == "ContentPolicyError")  # type: ignore[index]
+    assert policy["error"]["code"] == "content_policy_violation"  # type: ignore[index]
+    ok = [x for x in lines if x["status"] == "ok"]
+    for x in ok:
+        assert x["attempts"] == 1
+        assert x["request_id"]
+        assert x["seconds"] >= 0
+        assert x["params"] == {}
+        assert x["line"] in (1, 2, 4)
+        for name in x["files"]:  # type: ignore[attr-defined]
+            assert (out / name).is_file()
+    # Rerun: the two done are skipped, the two failed retried; one still fails.
+    before = len(emu.requests("generate"))
+    summary = await _run(emu.base_url, src, out)
+    assert summary.skipped == 2
+    assert summary.ok == 1
+    assert summary.failed == 1
+    assert len(emu.requests("generate")) - before == 2
+    lines = _lines(out)
+    assert len(lines) == 4 == len({x["id"] for x in lines})
+    # --no-retry-failed: nothing to do.
+    summary = await _run(emu.base_url, src, out, retry_failed=False)
+    assert summary.total == 0
+    assert summary.skipped == 4
+
+
+async def test_missing_files_and_torn_line_are_redone(emu: Emulator, tmp_path: Path) -> None:
+    src = tmp_path / "p.jsonl"
+    src.write_text('{"prompt": "one"}\n{"prompt": "two", "n": 2}\n{"prompt": "three"}\n')
+    out = tmp_path / "out"
+    await _run(emu.base_url, src, out, fmt="jsonl")
+    lines = _lines(out)
+    assert len(lines) == 3
+    two = next(x for x in lines if x["prompt"] == "two")
+    assert len(two["files"]) == 2  # type: ignore[arg-type]
+    (out / lines[0]["files"][0]).unlink()  # type: ignore[index]
+    manifest = out / MANIFEST_NAME
+    data = manifest.read_bytes()
+    manifest.write_bytes(data[: len(data) - 20])  # a torn last line
+    (out / ".x.png.abc.part").write_bytes(b"junk")
+    summary = await _run(emu.base_url, src, out, fmt="jsonl")
+    assert summary.ok == 2
+    assert summary.skipped == 1
+    lines = _lines(out)
+    assert len(lines) == 3 == len({x["id"] for x in lines})
+    assert all(x["status"] == "ok" for x in lines)
+    assert not list(out.glob(".*.part"))
+    assert len(list(out.glob("*.png"))) == 4
+
+
+def test_manifest_lock(tmp_path: Path) -> None:
+    first = Manifest(tmp_path)
+    first.open()
+    try:
+        with pytest.raises(InputError, match="another"):
+            Manifest(tmp_path).open()
+    finally:
+        first.close()
+    second = Manifest(tmp_path)
+    second.open()
+    second.close()
+
+
+async def test_metered_limiter_counts_waits_and_attempts(tmp_path: Path) -> None:
+    from asyncimg import RateLimit
+
+    async with Emulator(api_key=TEST_KEY) as emu:
+        emu.add_fault(Fault.status(503, times=1))
+        meter = MeteredLimiter(Limiter(RateLimit(images=2, per=0.3)))
+        src = tmp_path / "p.txt"
+        src.write_text("a\nb\nc\nd\n")
+        async with AsyncImagesClient(
+            api_key=TEST_KEY, base_url=emu.base_url, limiter=meter, max_concurrency=4,
+            max_retries=2,
+        ) as client:
+            client.retry_policy = type(client.retry_policy)(max_retries=2, initial=0.001,
+                                                           maximum=0.002)
+            summary = await run_batch(client, lambda: open(src), "txt", tmp_path / "out")  # noqa: SIM115
+    assert summary.ok == 4
+    assert summary.waited > 0.2
+    attempts = sorted(x["attempts"] for x in _lines(tmp_path / "out"))
+    assert attempts == [1, 1, 1, 2]
