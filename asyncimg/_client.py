@@ -7,6 +7,7 @@ retrying, parse. See ``DESIGN.md`` for the whole picture.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -135,7 +136,7 @@ class AsyncImagesClient:
         if project:
             headers["OpenAI-Project"] = project
         self._headers: Mapping[str, str] = headers
-        self._gate: anyio.Semaphore | None = None
+        self._gate: asyncio.Semaphore | None = None
         user_agent = (
             f"asyncimg/{__version__} aiohttp/{aiohttp.__version__} "
             f"python/{platform.python_version()}"
@@ -383,10 +384,11 @@ class AsyncImagesClient:
 
     # -- the engine --------------------------------------------------------------------
 
-    def _get_gate(self) -> anyio.Semaphore:
+    def _get_gate(self) -> asyncio.Semaphore:
+        # asyncio's semaphore: anyio's always yields to the loop once per acquire.
         gate = self._gate
         if gate is None:
-            gate = self._gate = anyio.Semaphore(self.max_concurrency)
+            gate = self._gate = asyncio.Semaphore(self.max_concurrency)
         return gate
 
     async def _call(

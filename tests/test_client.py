@@ -415,7 +415,7 @@ async def test_the_concurrency_gate_caps_requests_in_flight(emu: Emulator) -> No
             for _ in range(40):
                 gate = c._gate
                 if gate is not None:
-                    peak = max(peak, 3 - gate.value)
+                    peak = max(peak, 3 - gate._value)
                 await anyio.sleep(0.005)
 
         async with anyio.create_task_group() as tg:

@@ -1,0 +1,68 @@
+"""The fast response parser gives exactly what json.loads gives (pure)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from asyncimg._transport import loads_images_json
+
+B64 = base64.b64encode(bytes(range(256)) * 40).decode()  # over the 4 KiB threshold
+
+
+def body(obj: object, indent: int | None = None) -> bytes:
+    return json.dumps(obj, indent=indent).encode()
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_big_b64_values_are_spliced_back(indent: int | None) -> None:
+    obj = {
+        "created": 1,
+        "data": [{"b64_json": B64, "revised_prompt": "é"}, {"b64_json": B64[:-4]}],
+        "usage": {"total_tokens": 3},
+    }
+    assert loads_images_json(body(obj, indent)) == obj
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"data": [{"b64_json": "short"}]},
+        {"data": [{"b64_json": None}]},
+        {"b64_json": B64, "data": []},                     # the key outside data[i]
+        {"data": [{"b64_json": B64}], "extra": {"b64_json": B64}},
+        {"data": [{"b64_json": "é" * 5000}]},              # not ASCII: escaped by json.dumps
+        {"data": [{"b64_json": B64 + "\\n"}]},             # a backslash inside
+        [1, 2, 3],
+        "text",
+    ],
+)
+def test_odd_bodies_fall_back_to_json_loads(obj: object) -> None:
+    assert loads_images_json(body(obj)) == json.loads(body(obj))
+
+
+def test_raw_utf8_in_a_big_value_falls_back() -> None:
+    raw = b'{"data": [{"b64_json": "' + "é".encode() * 5000 + b'"}]}'
+    assert loads_images_json(raw) == json.loads(raw)
+
+
+@pytest.mark.parametrize("cut", [10, 100, 5000, -3])
+def test_truncated_bodies_raise_value_error(cut: int) -> None:
+    full = body({"created": 1, "data": [{"b64_json": B64}]})
+    with pytest.raises(json.JSONDecodeError):
+        loads_images_json(full[:cut])
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["b64_json", "data", "url", "x"]), children, max_size=4),
+    max_leaves=20,
+))
+def test_same_as_json_loads_for_any_document(doc: object) -> None:
+    wrapped = {"data": [{"b64_json": B64}, doc], "doc": doc}
+    assert loads_images_json(body(wrapped)) == wrapped
