@@ -409,6 +409,8 @@ class LimiterStats:
         server_limit: the last ``x-ratelimit-limit-*`` the server sent, if any.
         images_last_window: images stamped in the last ``per`` seconds.
         images_per_minute: ``images_last_window`` scaled to a minute (None without a rate).
+        waited: seconds during which at least one request was waiting (wall time,
+            not summed over the waiters).
     """
 
     granted: int
@@ -427,6 +429,7 @@ class LimiterStats:
     server_limit: int | None
     images_last_window: int
     images_per_minute: float | None
+    waited: float
 
 
 class RateLimiter(Protocol):
@@ -471,6 +474,7 @@ class Limiter:
         "_allow_epoch",
         "_allow_images",
         "_allow_until",
+        "_busy_since",
         "_clock",
         "_granted",
         "_held",
@@ -489,6 +493,7 @@ class Limiter:
         "_timer",
         "_timer_when",
         "_used",
+        "_waited",
         "_waiters",
         "_waiting_images",
         "_window",
@@ -518,6 +523,8 @@ class Limiter:
         self._waiters: deque[_Waiter] = deque()
         self._n_waiting = 0
         self._waiting_images = 0
+        self._busy_since = 0.0  # when the queue last became non-empty
+        self._waited = 0.0  # seconds with someone waiting, before _busy_since
         self._timer: Timer | None = None
         self._timer_when = 0.0
         self._paused_until = -math.inf
@@ -566,13 +573,13 @@ class Limiter:
         self._n_waiting += 1
         self._waiting_images += n
         if self._n_waiting == 1:
+            self._busy_since = self._clock.now()
             self._drain()  # the first waiter: set up the timer
         try:
             return await future
         except asyncio.CancelledError:
             if future.cancelled():
-                self._n_waiting -= 1
-                self._waiting_images -= n
+                self._left(n)
                 waiters = self._waiters
                 if waiters and waiters[0][0] is future:
                     self._drain()  # those behind may fit now
@@ -667,6 +674,7 @@ class Limiter:
                     last += count
             per_minute = last * 60.0 / self.rate.per
         allow = self._allow
+        waited = self._waited + (now - self._busy_since if self._n_waiting else 0.0)
         return LimiterStats(
             granted=self._granted,
             refunded=self._refunded,
@@ -684,9 +692,17 @@ class Limiter:
             server_limit=self._server_limit,
             images_last_window=last,
             images_per_minute=per_minute,
+            waited=waited,
         )
 
     # -- the machinery --
+
+    def _left(self, n: int) -> None:
+        """A waiter for ``n`` images left the queue (granted or cancelled)."""
+        self._n_waiting -= 1
+        self._waiting_images -= n
+        if not self._n_waiting:
+            self._waited += self._clock.now() - self._busy_since
 
     def _expire(self, now: float) -> None:
         window = self._window
@@ -765,8 +781,7 @@ class Limiter:
             if not self._fits(n):
                 break
             waiters.popleft()
-            self._n_waiting -= 1
-            self._waiting_images -= n
+            self._left(n)
             future.set_result(self._grant(n))
         if not waiters:
             self._cancel_timer()

@@ -572,6 +572,7 @@ async def test_stats() -> None:
         granted=0, refunded=0, sent=0, waiting=0, waiting_images=0, held=0, in_window=0,
         in_flight=0, available=10, pauses=0, paused_for=0.0, server_remaining=None,
         server_reset_in=None, server_limit=None, images_last_window=0, images_per_minute=0.0,
+        waited=0.0,
     )  # fmt: skip
     a = await take(limiter, 3)
     a.stamp()
@@ -801,3 +802,23 @@ def test_burst_invariant_under_random_traffic(
     stamps, _ = asyncio.run(_simulate(rate, small, []))
     assert _max_in_window(stamps, rate.per) <= rate.images
     assert _max_in_window(stamps, rate.per * burst / rate.images) <= burst
+
+
+async def test_waited_is_wall_time_with_anyone_waiting() -> None:
+    limiter, clock = make(images=2, per=10.0, margin=0.0)
+    first = await take(limiter, 2)
+    first.stamp()
+    waiters = [spawn(limiter.acquire(1)) for _ in range(3)]  # three at once: counted once
+    await settle()
+    clock.advance(4.0)
+    assert limiter.stats().waited == 4.0
+    clock.advance(6.0)  # t=10: the window frees 2; one waiter is left
+    await settle()
+    assert sum(w.done() for w in waiters) == 2
+    cancelled = next(w for w in waiters if not w.done())
+    clock.advance(1.0)
+    cancelled.cancel()
+    await settle()
+    assert limiter.stats().waiting == 0
+    clock.advance(5.0)  # nobody waits: the figure stands still
+    assert limiter.stats().waited == 11.0
