@@ -62,8 +62,7 @@ _T = TypeVar("_T")
 _NOT_PARAMS = frozenset({"self", "prompt"})
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
-# Counts the HTTP attempts of the item running in the current task, when the
-# client's limiter reports them (see count_attempt).
+# Counts the HTTP attempts of the batch item running in the current task.
 _ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
     "asyncimg_attempts", default=None
 )
@@ -74,8 +73,8 @@ _DRIVERS: set[asyncio.Task[None]] = set()
 def count_attempt() -> None:
     """Count one HTTP attempt for the batch item running in this task (if any).
 
-    A limiter that wraps another calls this on every granted ``acquire`` and sets
-    ``counts_attempts = True``; :class:`BatchItem.attempts` is then filled in.
+    The client calls this for every attempt it sends (after its images are
+    granted); :class:`BatchItem.attempts` is the count.
     """
     counter = _ATTEMPTS.get()
     if counter is not None:
@@ -99,8 +98,7 @@ class BatchItem:
         response: the result, or None if the item failed.
         error: the failure (a ValidationError for a bad item, an APIError after
             the retries), or None.
-        attempts: HTTP attempts made, when the client's limiter counts them (None
-            otherwise; 0 when the item failed validation).
+        attempts: HTTP attempts made (0 when the item failed validation).
         seconds: wall time from the start of the item to its outcome.
     """
 
@@ -109,7 +107,7 @@ class BatchItem:
     params: Mapping[str, Any]
     response: ImagesResponse | None
     error: AsyncImgError | None = attrs.field(validator=_check_outcome)
-    attempts: int | None = None
+    attempts: int = 0
     seconds: float = 0.0
 
     @property
@@ -164,7 +162,6 @@ async def make_item(
     started = time.monotonic()
     counter = [0]
     token = _ATTEMPTS.set(counter)
-    counted = bool(getattr(client.limiter, "counts_attempts", False))
     prompt = spec if isinstance(spec, str) else ""
     own: Mapping[str, Any] = _EMPTY
     try:
@@ -177,13 +174,13 @@ async def make_item(
             own = MappingProxyType({str(k): v for k, v in spec.items() if k != "prompt"})
         return BatchItem(
             index, prompt, own, None, exc,
-            counter[0] if counted else None, time.monotonic() - started,
+            counter[0], time.monotonic() - started,
         )
     finally:
         _ATTEMPTS.reset(token)
     return BatchItem(
         index, prompt, own, response, None,
-        counter[0] if counted else None, time.monotonic() - started,
+        counter[0], time.monotonic() - started,
     )
 
 

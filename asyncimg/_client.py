@@ -27,6 +27,7 @@ import aiohttp
 import anyio
 import anyio.to_thread
 
+from ._batch import count_attempt
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import ImageFile, ImageInput, load_image, load_images, sniff_mime
 from ._limiter import Limiter, RateLimit, RateLimiter
@@ -472,6 +473,7 @@ class AsyncImagesClient:
             # is granted, so no budget sits idle waiting for a slot and a pause
             # that begins meanwhile holds back every request not yet sent.
             permit = await self.limiter.acquire(images)
+            count_attempt()
             try:
                 permit.stamp()
                 raw = await send()

@@ -39,9 +39,8 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._batch import BatchIterator, count_attempt, generate_keywords, make_item
+from ._batch import BatchIterator, generate_keywords, make_item
 from ._exceptions import APIStatusError, AsyncImgError, ValidationError
-from ._limiter import LimiterStats, RateLimiter, RatePermit
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
@@ -53,7 +52,6 @@ __all__ = [
     "Entry",
     "InputError",
     "Manifest",
-    "MeteredLimiter",
     "ProgressSink",
     "Record",
     "read_entries",
@@ -396,55 +394,6 @@ def _fsync_dir(directory: Path) -> None:
 # -- the limiter meter ------------------------------------------------------------------
 
 
-class MeteredLimiter:
-    """A limiter wrapper that measures the time spent waiting and counts attempts.
-
-    ``waited`` is the wall time during which at least one request was waiting for
-    the wrapped limiter (not the sum over requests). Every granted acquire is one
-    HTTP attempt, counted for the batch item running in the task.
-    """
-
-    counts_attempts = True
-
-    def __init__(self, inner: RateLimiter) -> None:
-        self.inner = inner
-        self._waiting = 0
-        self._since = 0.0
-        self._waited = 0.0
-
-    @property
-    def waited(self) -> float:
-        """Seconds with at least one request waiting for the rate limit."""
-        extra = time.monotonic() - self._since if self._waiting else 0.0
-        return self._waited + extra
-
-    async def acquire(self, images: int) -> RatePermit:
-        """Acquire from the wrapped limiter, timing the wait."""
-        if self._waiting == 0:
-            self._since = time.monotonic()
-        self._waiting += 1
-        try:
-            permit = await self.inner.acquire(images)
-        finally:
-            self._waiting -= 1
-            if self._waiting == 0:
-                self._waited += time.monotonic() - self._since
-        count_attempt()
-        return permit
-
-    def pause(self, seconds: float) -> None:
-        """Forwarded."""
-        self.inner.pause(seconds)
-
-    def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Forwarded."""
-        self.inner.observe_headers(headers)
-
-    def stats(self) -> LimiterStats:
-        """Forwarded."""
-        return self.inner.stats()
-
-
 # -- running a batch --------------------------------------------------------------------
 
 
@@ -513,7 +462,7 @@ async def run_batch(
     """Run every not-yet-done item of the input into ``directory`` (see the module doc).
 
     Args:
-        client: the client (a :class:`MeteredLimiter` on it adds attempts and waits).
+        client: the client; its limiter's ``stats().waited`` gives the time waited.
         open_input: opens the input (called twice when ``count_first``).
         fmt: ``txt``, ``jsonl`` or ``csv``.
         directory: where the images and ``manifest.jsonl`` go.
@@ -556,15 +505,13 @@ async def run_batch(
                 return await _run_entry(client, entry, params, allowed, folder)
 
             sink.start(summary)
-            meter = client.limiter if isinstance(client.limiter, MeteredLimiter) else None
             batch = BatchIterator(entries, work, concurrency=client.max_concurrency)
             async with batch, anyio.create_task_group() as tg:
 
                 async def ticker() -> None:
                     while True:
                         await anyio.sleep(1.0)
-                        if meter is not None:
-                            summary.waited = meter.waited
+                        summary.waited = client.limiter.stats().waited
                         sink.tick(summary)
 
                 tg.start_soon(ticker)
@@ -577,8 +524,7 @@ async def run_batch(
                         summary.failed += 1
                         if len(summary.failures) < summary.max_failures_kept:
                             summary.failures.append(record)
-                    if meter is not None:
-                        summary.waited = meter.waited
+                    summary.waited = client.limiter.stats().waited
                     sink.item(record, summary)
                 tg.cancel_scope.cancel()
         finally:

@@ -217,9 +217,8 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
     from ._client import AsyncImagesClient
-    from ._runner import MeteredLimiter
 
-    limiter = MeteredLimiter(Limiter(args.rate))
+    limiter = Limiter(args.rate)
     async with contextlib.AsyncExitStack() as stack:
         base_url = args.base_url
         api_key = None

@@ -220,3 +220,13 @@ async def test_memory_bounded_window() -> None:
 def test_batch_item_needs_exactly_one_outcome() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         BatchItem(0, "p", {}, None, None)
+
+
+async def test_items_count_their_attempts(client: AsyncImagesClient, emu: Emulator) -> None:
+    emu.add_fault(Fault.status(503, times=2))
+    items = [i async for i in client.generate_many(["one"], model="dall-e-2")]
+    bad = [i async for i in client.generate_many([{"prompt": "x" * 1001, "model": "dall-e-2"}])]
+    assert [i.attempts for i in items] == [3]
+    assert items[0].ok
+    assert [i.attempts for i in bad] == [0]
+    assert isinstance(bad[0].error, ValidationError)

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from asyncimg import AsyncImagesClient, Limiter
+from asyncimg import AsyncImagesClient
 from asyncimg._runner import (
     MANIFEST_NAME,
     InputError,
     Manifest,
-    MeteredLimiter,
     read_entries,
     run_batch,
 )
@@ -65,7 +64,7 @@ async def _run(
     base_url: str, path: Path, out: Path, fmt: str = "txt", **kwargs: object
 ) -> object:
     async with AsyncImagesClient(
-        api_key=TEST_KEY, base_url=base_url, limiter=MeteredLimiter(Limiter(None)),
+        api_key=TEST_KEY, base_url=base_url, rate_limit=None,
         max_concurrency=4, max_retries=0,
     ) as client:
         return await run_batch(
@@ -150,16 +149,16 @@ def test_manifest_lock(tmp_path: Path) -> None:
     second.close()
 
 
-async def test_metered_limiter_counts_waits_and_attempts(tmp_path: Path) -> None:
+async def test_runner_counts_waits_and_attempts(tmp_path: Path) -> None:
     from asyncimg import RateLimit
 
     async with Emulator(api_key=TEST_KEY) as emu:
         emu.add_fault(Fault.status(503, times=1))
-        meter = MeteredLimiter(Limiter(RateLimit(images=2, per=0.3)))
         src = tmp_path / "p.txt"
         src.write_text("a\nb\nc\nd\n")
         async with AsyncImagesClient(
-            api_key=TEST_KEY, base_url=emu.base_url, limiter=meter, max_concurrency=4,
+            api_key=TEST_KEY, base_url=emu.base_url, rate_limit=RateLimit(images=2, per=0.3),
+            max_concurrency=4,
             max_retries=2,
         ) as client:
             client.retry_policy = type(client.retry_policy)(max_retries=2, initial=0.001,
