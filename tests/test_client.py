@@ -424,3 +424,31 @@ async def test_the_concurrency_gate_caps_requests_in_flight(emu: Emulator) -> No
                 tg.start_soon(one)
     assert peak == 3
     assert len(emu.journal) == 9
+
+
+@pytest.mark.parametrize("method", ["generate", "edit", "variation"])
+async def test_every_rule_runs_before_any_io(emu: Emulator, method: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every rule of the table lives in _validation.validate (each is tested there,
+    # pure); here: whatever validate refuses, the client refuses before any I/O.
+    from asyncimg import _params
+
+    seen: list[object] = []
+
+    def refuse(params: object) -> None:
+        seen.append(params)
+        raise ValidationError("rule", "refused by the rule under test")
+
+    monkeypatch.setattr(_params, "validate", refuse)
+    async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
+                                 rate_limit=RateLimit(images=10, per=60)) as c:
+        call = {
+            "generate": lambda: c.generate("p", model="dall-e-2"),
+            "edit": lambda: c.edit(RGBA_256, "p", model="dall-e-2"),
+            "variation": lambda: c.create_variation(RGB_256, model="dall-e-2"),
+        }[method]
+        with pytest.raises(ValidationError, match="rule under test"):
+            await call()
+        assert c.limiter.stats().granted == 0
+    assert len(seen) == 1
+    assert len(emu.journal) == 0
