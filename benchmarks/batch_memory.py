@@ -21,8 +21,8 @@ from pathlib import Path
 
 
 def _worker(base_url: str, count: int, concurrency: int) -> None:
-    from asyncimg import AsyncImagesClient, Limiter
-    from asyncimg._runner import MeteredLimiter, run_batch
+    from asyncimg import AsyncImagesClient
+    from asyncimg._runner import run_batch
 
     async def run() -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -30,7 +30,7 @@ def _worker(base_url: str, count: int, concurrency: int) -> None:
             src.write_text("".join(f"benchmark prompt {i}\n" for i in range(count)))
             started = time.monotonic()
             async with AsyncImagesClient(
-                api_key="sk-bench", base_url=base_url, limiter=MeteredLimiter(Limiter(None)),
+                api_key="sk-bench", base_url=base_url, rate_limit=None,
                 max_concurrency=concurrency,
             ) as client:
                 summary = await run_batch(
@@ -70,8 +70,10 @@ def main() -> int:
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", base_url, str(count),
                  "--concurrency", str(args.concurrency)],
-                capture_output=True, text=True, check=True,
+                capture_output=True, text=True,
             )
+            if out.returncode:
+                raise SystemExit(f"the batch of {count} failed:\n{out.stderr[-3000:]}")
             result = json.loads(out.stdout.strip().splitlines()[-1])
             results.append(result)
             print(f"{count:>6} images: peak RSS {result['peak_rss_mb']:.1f} MB, "
