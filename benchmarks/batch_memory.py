@@ -1,7 +1,10 @@
 """Peak RSS of `asyncimg batch` for 250 and 1,000 1024x1024 b64 images at concurrency 32.
 
-The emulator runs in a separate process (its memory is not counted); each batch
-runs in a fresh process of its own, which reports its peak RSS (ru_maxrss). Goal:
+The server is ``benchmarks/_server.py`` in a separate process (its memory is
+not counted): it answers every generation with a realistic 1024x1024 PNG of
+about 1.1 MB (1.5 MB of base64), as DALL-E 2 does; the emulator's own images
+compress to about 20 KB and would hide the cost of real ones. Each batch runs
+in a fresh process of its own, which reports its peak RSS (ru_maxrss). Goal:
 the two within 10% of each other, both under 150 MB.
 
     .venv/bin/python benchmarks/batch_memory.py [--sizes 250 1000]
@@ -13,6 +16,7 @@ import argparse
 import asyncio
 import json
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,14 +61,18 @@ def main() -> int:
     if args.worker:
         _worker(args.worker[0], int(args.worker[1]), args.concurrency)
         return 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "asyncimg.testing", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, str(Path(__file__).with_name("_server.py")), "--port", str(port)],
         stdout=subprocess.PIPE, text=True,
     )
     try:
         assert server.stdout is not None
-        line = server.stdout.readline()
-        base_url = next(w for w in line.split() if w.startswith("http://"))
+        if "ready" not in server.stdout.readline():
+            raise SystemExit("the benchmark server did not start")
+        base_url = f"http://127.0.0.1:{port}/v1"
         results = []
         for count in args.sizes:
             out = subprocess.run(
