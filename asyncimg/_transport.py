@@ -69,7 +69,8 @@ def map_transport_errors(what: str, timeout: float | None) -> Iterator[None]:
     except aiohttp.ClientPayloadError as exc:
         raise APIConnectionError(f"{what}: the response body broke off") from exc
     except aiohttp.ClientResponseError as exc:
-        raise APIConnectionError(f"{what}: bad response: {exc.message}") from exc
+        # Not chained: its request_info holds the request's headers, the key among them.
+        raise APIConnectionError(f"{what}: bad response: {exc.status} {exc.message}") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise APIConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
 

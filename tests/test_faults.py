@@ -309,3 +309,22 @@ async def test_the_key_is_in_no_error_and_no_log(emu: Emulator,
 
 
 
+
+
+def test_an_aiohttp_response_error_does_not_carry_the_key() -> None:
+    import aiohttp
+    from multidict import CIMultiDict, CIMultiDictProxy
+    from yarl import URL
+
+    from asyncimg._transport import map_transport_errors
+
+    info = aiohttp.RequestInfo(
+        URL("http://127.0.0.1/v1/images/generations"), "POST",
+        CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {TEST_KEY}"})),
+    )
+    with pytest.raises(APIConnectionError) as caught, map_transport_errors("POST x", 1.0):
+        raise aiohttp.ClientResponseError(info, (), status=400, message="Bad Request")
+    error = caught.value
+    chain = [error, error.__cause__, error.__context__ if not error.__suppress_context__ else None]
+    assert all(TEST_KEY not in repr(e) for e in chain)
+    assert "400 Bad Request" in str(error)
