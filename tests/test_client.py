@@ -452,3 +452,26 @@ async def test_every_rule_runs_before_any_io(emu: Emulator, method: str,
         assert c.limiter.stats().granted == 0
     assert len(seen) == 1
     assert len(emu.journal) == 0
+
+
+async def test_one_limiter_shared_by_two_clients_holds_at_the_server() -> None:
+    import asyncio
+
+    from asyncimg import Limiter
+
+    rate = RateLimit(images=6, per=0.4, margin=0.05)
+    shared = Limiter(rate)
+    async with Emulator(api_key=TEST_KEY, images_per_minute=(6, 0.4)) as emu:
+        clients = [
+            AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url, limiter=shared,
+                              max_retries=0)
+            for _ in range(2)
+        ]
+        async with clients[0], clients[1]:
+            await asyncio.gather(*[
+                c.generate("p", model="dall-e-2", size="256x256", n=n)
+                for c in clients for n in (1, 2, 1, 3, 1)
+            ])
+        assert emu.max_images_in_window(0.4) <= 6
+        assert not emu.requests(status=429)
+    assert shared.stats().sent == 16
