@@ -34,7 +34,7 @@ from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
 from ._params import EditParams, GenerateParams, Params, VariationParams
 from ._retry import RetryPolicy, decide
-from ._transport import RawResponse, Transport, parse_json
+from ._transport import RawResponse, Transport, parse_json, without_query
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -351,7 +351,7 @@ class AsyncImagesClient:
             _body,
             images=0,
             max_retries=None,
-            what="download",
+            what=f"GET {without_query(url)}",
         )
 
     async def save(
@@ -412,7 +412,7 @@ class AsyncImagesClient:
 
         return await self._with_retries(
             attempt, parse_images_response, images=params.images, max_retries=max_retries,
-            what=params.path,
+            what=f"POST {params.path}",
         )
 
     async def _with_retries(

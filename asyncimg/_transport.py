@@ -33,6 +33,7 @@ __all__ = [
     "loads_images_json",
     "map_transport_errors",
     "parse_json",
+    "without_query",
 ]
 
 
@@ -48,6 +49,11 @@ class RawResponse:
     def request_id(self) -> str | None:
         """The server's ``x-request-id``, if it sent one."""
         return self.headers.get("x-request-id")
+
+
+def without_query(url: str) -> str:
+    """The URL without its query and fragment (a download URL's query may be a signature)."""
+    return url.split("?", 1)[0].split("#", 1)[0]
 
 
 @contextlib.contextmanager
@@ -247,7 +253,7 @@ class Transport:
                 data.add_field(name, value)
             for name, file in form.files:
                 data.add_field(name, file.data, filename=file.filename, content_type=file.mime)
-        what = f"{method} {url}"
+        what = f"{method} {without_query(url)}"
         with map_transport_errors(what, timeout):
             async with self.session.request(
                 method, url, data=data, headers=send_headers, timeout=self._timeout(timeout)

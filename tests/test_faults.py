@@ -280,9 +280,9 @@ async def test_retries_are_logged(client: AsyncImagesClient, emu: Emulator,
         await call(client, "generate")
     messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "asyncimg"]
     assert [level for level, _ in messages] == ["DEBUG", "INFO", "DEBUG"]
-    assert "attempt 1: 503" in messages[0][1]
+    assert "POST /images/generations attempt 1: 503" in messages[0][1]
     assert "retrying after attempt 1 (status 503)" in messages[1][1]
-    assert "attempt 2: 200" in messages[2][1]
+    assert "POST /images/generations attempt 2: 200" in messages[2][1]
     assert "req_" in messages[2][1]
 
 
@@ -328,3 +328,16 @@ def test_an_aiohttp_response_error_does_not_carry_the_key() -> None:
     chain = [error, error.__cause__, error.__context__ if not error.__suppress_context__ else None]
     assert all(TEST_KEY not in repr(e) for e in chain)
     assert "400 Bad Request" in str(error)
+
+
+async def test_a_signed_download_url_is_logged_without_its_query(
+    client: AsyncImagesClient, emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    from asyncimg import Image, NotFoundError
+
+    url = emu.base_url + "/blob.png?sig=SECRET-SIGNATURE&se=2030"
+    with caplog.at_level("DEBUG", logger="asyncimg"), pytest.raises(NotFoundError) as info:
+        await client.download(Image(url=url))
+    assert "GET http://" in caplog.text
+    assert "SECRET-SIGNATURE" not in caplog.text
+    assert "SECRET-SIGNATURE" not in str(info.value)
