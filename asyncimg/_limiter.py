@@ -150,7 +150,9 @@ class RateLimit:
 class Timer(Protocol):
     """A scheduled callback that can be cancelled (``asyncio.TimerHandle`` is one)."""
 
-    def cancel(self) -> None: ...
+    def cancel(self) -> None:
+        """Do not run the callback."""
+        ...
 
 
 class Clock(Protocol):
@@ -175,13 +177,20 @@ class MonotonicClock:
     __slots__ = ()
 
     def now(self) -> float:
+        """``time.monotonic()``."""
         return time.monotonic()
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Schedule ``callback`` on the running loop for ``when``.
+
+        Raises:
+            RuntimeError: no event loop is running.
+        """
         loop = asyncio.get_running_loop()
         return loop.call_later(max(0.0, when - time.monotonic()), callback)
 
     async def sleep_until(self, deadline: float) -> None:
+        """Sleep on the running loop until ``deadline``."""
         delay = deadline - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -216,15 +225,18 @@ class FakeClock:
         self._seq = 0
 
     def now(self) -> float:
+        """The fake time."""
         return self._now
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` inside the :meth:`advance` that reaches ``when``."""
         timer = _FakeTimer(when, callback)
         self._seq += 1
         heapq.heappush(self._heap, (when, self._seq, timer))
         return timer
 
     async def sleep_until(self, deadline: float) -> None:
+        """Wait until an :meth:`advance` reaches ``deadline``."""
         if deadline <= self._now:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -330,11 +342,17 @@ class RatePermit(Protocol):
     """What :meth:`RateLimiter.acquire` returns."""
 
     @property
-    def images(self) -> int: ...
+    def images(self) -> int:
+        """The images this permit holds."""
+        ...
 
-    def stamp(self) -> None: ...
+    def stamp(self) -> None:
+        """The request is being sent now: its images' window starts."""
+        ...
 
-    def refund(self) -> None: ...
+    def refund(self) -> None:
+        """Nothing was sent: give the images back at once (no-op once stamped)."""
+        ...
 
 
 class Permit:
