@@ -34,7 +34,7 @@ from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
 from ._params import EditParams, GenerateParams, Params, VariationParams
 from ._retry import RetryPolicy, decide
-from ._transport import RawResponse, Transport, parse_json, without_query
+from ._transport import RawResponse, Transport, without_query
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -408,6 +408,7 @@ class AsyncImagesClient:
                 json_body=json_body,
                 form=form,
                 timeout=attempt_timeout,
+                decode_json=True,
             )
 
         return await self._with_retries(
@@ -489,14 +490,12 @@ class AsyncImagesClient:
 
 
 def parse_images_response(raw: RawResponse) -> ImagesResponse:
-    """Parse a successful response into an :class:`ImagesResponse`.
+    """Turn a successful, decoded response into an :class:`ImagesResponse`.
 
     Raises:
-        APIResponseValidationError: the body is not JSON, or not an images response.
+        APIResponseValidationError: the body is not an images response.
     """
-    return ImagesResponse.from_json(
-        parse_json(raw), request_id=raw.request_id, status_code=raw.status
-    )
+    return ImagesResponse.from_json(raw.json, request_id=raw.request_id, status_code=raw.status)
 
 
 def _body(raw: RawResponse) -> bytes:

@@ -28,22 +28,24 @@ from ._exceptions import (
 from ._params import Form
 
 __all__ = [
+    "BufferPool",
     "RawResponse",
     "Transport",
     "loads_images_json",
     "map_transport_errors",
-    "parse_json",
     "without_query",
 ]
 
 
 @attrs.frozen
 class RawResponse:
-    """A status, its headers and the whole body, read."""
+    """A status, its headers, and the body: as bytes, or already decoded as JSON."""
 
     status: int
     headers: CIMultiDictProxy[str]
-    body: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
+    body: bytes = attrs.field(default=b"", repr=lambda b: f"<{len(b)} bytes>")
+    json: object = attrs.field(default=None, repr=False)
+    """The decoded body, when the request asked for JSON (``body`` is then empty)."""
 
     @property
     def request_id(self) -> str | None:
@@ -88,53 +90,55 @@ _HOLE = "\x00asyncimg-hole\x00"
 _HOLE_JSON = json.dumps(_HOLE).encode()[1:-1]
 
 
-def _skip_ws(body: bytes, i: int) -> int:
-    n = len(body)
+def _skip_ws(body: bytes | bytearray, i: int, n: int) -> int:
     while i < n and body[i] in _WHITESPACE:
         i += 1
     return i
 
 
-def loads_images_json(body: bytes) -> Any:
-    """``json.loads(body)``, without running the JSON scanner over long base64 strings.
+def loads_images_json(body: bytes | bytearray, size: int | None = None) -> Any:
+    """``json.loads(body[:size])``, without running the JSON scanner over long base64 strings.
 
     Each ``"b64_json": "..."`` value longer than 4 KiB and free of backslashes
     is cut out of the body, the small rest is parsed, and each value is put
     back with one ASCII decode. Anything unexpected (a value that is not ASCII,
     the key outside ``data[i]``, a count that does not match) falls back to
     ``json.loads`` of the whole body, so the result is always the same. At
-    1024x1024 this takes the parse from about 1.3 ms to 0.2 ms.
+    1024x1024 this takes the parse from about 1.3 ms to 0.2 ms. ``size`` bounds
+    the body within a larger (reused) buffer.
 
     Raises:
         ValueError: the body is not valid JSON.
     """
+    n = len(body) if size is None else size
+    whole = body if n == len(body) else body[:n]
     find = body.find
     holes: list[tuple[int, int]] = []
     pos = 0
-    while (key := find(_B64_KEY, pos)) >= 0:
-        i = _skip_ws(body, key + len(_B64_KEY))
-        if i >= len(body) or body[i] != 0x3A:  # ':'
+    while (key := find(_B64_KEY, pos, n)) >= 0:
+        i = _skip_ws(body, key + len(_B64_KEY), n)
+        if i >= n or body[i] != 0x3A:  # ':'
             pos = i
             continue
-        i = _skip_ws(body, i + 1)
-        if i >= len(body) or body[i] != 0x22:  # '"': a string value
+        i = _skip_ws(body, i + 1, n)
+        if i >= n or body[i] != 0x22:  # '"': a string value
             pos = i
             continue
         start = i + 1
-        end = find(b'"', start)
+        end = find(b'"', start, n)
         if end < 0:
-            return json.loads(body)  # unterminated: let json say what is wrong
+            return json.loads(whole)  # unterminated: let json say what is wrong
         if end - start >= _MIN_HOLE and find(b"\\", start, end) < 0:
             holes.append((start, end))
         pos = end + 1
     if not holes:
-        return json.loads(body)
-    parts: list[bytes] = []
+        return json.loads(whole)
+    parts: list[bytes | bytearray] = []
     prev = 0
     for start, end in holes:
         parts += (body[prev:start], _HOLE_JSON)
         prev = end
-    parts.append(body[prev:])
+    parts.append(body[prev:n])
     obj = json.loads(b"".join(parts))
     data = obj.get("data") if isinstance(obj, dict) else None
     items = [
@@ -143,30 +147,47 @@ def loads_images_json(body: bytes) -> Any:
         if isinstance(item, dict) and item.get("b64_json") == _HOLE
     ]
     if len(items) != len(holes):
-        return json.loads(body)
+        return json.loads(whole)
     with memoryview(body) as view:
         try:
             for item, (start, end) in zip(items, holes, strict=True):
                 item["b64_json"] = str(view[start:end], "ascii")
         except UnicodeDecodeError:
-            return json.loads(body)
+            return json.loads(whole)
     return obj
 
 
-def parse_json(raw: RawResponse) -> object:
-    """Decode a successful JSON body.
+class BufferPool:
+    """Reusable buffers for response bodies that are decoded at once.
 
-    Raises:
-        APIResponseValidationError: the body is not valid JSON (a truncated reply).
+    A fresh multi-megabyte ``bytes`` per response is mapped and unmapped by the
+    C allocator every time, and the page faults cost more than everything else
+    in a call (at 1024x1024, 2.6 ms of CPU per call against 0.85 ms with a
+    reused buffer). Buffers are kept while their total stays under
+    ``max_bytes``; beyond that a buffer is dropped after use.
     """
-    try:
-        return loads_images_json(raw.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIResponseValidationError(
-            f"the {raw.status} response is not valid JSON ({len(raw.body)} bytes): {exc}",
-            status_code=raw.status,
-            request_id=raw.request_id,
-        ) from None
+
+    __slots__ = ("_free", "_kept", "max_bytes")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._free: list[bytearray] = []
+        self._kept = 0
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes (its contents are garbage)."""
+        if self._free:
+            buf = self._free.pop()
+            self._kept -= len(buf)
+            if len(buf) >= size:
+                return buf
+        return bytearray(size)
+
+    def give(self, buf: bytearray) -> None:
+        """Return a buffer taken with :meth:`take`."""
+        if self._kept + len(buf) <= self.max_bytes:
+            self._free.append(buf)
+            self._kept += len(buf)
 
 
 class Transport:
@@ -178,8 +199,8 @@ class Transport:
         user_agent: the ``User-Agent`` header of every request.
     """
 
-    __slots__ = ("_closed", "_loop", "_max_connections", "_max_response_bytes", "_session",
-                 "_timeouts", "_user_agent")
+    __slots__ = ("_buffers", "_closed", "_loop", "_max_connections", "_max_response_bytes",
+                 "_session", "_timeouts", "_user_agent")
 
     def __init__(self, *, max_connections: int, max_response_bytes: int, user_agent: str) -> None:
         self._max_connections = max_connections
@@ -188,6 +209,7 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+        self._buffers = BufferPool(max_bytes=64 * 1024 * 1024)
         self._closed = False
 
     @property
@@ -234,11 +256,16 @@ class Transport:
         json_body: Mapping[str, Any] | None = None,
         form: Form | None = None,
         timeout: float | None,
+        decode_json: bool = False,
     ) -> RawResponse:
         """Send one request and read the whole response.
 
+        With ``decode_json`` a successful body is decoded (in a reused buffer)
+        into ``RawResponse.json`` instead of being kept as bytes.
+
         Raises:
             APIStatusError: (a subclass of it) the status is 400 or above.
+            APIResponseValidationError: ``decode_json`` and the body is not JSON.
             ResponseTooLargeError: the body is larger than ``max_response_bytes``.
             APITimeoutError, APIConnectionError: no usable answer.
         """
@@ -258,13 +285,39 @@ class Transport:
             async with self.session.request(
                 method, url, data=data, headers=send_headers, timeout=self._timeout(timeout)
             ) as resp:
-                body = await self._read(resp)
-                raw = RawResponse(resp.status, resp.headers, body)
-        if raw.status >= 400:
-            raise error_from_response(raw.status, raw.body, raw.headers, request_id=raw.request_id)
-        return raw
+                chunks, size = await self._read(resp)
+                status, resp_headers = resp.status, resp.headers
+        if status >= 400 or not decode_json:
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if status >= 400:
+                raise error_from_response(
+                    status, body, resp_headers, request_id=resp_headers.get("x-request-id")
+                )
+            return RawResponse(status, resp_headers, body)
+        return RawResponse(status, resp_headers, json=self._decode(chunks, size, status,
+                                                                   resp_headers))
 
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+    def _decode(
+        self, chunks: list[bytes], size: int, status: int, headers: CIMultiDictProxy[str]
+    ) -> object:
+        buf = self._buffers.take(size)
+        try:
+            pos = 0
+            for chunk in chunks:
+                end = pos + len(chunk)
+                buf[pos:end] = chunk
+                pos = end
+            return loads_images_json(buf, size)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise APIResponseValidationError(
+                f"the {status} response is not valid JSON ({size} bytes): {exc}",
+                status_code=status,
+                request_id=headers.get("x-request-id"),
+            ) from None
+        finally:
+            self._buffers.give(buf)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> tuple[list[bytes], int]:
         cap = self._max_response_bytes
         length = resp.content_length
         if length is not None and length > cap:
@@ -284,8 +337,7 @@ class Transport:
                     request_id=resp.headers.get("x-request-id"),
                 )
             chunks.append(chunk)
-        # One join (aiohttp's read() joins twice: a full copy saved at 1024x1024).
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return chunks, size
 
     async def aclose(self) -> None:
         """Close the session and its connections; later requests raise RuntimeError."""

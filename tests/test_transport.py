@@ -66,3 +66,44 @@ def test_truncated_bodies_raise_value_error(cut: int) -> None:
 def test_same_as_json_loads_for_any_document(doc: object) -> None:
     wrapped = {"data": [{"b64_json": B64}, doc], "doc": doc}
     assert loads_images_json(body(wrapped)) == wrapped
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"created": 1, "data": [{"b64_json": B64}, {"b64_json": B64[:100]}]},
+        {"created": 1, "data": [{"url": "http://x/y.png"}]},
+    ],
+)
+def test_a_body_inside_a_bigger_reused_buffer(obj: object) -> None:
+    raw = body(obj)
+    buf = bytearray(raw) + b'"b64_json": "' + b"Z" * 5000 + b"garbage {["  # leftovers
+    assert loads_images_json(buf, len(raw)) == obj
+
+
+def test_a_truncated_body_in_a_buffer_is_still_an_error() -> None:
+    raw = body({"created": 1, "data": [{"b64_json": B64}]})
+    buf = bytearray(raw)
+    with pytest.raises(json.JSONDecodeError):
+        loads_images_json(buf, len(raw) - 5)
+
+
+def test_buffer_pool_reuses_and_caps() -> None:
+    from asyncimg._transport import BufferPool
+
+    pool = BufferPool(max_bytes=100)
+    first = pool.take(60)
+    pool.give(first)
+    assert pool.take(50) is first  # reused: big enough
+    pool.give(first)
+    bigger = pool.take(80)  # too small: replaced, not kept twice
+    assert bigger is not first
+    assert len(bigger) == 80
+    pool.give(bigger)
+    other = pool.take(30)
+    assert other is bigger
+    extra = pool.take(30)
+    pool.give(other)
+    pool.give(extra)  # 80 + 30 > 100: dropped
+    assert pool.take(1) is other
+    assert pool.take(1) is not extra
