@@ -11,7 +11,6 @@
 
 import typing as _typing
 
-from ._batch import BatchItem, PromptSource, PromptSpec
 from ._client import AsyncImagesClient
 from ._exceptions import (
     APIConnectionError,
@@ -34,7 +33,16 @@ from ._exceptions import (
 )
 from ._files import ImageFile, ImageInput
 from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter
-from ._models import Image, ImagesResponse, InputTokensDetails, OutputTokensDetails, Usage
+from ._models import (
+    BatchItem,
+    Image,
+    ImagesResponse,
+    InputTokensDetails,
+    OutputTokensDetails,
+    PromptSource,
+    PromptSpec,
+    Usage,
+)
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:

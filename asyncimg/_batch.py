@@ -21,40 +21,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import inspect
 import math
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import AsyncImgError, ValidationError
-from ._models import ImagesResponse
+from ._models import BatchItem, PromptSource, PromptSpec
+from ._retry import ATTEMPTS
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
 
 __all__ = [
-    "BatchItem",
     "BatchIterator",
-    "PromptSource",
-    "PromptSpec",
-    "count_attempt",
     "generate_keywords",
     "generate_many",
     "make_item",
 ]
-
-PromptSpec: TypeAlias = "str | Mapping[str, Any]"
-"""One prompt of a batch: a string, or a mapping ``{"prompt": ..., **params}``."""
-
-PromptSource: TypeAlias = "Iterable[PromptSpec] | AsyncIterable[PromptSpec]"
-"""The prompts of a batch: any iterable or async iterable of :data:`PromptSpec`."""
 
 _S = TypeVar("_S")
 _T = TypeVar("_T")
@@ -62,58 +52,8 @@ _T = TypeVar("_T")
 _NOT_PARAMS = frozenset({"self", "prompt"})
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
-# Counts the HTTP attempts of the batch item running in the current task.
-_ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
-    "asyncimg_attempts", default=None
-)
 # Tasks of running drivers: the event loop keeps only weak references.
 _DRIVERS: set[asyncio.Task[None]] = set()
-
-
-def count_attempt() -> None:
-    """Count one HTTP attempt for the batch item running in this task (if any).
-
-    The client calls this for every attempt it sends (after its images are
-    granted); :class:`BatchItem.attempts` is the count.
-    """
-    counter = _ATTEMPTS.get()
-    if counter is not None:
-        counter[0] += 1
-
-
-def _check_outcome(item: BatchItem, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if (item.response is None) == (value is None):
-        raise ValueError("a BatchItem has exactly one of response and error")
-
-
-@attrs.frozen(eq=False)
-class BatchItem:
-    """The outcome of one prompt of a batch: exactly one of ``response`` and ``error``.
-
-    Attributes:
-        index: the prompt's position in the input (0-based).
-        prompt: the prompt text ("" when the input gave none).
-        params: the item's own parameters (those of a mapping, without ``prompt``;
-            empty for a string); the batch's parameters apply under them.
-        response: the result, or None if the item failed.
-        error: the failure (a ValidationError for a bad item, an APIError after
-            the retries), or None.
-        attempts: HTTP attempts made (0 when the item failed validation).
-        seconds: wall time from the start of the item to its outcome.
-    """
-
-    index: int
-    prompt: str
-    params: Mapping[str, Any]
-    response: ImagesResponse | None
-    error: AsyncImgError | None = attrs.field(validator=_check_outcome)
-    attempts: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when the item has a response."""
-        return self.response is not None
 
 
 def generate_keywords(client: AsyncImagesClient) -> frozenset[str]:
@@ -161,7 +101,7 @@ async def make_item(
     """
     started = time.monotonic()
     counter = [0]
-    token = _ATTEMPTS.set(counter)
+    token = ATTEMPTS.set(counter)
     prompt = spec if isinstance(spec, str) else ""
     own: Mapping[str, Any] = _EMPTY
     try:
@@ -177,7 +117,7 @@ async def make_item(
             counter[0], time.monotonic() - started,
         )
     finally:
-        _ATTEMPTS.reset(token)
+        ATTEMPTS.reset(token)
     return BatchItem(
         index, prompt, own, response, None,
         counter[0], time.monotonic() - started,

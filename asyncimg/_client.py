@@ -24,21 +24,18 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
-import anyio
-import anyio.to_thread
 
-from ._batch import count_attempt
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import ImageFile, ImageInput, load_image, load_images, sniff_mime
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
 from ._params import EditParams, GenerateParams, Params, VariationParams
-from ._retry import RetryPolicy, decide
+from ._retry import RetryPolicy, count_attempt, decide
 from ._transport import RawResponse, Transport, without_query
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._batch import BatchItem, PromptSource
+    from ._models import BatchItem, PromptSource
 
 __all__ = ["DEFAULT_RATE_LIMIT", "AsyncImagesClient"]
 
@@ -372,6 +369,8 @@ class AsyncImagesClient:
             APIResponseValidationError, APIStatusError, APIConnectionError: as :meth:`download`.
             OSError: the directory cannot be written.
         """
+        from anyio import to_thread  # on first use: `import asyncimg` stays light
+
         folder = Path(directory)
         base = safe_stem(stem or response.request_id or f"image-{response.created or 0}")
         paths = []
@@ -379,7 +378,7 @@ class AsyncImagesClient:
             data = await self.download(image)
             ext = _EXTENSIONS.get(sniff_mime(data) or "", response.output_format or "png")
             path = folder / f"{base}-{i}.{ext}"
-            await anyio.to_thread.run_sync(write_atomic, path, data)
+            await to_thread.run_sync(write_atomic, path, data)
             paths.append(path)
         return paths
 
@@ -462,7 +461,7 @@ class AsyncImagesClient:
                 if decision.pause_all:
                     self.limiter.pause(decision.wait)
                 else:
-                    await anyio.sleep(decision.wait)
+                    await asyncio.sleep(decision.wait)
 
     async def _attempt(
         self, send: Callable[[], Awaitable[RawResponse]], images: int

@@ -13,7 +13,6 @@ import struct
 from collections.abc import Sequence
 from typing import IO, Union
 
-import anyio
 import attrs
 
 from ._exceptions import ValidationError
@@ -189,9 +188,11 @@ async def load_image(value: ImageInput | ImageFile, param: str = "image") -> Ima
     if isinstance(value, (bytes, bytearray, memoryview)):
         return ImageFile.from_bytes(bytes(value))
     if isinstance(value, (str, os.PathLike)):
+        from anyio import to_thread  # on first use: `import asyncimg` stays light
+
         path = os.fspath(value)
         try:
-            data = await anyio.to_thread.run_sync(_read_path, path)
+            data = await to_thread.run_sync(_read_path, path)
         except OSError as exc:
             raise ValidationError(param, f"{param}: cannot read {path!r}: {exc.strerror}") from exc
         return ImageFile.from_bytes(data, os.path.basename(path))

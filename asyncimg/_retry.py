@@ -4,10 +4,14 @@ A small loop in ``_client.py`` applies these decisions. It is not built on a
 retry library because a 429's wait is not slept by the caller: it pauses the
 shared limiter once for every caller (see ``_limiter.py``), and every attempt
 takes its images from the rate budget again; both live in that loop.
+
+``count_attempt`` counts the attempts of the batch item running in the current
+task (``BatchItem.attempts``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import random
 from collections.abc import Callable, Mapping
@@ -24,11 +28,13 @@ from ._exceptions import (
 )
 
 __all__ = [
+    "ATTEMPTS",
     "QUOTA_CODES",
     "RETRY_STATUSES",
     "Decision",
     "RetryPolicy",
     "backoff",
+    "count_attempt",
     "decide",
     "parse_retry_after",
 ]
@@ -155,3 +161,20 @@ def decide(
     if isinstance(error, (APIConnectionError, APIResponseValidationError)):
         return Decision(True, backoff(attempt, policy, rand), reason=type(error).__name__)
     return Decision(False, reason=f"{type(error).__name__} is not retried")
+
+
+ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "asyncimg_attempts", default=None
+)
+"""A counter of the attempts made for the batch item running in the current task."""
+
+
+def count_attempt() -> None:
+    """Count one HTTP attempt for the batch item running in this task (if any).
+
+    The client calls this for every attempt it sends (after its images are
+    granted); :class:`BatchItem.attempts` is the count.
+    """
+    counter = ATTEMPTS.get()
+    if counter is not None:
+        counter[0] += 1
