@@ -88,22 +88,29 @@ def test_a_truncated_body_in_a_buffer_is_still_an_error() -> None:
         loads_images_json(buf, len(raw) - 5)
 
 
-def test_buffer_pool_reuses_and_caps() -> None:
-    from asyncimg._transport import BufferPool
+async def test_responses_are_decoded_in_one_reused_buffer(client: object, emu: object) -> None:
+    from asyncimg import AsyncImagesClient
 
-    pool = BufferPool(max_bytes=100)
-    first = pool.take(60)
-    pool.give(first)
-    assert pool.take(50) is first  # reused: big enough
-    pool.give(first)
-    bigger = pool.take(80)  # too small: replaced, not kept twice
-    assert bigger is not first
-    assert len(bigger) == 80
-    pool.give(bigger)
-    other = pool.take(30)
-    assert other is bigger
-    extra = pool.take(30)
-    pool.give(other)
-    pool.give(extra)  # 80 + 30 > 100: dropped
-    assert pool.take(1) is other
-    assert pool.take(1) is not extra
+    assert isinstance(client, AsyncImagesClient)
+    transport = client._transport
+    await client.generate("a", model="dall-e-2", response_format="b64_json")
+    buffer = transport._buffer
+    assert len(buffer) > 1000
+    await client.generate("b", model="dall-e-2", response_format="b64_json")
+    assert transport._buffer is buffer  # the same size again: not reallocated
+
+
+def test_a_body_over_the_kept_size_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from asyncimg import _transport
+
+    monkeypatch.setattr(_transport, "_KEPT_BUFFER", 100)
+    transport = _transport.Transport(max_connections=1, max_response_bytes=10**6,
+                                     user_agent="t")
+    headers = CIMultiDictProxy(CIMultiDict())
+    small, big = body({"created": 1}), body({"created": 1, "pad": "x" * 500})
+    assert transport._decode([small], len(small), 200, headers) == {"created": 1}
+    kept = transport._buffer
+    assert transport._decode([big[:100], big[100:]], len(big), 200, headers)["pad"]
+    assert transport._buffer is kept
