@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+import attrs
 
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
-from ._files import ImageFile, ImageInput, load_image, load_images, sniff_mime
+from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
 from ._params import EditParams, GenerateParams, Params, VariationParams
@@ -48,7 +49,6 @@ DEFAULT_MAX_RESPONSE_BYTES: Final = 512 * 1024 * 1024
 
 _T = TypeVar("_T")
 
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 _DASHES = re.compile(r"-{2,}")
 
@@ -376,7 +376,7 @@ class AsyncImagesClient:
         paths = []
         for i, image in enumerate(response.data):
             data = await self.download(image)
-            ext = _EXTENSIONS.get(sniff_mime(data) or "", response.output_format or "png")
+            ext = EXTENSIONS.get(sniff_mime(data) or "", response.output_format or "png")
             path = folder / f"{base}-{i}.{ext}"
             await to_thread.run_sync(write_atomic, path, data)
             paths.append(path)
@@ -428,12 +428,7 @@ class AsyncImagesClient:
         if max_retries is not None:
             if not isinstance(max_retries, int) or max_retries < 0:
                 raise ValidationError("max_retries", "max_retries must be an integer >= 0")
-            policy = RetryPolicy(
-                max_retries=max_retries,
-                initial=policy.initial,
-                maximum=policy.maximum,
-                max_retry_after=policy.max_retry_after,
-            )
+            policy = attrs.evolve(policy, max_retries=max_retries)
         attempt = 0
         while True:
             attempt += 1

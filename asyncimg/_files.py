@@ -18,6 +18,7 @@ import attrs
 from ._exceptions import ValidationError
 
 __all__ = [
+    "EXTENSIONS",
     "ImageFile",
     "ImageInfo",
     "ImageInput",
@@ -40,7 +41,8 @@ ImageInput = Union[
 """Anything accepted where an image is expected."""
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+"""The file extension for each MIME type an image may have."""
 
 
 def sniff_mime(data: bytes) -> str | None:
@@ -156,7 +158,7 @@ class ImageFile:
         """Wrap bytes; the MIME type is sniffed, and a name made up when none is given."""
         mime = sniff_mime(data) or "application/octet-stream"
         if not filename:
-            filename = f"image.{_EXTENSIONS.get(mime, 'bin')}"
+            filename = f"image.{EXTENSIONS.get(mime, 'bin')}"
         return cls(filename, bytes(data), mime)
 
     @property

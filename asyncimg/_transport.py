@@ -296,23 +296,23 @@ class Transport:
 
     async def _read(self, resp: aiohttp.ClientResponse) -> tuple[list[bytes], int]:
         cap = self._max_response_bytes
-        length = resp.content_length
-        if length is not None and length > cap:
-            raise ResponseTooLargeError(
-                f"the response is {length} bytes, over max_response_bytes={cap}",
+
+        def too_large(size: str) -> ResponseTooLargeError:
+            return ResponseTooLargeError(
+                f"the response is {size}, over max_response_bytes={cap}",
                 status_code=resp.status,
                 request_id=resp.headers.get("x-request-id"),
             )
+
+        length = resp.content_length
+        if length is not None and length > cap:
+            raise too_large(f"{length} bytes")
         chunks: list[bytes] = []
         size = 0
         async for chunk, _ in resp.content.iter_chunks():
             size += len(chunk)
             if size > cap:
-                raise ResponseTooLargeError(
-                    f"the response is over max_response_bytes={cap}",
-                    status_code=resp.status,
-                    request_id=resp.headers.get("x-request-id"),
-                )
+                raise too_large("larger")
             chunks.append(chunk)
         return chunks, size
 
