@@ -25,6 +25,7 @@ __all__ = [
     "image_info",
     "load_image",
     "load_images",
+    "read_image",
     "sniff_mime",
 ]
 
@@ -176,6 +177,25 @@ def _read_path(path: str) -> bytes:
         return f.read()
 
 
+def read_image(value: ImageInput | ImageFile, param: str = "image") -> ImageFile:
+    """Turn one image input into an :class:`ImageFile`, reading a path at once (blocking).
+
+    The synchronous twin of :func:`load_image`, for code that runs off the event
+    loop (:mod:`asyncimg.prepare`).
+
+    Raises:
+        ValidationError: as :func:`load_image`.
+    """
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        try:
+            data = _read_path(path)
+        except OSError as exc:
+            raise ValidationError(param, f"{param}: cannot read {path!r}: {exc.strerror}") from exc
+        return ImageFile.from_bytes(data, os.path.basename(path))
+    return _from_value(value, param)
+
+
 async def load_image(value: ImageInput | ImageFile, param: str = "image") -> ImageFile:
     """Turn one image input into an :class:`ImageFile`.
 
@@ -185,19 +205,19 @@ async def load_image(value: ImageInput | ImageFile, param: str = "image") -> Ima
         ValidationError: the value is of no accepted kind, a path cannot be read,
             or a file object gives text instead of bytes.
     """
+    if isinstance(value, (str, os.PathLike)):
+        from anyio import to_thread  # on first use: `import asyncimg` stays light
+
+        return await to_thread.run_sync(read_image, value, param)
+    return _from_value(value, param)
+
+
+def _from_value(value: ImageInput | ImageFile, param: str) -> ImageFile:
+    """Every kind of input but a path, which needs reading."""
     if isinstance(value, ImageFile):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         return ImageFile.from_bytes(bytes(value))
-    if isinstance(value, (str, os.PathLike)):
-        from anyio import to_thread  # on first use: `import asyncimg` stays light
-
-        path = os.fspath(value)
-        try:
-            data = await to_thread.run_sync(_read_path, path)
-        except OSError as exc:
-            raise ValidationError(param, f"{param}: cannot read {path!r}: {exc.strerror}") from exc
-        return ImageFile.from_bytes(data, os.path.basename(path))
     if isinstance(value, tuple):
         if (
             len(value) in (2, 3)

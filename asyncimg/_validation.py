@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import attrs
 
+from ._decode import decode_problem
 from ._exceptions import ValidationError
 from ._files import ImageFile, ImageInfo, sniff_mime
 
@@ -131,6 +132,17 @@ class ModelRules:
     max_mask_bytes: int = 4 * _MIB
     mask_same_size: bool = True
     """The mask must have the dimensions of the (first) input image."""
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether the model serves an endpoint that uploads images (edits or variations)."""
+        return bool(self.endpoints & {"edit", "variation"})
+
+    @property
+    def square_edges(self) -> tuple[int, ...]:
+        """The edges of the listed square sizes, smallest first (dall-e-2: 256, 512, 1024)."""
+        parsed = [_parse_size(size) for size in self.sizes]
+        return tuple(sorted({p[0] for p in parsed if p is not None and p[0] == p[1]}))
 
 
 _GPT_NOTE = "GPT image models always return b64_json"
@@ -324,6 +336,9 @@ def _check_known_format(param: str, image: ImageFile) -> None:
         raise ValidationError(
             param, f"{param}: {image.filename!r} is not a PNG, JPEG or WebP image"
         )
+    problem = decode_problem(image.data)
+    if problem is not None:
+        raise ValidationError(param, f"{param}: {image.filename!r} {problem}")
 
 
 # ---------------------------------------------------------------- per model

@@ -23,6 +23,16 @@ from asyncimg._validation import (
 
 MIB = 1024 * 1024
 
+
+@pytest.fixture(autouse=True)
+def _header_rules_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Here the rules that read headers are tested, with header-only JPEG and WebP images.
+
+    With Pillow installed the decode check would refuse those first; it has its own
+    tests (tests/test_decode.py).
+    """
+    monkeypatch.setattr("asyncimg._validation.decode_problem", lambda _data: None)
+
 # ------------------------------------------------------------------ test images
 
 
