@@ -28,8 +28,12 @@ low/medium/high: gpt-image-1.5). The rules applied stay those of the model
 named in the request (none beyond the universal ones when it names none).
 
 Images are real PNGs of the requested size (``auto``: 1024x1024), RGBA when a
-transparent background is asked for. For ``output_format`` ``jpeg`` or
-``webp`` the bytes are still PNG; the response reports the format asked for.
+transparent background is asked for. With Pillow installed, ``output_format``
+``jpeg`` and ``webp`` give real JPEG and WebP bytes (``output_compression`` as
+their quality), edits keep the input outside the mask and paint inside it, and
+variations are derived from the input (:mod:`asyncimg.testing._pictures`);
+without Pillow those are PNGs too, and the response still reports the format
+asked for.
 """
 
 from __future__ import annotations
@@ -54,9 +58,10 @@ from aiohttp import BodyPartReader, web
 
 from .._exceptions import ValidationError
 from .._files import ImageFile, sniff_mime
-from .._params import EditParams, Endpoint, GenerateParams, Params, from_wire
+from .._params import EditParams, Endpoint, GenerateParams, Params, VariationParams, from_wire
 from ._faults import Fault, path_matches
-from ._png import MAX_PIXELS, b64_png, make_png
+from ._pictures import Recipe
+from ._png import MAX_PIXELS
 
 __all__ = [
     "CONTENT_POLICY_MARKER",
@@ -449,7 +454,7 @@ class Emulator:
         """``(time, images)`` of every request that passed the rate limit, in order."""
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._faults: list[list[Any]] = []  # [fault, uses left]
-        self._blobs: dict[str, tuple[tuple[int, int, str, bool], float]] = {}
+        self._blobs: dict[str, tuple[Recipe, float]] = {}
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self._api_port: int | None = None
@@ -842,14 +847,15 @@ class Emulator:
         if stored is None:
             body = xml.format(code="BlobNotFound", msg="The specified blob does not exist.")
             return _Answer(404, body.encode(), {}, "application/xml")
-        (width, height, seed, alpha), expires = stored
+        recipe, expires = stored
         if now >= expires:
             body = xml.format(
                 code="AuthenticationFailed",
                 msg="Server failed to authenticate the request. Signed expiry time has passed.",
             )
             return _Answer(403, body.encode(), {}, "application/xml")
-        return _Answer(200, make_png(width, height, seed, alpha=alpha), {}, "image/png")
+        data = recipe.render()
+        return _Answer(200, data, {}, sniff_mime(data) or "image/png")
 
     def _rate_headers(self, now: float) -> dict[str, str]:
         if self.rate_limit is None:
@@ -939,14 +945,21 @@ class Emulator:
         background = getattr(params, "background", None) or params.extra_body.get("background")
         alpha = gpt and background == "transparent"
         as_url = not gpt and params.response_format != "b64_json"
+        output_format = getattr(params, "output_format", None) or "png"
+        first = None if isinstance(params, GenerateParams) else params.image[0].data
+        mask = getattr(params, "mask", None)
         data: list[dict[str, Any]] = []
         for index in range(images):
-            item_seed = f"{seed}#{index}"
+            recipe = Recipe(
+                width, height, f"{seed}#{index}", alpha, output_format,
+                getattr(params, "output_compression", None), first,
+                None if mask is None else mask.data, isinstance(params, VariationParams),
+            )
             item: dict[str, Any] = {}
             if as_url:
-                item["url"] = self._store(width, height, item_seed, alpha, now)
+                item["url"] = self._store(recipe, now)
             else:
-                item["b64_json"] = b64_png(width, height, item_seed, alpha=alpha)
+                item["b64_json"] = recipe.b64()
             if model == "dall-e-3":
                 item["revised_prompt"] = f"A detailed, vivid rendering of: {prompt}"
             data.append(item)
@@ -954,7 +967,6 @@ class Emulator:
         if gpt:
             quality = getattr(params, "quality", None)
             quality = quality if quality in _GPT_QUALITIES else "medium"
-            output_format = getattr(params, "output_format", None) or "png"
             body["background"] = "transparent" if alpha else "opaque"
             body["output_format"] = output_format
             body["quality"] = quality
@@ -989,10 +1001,10 @@ class Emulator:
             "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
         }
 
-    def _store(self, width: int, height: int, seed: str, alpha: bool, now: float) -> str:
+    def _store(self, recipe: Recipe, now: float) -> str:
         name = f"img-{secrets.token_urlsafe(18)}.png"
         # Keep the recipe, not the bytes: a long run of url results stays small in memory.
-        self._blobs[name] = ((width, height, seed, alpha), now + self.url_ttl)
+        self._blobs[name] = (recipe, now + self.url_ttl)
         expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
             seconds=self.url_ttl
         )
