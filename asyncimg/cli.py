@@ -5,7 +5,8 @@
     asyncimg batch PROMPTS -o DIR      many prompts, resumable, with a manifest
     asyncimg generate PROMPT           one generation
     asyncimg edit IMAGE PROMPT         one edit (--mask M)
-    asyncimg variation IMAGE           variations of an image
+    asyncimg variation IMAGE           variations of an image (--prepare)
+    asyncimg prepare IN [-o OUT]       an image made ready for the API (asyncimg[images])
     asyncimg serve                     run the emulator
 
 Exit status: 0 all succeeded, 1 something failed, 2 a usage error. rich draws the
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ._exceptions import APIError, AsyncImgError, ValidationError
+from ._files import EXTENSIONS
 from ._limiter import Limiter, RateLimit
 from ._runner import ProgressSink
 from ._version import __version__
@@ -75,6 +77,17 @@ def _rate_arg(text: str) -> RateLimit | None:
         return parse_rate(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _box_arg(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    try:
+        x0, y0, x1, y1 = (int(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not X0,Y0,X1,Y1 in whole pixels: {text!r}"
+        ) from None
+    return x0, y0, x1, y1
 
 
 def _positive_int(text: str) -> int:
@@ -183,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument("image", metavar="IMAGE", help="the image to edit (a PNG for dall-e-2)")
     edit.add_argument("prompt", metavar="PROMPT")
-    edit.add_argument("--mask", metavar="M", help="a PNG whose transparent areas mark the edit")
+    masks = edit.add_mutually_exclusive_group()
+    masks.add_argument("--mask", metavar="M", help="a PNG whose transparent areas mark the edit")
+    masks.add_argument(
+        "--mask-box", type=_box_arg, metavar="X0,Y0,X1,Y1",
+        help="edit this box of the image (pixels; x1, y1 excluded); needs asyncimg[images]",
+    )
     edit.add_argument("--input-fidelity", choices=("high", "low"))
     edit.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
 
@@ -193,6 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     variation.add_argument("image", metavar="IMAGE")
     variation.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
+    variation.add_argument(
+        "--prepare", action="store_true",
+        help="make IMAGE what the model needs (a square PNG for dall-e-2) instead of refusing "
+        "it; needs asyncimg[images]",
+    )
+
+    prepare = sub.add_parser(
+        "prepare", help="make an image ready for the API (needs asyncimg[images])",
+        description="Write IN as a square RGBA PNG under 4 MB (EXIF orientation applied), or "
+        "as what --for MODEL's rules need. Prints the file written.",
+    )
+    prepare.add_argument("input", metavar="IN", help="a picture in any format Pillow reads")
+    prepare.add_argument(
+        "-o", "--output", metavar="OUT", help="default: IN's name with -prepared, beside it"
+    )
+    prepare.add_argument(
+        "--size", type=_positive_int, help="the square's edge in pixels (default 1024; not "
+        "with --for, whose rules choose it)",
+    )
+    prepare.add_argument(
+        "--fit", choices=("pad", "crop"), default="pad",
+        help="pad: all of the picture on a transparent square (default); crop: its centre",
+    )
+    prepare.add_argument(
+        "--for", dest="for_model", metavar="MODEL",
+        help="prepare for MODEL: dall-e-2 a square PNG; GPT image models the image as it "
+        "is when they take it",
+    )
 
     serve = sub.add_parser("serve", help="run the emulator until Ctrl-C")
     serve.add_argument("--host", default="127.0.0.1")
@@ -470,6 +516,70 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
         _print_failures(s, out)
 
 
+# -- asyncimg.prepare from the command line (Pillow: the extra asyncimg[images]) -------
+
+_PREPARE_FLAGS = {"image": "IN", "size": "--size", "fit": "--fit", "model": "--for"}
+
+
+def _prepare_module(flag: str) -> Any:
+    try:
+        from . import prepare
+    except ImportError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    return prepare
+
+
+def _prepare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    prepare = _prepare_module("prepare")
+    source = Path(args.input)
+    try:
+        if args.for_model is None:
+            data = prepare.square_png(source, size=args.size or 1024, fit=args.fit)
+            fmt = "png"
+        elif args.size is not None:
+            raise UsageError("--size: not with --for; the model's rules choose the size")
+        else:
+            ready = prepare.for_model(args.for_model, source, fit=args.fit)
+            data, fmt = ready.image, ready.format
+    except ValidationError as exc:
+        raise UsageError(f"{_PREPARE_FLAGS.get(exc.param, exc.param)}: {exc}") from None
+    target = Path(args.output) if args.output else source.with_name(
+        f"{source.stem}-prepared.{EXTENSIONS['image/' + fmt]}"
+    )
+    if target.resolve() == source.resolve():
+        raise UsageError("-o: OUT is IN itself; write the prepared image elsewhere")
+    target.write_bytes(data)
+    print(target, file=out)
+    print(f"prepared: {fmt.upper()}, {len(data)} bytes", file=err)
+    return EXIT_OK
+
+
+def _prepare_inputs(args: argparse.Namespace) -> None:
+    """``edit --mask-box`` and ``variation --prepare``: replace the inputs by Pillow's work."""
+    box = getattr(args, "mask_box", None)
+    if box is not None:
+        prepare = _prepare_module("--mask-box")
+        from PIL import Image
+
+        try:
+            with Image.open(args.image) as image:
+                size = image.size
+        except OSError as exc:
+            raise UsageError(f"IMAGE: cannot read {args.image!r} as an image: {exc}") from None
+        try:
+            args.mask = ("mask.png", prepare.mask_from_box(size, box))
+        except ValidationError as exc:
+            raise UsageError(f"--mask-box: {exc}") from None
+    if getattr(args, "prepare", False):
+        prepare = _prepare_module("--prepare")
+        try:
+            ready = prepare.for_model(args.model or "dall-e-2", args.image)
+        except ValidationError as exc:
+            raise UsageError(f"--prepare: {exc}") from None
+        args.image = (f"{Path(args.image).stem}.{EXTENSIONS['image/' + ready.format]}",
+                      ready.image)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .testing import serve
 
@@ -488,6 +598,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "prepare":
+            return _prepare(args, out, err)
+        _prepare_inputs(args)
         if args.command == "batch" and args.prompts != "-" and not Path(args.prompts).is_file():
             raise UsageError(f"no such file: {args.prompts}")
         runner = _batch if args.command == "batch" else _single
