@@ -248,7 +248,7 @@ class Record:
 def error_fields(exc: BaseException) -> dict[str, Any]:
     """The manifest's ``error`` object: type, code, status, param, message."""
     status = exc.status_code if isinstance(exc, APIStatusError) else None
-    code = exc.code if isinstance(exc, APIStatusError) else None
+    code = getattr(exc, "code", None)
     param = getattr(exc, "param", None)
     message = getattr(exc, "message", None) or str(exc)
     return {
