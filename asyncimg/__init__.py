@@ -11,7 +11,7 @@
 
 import typing as _typing
 
-from ._batchapi import Batch, BatchJob, BatchResult, submit_batch
+from ._batchapi import Batch, BatchJob, BatchResult, batch_line, submit_batch
 from ._client import AsyncImagesClient
 from ._exceptions import (
     APIConnectionError,
@@ -89,6 +89,7 @@ __all__ = [
     "Usage",
     "ValidationError",
     "__version__",
+    "batch_line",
     "submit_batch",
 ]
 
