@@ -115,18 +115,17 @@ def _open(value: AnyImage, param: str, target: int | None = None, fit: str = "pa
     smallest scale libjpeg offers that is still at least that large.
     """
     image = _header(value, param)
-    if image is not value:
-        if target is not None:
-            width, height = image.size
-            scale = target / (max(width, height) if fit == "pad" else min(width, height))
-            if scale < 1:
-                image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
-        try:
-            image.load()
-        except Exception as exc:  # Pillow reports corrupt data with many exception types
-            raise ValidationError(
-                param, f"{param}: does not decode ({exc or type(exc).__name__})"
-            ) from exc
+    if target is not None and image is not value:  # never change the caller's Image
+        width, height = image.size
+        scale = target / (max(width, height) if fit == "pad" else min(width, height))
+        if scale < 1:
+            image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+    try:
+        image.load()
+    except Exception as exc:  # Pillow reports corrupt data with many exception types
+        raise ValidationError(
+            param, f"{param}: does not decode ({exc or type(exc).__name__})"
+        ) from exc
     return ImageOps.exif_transpose(image)
 
 

@@ -11,11 +11,11 @@ With Pillow installed (the extra ``asyncimg[images]``):
 * a variation is the input mirrored left to right, with a quarter of the
   generated picture blended in (a different one for each index);
 * :func:`partial_frame` renders a streaming partial image as an earlier, rougher
-  (pixelated) version of the final one.
+  (pixelated) version of the final one, in its format.
 
 Without Pillow every result is the PNG of :func:`asyncimg.testing._png.make_png`
 (so ``jpeg`` and ``webp`` requests get PNG bytes, an edit ignores its image and
-mask, a variation its input, and a partial image is the final one).
+mask, a variation its input, and :func:`partial_frame` gives the final image).
 A PNG generation never needs Pillow: its bytes are the same either way.
 """
 
@@ -130,20 +130,23 @@ def _encode(picture: Image.Image, output_format: str, compression: int | None) -
     return out.getvalue()
 
 
-def partial_frame(recipe: Recipe, index: int) -> bytes:
-    """Partial image ``index`` (0-based) of the recipe's picture: the final one, pixelated.
+def partial_frame(final: bytes, index: int) -> bytes:
+    """Partial image ``index`` (0-based) of a streamed image: ``final``, pixelated.
 
     The first is the roughest (blocks of 64 pixels), each next one finer by half
-    (down to 2 pixels); all are in the recipe's format. Without Pillow: the
-    final image's bytes.
+    (down to 2 pixels); each is in the format of ``final`` (PNG, JPEG or WebP).
+    Without Pillow: ``final`` itself.
     """
     if not pillow_available():
-        return recipe.render()
+        return final
     from PIL import Image
 
-    final = Image.open(io.BytesIO(recipe.render()))
-    final.load()
-    block = max(2, _ROUGHEST_BLOCK >> index)
-    small = (max(1, recipe.width // block), max(1, recipe.height // block))
-    rough = final.resize(small, Image.Resampling.BOX).resize(final.size, Image.Resampling.NEAREST)
-    return _encode(rough, recipe.output_format, recipe.compression)
+    with Image.open(io.BytesIO(final)) as picture:
+        fmt = (picture.format or "PNG").lower()
+        picture.load()
+        block = max(2, _ROUGHEST_BLOCK >> index)
+        small = (max(1, picture.width // block), max(1, picture.height // block))
+        rough = picture.resize(small, Image.Resampling.BOX).resize(
+            picture.size, Image.Resampling.NEAREST
+        )
+    return _encode(rough, fmt, None)
