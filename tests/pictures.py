@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -37,6 +40,19 @@ def without_pillow(directory: Path) -> dict[str, str]:
     """Environment variables for a subprocess in which ``import PIL`` fails."""
     (directory / "sitecustomize.py").write_text(BLOCKER)
     return {"PYTHONPATH": str(directory)}
+
+
+def python_without_pillow(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh Python that cannot import Pillow (``directory`` holds the blocker).
+
+    Fails the test when the code exits non-zero; returns the run for its output.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **without_pillow(directory)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
@@ -90,8 +106,8 @@ def corner_colours(image: Image.Image) -> tuple[tuple[int, ...], ...]:
               (w - 1 - w // 8, h - 1 - h // 8))
 
     def nearest(colour: tuple[int, ...]) -> tuple[int, ...]:
-        rgb = colour[:3]
-        return min(CORNERS, key=lambda c: sum((a - b) ** 2 for a, b in zip(c, rgb, strict=True)))
+        seen = colour[:3]
+        return min(CORNERS, key=lambda c: sum((a - b) ** 2 for a, b in zip(c, seen, strict=True)))
 
     return tuple(nearest(rgb.getpixel(p)) for p in points)  # type: ignore[arg-type]
 
