@@ -287,31 +287,34 @@ def window_peaks(
     """
     span = max(end - start, 1e-9)
     width = span / columns
-    changes = sorted(
-        [(at, n) for at, n in sends] + [(at + window, -n) for at, n in sends],
-        key=lambda change: (change[0], change[1]),  # at the same instant, leaving first
-    )
+    changes: dict[float, int] = {}
+    for at, n in sends:
+        changes[at] = changes.get(at, 0) + n
+        changes[at + window] = changes.get(at + window, 0) - n
     peaks = [0] * columns
     count = 0
-    column = 0
-    for at, delta in changes:
-        here = min(columns - 1, int((at - start) / width)) if at >= start else -1
-        while column < here:  # the columns before this change hold the current count
-            column += 1
-            peaks[column] = max(peaks[column], count)
-        count += delta
+    column = -1  # the columns up to this one hold what was seen so far
+    for at in sorted(changes):
+        here = min(columns - 1, math.floor((at - start) / width)) if at >= start else -1
+        if here > column:
+            for c in range(max(column, 0), here):
+                peaks[c] = max(peaks[c], count)
+            if at > start + here * width:  # the column's start came before this change
+                peaks[here] = max(peaks[here], count)
+            column = here
+        count += changes[at]
         if here >= 0:
             peaks[here] = max(peaks[here], count)
-    while column < columns - 1:
-        column += 1
-        peaks[column] = max(peaks[column], count)
+    for c in range(max(column, 0), columns):
+        peaks[c] = max(peaks[c], count)
     return peaks
 
 
 def _duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 60:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+        digits = 2 if seconds < 1 else 1 if seconds < 10 else 0
+        return f"{seconds:.{digits}f} s"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
