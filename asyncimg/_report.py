@@ -261,7 +261,7 @@ def make_thumbnails(directory: Path, names: Sequence[str]) -> dict[str, str] | N
                     img = img.convert("RGBA")
                 folder.mkdir(exist_ok=True)
                 part = thumb.with_name(f".{thumb.name}.part")
-                img.save(part, format=suffix[1:].upper(), quality=80)
+                img.save(part, format=suffix[1:].upper(), quality=80, method=0)
             os.replace(part, thumb)
         except (OSError, ValueError, Image.DecompressionBombError):
             return name, name
@@ -400,7 +400,14 @@ def chart_svg(
 
 
 def _url(name: str) -> str:
-    return urllib.parse.quote(name)
+    return urllib.parse.quote(name, safe="")
+
+
+def _present(directory: Path, name: str) -> bool:
+    """A plain file name (no directory part: links never leave the directory) that exists."""
+    return name == Path(name).name and name not in ("", ".", "..") and (
+        directory / name
+    ).is_file()
 
 
 def _when(epoch: float) -> str:
@@ -492,11 +499,11 @@ def _card_data(item: Item, shown: Mapping[str, str] | None, directory: Path) -> 
     if item.ok:
         images = []
         for name in item.files:
-            if not (directory / name).is_file():
+            if not _present(directory, name):
                 images.append({"missing": name})
                 continue
             thumb = shown.get(name, name) if shown is not None else name
-            images.append({"full": _url(name), "thumb": _url(thumb)})
+            images.append({"full": _url(name), "thumb": "/".join(map(_url, thumb.split("/")))})
         card["images"] = images
     else:
         error = item.error or {}
@@ -581,7 +588,7 @@ def write_report(directory: str | os.PathLike[str], *, thumbnails: bool = True) 
     runs = read_runs(folder)
     shown = None
     if thumbnails:
-        names = [n for item in items if item.ok for n in item.files if (folder / n).is_file()]
+        names = [n for item in items if item.ok for n in item.files if _present(folder, n)]
         shown = make_thumbnails(folder, names)
     page = render(items, runs, shown, folder)
     target = folder / REPORT_NAME

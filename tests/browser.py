@@ -193,4 +193,4 @@ class Browser:
     async def screenshot(self, path: str | os.PathLike[str]) -> None:
         """Write a PNG of the whole page to ``path``."""
         shot = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        Path(path).write_bytes(base64.b64decode(shot["data"]))
+        await asyncio.to_thread(Path(path).write_bytes, base64.b64decode(shot["data"]))

@@ -20,7 +20,7 @@ from asyncimg._report import (
     window_peaks,
     write_report,
 )
-from asyncimg._runner import MANIFEST_NAME, RUNS_NAME, run_batch
+from asyncimg._runner import MANIFEST_NAME, RUNS_NAME, open_text, run_batch
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
 
 from .browser import Browser, find_chromium
@@ -93,7 +93,7 @@ async def test_429s_and_every_attempt_are_recorded(emu: Emulator, tmp_path: Path
         api_key=TEST_KEY, base_url=emu.base_url, max_retries=2,
     ) as client:
         summary = await run_batch(
-            client, lambda: open(src, encoding="utf-8"), "txt", tmp_path / "out",
+            client, open_text(str(src)), "txt", tmp_path / "out",
             params={"model": "dall-e-2", "size": "256x256"},
         )
     assert summary.rate_limited == 1
@@ -113,7 +113,7 @@ async def test_usage_is_recorded_and_summed(emu: Emulator, tmp_path: Path) -> No
     src.write_text("one\ntwo\n")
     async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url) as client:
         await run_batch(
-            client, lambda: open(src, encoding="utf-8"), "txt", tmp_path,
+            client, open_text(str(src)), "txt", tmp_path,
             params={"model": "gpt-image-1", "size": "1024x1024", "quality": "low"},
         )
     items = read_items(tmp_path)
@@ -147,15 +147,21 @@ def test_a_manifest_of_an_older_version_renders(tmp_path: Path) -> None:
     }
     failed = {"id": "def", "line": 2, "prompt": "p", "status": "failed",
               "error": {"type": "BadRequestError", "message": "no"}}
+    outside = {"id": "ghi", "line": 3, "prompt": "q", "status": "ok",
+               "files": ["../secret.png", "/etc/passwd"]}
     (tmp_path / "abc-0.png").write_bytes(b"not really a png")
     (tmp_path / MANIFEST_NAME).write_text(
-        json.dumps(old) + "\n" + json.dumps(failed) + "\n" + "torn {"
+        "".join(json.dumps(x) + "\n" for x in (old, failed, outside)) + "torn {"
     )
-    page = write_report(tmp_path).read_text()
+    proc = _cli("report", str(tmp_path), "--no-thumbnails")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{tmp_path / REPORT_NAME}\n"
+    page = (tmp_path / REPORT_NAME).read_text()
     assert "approximate: this manifest has no send times" in page
     assert '<div class="v">not recorded</div><div class="k">waited on the limiter</div>' in page
     items = read_items(tmp_path)
-    assert [i.id for i in items] == ["abc", "def"]
+    assert [i.id for i in items] == ["abc", "def", "ghi"]
+    assert '{"missing":"../secret.png"},{"missing":"/etc/passwd"}' in page  # never linked
     assert items[0].send_times[0][0] == pytest.approx(items[0].finished_at - 1.5)  # type: ignore[operator]
     assert "old & <i>" not in page  # escaped in the JSON too
 
@@ -187,8 +193,16 @@ def test_thumbnails_are_made_only_for_large_images(batch_dir: tuple[Path, int]) 
 def test_without_pillow_the_page_shows_the_images(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from asyncimg.testing._png import make_png
+
+    (tmp_path / "big-0.png").write_bytes(make_png(512, 512))
+    line = {"id": "big", "line": 1, "prompt": "p", "status": "ok", "files": ["big-0.png"]}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(line) + "\n")
     monkeypatch.setitem(sys.modules, "PIL", None)
-    assert make_thumbnails(tmp_path, ["a.png"]) is None
+    assert make_thumbnails(tmp_path, ["big-0.png"]) is None
+    page = write_report(tmp_path).read_text()
+    assert '"images":[{"full":"big-0.png","thumb":"big-0.png"}]' in page
+    assert not (tmp_path / THUMBS_DIR).exists()
 
 
 def test_report_of_a_directory_without_manifest_is_a_usage_error(tmp_path: Path) -> None:
