@@ -632,11 +632,11 @@ border-radius:8px;font:inherit}
 .card{background:var(--card);border:1px solid var(--line);border-radius:12px;overflow:hidden;
 display:flex;flex-direction:column}
 .card.failed{border-color:#f5b5ae}
-.imgs{display:grid;grid-template-columns:repeat(auto-fit,minmax(100px,1fr));gap:2px;
-background:#eef0f3}
-.imgs a{display:block;aspect-ratio:1}
+.imgs{display:grid;grid-template-columns:repeat(var(--cols,1),1fr);grid-auto-rows:1fr;gap:2px;
+aspect-ratio:1;background:#eef0f3}
+.imgs a{display:block;min-height:0}
 .imgs img{width:100%;height:100%;object-fit:contain;display:block}
-.ph{aspect-ratio:1;display:flex;align-items:center;justify-content:center;text-align:center;
+.ph{display:flex;align-items:center;justify-content:center;text-align:center;
 padding:12px;color:var(--red);background:#fdf1f0;font-weight:600}
 .body{padding:10px 12px;display:flex;flex-direction:column;gap:6px}
 .prompt{display:-webkit-box;-webkit-line-clamp:4;-webkit-box-orient:vertical;overflow:hidden;
@@ -676,6 +676,7 @@ function card(it) {
   if (it.error) {
     imgs.append(el("div", "ph", it.error.type || "failed"));
   } else {
+    imgs.style.setProperty("--cols", Math.ceil(Math.sqrt(it.images.length)) || 1);
     for (const im of it.images) {
       if (im.missing) { imgs.append(el("div", "ph", "missing: " + im.missing)); continue; }
       const a = el("a"); a.href = im.full;
