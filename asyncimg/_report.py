@@ -777,6 +777,8 @@ _PAGE = """<!doctype html>
 <input id="search" type="search" placeholder="search prompts, ids, errors" aria-label="search">
 <span class="pager" id="pager"></span>
 </div>
+<noscript><p class="empty">The gallery is drawn by the page's own script: allow JavaScript
+for this file to see the cards.</p></noscript>
 <section class="gallery" id="gallery" data-page-size="{page_size}"></section>
 <nav class="pages"><button class="prev">previous</button><button class="next">next</button></nav>
 </main>
