@@ -417,7 +417,7 @@ def _when(epoch: float) -> str:
 
 def _rate_text(rate: tuple[int, float] | None) -> str:
     if rate is None:
-        return "no rate limit recorded"
+        return "off"
     images, per = rate
     unit = "min" if per == 60 else f"{per:g} s"
     return f"{images} images / {unit}"
@@ -486,7 +486,7 @@ def _charts(items: Sequence[Item], runs: Sequence[Run]) -> list[str]:
         peak = window_peaks(mine, run.started_at, run.finished_at, window, 1)[0]
         title = (
             f"run {number}, {_when(run.started_at)}: images sent in any {window:g} s "
-            f"(limit {_rate_text(run.rate)}), peak {peak}"
+            f"(rate limit {_rate_text(run.rate)}), peak {peak}"
         )
         charts.append(chart_svg(mine, run.started_at, run.finished_at, run.rate, title=title))
     return charts
@@ -552,7 +552,7 @@ def render(
         params = ", ".join(f"{k}={v}" for k, v in last.params.items()) or "server defaults"
         details = (
             f"<p class=\"meta\">last run {html.escape(_when(last.started_at))}, "
-            f"rate {html.escape(_rate_text(last.rate))}, parameters {html.escape(params)}</p>"
+            f"rate limit {html.escape(_rate_text(last.rate))}, parameters {html.escape(params)}</p>"
         )
     charts = "".join(_charts(items, runs)) or '<p class="meta">no images were sent</p>'
     cards = [_card_data(item, shown, directory) for item in items]
