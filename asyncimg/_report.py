@@ -378,11 +378,14 @@ def chart_svg(
         )
         tick += step
     span = end - start
+    digits = 2 if span < 1 else 1 if span < 10 else 0
     for i in range(6):
         x = left + plot_w * i / 5
+        at = span * i / 5
+        label = f"{at:.{digits}f} s" if span < 60 else _duration(at)
         parts.append(
             f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="middle">'
-            f"{html.escape(_duration(span * i / 5))}</text>"
+            f"{html.escape(label)}</text>"
         )
     parts.append(f'<path class="area" d="{area}"/><path class="series" d="{line}"/>')
     if limit is not None:
