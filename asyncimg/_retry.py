@@ -194,7 +194,7 @@ ATTEMPT_LOG: contextvars.ContextVar[AttemptLog | None] = contextvars.ContextVar(
 """The :class:`AttemptLog` of the batch item running in the current task, if any."""
 
 
-def count_attempt(images: int = 0) -> None:
+def count_attempt(images: int) -> None:
     """Count one HTTP attempt for the batch item running in this task (if any).
 
     The client calls this for every attempt it sends (after its ``images`` are
