@@ -477,8 +477,8 @@ def _charts(items: Sequence[Item], runs: Sequence[Run]) -> list[str]:
         return [
             chart_svg(
                 sends, sends[0][0], end, None,
-                title="images sent per 60 s (approximate: this manifest has no send times "
-                "or rate; rerun the batch with this version to record them)",
+                title="images finished per 60 s (approximate: no send times or rate were "
+                "recorded, by an older version or the Batch API route)",
             )
         ]
     charts = []
