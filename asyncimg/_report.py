@@ -477,8 +477,8 @@ def _charts(items: Sequence[Item], runs: Sequence[Run]) -> list[str]:
         return [
             chart_svg(
                 sends, sends[0][0], end, None,
-                title="images per 60 s, placed at each item's start (approximate: no send times or rate were "
-                "recorded, by an older version or the Batch API route)",
+                title="images per 60 s at each item's start (approximate: no send times or "
+                "rate were recorded, by an older version or the Batch API route)",
             )
         ]
     charts = []

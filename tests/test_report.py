@@ -157,7 +157,7 @@ def test_a_manifest_of_an_older_version_renders(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"{tmp_path / REPORT_NAME}\n"
     page = (tmp_path / REPORT_NAME).read_text()
-    assert "approximate: no send times or rate were recorded" in page
+    assert "approximate: no send times or rate were recorded, by an older version" in page
     assert '<div class="v">not recorded</div><div class="k">waited on the limiter</div>' in page
     items = read_items(tmp_path)
     assert [i.id for i in items] == ["abc", "def", "ghi"]
