@@ -12,7 +12,9 @@
 Importing this package imports aiohttp.web; ``import asyncimg`` alone does not.
 Run one as a process with ``python -m asyncimg.testing --port 8089``; pytest
 users get the ``emulator`` fixture with
-``pytest_plugins = ["asyncimg.testing.pytest_plugin"]``.
+``pytest_plugins = ["asyncimg.testing.pytest_plugin"]``. With Pillow installed
+(``asyncimg[images]``) its JPEG and WebP results are real and its edits honour
+the mask (see ``asyncimg.testing._pictures``); Pillow is imported only then.
 """
 
 from ._batches import BatchAPI, BatchPace
