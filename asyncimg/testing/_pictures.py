@@ -22,33 +22,23 @@ A PNG generation never needs Pillow: its bytes are the same either way.
 from __future__ import annotations
 
 import base64
-import functools
 import io
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .._decode import pillow
 from ._png import b64_png, make_png
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["Recipe", "partial_frame", "pillow_available"]
+__all__ = ["Recipe", "partial_frame"]
 
 _PILLOW_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 _DEFAULT_QUALITY = 100  # the API's default output_compression
 _VARIATION_MIX = 0.25
 _ROUGHEST_BLOCK = 64  # pixels per block in the first partial image
-
-
-@functools.cache
-def pillow_available() -> bool:
-    """Whether Pillow can be imported (the emulator's pictures depend on it)."""
-    try:
-        import PIL  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _bytes_repr(data: bytes | None) -> str:
@@ -77,7 +67,7 @@ class Recipe:
     @property
     def plain(self) -> bool:
         """Whether the picture is the PNG of :func:`make_png` (no Pillow needed)."""
-        return not pillow_available() or (self.output_format == "png" and self.image is None)
+        return pillow() is None or (self.output_format == "png" and self.image is None)
 
     def render(self) -> bytes:
         """The image's bytes."""
@@ -137,7 +127,7 @@ def partial_frame(final: bytes, index: int) -> bytes:
     (down to 2 pixels); each is in the format of ``final`` (PNG, JPEG or WebP).
     Without Pillow: ``final`` itself.
     """
-    if not pillow_available():
+    if pillow() is None:
         return final
     from PIL import Image
 
