@@ -399,8 +399,10 @@ def for_model(
     if file is not None and kept is not None:
         data, fmt, size = file.data, kept, picture.size
     else:
-        data, fmt, size = _lossless_or_lossy(_rgba(picture) if _has_alpha(picture) else
-                                             picture.convert("RGB"), rules)
+        rgba = _rgba(picture)
+        data, fmt, size = _lossless_or_lossy(
+            rgba if _has_alpha(picture) else rgba.convert("RGB"), rules
+        )
     mask_data = None
     if mask_picture is not None:
         mask_rgba = _rgba(mask_picture)

@@ -306,6 +306,14 @@ def test_gpt_and_unknown_models_keep_what_they_take(model: str | None) -> None:
     assert corner_colours(decode(ready.image)) == CORNERS
 
 
+def test_gpt_gets_16_bit_grey_scaled_and_without_an_alpha_channel() -> None:
+    ready = for_model("gpt-image-1", encode(Image.new("I;16", (32, 32), 0x8080), "TIFF"))
+    picture = decode(ready.image)
+    assert ready.format == "png"
+    assert picture.mode == "RGB"
+    assert picture.getpixel((8, 8)) == (128, 128, 128)
+
+
 def test_gpt_applies_the_exif_orientation_and_sizes_the_mask() -> None:
     turned = _jpeg_with_orientation(6)  # stored 60x80, shown 80x60
     mask = mask_from_box((80, 60), (0, 0, 40, 30))
