@@ -32,6 +32,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._files import ImageFile, ImageInput
+from ._keywords import EditKeywords, GenerateKeywords, RequestOptions, VariationKeywords
 from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter
 from ._models import (
     BatchItem,
@@ -61,6 +62,8 @@ __all__ = [
     "BatchItem",
     "ConflictError",
     "ContentPolicyError",
+    "EditKeywords",
+    "GenerateKeywords",
     "Image",
     "ImageFile",
     "ImageInput",
@@ -78,10 +81,12 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RequestOptions",
     "ResponseTooLargeError",
     "UnprocessableEntityError",
     "Usage",
     "ValidationError",
+    "VariationKeywords",
     "__version__",
 ]
 

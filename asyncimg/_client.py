@@ -28,6 +28,7 @@ import attrs
 
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
+from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
 from ._params import EditParams, GenerateParams, Params, VariationParams
@@ -169,25 +170,7 @@ class AsyncImagesClient:
 
     # -- the three calls ---------------------------------------------------------------
 
-    async def generate(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        quality: str | None = None,
-        response_format: str | None = None,
-        output_format: str | None = None,
-        output_compression: int | None = None,
-        background: str | None = None,
-        moderation: str | None = None,
-        style: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-    ) -> ImagesResponse:
+    async def generate(self, prompt: str, **kwargs: Unpack[GenerateKeywords]) -> ImagesResponse:
         """Create images from a prompt (``POST /images/generations``).
 
         Every parameter of the API is a keyword; None is not sent. ``extra_body``
@@ -199,42 +182,15 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        params = GenerateParams.build(
-            prompt=prompt,
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            quality=quality,
-            response_format=response_format,
-            output_format=output_format,
-            output_compression=output_compression,
-            background=background,
-            moderation=moderation,
-            style=style,
-            user=user,
-            extra_body=extra_body,
-        )
+        fields, timeout, max_retries = self._fields(kwargs)
+        params = GenerateParams.build(prompt=prompt, **fields)
         return await self._call(params, timeout, max_retries)
 
     async def edit(
         self,
         image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
         prompt: str,
-        *,
-        mask: ImageInput | ImageFile | None = None,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        quality: str | None = None,
-        response_format: str | None = None,
-        output_format: str | None = None,
-        output_compression: int | None = None,
-        background: str | None = None,
-        input_fidelity: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
+        **kwargs: Unpack[EditKeywords],
     ) -> ImagesResponse:
         """Edit or extend one image, or up to 16 for the GPT image models (``POST /images/edits``).
 
@@ -247,38 +203,15 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
+        fields, timeout, max_retries = self._fields(kwargs)
         images = await load_images(image, "image")
+        mask = fields.pop("mask", None)
         mask_file = None if mask is None else await load_image(mask, "mask")
-        params = EditParams.build(
-            image=images,
-            prompt=prompt,
-            mask=mask_file,
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            quality=quality,
-            response_format=response_format,
-            output_format=output_format,
-            output_compression=output_compression,
-            background=background,
-            input_fidelity=input_fidelity,
-            user=user,
-            extra_body=extra_body,
-        )
+        params = EditParams.build(image=images, prompt=prompt, mask=mask_file, **fields)
         return await self._call(params, timeout, max_retries)
 
     async def create_variation(
-        self,
-        image: ImageInput | ImageFile,
-        *,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        response_format: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
+        self, image: ImageInput | ImageFile, **kwargs: Unpack[VariationKeywords]
     ) -> ImagesResponse:
         """Create variations of an image (``POST /images/variations``, dall-e-2).
 
@@ -287,15 +220,8 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        params = VariationParams.build(
-            image=(await load_image(image, "image"),),
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            response_format=response_format,
-            user=user,
-            extra_body=extra_body,
-        )
+        fields, timeout, max_retries = self._fields(kwargs)
+        params = VariationParams.build(image=(await load_image(image, "image"),), **fields)
         return await self._call(params, timeout, max_retries)
 
     def generate_many(
@@ -304,7 +230,7 @@ class AsyncImagesClient:
         prompts: PromptSource,
         *,
         ordered: bool = False,
-        **params: Any,
+        **params: Unpack[GenerateKeywords],
     ) -> AsyncIterator[BatchItem]:
         """Generate images for many prompts, at most ``max_concurrency`` at once.
 
@@ -383,6 +309,20 @@ class AsyncImagesClient:
         return paths
 
     # -- the engine --------------------------------------------------------------------
+
+    def _fields(
+        self, kwargs: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], float | None, int | None]:
+        """A call's keywords split into the request's fields, its timeout and its retries.
+
+        The client's model stands in for a missing one.
+        """
+        fields = dict(kwargs)
+        timeout = fields.pop("timeout", None)
+        max_retries = fields.pop("max_retries", None)
+        if fields.get("model") is None:
+            fields["model"] = self.model
+        return fields, timeout, max_retries
 
     def _get_gate(self) -> asyncio.Semaphore:
         # asyncio's semaphore: anyio's always yields to the loop once per acquire.

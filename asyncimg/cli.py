@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ._exceptions import APIError, AsyncImgError, ValidationError
+from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
 from ._limiter import Limiter, RateLimit
 from ._runner import ProgressSink
 from ._version import __version__
@@ -134,10 +135,12 @@ def _image_options(*, style: bool = True, gpt: bool = True) -> argparse.Argument
     return common
 
 
-_PARAM_NAMES = (
-    "model", "n", "size", "quality", "response_format", "output_format", "output_compression",
-    "background", "moderation", "style", "user", "input_fidelity",
-)
+_PARAM_NAMES = {
+    "batch": GENERATE_KEYWORDS - OPTIONS,
+    "generate": GENERATE_KEYWORDS - OPTIONS,
+    "edit": EDIT_KEYWORDS - OPTIONS,
+    "variation": VARIATION_KEYWORDS - OPTIONS,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     return {
         name: getattr(args, name)
-        for name in _PARAM_NAMES
+        for name in sorted(_PARAM_NAMES[args.command])
         if getattr(args, name, None) is not None
     }
 
@@ -245,7 +248,7 @@ async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if args.command == "generate":
                 response = await client.generate(args.prompt, **params)
             elif args.command == "edit":
-                response = await client.edit(args.image, args.prompt, mask=args.mask, **params)
+                response = await client.edit(args.image, args.prompt, **params)
             else:
                 response = await client.create_variation(args.image, **params)
             paths = await client.save(response, args.output)
