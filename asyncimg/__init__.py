@@ -44,6 +44,13 @@ from ._models import (
     PromptSpec,
     Usage,
 )
+from ._stream import (
+    CompletedImageEvent,
+    ImageStream,
+    ImageStreamEvent,
+    PartialImageEvent,
+    UnknownEvent,
+)
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
@@ -60,6 +67,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BatchItem",
+    "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
     "EditKeywords",
@@ -67,6 +75,8 @@ __all__ = [
     "Image",
     "ImageFile",
     "ImageInput",
+    "ImageStream",
+    "ImageStreamEvent",
     "ImagesClient",
     "ImagesResponse",
     "InputTokensDetails",
@@ -75,6 +85,7 @@ __all__ = [
     "LimiterStats",
     "NotFoundError",
     "OutputTokensDetails",
+    "PartialImageEvent",
     "PermissionDeniedError",
     "PromptSource",
     "PromptSpec",
@@ -83,6 +94,7 @@ __all__ = [
     "RateLimiter",
     "RequestOptions",
     "ResponseTooLargeError",
+    "UnknownEvent",
     "UnprocessableEntityError",
     "Usage",
     "ValidationError",

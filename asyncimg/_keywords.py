@@ -54,6 +54,8 @@ class _Common(RequestOptions, total=False):
 
 
 class _Rendering(_Common, total=False):
+    partial_images: int | None
+    """0 to 3 partial images before the final one (with ``stream=True``)."""
     quality: str | None
     output_format: str | None
     output_compression: int | None

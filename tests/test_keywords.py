@@ -19,8 +19,8 @@ from asyncimg.testing import Emulator
 @pytest.mark.parametrize(
     ("declared", "params", "positional"),
     [
-        (GENERATE_KEYWORDS, GenerateParams, {"prompt"}),
-        (EDIT_KEYWORDS, EditParams, {"prompt", "image"}),
+        (GENERATE_KEYWORDS, GenerateParams, {"prompt", "stream"}),
+        (EDIT_KEYWORDS, EditParams, {"prompt", "image", "stream"}),
         (VARIATION_KEYWORDS, VariationParams, {"image"}),
     ],
 )

@@ -9,10 +9,21 @@ blocking client alike. An unneeded ``type: ignore`` is itself an error
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 from typing_extensions import assert_type
 
-from asyncimg import AsyncImagesClient, BatchItem, ImagesClient, ImagesResponse
+from asyncimg import (
+    AsyncImagesClient,
+    BatchItem,
+    CompletedImageEvent,
+    ImagesClient,
+    ImagesResponse,
+    ImageStream,
+    ImageStreamEvent,
+    PartialImageEvent,
+    UnknownEvent,
+)
 
 
 async def async_calls(client: AsyncImagesClient) -> None:
@@ -29,11 +40,11 @@ async def async_calls(client: AsyncImagesClient) -> None:
     assert_type(v, ImagesResponse)
     assert_type(client.generate_many(["a"], n=1, size="256x256"), AsyncIterator[BatchItem])
 
-    await client.generate("a cat", sizes="1024x1024")  # type: ignore[call-arg]
-    await client.generate("a cat", n="2")  # type: ignore[arg-type]
-    await client.generate("a cat", input_fidelity="high")  # type: ignore[call-arg]
+    await client.generate("a cat", sizes="1024x1024")  # type: ignore[call-overload]
+    await client.generate("a cat", n="2")  # type: ignore[call-overload]
+    await client.generate("a cat", input_fidelity="high")  # type: ignore[call-overload]
     await client.create_variation(b"png", quality="high")  # type: ignore[call-arg]
-    await client.edit(b"png", "a cat", style="vivid")  # type: ignore[call-arg]
+    await client.edit(b"png", "a cat", style="vivid")  # type: ignore[call-overload]
     client.generate_many(["a"], siz="256x256")  # type: ignore[call-arg]
 
 
@@ -43,5 +54,30 @@ def blocking_calls(client: ImagesClient) -> None:
     assert_type(client.create_variation(b"png", n=1), ImagesResponse)
     assert_type(client.generate_many(["a"], n=1), Iterator[BatchItem])
 
-    client.generate("a cat", sizes="1024x1024")  # type: ignore[call-arg]
-    client.edit(b"png", "a cat", n=None, quality=3)  # type: ignore[arg-type]
+    client.generate("a cat", sizes="1024x1024")  # type: ignore[call-overload]
+    client.edit(b"png", "a cat", n=None, quality=3)  # type: ignore[call-overload]
+
+
+async def streams(client: AsyncImagesClient) -> None:
+    stream = await client.generate("a lantern", stream=True, partial_images=2)
+    assert_type(stream, ImageStream)
+    async with stream:
+        async for event in stream:
+            assert_type(event, PartialImageEvent | CompletedImageEvent | UnknownEvent)
+    assert_type(await stream.final(), CompletedImageEvent)
+    edited = await client.edit(b"png", "a moon", stream=True, partial_images=1, mask=b"m")
+    assert_type(edited, ImageStream)
+    assert_type(await client.generate("a", stream=False), ImagesResponse)
+    flag: bool = True
+    assert_type(await client.generate("a", stream=flag), ImagesResponse | ImageStream)
+    await client.generate("a", stream=True, partial_images="2")  # type: ignore[call-overload]
+    client.generate_many(["a"], stream=True)  # type: ignore[call-arg]
+
+
+def blocking_streams(client: ImagesClient) -> None:
+    events = client.generate("a lantern", stream=True, partial_images=2)
+    assert_type(events, Iterator[PartialImageEvent | CompletedImageEvent | UnknownEvent])
+    for event in events:
+        if isinstance(event, PartialImageEvent | CompletedImageEvent):
+            assert_type(client.save_event(event, "out"), Path)
+    assert_type(client.edit(b"png", "a moon", stream=True), Iterator[ImageStreamEvent])
