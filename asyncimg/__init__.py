@@ -11,6 +11,7 @@
 
 import typing as _typing
 
+from ._batchapi import Batch, BatchJob, BatchResult, batch_line, submit_batch
 from ._client import AsyncImagesClient
 from ._exceptions import (
     APIConnectionError,
@@ -21,6 +22,7 @@ from ._exceptions import (
     AsyncImgError,
     AuthenticationError,
     BadRequestError,
+    BatchRequestError,
     ConflictError,
     ContentPolicyError,
     InternalServerError,
@@ -66,7 +68,11 @@ __all__ = [
     "AsyncImgError",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
     "BatchItem",
+    "BatchJob",
+    "BatchRequestError",
+    "BatchResult",
     "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
@@ -100,6 +106,8 @@ __all__ = [
     "ValidationError",
     "VariationKeywords",
     "__version__",
+    "batch_line",
+    "submit_batch",
 ]
 
 
