@@ -19,6 +19,7 @@ server-sent events (``text/event-stream``). Three layers:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections import deque
@@ -30,6 +31,7 @@ import attrs
 
 from ._exceptions import (
     APIConnectionError,
+    APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
     error_from_response,
@@ -233,17 +235,23 @@ class CompletedImageEvent:
 
 @attrs.frozen
 class UnknownEvent:
-    """An event of a type this version does not know, kept whole (``data``: its JSON)."""
+    """An event of a type this version does not know, kept whole (``data``: its JSON).
+
+    ``b64_json`` is its ``b64_json`` field if it has one, so that ``event.b64_json``
+    reads on every event.
+    """
 
     type: str
     data: Any = attrs.field(repr=False)
     request_id: str | None = None
+    b64_json: str | None = attrs.field(default=None, repr=False)
 
     @classmethod
     def from_json(cls, obj: Any, *, request_id: str | None = None, event: str = "") -> UnknownEvent:
         """Build from the event's decoded JSON; ``type`` from it, else the SSE event name."""
-        kind = _str(obj, "type") if isinstance(obj, Mapping) else None
-        return cls(kind or event, obj, request_id)
+        mapping = isinstance(obj, Mapping)
+        kind = _str(obj, "type") if mapping else None
+        return cls(kind or event, obj, request_id, _str(obj, "b64_json") if mapping else None)
 
 
 ImageStreamEvent: TypeAlias = PartialImageEvent | CompletedImageEvent | UnknownEvent
@@ -476,9 +484,17 @@ class ImageStream:
         """Wait for the first event (the client retries until it has come).
 
         Raises:
+            APIResponseValidationError: the server answered JSON, not a stream.
             APIStatusError, APITimeoutError, APIConnectionError: see the class.
         """
         try:
+            if self.headers.get("Content-Type", "").startswith("application/json"):
+                raise APIResponseValidationError(
+                    f"{self._what}: asked for a stream, the server answered application/json "
+                    "(does it stream?)",
+                    status_code=self.status,
+                    request_id=self.request_id,
+                )
             await self._fill()
         except BaseException:
             self._close()
@@ -517,4 +533,5 @@ class ImageStream:
     def __del__(self) -> None:
         response = getattr(self, "_response", None)
         if response is not None:
-            response.close()
+            with contextlib.suppress(Exception):  # at interpreter exit, say
+                response.close()

@@ -157,3 +157,31 @@ def test_stream_error_keeps_the_fields() -> None:
     assert (exc.message, exc.type, exc.param, exc.code) == (
         "m", "invalid_request_error", "prompt", "c"
     )
+
+
+_TEXT = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)))
+
+
+@given(
+    events=st.lists(
+        st.tuples(st.from_regex(r"[a-z_.]{1,20}", fullmatch=True), st.lists(_TEXT, min_size=1)),
+        max_size=5,
+    ),
+    points=st.lists(st.integers(min_value=0), max_size=10),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
+)
+def test_any_events_survive_any_chunking(
+    events: list[tuple[str, list[str]]], points: list[int], newline: str
+) -> None:
+    wire = "".join(
+        f"event: {name}{newline}" + "".join(f"data: {line}{newline}" for line in lines) + newline
+        for name, lines in events
+    ).encode()
+    got = decode(cut(wire, points))
+    assert [(e.event, e.data) for e in got] == [(n, "\n".join(ls)) for n, ls in events]
+
+
+def test_an_unknown_event_still_has_b64_json() -> None:
+    event = parse_event(ServerSentEvent(data='{"type": "image.new", "b64_json": "QQ=="}'))
+    assert isinstance(event, UnknownEvent)
+    assert (event.type, event.b64_json) == ("image.new", "QQ==")

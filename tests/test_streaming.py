@@ -15,6 +15,7 @@ from aiohttp import web
 
 from asyncimg import (
     APIConnectionError,
+    APIResponseValidationError,
     APITimeoutError,
     AsyncImagesClient,
     BadRequestError,
@@ -211,20 +212,22 @@ async def test_timeout_bounds_the_wait_between_events_not_the_whole_stream(
         await stream.final()
 
 
-async def test_a_partials_base64_is_dropped_once_its_event_is_consumed(
-    client: AsyncImagesClient,
+async def test_a_partials_base64_is_dropped_while_the_next_event_is_awaited(
+    client: AsyncImagesClient, emu: Emulator
 ) -> None:
+    emu.add_fault(Fault.trickle(0.3))
     stream = await client.generate("a", model=GPT, stream=True, partial_images=2)
-    seen: list[weakref.ref[PartialImageEvent]] = []
-    async with stream:
-        async for event in stream:
-            if isinstance(event, PartialImageEvent):
-                seen.append(weakref.ref(event))
-            del event
-            gc.collect()
-            assert all(ref() is None for ref in seen[:-1])
-    assert len(seen) == 2
-    assert seen[-1]() is None
+    events = aiter(stream)
+    first = await anext(events)
+    assert isinstance(first, PartialImageEvent)
+    ref = weakref.ref(first)
+    del first
+    waiting = asyncio.ensure_future(anext(events))  # the next event is 0.3 s away
+    await asyncio.sleep(0.1)
+    gc.collect()
+    assert ref() is None, "the consumed partial is still held while the stream waits"
+    assert isinstance(await waiting, PartialImageEvent)
+    await stream.aclose()
 
 
 # -- hand-made servers: what the emulator does not send ---------------------------------
@@ -317,3 +320,30 @@ async def test_an_error_status_before_the_stream_is_retried_like_any_call(
     stream = await client.generate("a", model=GPT, stream=True)
     assert (await stream.final()).b64_json
     assert [r.status for r in emu.requests()] == [503, 200]
+
+
+async def test_a_server_that_answers_json_instead_of_a_stream_is_an_error(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"created": 1, "data": [{"b64_json": "QUJD"}]})
+
+    url = await serve(handler)
+    async with AsyncImagesClient(api_key="k", base_url=url, rate_limit=None, max_retries=0) as c:
+        with pytest.raises(APIResponseValidationError, match="application/json"):
+            await c.generate("a", model=GPT, stream=True)
+
+
+def test_a_partial_is_an_earlier_rougher_version_of_the_final() -> None:
+    from asyncimg.testing._streaming import _rows, partial_png
+
+    final = make_png(64, 96, "seed")
+    _, _, _, rows = _rows(final)
+    early, late = (_rows(partial_png(final, step, 2))[3] for step in (0, 1))
+    grey = bytes([0x80] * 64 * 3)
+    assert early[:32] != rows[:32] and early[0] == rows[0]  # noqa: PT018 - coarse, same start
+    assert early[32:] == [grey] * 64
+    assert late[64:] == [grey] * 32
+    assert late[:64] != early[:64]
+    with pytest.raises(ValueError, match="chunks"):
+        Fault.drop_stream(-1)

@@ -450,3 +450,26 @@ def test_leaving_a_blocking_stream_early_closes_it(client: ImagesClient, server:
     assert server.requests()[0].events == 1
     assert time.monotonic() - started < 0.9
     assert_released(client)
+
+
+def test_a_blocking_streams_partial_is_freed_while_the_next_is_awaited(
+    client: ImagesClient, server: Emulator
+) -> None:
+    import weakref
+
+    from asyncimg import PartialImageEvent
+    from asyncimg.testing import Fault
+
+    server.add_fault(Fault.trickle(0.3))
+    events = client.generate("a", model="gpt-image-1", stream=True, partial_images=2)
+    first = next(events)
+    assert isinstance(first, PartialImageEvent)
+    ref = weakref.ref(first)
+    del first
+    waiting = threading.Thread(target=next, args=(events,))
+    waiting.start()
+    time.sleep(0.1)
+    gc.collect()
+    assert ref() is None, "the consumed partial is still held while the stream waits"
+    waiting.join()
+    events.close()  # type: ignore[attr-defined]
