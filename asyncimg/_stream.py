@@ -25,7 +25,7 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import attrs
 
@@ -144,13 +144,44 @@ class SSEDecoder:
 # -- the events ------------------------------------------------------------------------
 
 
-_COMMON: Final = frozenset(
-    {"type", "b64_json", "created_at", "size", "quality", "background", "output_format"}
-)
+@attrs.frozen
+class _ImageEvent:
+    """What a partial and a completed event share."""
+
+    type: str
+    """The wire string, e.g. ``image_generation.partial_image``."""
+    b64_json: str | None = attrs.field(default=None, repr=False)
+    size: str | None = None
+    quality: str | None = None
+    background: str | None = None
+    output_format: str | None = None
+    created_at: int | None = None
+    request_id: str | None = None
+    """The stream's ``x-request-id``."""
+    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    """The fields this version does not know."""
+
+    _KNOWN: ClassVar[frozenset[str]] = frozenset(
+        {"type", "b64_json", "created_at", "size", "quality", "background", "output_format"}
+    )
+
+    @classmethod
+    def _shared(cls, obj: Mapping[str, Any], request_id: str | None) -> dict[str, Any]:
+        return {
+            "type": _str(obj, "type") or "",
+            "b64_json": _str(obj, "b64_json"),
+            "size": _str(obj, "size"),
+            "quality": _str(obj, "quality"),
+            "background": _str(obj, "background"),
+            "output_format": _str(obj, "output_format"),
+            "created_at": _int(obj, "created_at"),
+            "request_id": request_id,
+            "extra": _extra(obj, cls._KNOWN),
+        }
 
 
 @attrs.frozen
-class PartialImageEvent:
+class PartialImageEvent(_ImageEvent):
     """A partial image: an earlier, rougher version of the final one.
 
     ``type`` is the wire string (``image_generation.partial_image`` or
@@ -158,19 +189,9 @@ class PartialImageEvent:
     Unknown fields are kept in ``extra``.
     """
 
-    type: str
-    b64_json: str | None = attrs.field(default=None, repr=False)
     partial_image_index: int | None = None
-    size: str | None = None
-    quality: str | None = None
-    background: str | None = None
-    output_format: str | None = None
-    created_at: int | None = None
-    request_id: str | None = None
-    """The stream's ``x-request-id``."""
-    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
-    _KNOWN = _COMMON | {"partial_image_index"}
+    _KNOWN: ClassVar[frozenset[str]] = _ImageEvent._KNOWN | {"partial_image_index"}
 
     @classmethod
     def from_json(
@@ -178,40 +199,21 @@ class PartialImageEvent:
     ) -> PartialImageEvent:
         """Build from the event's decoded JSON (a field of the wrong type becomes None)."""
         return cls(
-            type=_str(obj, "type") or "",
-            b64_json=_str(obj, "b64_json"),
-            partial_image_index=_int(obj, "partial_image_index"),
-            size=_str(obj, "size"),
-            quality=_str(obj, "quality"),
-            background=_str(obj, "background"),
-            output_format=_str(obj, "output_format"),
-            created_at=_int(obj, "created_at"),
-            request_id=request_id,
-            extra=_extra(obj, cls._KNOWN),
+            partial_image_index=_int(obj, "partial_image_index"), **cls._shared(obj, request_id)
         )
 
 
 @attrs.frozen
-class CompletedImageEvent:
+class CompletedImageEvent(_ImageEvent):
     """The final image, with the call's ``usage``.
 
     ``type`` is ``image_generation.completed`` or ``image_edit.completed``;
     ``b64_json`` is left out of ``repr()``. Unknown fields are kept in ``extra``.
     """
 
-    type: str
-    b64_json: str | None = attrs.field(default=None, repr=False)
-    size: str | None = None
-    quality: str | None = None
-    background: str | None = None
-    output_format: str | None = None
-    created_at: int | None = None
     usage: Usage | None = None
-    request_id: str | None = None
-    """The stream's ``x-request-id``."""
-    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
-    _KNOWN = _COMMON | {"usage"}
+    _KNOWN: ClassVar[frozenset[str]] = _ImageEvent._KNOWN | {"usage"}
 
     @classmethod
     def from_json(
@@ -220,16 +222,8 @@ class CompletedImageEvent:
         """Build from the event's decoded JSON (a field of the wrong type becomes None)."""
         usage = obj.get("usage")
         return cls(
-            type=_str(obj, "type") or "",
-            b64_json=_str(obj, "b64_json"),
-            size=_str(obj, "size"),
-            quality=_str(obj, "quality"),
-            background=_str(obj, "background"),
-            output_format=_str(obj, "output_format"),
-            created_at=_int(obj, "created_at"),
             usage=Usage.from_json(usage) if isinstance(usage, dict) else None,
-            request_id=request_id,
-            extra=_extra(obj, cls._KNOWN),
+            **cls._shared(obj, request_id),
         )
 
 
