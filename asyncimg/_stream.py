@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
@@ -53,9 +52,6 @@ __all__ = [
     "parse_event",
     "stream_error",
 ]
-
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
 
 @attrs.frozen
 class ServerSentEvent:
@@ -96,11 +92,23 @@ class SSEDecoder:
         events: list[ServerSentEvent] = []
         start = 0
         pos = self._scan
-        while (found := _LINE_END.search(buf, pos)) is not None:
-            if found.group() == b"\r" and found.end() == len(buf):
-                self._skip_lf = True  # a CRLF may be cut between this chunk and the next
-            self._line(bytes(buf[start : found.start()]), events)
-            start = pos = found.end()
+        # bytes.find (memchr) rather than a regex: an event's data line is megabytes long.
+        cr = buf.find(b"\r", pos)
+        while True:
+            lf = buf.find(b"\n", pos)
+            if cr != -1 and cr < pos:
+                cr = buf.find(b"\r", pos)
+            if lf == -1 and cr == -1:
+                break
+            if cr == -1 or (lf != -1 and lf < cr):
+                end, pos = lf, lf + 1
+            elif cr + 1 < len(buf):
+                end, pos = cr, cr + 2 if buf[cr + 1] == 0x0A else cr + 1
+            else:  # a CRLF may be cut between this chunk and the next
+                end, pos = cr, cr + 1
+                self._skip_lf = True
+            self._line(buf, start, end, events)
+            start = pos
         del buf[:start]
         self._scan = len(buf)
         return events
@@ -108,15 +116,16 @@ class SSEDecoder:
     def close(self) -> list[ServerSentEvent]:
         """End of stream: the last line and event, even without their newlines."""
         events: list[ServerSentEvent] = []
-        if self._buffer:
-            self._line(bytes(self._buffer), events)
-            self._buffer.clear()
+        buf = self._buffer
+        if buf:
+            self._line(buf, 0, len(buf), events)
+            buf.clear()
             self._scan = 0
-        self._line(b"", events)
+        self._line(buf, 0, 0, events)
         return events
 
-    def _line(self, raw: bytes, events: list[ServerSentEvent]) -> None:
-        if not raw:
+    def _line(self, buf: bytearray, start: int, end: int, events: list[ServerSentEvent]) -> None:
+        if start == end:
             if self._data:
                 events.append(
                     ServerSentEvent(
@@ -125,12 +134,15 @@ class SSEDecoder:
                 )
             self._event, self._data, self._retry = None, [], None
             return
-        line = raw.decode("utf-8", "replace")
-        if line.startswith(":"):
+        if buf[start] == 0x3A:  # ':' a comment
             return
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
+        colon = buf.find(b":", start, end)
+        if colon == -1:
+            name, value = buf[start:end].decode("utf-8", "replace"), ""
+        else:
+            name = buf[start:colon].decode("utf-8", "replace")
+            first = colon + 2 if colon + 1 < end and buf[colon + 1] == 0x20 else colon + 1
+            value = buf[first:end].decode("utf-8", "replace")
         if name == "data":
             self._data.append(value)
         elif name == "event":
