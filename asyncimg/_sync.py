@@ -429,6 +429,10 @@ class ImagesClient:
             stream: Literal[False] | None = None,
             **kwargs: Unpack[GenerateKeywords],
         ) -> ImagesResponse: ...
+        @overload
+        def generate(
+            self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
         def generate(
             self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
         ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
@@ -450,6 +454,15 @@ class ImagesClient:
             stream: Literal[False] | None = None,
             **kwargs: Unpack[EditKeywords],
         ) -> ImagesResponse: ...
+        @overload
+        def edit(
+            self,
+            image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+            prompt: str,
+            *,
+            stream: bool | None = None,
+            **kwargs: Unpack[EditKeywords],
+        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
         def edit(
             self,
             image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],

@@ -81,3 +81,7 @@ def blocking_streams(client: ImagesClient) -> None:
         if isinstance(event, PartialImageEvent | CompletedImageEvent):
             assert_type(client.save_event(event, "out"), Path)
     assert_type(client.edit(b"png", "a moon", stream=True), Iterator[ImageStreamEvent])
+    flag: bool = False
+    either = client.generate("a", stream=flag)
+    assert_type(either, ImagesResponse | Iterator[ImageStreamEvent])
+    client.generate("a", stream=True, partial_images=None, size=3)  # type: ignore[call-overload]
