@@ -4,7 +4,9 @@ Endpoints (under ``base_url``, which ends in ``/v1``):
 
 * ``POST /v1/images/generations`` (JSON), ``POST /v1/images/edits`` and
   ``POST /v1/images/variations`` (multipart: ``image`` or ``image[]``,
-  ``mask``, text fields);
+  ``mask``, text fields); with ``stream: true`` (GPT image models) a generation
+  or an edit answers server-sent events: partial images, then the completed
+  one (:mod:`asyncimg.testing._streaming`, ``Fault.drop_stream``);
 * ``/v1/files`` and ``/v1/batches``: the Files and Batch APIs, at a pace tests
   set (:mod:`asyncimg.testing._batches`, ``Emulator.batches``);
 * ``GET /blobs/<name>.png?se=...`` serves ``url`` results. Like the API's
