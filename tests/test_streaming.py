@@ -345,5 +345,7 @@ def test_a_partial_is_an_earlier_rougher_version_of_the_final() -> None:
     assert early[32:] == [grey] * 64
     assert late[64:] == [grey] * 32
     assert late[:64] != early[:64]
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(60)
+    assert partial_png(jpeg, 0, 2) == jpeg  # not ours to redraw: sent as it is
     with pytest.raises(ValueError, match="chunks"):
         Fault.drop_stream(-1)

@@ -28,13 +28,26 @@ _GREY = 0x80
 
 
 def _rows(png: bytes) -> tuple[int, int, int, list[bytes]]:
-    """``(width, height, channels, rows)`` of a PNG made by :func:`encode_png`."""
+    """``(width, height, channels, rows)`` of a PNG laid out as :func:`encode_png` writes it.
+
+    Raises:
+        ValueError: not such a PNG (another encoder's, a JPEG, ...).
+    """
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR" or png[37:41] != b"IDAT":
+        raise ValueError("not a PNG of encode_png's layout")
     width = int.from_bytes(png[16:20], "big")
     height = int.from_bytes(png[20:24], "big")
-    channels = 4 if png[25] == 6 else 3
+    channels = {2: 3, 6: 4}.get(png[25])
     idat_len = int.from_bytes(png[33:37], "big")
-    raw = zlib.decompress(png[41 : 41 + idat_len])
-    stride = 1 + width * channels
+    try:
+        raw = zlib.decompress(png[41 : 41 + idat_len])
+    except zlib.error as exc:
+        raise ValueError(f"not a PNG of encode_png's layout: {exc}") from None
+    stride = 1 + width * (channels or 0)
+    if channels is None or png[24] != 8 or len(raw) != stride * height or any(
+        raw[y * stride] for y in range(height)
+    ):
+        raise ValueError("not a PNG of encode_png's layout")
     return width, height, channels, [raw[y * stride + 1 : (y + 1) * stride] for y in range(height)]
 
 
@@ -42,11 +55,15 @@ def partial_png(final: bytes, step: int, steps: int) -> bytes:
     """Partial image ``step`` (0-based) of ``steps``: an earlier version of ``final``.
 
     The top ``(step + 1) / (steps + 1)`` of the picture is there, in bands of
-    rows coarser than the final's; the rest is grey.
+    rows coarser than the final's; the rest is grey. An image this module
+    cannot read (not one of :func:`encode_png`'s PNGs) is returned as it is.
     """
     from ._png import encode_png
 
-    width, height, channels, rows = _rows(final)
+    try:
+        width, height, channels, rows = _rows(final)
+    except ValueError:
+        return final
     shown = max(1, height * (step + 1) // (steps + 1))
     block = max(1, height // (4 * (step + 1)))
     grey = bytes([_GREY] * (width * channels))
