@@ -458,7 +458,8 @@ class AsyncImagesClient:
                 timeout=attempt_timeout,
             )
             stream = ImageStream(
-                response, timeout=attempt_timeout, what=f"POST {params.path}"
+                response, timeout=attempt_timeout, what=f"POST {params.path}",
+                max_event_bytes=self._transport.max_response_bytes,
             )
             await stream.prime()
             opened.append(stream)

@@ -33,6 +33,7 @@ from ._exceptions import (
     APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
+    ResponseTooLargeError,
     error_from_response,
 )
 from ._models import Usage, _extra, _int, _str
@@ -73,6 +74,7 @@ class SSEDecoder:
     """
 
     def __init__(self) -> None:
+        self._size = 0
         self._buffer = bytearray()
         self._scan = 0
         self._skip_lf = False
@@ -113,6 +115,11 @@ class SSEDecoder:
         self._scan = len(buf)
         return events
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held for the event not yet complete (its data so far and the open line)."""
+        return self._size + len(self._buffer)
+
     def close(self) -> list[ServerSentEvent]:
         """End of stream: the last line and event, even without their newlines."""
         events: list[ServerSentEvent] = []
@@ -132,7 +139,7 @@ class SSEDecoder:
                         self._event or "message", "\n".join(self._data), self._id, self._retry
                     )
                 )
-            self._event, self._data, self._retry = None, [], None
+            self._event, self._data, self._retry, self._size = None, [], None, 0
             return
         if buf[start] == 0x3A:  # ':' a comment
             return
@@ -145,6 +152,7 @@ class SSEDecoder:
             value = buf[first:end].decode("utf-8", "replace")
         if name == "data":
             self._data.append(value)
+            self._size += len(value)
         elif name == "event":
             self._event = value
         elif name == "id" and "\x00" not in value:
@@ -353,6 +361,7 @@ class ImageStream:
 
     Raises (while iterating):
         APIStatusError: the server sent an error event (the matching subclass).
+        ResponseTooLargeError: one event is larger than the client's ``max_response_bytes``.
         APITimeoutError: no event came within ``timeout`` seconds.
         APIConnectionError: the stream broke off, or ended before the final image.
     """
@@ -363,8 +372,10 @@ class ImageStream:
         *,
         timeout: float | None,
         what: str,
+        max_event_bytes: int | None = None,
     ) -> None:
         self._response: aiohttp.ClientResponse | None = response
+        self._max_event_bytes = max_event_bytes
         self.status: int = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
         self.request_id: str | None = response.headers.get("x-request-id")
@@ -459,7 +470,17 @@ class ImageStream:
                         raise APITimeoutError(
                             f"{self._what}: no event within {self._timeout} s"
                         ) from None
-                self._take(self._decoder.feed(chunk) if chunk else self._end())
+                sses = self._decoder.feed(chunk) if chunk else self._end()
+                cap = self._max_event_bytes
+                if cap is not None and max(
+                    [self._decoder.pending_bytes, *(len(sse.data) for sse in sses)]
+                ) > cap:
+                    raise ResponseTooLargeError(
+                        f"{self._what}: an event is over max_response_bytes={cap}",
+                        status_code=self.status,
+                        request_id=self.request_id,
+                    )
+                self._take(sses)
         if self._eof and self._error is None:
             response.release()
             self._response = None

@@ -201,6 +201,11 @@ class Transport:
         self._closed = False
 
     @property
+    def max_response_bytes(self) -> int:
+        """The largest body accepted (for a stream: the largest event)."""
+        return self._max_response_bytes
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         """The session, created on the running loop at first use.
 

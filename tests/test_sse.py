@@ -185,3 +185,11 @@ def test_an_unknown_event_still_has_b64_json() -> None:
     event = parse_event(ServerSentEvent(data='{"type": "image.new", "b64_json": "QQ=="}'))
     assert isinstance(event, UnknownEvent)
     assert (event.type, event.b64_json) == ("image.new", "QQ==")
+
+
+def test_pending_bytes_counts_the_event_being_received() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: " + b"A" * 500 + b"\ndata: " + b"B" * 100)
+    assert decoder.pending_bytes == 500 + len(b"data: ") + 100
+    decoder.feed(b"\n\n")
+    assert decoder.pending_bytes == 0

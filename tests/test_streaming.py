@@ -24,6 +24,7 @@ from asyncimg import (
     PartialImageEvent,
     RateLimit,
     RateLimitError,
+    ResponseTooLargeError,
     ValidationError,
 )
 from asyncimg._files import image_info
@@ -349,3 +350,12 @@ def test_a_partial_is_an_earlier_rougher_version_of_the_final() -> None:
     assert partial_png(jpeg, 0, 2) == jpeg  # not ours to redraw: sent as it is
     with pytest.raises(ValueError, match="chunks"):
         Fault.drop_stream(-1)
+
+
+async def test_an_event_over_max_response_bytes_is_refused(emu: Emulator) -> None:
+    async with AsyncImagesClient(
+        api_key=TEST_KEY, base_url=emu.base_url, rate_limit=None, max_retries=0,
+        max_response_bytes=2000,
+    ) as c:
+        with pytest.raises(ResponseTooLargeError, match="max_response_bytes=2000"):
+            await c.generate("a", model=GPT, stream=True)
