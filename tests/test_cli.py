@@ -206,3 +206,28 @@ def test_the_sdk_streams_from_asyncimg_serve(tmp_path: Path) -> None:
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+async def test_each_partial_is_written_as_it_arrives(tmp_path: Path) -> None:
+    import asyncio
+
+    from asyncimg.testing import Emulator, Fault
+
+    out = tmp_path / "out"
+    async with Emulator() as emu:
+        emu.add_fault(Fault.trickle(0.4))  # 3 events, 0.4 s apart
+        env = {**os.environ, "OPENAI_API_KEY": "sk-any"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "asyncimg", "generate", "a lantern", "--base-url",
+            emu.base_url, "--model", "gpt-image-1", "--stream", "--partial-images", "2",
+            "-o", str(out), cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        for _ in range(1500):  # up to 30 s for the interpreter to start
+            if list(out.glob("*-partial-0.png")):
+                break
+            await asyncio.sleep(0.02)
+        seen = sorted(p.name.split("-", 1)[1] for p in out.glob("*.png"))
+        assert await proc.wait() == 0
+    assert seen == ["partial-0.png"], "the first partial is on disk before the rest arrive"
+    assert len(list(out.glob("*.png"))) == 3
