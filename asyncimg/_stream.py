@@ -32,7 +32,6 @@ from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
-    APITimeoutError,
     ResponseTooLargeError,
     error_from_response,
 )
@@ -458,29 +457,21 @@ class ImageStream:
             return
         loop = asyncio.get_running_loop()
         deadline = None if self._timeout is None else loop.time() + self._timeout
-        with map_transport_errors(self._what, self._timeout):
-            while not self._pending and not self._eof:
-                if deadline is None:
-                    chunk = await response.content.readany()
-                else:
-                    left = deadline - loop.time()
-                    try:
-                        chunk = await asyncio.wait_for(response.content.readany(), max(left, 0))
-                    except asyncio.TimeoutError:
-                        raise APITimeoutError(
-                            f"{self._what}: no event within {self._timeout} s"
-                        ) from None
-                sses = self._decoder.feed(chunk) if chunk else self._end()
-                cap = self._max_event_bytes
-                if cap is not None and max(
-                    [self._decoder.pending_bytes, *(len(sse.data) for sse in sses)]
-                ) > cap:
-                    raise ResponseTooLargeError(
-                        f"{self._what}: an event is over max_response_bytes={cap}",
-                        status_code=self.status,
-                        request_id=self.request_id,
-                    )
-                self._take(sses)
+        while not self._pending and not self._eof:
+            left = None if deadline is None else max(deadline - loop.time(), 0.0)
+            with map_transport_errors(self._what, self._timeout):  # a timeout: APITimeoutError
+                chunk = await asyncio.wait_for(response.content.readany(), left)
+            sses = self._decoder.feed(chunk) if chunk else self._end()
+            cap = self._max_event_bytes
+            if cap is not None and max(
+                [self._decoder.pending_bytes, *(len(sse.data) for sse in sses)]
+            ) > cap:
+                raise ResponseTooLargeError(
+                    f"{self._what}: an event is over max_response_bytes={cap}",
+                    status_code=self.status,
+                    request_id=self.request_id,
+                )
+            self._take(sses)
         if self._eof and self._error is None:
             response.release()
             self._response = None
