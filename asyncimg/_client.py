@@ -459,6 +459,7 @@ class AsyncImagesClient:
             )
             stream = ImageStream(
                 response, timeout=attempt_timeout, what=f"POST {params.path}",
+                kind="image_edit" if isinstance(params, EditParams) else "image_generation",
                 max_event_bytes=self._transport.max_response_bytes,
             )
             await stream.prime()

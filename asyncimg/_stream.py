@@ -371,9 +371,11 @@ class ImageStream:
         *,
         timeout: float | None,
         what: str,
+        kind: str = "image_generation",
         max_event_bytes: int | None = None,
     ) -> None:
         self._response: aiohttp.ClientResponse | None = response
+        self._kind = kind
         self._max_event_bytes = max_event_bytes
         self.status: int = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
@@ -502,21 +504,71 @@ class ImageStream:
         """Wait for the first event (the client retries until it has come).
 
         Raises:
-            APIResponseValidationError: the server answered JSON, not a stream.
+            APIResponseValidationError: a server that does not stream answered a body
+                that is not an images response.
             APIStatusError, APITimeoutError, APIConnectionError: see the class.
         """
         try:
             if self.headers.get("Content-Type", "").startswith("application/json"):
-                raise APIResponseValidationError(
-                    f"{self._what}: asked for a stream, the server answered application/json "
-                    "(does it stream?)",
-                    status_code=self.status,
-                    request_id=self.request_id,
-                )
-            await self._fill()
+                await self._whole_answer()
+            else:
+                await self._fill()
         except BaseException:
             self._close()
             raise
+
+    async def _whole_answer(self) -> None:
+        """A server that does not stream answered the whole response: its images become
+        completed events (a ``url`` result's url in ``extra``).
+
+        Raises:
+            APIResponseValidationError: the body is not an images response.
+            ResponseTooLargeError: it is over ``max_response_bytes``.
+            APIConnectionError: the body broke off.
+        """
+        from ._models import ImagesResponse
+        from ._transport import map_transport_errors
+
+        response = self._response
+        assert response is not None
+        cap = self._max_event_bytes
+        with map_transport_errors(self._what, self._timeout):
+            body = await asyncio.wait_for(response.read(), self._timeout)
+        if cap is not None and len(body) > cap:
+            raise ResponseTooLargeError(
+                f"{self._what}: the response is over max_response_bytes={cap}",
+                status_code=self.status,
+                request_id=self.request_id,
+            )
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        whole = ImagesResponse.from_json(obj, request_id=self.request_id, status_code=self.status)
+        if not whole.data:
+            raise APIResponseValidationError(
+                f"{self._what}: asked for a stream, the server answered JSON without images",
+                status_code=self.status,
+                request_id=self.request_id,
+            )
+        for image in whole.data:
+            self._pending.append(
+                CompletedImageEvent(
+                    type=f"{self._kind}.completed",
+                    b64_json=image.b64_json,
+                    size=whole.size,
+                    quality=whole.quality,
+                    background=whole.background,
+                    output_format=whole.output_format,
+                    created_at=whole.created,
+                    usage=whole.usage,
+                    request_id=self.request_id,
+                    extra={"url": image.url} if image.url else {},
+                )
+            )
+        self._eof = self._completed = True
+        response.release()
+        self._response = None
 
     async def final(self) -> CompletedImageEvent:
         """Consume the rest of the stream and return its completed event (the final image).

@@ -323,16 +323,33 @@ async def test_an_error_status_before_the_stream_is_retried_like_any_call(
     assert [r.status for r in emu.requests()] == [503, 200]
 
 
-async def test_a_server_that_answers_json_instead_of_a_stream_is_an_error(
+async def test_a_server_that_does_not_stream_gives_its_images_as_completed_events(
     serve: Callable[[Handler], Awaitable[str]],
 ) -> None:
+    calls: list[int] = []
+
     async def handler(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"created": 1, "data": [{"b64_json": "QUJD"}]})
+        calls.append(1)
+        if len(calls) == 2:
+            return web.json_response({"not": "images"})
+        return web.json_response({
+            "created": 7, "size": "1024x1024", "usage": {"total_tokens": 3},
+            "data": [{"b64_json": "QUJD"}, {"url": "http://127.0.0.1:9/x.png"}],
+        })
 
     url = await serve(handler)
     async with AsyncImagesClient(api_key="k", base_url=url, rate_limit=None, max_retries=0) as c:
-        with pytest.raises(APIResponseValidationError, match="application/json"):
+        stream = await c.generate("a", model=GPT, stream=True, n=2)
+        async with stream:
+            events = [event async for event in stream]
+        with pytest.raises(APIResponseValidationError):
             await c.generate("a", model=GPT, stream=True)
+    assert [(e.type, e.b64_json, e.created_at) for e in events] == [
+        ("image_generation.completed", "QUJD", 7), ("image_generation.completed", None, 7)
+    ]
+    assert events[1].extra == {"url": "http://127.0.0.1:9/x.png"}  # type: ignore[union-attr]
+    assert events[0].usage is not None  # type: ignore[union-attr]
+    assert calls == [1, 1]
 
 
 def test_a_partial_is_an_earlier_rougher_version_of_the_final() -> None:
