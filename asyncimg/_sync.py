@@ -5,6 +5,10 @@ a daemon thread named ``asyncimg-portal``) and one :class:`AsyncImagesClient`
 created on that loop. Every blocking method is a one-line forward made by
 :func:`_blocking` (and :func:`_iterating` for ``generate_many``), so no method
 body exists twice and the signatures seen by IDEs and mypy are the async ones.
+A call that returns an :class:`~asyncimg.ImageStream` (``stream=True``) returns
+its events as a plain iterator, driven on the portal like ``generate_many``'s;
+only the overloads of ``generate`` and ``edit`` are written out, for mypy, since
+their return types differ from the async ones.
 
 - Threads: any number of threads may call one client at once; the calls all run
   on the portal's loop, so one limiter and one connection pool govern them all.
