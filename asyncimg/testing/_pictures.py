@@ -15,7 +15,7 @@ With Pillow installed (the extra ``asyncimg[images]``):
 
 Without Pillow every result is the PNG of :func:`asyncimg.testing._png.make_png`
 (so ``jpeg`` and ``webp`` requests get PNG bytes, an edit ignores its image and
-mask, a variation its input, and :func:`partial_frame` gives the final image).
+mask, a variation its input).
 A PNG generation never needs Pillow: its bytes are the same either way.
 """
 
@@ -121,14 +121,12 @@ def _encode(picture: Image.Image, output_format: str, compression: int | None) -
 
 
 def partial_frame(final: bytes, index: int) -> bytes:
-    """Partial image ``index`` (0-based) of a streamed image: ``final``, pixelated.
+    """Partial image ``index`` (0-based) of a streamed image: ``final``, pixelated (Pillow).
 
     The first is the roughest (blocks of 64 pixels), each next one finer by half
     (down to 2 pixels); each is in the format of ``final`` (PNG, JPEG or WebP).
-    Without Pillow: ``final`` itself.
+    Without Pillow the streaming module draws its own (``_streaming.partial_png``).
     """
-    if pillow() is None:
-        return final
     from PIL import Image
 
     with Image.open(io.BytesIO(final)) as picture:
