@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -381,3 +383,13 @@ def test_without_pillow_the_import_names_the_extra(tmp_path: Path) -> None:
     )
     done = python_without_pillow(code, tmp_path)
     assert "pip install 'asyncimg[images]'" in done.stdout
+
+
+def test_pillow_is_imported_only_when_used() -> None:
+    code = (
+        "import sys, asyncimg, asyncimg.cli, asyncimg.testing\n"
+        "assert 'PIL' not in sys.modules, 'imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
