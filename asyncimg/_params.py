@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, TypeVar, cast
 import attrs
 from attrs.validators import and_, deep_iterable, ge, instance_of, le, optional
 
+from ._body import Body, encode_form, encode_json
 from ._exceptions import ValidationError
 from ._files import ImageFile
 from ._validation import validate
@@ -171,6 +172,14 @@ class GenerateParams(_Base):
         """The JSON body: every parameter that is not None, then ``extra_body``."""
         return self._values()
 
+    def encode(self) -> Body:
+        """The body as bytes, ready to send.
+
+        Raises:
+            ValidationError: a value cannot be sent as JSON (see :func:`encode_json`).
+        """
+        return encode_json(self.to_json(), self.extra_body)
+
 
 @attrs.frozen(kw_only=True)
 class _FormParams(_Base):
@@ -185,6 +194,29 @@ class _FormParams(_Base):
             files.append(("mask", mask))
         fields = tuple((k, _wire_text(v)) for k, v in self._values().items())
         return Form(fields, tuple(files))
+
+    def encode(self) -> Body:
+        """The multipart body as bytes, ready to send.
+
+        Raises:
+            ValidationError: a value or a file name cannot be sent (see :func:`encode_form`).
+        """
+        try:
+            form = self.to_form()
+        except (TypeError, ValueError) as exc:
+            raise ValidationError("extra_body", f"extra_body: cannot be sent: {exc}") from None
+        several = len(self.image) > 1
+        files = tuple(
+            (
+                name if name == "mask" or not several else f"image[{i}]",
+                name,
+                file.filename,
+                file.data,
+                file.mime,
+            )
+            for i, (name, file) in enumerate(form.files)
+        )
+        return encode_form(form.fields, files, self.extra_body)
 
 
 @attrs.frozen(kw_only=True)
