@@ -388,9 +388,9 @@ class AsyncImagesClient:
         is made safe so that it cannot leave the directory). An existing file
         is never replaced: a taken name gets ``-1``, ``-2``, ... before its
         extension; with ``overwrite=True`` it is replaced instead (the batch
-        runner does so for an item it redoes). Each file is written under a temporary name and linked into
-        place, so a reader never sees a half-written image; its mode follows
-        the umask, as ``open()`` would.
+        runner does so for an item it redoes). Each file is written under a
+        temporary name and linked into place, so a reader never sees a
+        half-written image; its mode follows the umask, as ``open()`` would.
 
         Raises:
             APIResponseValidationError, APIStatusError, APIConnectionError: as :meth:`download`.

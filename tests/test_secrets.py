@@ -8,6 +8,7 @@ These tests walk everything an error reporter could reach.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 from collections.abc import AsyncIterator, Iterator
 
@@ -39,10 +40,8 @@ def reachable(root: object, depth: int = 12) -> Iterator[object]:
         elif isinstance(obj, (list, tuple, set, frozenset)):
             children += list(obj)
         elif hasattr(obj, "items") and callable(obj.items):
-            try:
+            with contextlib.suppress(Exception):  # not a mapping after all
                 children += [v for pair in obj.items() for v in pair]
-            except Exception:  # noqa: BLE001 - not a mapping after all
-                pass
         children += list(getattr(obj, "__dict__", {}).values())
         for cls in type(obj).__mro__:
             for name in getattr(cls, "__slots__", ()):
