@@ -8,6 +8,8 @@ JPEG, WebP) are read here without Pillow.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import struct
 from collections.abc import Sequence
@@ -179,11 +181,14 @@ def _read_path(path: str) -> bytes:
 async def load_image(value: ImageInput | ImageFile, param: str = "image") -> ImageFile:
     """Turn one image input into an :class:`ImageFile`.
 
-    Paths are read in a worker thread so that the event loop never blocks.
+    Paths and file objects (other than ``BytesIO``) are read in a worker
+    thread so that the event loop never blocks; a file object is read from its
+    current position, as the official SDK does.
 
     Raises:
         ValidationError: the value is of no accepted kind, a path cannot be read,
-            or a file object gives text instead of bytes.
+            a file object is closed, in text mode, or positioned past the
+            image's start.
     """
     if isinstance(value, ImageFile):
         return value
@@ -214,19 +219,54 @@ async def load_image(value: ImageInput | ImageFile, param: str = "image") -> Ima
         )
     read = getattr(value, "read", None)
     if callable(read):
-        data = read()
-        if not isinstance(data, (bytes, bytearray)):
-            raise ValidationError(
-                param, f"{param}: the file object gave {_describe(data)}, not bytes; open it 'rb'"
-            )
-        name = getattr(value, "name", None)
-        filename = os.path.basename(name) if isinstance(name, str) else None
-        return ImageFile.from_bytes(bytes(data), filename)
+        return await _load_file_object(value, param)
     raise ValidationError(
         param,
         f"{param}: expected a path, bytes, a binary file or a (filename, bytes) tuple, "
         f"got {_describe(value)}",
     )
+
+
+def _read_file_object(value: object, param: str) -> tuple[bytes, int]:
+    """Read a file object from its current position, as the official SDK does."""
+    if getattr(value, "closed", False):
+        raise ValidationError(param, f"{param}: the file object is closed")
+    if isinstance(value, io.TextIOBase) or "b" not in getattr(value, "mode", "b"):
+        raise ValidationError(param, f"{param}: the file is open in text mode; open it 'rb'")
+    position = 0
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        position = value.tell()  # type: ignore[attr-defined]
+    try:
+        data = value.read()  # type: ignore[attr-defined]
+    except UnicodeDecodeError:
+        raise ValidationError(
+            param, f"{param}: the file gave text, not bytes; open it 'rb'"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ValidationError(param, f"{param}: cannot read the file object: {exc}") from None
+    if not isinstance(data, (bytes, bytearray)):
+        raise ValidationError(
+            param, f"{param}: the file object gave {_describe(data)}, not bytes; open it 'rb'"
+        )
+    return bytes(data), position
+
+
+async def _load_file_object(value: object, param: str) -> ImageFile:
+    if isinstance(value, io.BytesIO):
+        data, position = _read_file_object(value, param)  # in memory: nothing blocks
+    else:
+        from anyio import to_thread  # on first use: `import asyncimg` stays light
+
+        data, position = await to_thread.run_sync(_read_file_object, value, param)
+    if position and sniff_mime(data) is None:
+        raise ValidationError(
+            param,
+            f"{param}: read from the file object's position {position}, and the bytes "
+            "there are not a PNG, JPEG or WebP image; seek(0) first?",
+        )
+    name = getattr(value, "name", None)
+    filename = os.path.basename(name) if isinstance(name, str) else None
+    return ImageFile.from_bytes(data, filename)
 
 
 def _is_file_tuple(value: object) -> bool:
