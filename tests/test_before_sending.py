@@ -4,6 +4,7 @@ anything is sent and before any rate budget is taken (the body is built first)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import math
 import socket
@@ -137,10 +138,8 @@ def black_hole() -> Iterator[int]:
     for _ in range(3):
         filler = socket.socket()
         filler.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             filler.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
         fillers.append(filler)
     time.sleep(0.05)
     yield port
@@ -188,7 +187,7 @@ async def test_a_text_mode_file_is_refused(
 ) -> None:
     path = tmp_path / "cat.png"
     path.write_bytes(PNG)
-    with open(path, encoding="utf-8") as text:
+    with path.open(encoding="utf-8") as text:
         message = await refused(limited, emu, limited.edit(text, "a hat"), "image")
     assert "'rb'" in message
 
@@ -217,10 +216,7 @@ async def test_a_prompt_with_a_lone_surrogate_is_refused_without_echoing_it(
     limited: AsyncImagesClient, emu: Emulator, call: str
 ) -> None:
     prompt = "a secret plan " * 20 + "\ud800"
-    if call == "generate":
-        coro = limited.generate(prompt)
-    else:
-        coro = limited.edit(PNG, prompt)
+    coro = limited.generate(prompt) if call == "generate" else limited.edit(PNG, prompt)
     message = await refused(limited, emu, coro, "prompt")
     assert "surrogate" in message
     assert "secret plan" not in message
