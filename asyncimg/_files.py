@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import struct
+import zlib
 from collections.abc import Sequence
 from typing import IO, Union
 
@@ -21,12 +22,14 @@ from ._exceptions import ValidationError
 
 __all__ = [
     "EXTENSIONS",
+    "MAX_PNG_EDGE",
     "ImageFile",
     "ImageInfo",
     "ImageInput",
     "image_info",
     "load_image",
     "load_images",
+    "png_problem",
     "sniff_mime",
 ]
 
@@ -83,6 +86,101 @@ def _png_info(data: bytes) -> ImageInfo | None:
             break
         pos += 12 + length
     return ImageInfo("png", width, height, has_alpha)
+
+
+MAX_PNG_EDGE = 16384
+"""The widest and tallest PNG accepted as an input: far above what an image model
+takes, far below the 2^31-1 a header may claim."""
+
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+_INFLATE_STEP = 1 << 20
+
+
+def _scanline_bytes(width: int, height: int, bits: int, interlaced: bool) -> int:
+    """How many bytes the image data inflates to: each row, plus its filter byte."""
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        cols = -(-(width - x0) // dx) if width > x0 else 0
+        rows = -(-(height - y0) // dy) if height > y0 else 0
+        if cols and rows:
+            total += rows * (1 + (cols * bits + 7) // 8)
+    return total
+
+
+def png_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a well-formed PNG, or None when it is (pure, no Pillow).
+
+    Checks the chunk structure (every CRC, IHDR first and sane, PLTE where the
+    colour type needs it, the IDAT chunks together, IEND present) and inflates
+    the image data to check it is exactly what the header's size implies, which
+    catches a truncated file, garbage data and a header that claims more
+    pixels than there are. Sides above :data:`MAX_PNG_EDGE` are refused unread.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return "it does not start with the PNG signature"
+    pos, n = len(_PNG_SIGNATURE), len(data)
+    expected = 0
+    inflater = zlib.decompressobj()
+    inflated = 0
+    seen: list[bytes] = []
+    colour_type = -1
+    while True:
+        if pos + 12 > n:
+            return "it is truncated (no IEND chunk)"
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 8 + length
+        if length > 0x7FFFFFFF or end + 4 > n:
+            return f"it is truncated inside the {kind!r} chunk"
+        body = data[pos + 8 : end]
+        (crc,) = struct.unpack(">I", data[end : end + 4])
+        if zlib.crc32(kind + body) != crc:
+            return f"the CRC of the {kind.decode('latin-1')!r} chunk is wrong"
+        pos = end + 4
+        if not seen and kind != b"IHDR":
+            return "its first chunk is not IHDR"
+        if kind == b"IHDR":
+            if seen or length != 13:
+                return "its IHDR chunk is repeated or malformed"
+            width, height, depth, colour_type, method, filt, interlace = struct.unpack(
+                ">IIBBBBB", body
+            )
+            if not (0 < width <= MAX_PNG_EDGE and 0 < height <= MAX_PNG_EDGE):
+                return (
+                    f"its header says {width}x{height}; each side must be 1..{MAX_PNG_EDGE}"
+                )
+            if depth not in _DEPTHS.get(colour_type, ()) or method or filt or interlace > 1:
+                return "its IHDR chunk holds an invalid colour type or bit depth"
+            bits = _CHANNELS[colour_type] * depth
+            expected = _scanline_bytes(width, height, bits, interlace == 1)
+        elif kind == b"IDAT":
+            if seen[-1] != b"IDAT" and b"IDAT" in seen:
+                return "its IDAT chunks are not consecutive"
+            if colour_type == 3 and b"PLTE" not in seen:
+                return "a palette image without a PLTE chunk before its data"
+            try:
+                chunk = body
+                while chunk:
+                    inflated += len(inflater.decompress(chunk, _INFLATE_STEP))
+                    if inflated > expected:
+                        return "its image data is larger than its header says"
+                    chunk = inflater.unconsumed_tail
+            except zlib.error:
+                return "its image data is corrupt"
+        elif kind == b"IEND":
+            break
+        seen.append(kind)
+    if b"IDAT" not in seen:
+        return "it has no image data (IDAT)"
+    if not inflater.eof or inflated != expected:
+        return (
+            f"its image data holds {inflated} bytes where its "
+            f"{width}x{height} header needs {expected}"
+        )
+    return None
 
 
 # Start-of-frame markers (they carry the size): SOF0-3, 5-7, 9-11, 13-15;
