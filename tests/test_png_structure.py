@@ -30,7 +30,8 @@ def png(width: int, height: int, *, rows: int | None = None, colour: int = 6,
     channels = {0: 1, 2: 3, 6: 4}[colour]
     raw = b"".join(b"\x00" + b"\x7f" * (width * channels) for _ in range(rows or height))
     data = zlib.compress(raw) if idat is None else idat
-    return SIGNATURE + ihdr(width, height, colour=colour) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    head = SIGNATURE + ihdr(width, height, colour=colour)
+    return head + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 def test_well_formed_pngs_pass() -> None:

@@ -51,7 +51,8 @@ async def test_an_existing_file_is_never_replaced(
     assert path.name == "req_1-0-2.png"
     assert (tmp_path / "req_1-0.png").read_bytes() == b"mine"
     assert (tmp_path / "req_1-0-1.png").read_bytes() == b"mine too"
-    assert not list(tmp_path.glob(".*.part"))
+    assert sorted(p.name for p in os.scandir(tmp_path)) == [  # no temporary file left
+        "req_1-0-1.png", "req_1-0-2.png", "req_1-0.png"]
 
 
 async def test_overwrite_replaces_in_place(client: AsyncImagesClient, tmp_path: Path) -> None:
