@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -32,9 +33,10 @@ from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
+from ._offloop import OFF_LOOP_BYTES, off_loop
 from ._params import EditParams, GenerateParams, Params, VariationParams
 from ._retry import RetryPolicy, count_attempt, decide
-from ._transport import OFF_LOOP_BYTES, RawResponse, Transport, without_query
+from ._transport import RawResponse, Transport, without_query
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -261,7 +263,10 @@ class AsyncImagesClient:
         """
         images = await load_images(image, "image")
         mask_file = None if mask is None else await load_image(mask, "mask")
-        params = EditParams.build(
+        size_bytes = sum(len(f.data) for f in (*images, *([mask_file] if mask_file else [])))
+        params = await _build(
+            EditParams,
+            size_bytes,
             image=images,
             prompt=prompt,
             mask=mask_file,
@@ -299,8 +304,11 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        params = VariationParams.build(
-            image=(await load_image(image, "image"),),
+        file = await load_image(image, "image")
+        params = await _build(
+            VariationParams,
+            len(file.data),
+            image=(file,),
             model=model if model is not None else self.model,
             n=n,
             size=size,
@@ -352,9 +360,7 @@ class AsyncImagesClient:
         check_seconds("timeout", timeout, none_ok=True)
         if image.b64_json is not None:
             if len(image.b64_json) > OFF_LOOP_BYTES:
-                from anyio import to_thread  # on first use: `import asyncimg` stays light
-
-                return await to_thread.run_sync(decode_b64, image)
+                return await off_loop(decode_b64, image)
             return decode_b64(image)
         if image.url is None:
             raise APIResponseValidationError(
@@ -527,15 +533,29 @@ def _body(raw: RawResponse) -> bytes:
     return raw.body
 
 
+_B64_PIECE: Final = 1 << 20
+"""Base64 is decoded in pieces of this many characters (a multiple of 4): binascii
+holds the GIL for a whole call, so one 20 MB call in a worker thread would stall
+the event loop for its ~80 ms; between pieces the loop gets its turn."""
+
+
 def decode_b64(image: Image, index: int | None = None) -> bytes:
-    """Decode an image's ``b64_json``.
+    """Decode an image's ``b64_json`` (strictly: base64 characters and final padding only).
 
     Raises:
         APIResponseValidationError: the text is not valid base64.
     """
     text = image.b64_json or ""
     try:
-        return base64.b64decode(text, validate=True)
+        if len(text) <= _B64_PIECE:
+            return base64.b64decode(text, validate=True)
+        pieces = []
+        for start in range(0, len(text), _B64_PIECE):
+            piece = text[start : start + _B64_PIECE]
+            if start + _B64_PIECE < len(text) and "=" in piece:
+                raise ValueError("padding before the end")
+            pieces.append(base64.b64decode(piece, validate=True))
+        return b"".join(pieces)
     except (binascii.Error, ValueError):
         name = "image" if index is None else f"image {index}"
         raise APIResponseValidationError(
@@ -582,11 +602,15 @@ def write_new(folder: Path, stem: str, ext: str, data: bytes, overwrite: bool = 
 
 async def _off_loop(fn: Callable[[], _T], size: int) -> _T:
     """``fn()``, in a worker thread when it handles more than OFF_LOOP_BYTES."""
-    if size <= OFF_LOOP_BYTES:
-        return fn()
-    from anyio import to_thread  # on first use: `import asyncimg` stays light
+    return fn() if size <= OFF_LOOP_BYTES else await off_loop(fn)
 
-    return await to_thread.run_sync(fn)
+
+_FP = TypeVar("_FP", EditParams, VariationParams)
+
+
+async def _build(cls: type[_FP], upload_bytes: int, /, **kwargs: Any) -> _FP:
+    """``cls.build(**kwargs)``: checking large uploads (inflating a PNG) runs off the loop."""
+    return await _off_loop(functools.partial(cls.build, **kwargs), upload_bytes)
 
 
 def _upload_bytes(params: Params) -> int:

@@ -10,6 +10,7 @@ back to aiohttp's (which holds the request headers, the API key among them).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from ._exceptions import (
     ResponseTooLargeError,
     error_from_response,
 )
+from ._offloop import OFF_LOOP_BYTES, off_loop
 
 __all__ = [
     "RawResponse",
@@ -179,10 +181,8 @@ def _decode_joined(
     return _parse(b"".join(chunks), size, status, headers)
 
 
-OFF_LOOP_BYTES = 4 * 1024 * 1024
-"""Bodies, base64 texts and uploads larger than this are decoded or encoded in a
-worker thread: the loop would otherwise stall for tens of milliseconds (a 20 MB
-base64 image takes about 90 ms to decode)."""
+_ONE_WRITE = 1024 * 1024
+"""A request body up to this size is handed to aiohttp as bytes, a larger one as a stream."""
 
 _KEPT_BUFFER = 64 * 1024 * 1024
 """The largest decode buffer a transport keeps between responses."""
@@ -283,9 +283,11 @@ class Transport:
             APITimeoutError, APIConnectionError: no usable answer.
         """
         send_headers = dict(headers)
-        data = None
+        data: bytes | io.BytesIO | None = None
         if body is not None:
-            data = body.data
+            # aiohttp writes bytes in one piece (and warns above 1 MiB); a BytesIO
+            # over the same buffer (no copy) is written in chunks.
+            data = body.data if len(body.data) <= _ONE_WRITE else io.BytesIO(body.data)
             send_headers["Content-Type"] = body.content_type
         what = f"{method} {without_query(url)}"
         error = None
@@ -307,9 +309,7 @@ class Transport:
                 )
             return RawResponse(status, resp_headers, raw)
         if size > self._off_loop_bytes:
-            from anyio import to_thread  # on first use: `import asyncimg` stays light
-
-            decoded = await to_thread.run_sync(_decode_joined, chunks, size, status, resp_headers)
+            decoded = await off_loop(_decode_joined, chunks, size, status, resp_headers)
         else:
             decoded = self._decode(chunks, size, status, resp_headers)
         return RawResponse(status, resp_headers, json=decoded)
