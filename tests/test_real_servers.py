@@ -84,11 +84,11 @@ async def test_a_download_429_waits_on_its_own_and_never_pauses_the_images() -> 
 async def test_a_download_429_without_a_wait_backs_off(emu: Emulator) -> None:
     async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
                                  rate_limit=RateLimit(images=100, per=60.0)) as client:
-        client.retry_policy = RetryPolicy(max_retries=2, initial=0.05, maximum=0.05)
+        client.retry_policy = RetryPolicy(max_retries=2, initial=0.1, maximum=0.1)
         response = await client.generate("a cat", model="dall-e-2", size="256x256",
                                          response_format="url")
         emu.add_fault(Fault.status(429, path="/blobs/"))
         await client.download(Image(url=response.data[0].url))
         assert client.limiter.stats().pauses == 0
     tries = emu.requests("/blobs/")
-    assert tries[1].time - tries[0].time >= 0.035  # 75 % of the 0.05 s step at least
+    assert tries[1].time - tries[0].time >= 0.009  # the 10 % floor of the 0.1 s step

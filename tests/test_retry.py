@@ -115,10 +115,10 @@ def test_a_wait_over_the_cap_is_raised_not_slept() -> None:
 
 def test_backoff_doubles_to_a_cap_with_a_floored_jitter() -> None:
     assert [backoff(a, POLICY, lambda: 0.0) for a in range(1, 7)] == [0.5, 1, 2, 4, 8, 8]
-    assert backoff(3, POLICY, lambda: 1.0) == 1.5  # never under 75 % of the step
-    assert backoff(2, POLICY, lambda: 0.5) == 0.875
-    full = RetryPolicy(jitter=1.0)
-    assert backoff(3, full, lambda: 1.0) == 0.0
+    assert backoff(3, POLICY, lambda: 1.0) == pytest.approx(0.2)  # never under 10 % of the step
+    assert backoff(2, POLICY, lambda: 0.5) == pytest.approx(0.55)
+    assert backoff(3, RetryPolicy(jitter=1.0), lambda: 1.0) == 0.0
+    assert backoff(3, RetryPolicy(jitter=0.25), lambda: 1.0) == 1.5  # the SDK's 75 %
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def test_backoff_doubles_to_a_cap_with_a_floored_jitter() -> None:
 def test_a_zero_server_wait_backs_off_instead(headers: dict[str, str]) -> None:
     decision = decide(status_error(503, headers), 1, POLICY, now=NOW, rand=lambda: 1.0)
     assert decision.retry
-    assert decision.wait == pytest.approx(0.375)  # the backoff: 75 % of 0.5 s
+    assert decision.wait == pytest.approx(0.05)  # the backoff: its 10 % floor of 0.5 s
 
 
 def test_parse_retry_after_forms() -> None:
