@@ -19,7 +19,7 @@ import platform
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -263,10 +263,9 @@ class AsyncImagesClient:
         """
         images = await load_images(image, "image")
         mask_file = None if mask is None else await load_image(mask, "mask")
-        size_bytes = sum(len(f.data) for f in (*images, *([mask_file] if mask_file else [])))
         params = await _build(
             EditParams,
-            size_bytes,
+            _bytes_of((*images, mask_file)),
             image=images,
             prompt=prompt,
             mask=mask_file,
@@ -307,7 +306,7 @@ class AsyncImagesClient:
         file = await load_image(image, "image")
         params = await _build(
             VariationParams,
-            len(file.data),
+            _bytes_of((file,)),
             image=(file,),
             model=model if model is not None else self.model,
             n=n,
@@ -434,7 +433,8 @@ class AsyncImagesClient:
         check_seconds("timeout", timeout, none_ok=True)
         attempt_timeout = timeout if timeout is not None else self.timeout
         url = self.base_url + params.path
-        body = await _off_loop(params.encode, _upload_bytes(params))
+        files = (*getattr(params, "image", ()), getattr(params, "mask", None))
+        body = await _off_loop(params.encode, _bytes_of(files))
 
         async def attempt() -> RawResponse:
             return await self._transport.request(
@@ -613,7 +613,6 @@ async def _build(cls: type[_FP], upload_bytes: int, /, **kwargs: Any) -> _FP:
     return await _off_loop(functools.partial(cls.build, **kwargs), upload_bytes)
 
 
-def _upload_bytes(params: Params) -> int:
-    files: tuple[ImageFile, ...] = getattr(params, "image", ())
-    mask: ImageFile | None = getattr(params, "mask", None)
-    return sum(len(f.data) for f in files) + (len(mask.data) if mask is not None else 0)
+def _bytes_of(files: Iterable[ImageFile | None]) -> int:
+    """The bytes an upload of ``files`` carries (None: no mask)."""
+    return sum(len(f.data) for f in files if f is not None)
