@@ -938,3 +938,10 @@ def test_every_message_names_the_parameter_the_value_and_the_rule(
 def test_validation_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="dall-e-2"):
         gen(model="dall-e-2", size="300x300")
+
+
+def test_dall_e_2_edits_an_rgb_image_with_a_mask() -> None:
+    """Documented: only an edit *without* a mask needs transparency (see the README)."""
+    edit(RGB, model="dall-e-2", mask=RGBA)
+    with refused("image", "no transparency"):
+        edit(RGB, model="dall-e-2")
