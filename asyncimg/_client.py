@@ -564,6 +564,38 @@ def decode_b64(image: Image, index: int | None = None) -> bytes:
         ) from None
 
 
+def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
+    """``data`` in a new temporary file of ``folder``, flushed (mode 0o666 less the umask)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{stem}.{secrets.token_hex(6)}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed over it (replacing it).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    tmp = _write_temp(path.parent, path.name, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_new(folder: Path, stem: str, ext: str, data: bytes, overwrite: bool = False) -> Path:
     """Write ``data`` to ``folder/{stem}.{ext}``, or ``{stem}-1.{ext}``, ... if taken.
 
@@ -576,18 +608,12 @@ def write_new(folder: Path, stem: str, ext: str, data: bytes, overwrite: bool = 
     Raises:
         OSError: the file cannot be written (or the file system has no hard links).
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{stem}.{secrets.token_hex(6)}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    if overwrite:
+        path = folder / f"{stem}.{ext}"
+        write_atomic(path, data)
+        return path
+    tmp = _write_temp(folder, stem, data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            path = folder / f"{stem}.{ext}"
-            os.replace(tmp, path)
-            return path
         for n in itertools.count():
             path = folder / (f"{stem}.{ext}" if n == 0 else f"{stem}-{n}.{ext}")
             try:

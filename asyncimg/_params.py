@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import attrs
@@ -56,6 +56,24 @@ class Form:
 
     fields: tuple[tuple[str, str], ...]
     files: tuple[tuple[str, ImageFile], ...]
+
+    def encode(
+        self, params: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None
+    ) -> Body:
+        """The ``multipart/form-data`` body as bytes.
+
+        ``params`` names the parameter of each file in an error (default: its
+        field name); ``extra`` holds the fields that came from ``extra_body``.
+
+        Raises:
+            ValidationError: a name, file name or text cannot be sent (see :func:`encode_form`).
+        """
+        names = params if params is not None else [name for name, _ in self.files]
+        files = tuple(
+            (param, name, file.filename, file.data, file.mime)
+            for param, (name, file) in zip(names, self.files, strict=True)
+        )
+        return encode_form(self.fields, files, extra or {})
 
 
 def _wire_text(value: object) -> str:
@@ -206,17 +224,11 @@ class _FormParams(_Base):
         except (TypeError, ValueError) as exc:
             raise ValidationError("extra_body", f"extra_body: cannot be sent: {exc}") from None
         several = len(self.image) > 1
-        files = tuple(
-            (
-                name if name == "mask" or not several else f"image[{i}]",
-                name,
-                file.filename,
-                file.data,
-                file.mime,
-            )
-            for i, (name, file) in enumerate(form.files)
-        )
-        return encode_form(form.fields, files, self.extra_body)
+        params = [
+            name if name == "mask" or not several else f"image[{i}]"
+            for i, (name, _) in enumerate(form.files)
+        ]
+        return form.encode(params, self.extra_body)
 
 
 @attrs.frozen(kw_only=True)
