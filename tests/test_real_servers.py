@@ -92,3 +92,18 @@ async def test_a_download_429_without_a_wait_backs_off(emu: Emulator) -> None:
         assert client.limiter.stats().pauses == 0
     tries = emu.requests("/blobs/")
     assert tries[1].time - tries[0].time >= 0.009  # the 10 % floor of the 0.1 s step
+
+
+async def test_a_complete_2xx_that_does_not_parse_is_sent_once(emu: Emulator) -> None:
+    """As with ``extra_body={"stream": True}``: the server answers events, not JSON."""
+    from asyncimg import APIResponseValidationError
+
+    events = 'event: image_generation.completed\ndata: {"b64_json": "AAAA"}\n\n'
+    emu.add_fault(Fault.status(200, body=events, times=5))
+    async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
+                                 rate_limit=RateLimit(images=50, per=60.0)) as client:
+        client.retry_policy = FAST
+        with pytest.raises(APIResponseValidationError):
+            await client.generate("a cat", n=4, extra_body={"stream": True})
+        assert client.limiter.stats().sent == 4  # one attempt's images, not four attempts'
+    assert len(emu.requests("generate")) == 1
