@@ -58,6 +58,7 @@ _T = TypeVar("_T")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 _DASHES = re.compile(r"-{2,}")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")  # no space or control character in a URL
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -127,6 +128,14 @@ class AsyncImagesClient:
         if not api_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
             raise ValidationError(
                 "api_key", "no API key: pass api_key= or set OPENAI_API_KEY"
+            )
+        try:
+            scheme, host, _port = _origin(base_url)
+        except ValueError:  # a port out of range
+            scheme, host = "", ""
+        if scheme not in ("http", "https") or not host or _CONTROL.search(base_url):
+            raise ValidationError(
+                "base_url", f"base_url {base_url!r} is not an http:// or https:// URL"
             )
         self.base_url = base_url.rstrip("/")
         self.model = model

@@ -233,3 +233,12 @@ async def test_close_is_aclose(emu: Emulator) -> None:
         await client.generate("a cat")
     await client.close()  # twice is fine
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "ftp://host/v1", "http://", "http://a b/v1", "http://h:99999/v1",
+            "http://host/v1\n"])
+def test_a_base_url_that_cannot_be_requested_is_refused(url: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        AsyncImagesClient(api_key="sk-abc", base_url=url)
+    assert info.value.param == "base_url"
