@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable, Mapping
 
 import attrs
-from attrs.validators import ge, instance_of, le
+from attrs.validators import ge, le
 
+from ._checks import check_int
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -68,7 +69,9 @@ class RetryPolicy:
     of slept.
     """
 
-    max_retries: int = attrs.field(default=3, validator=[instance_of(int), ge(0)])
+    max_retries: int = attrs.field(
+        default=3, validator=lambda _inst, attr, value: check_int(attr.name, value, 0)
+    )
     initial: float = attrs.field(default=0.5, validator=ge(0.0))
     maximum: float = attrs.field(default=8.0, validator=ge(0.0))
     max_retry_after: float = attrs.field(default=120.0, validator=ge(0.0))

@@ -173,6 +173,13 @@ def test_a_bool_is_not_an_integer_argument(name: str) -> None:
     assert info.value.param == name
 
 
+def test_a_retry_policy_refuses_a_bool() -> None:
+    from asyncimg._retry import RetryPolicy
+
+    with pytest.raises(ValidationError, match="max_retries"):
+        RetryPolicy(max_retries=True)
+
+
 async def test_a_bool_per_call_max_retries_is_refused(
     limited: AsyncImagesClient, emu: Emulator
 ) -> None:
