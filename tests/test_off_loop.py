@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import struct
@@ -99,3 +100,23 @@ def test_base64_in_pieces_is_strict() -> None:
     broken = text[:1000] + "==" + text[1002:]
     with pytest.raises(APIResponseValidationError):
         asyncimg._client.decode_b64(Image(b64_json=broken))
+
+
+async def test_a_file_object_is_read_off_the_loop(tmp_path: Any) -> None:
+    from asyncimg._files import load_image
+    from asyncimg.testing import make_png
+
+    threads: list[int] = []
+
+    class Spied(io.FileIO):
+        def read(self, size: int = -1) -> bytes:
+            threads.append(threading.get_ident())
+            return super().read(size)
+
+    path = tmp_path / "cat.png"
+    path.write_bytes(make_png(16, 16, "cat"))
+    with Spied(path, "rb") as f:
+        image = await load_image(f)
+    assert image.mime == "image/png"
+    assert threads
+    assert threading.get_ident() not in threads
