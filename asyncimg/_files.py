@@ -122,6 +122,7 @@ def png_problem(data: bytes) -> str | None:
     """
     if not data.startswith(_PNG_SIGNATURE):
         return "it does not start with the PNG signature"
+    view = memoryview(data)  # slices of it copy nothing
     pos, n = len(_PNG_SIGNATURE), len(data)
     expected = 0
     inflater = zlib.decompressobj()
@@ -135,9 +136,9 @@ def png_problem(data: bytes) -> str | None:
         end = pos + 8 + length
         if length > 0x7FFFFFFF or end + 4 > n:
             return f"it is truncated inside the {kind!r} chunk"
-        body = data[pos + 8 : end]
+        body = view[pos + 8 : end]
         (crc,) = struct.unpack(">I", data[end : end + 4])
-        if zlib.crc32(kind + body) != crc:
+        if zlib.crc32(body, zlib.crc32(kind)) != crc:
             return f"the CRC of the {kind.decode('latin-1')!r} chunk is wrong"
         pos = end + 4
         if not seen and kind != b"IHDR":
@@ -162,7 +163,7 @@ def png_problem(data: bytes) -> str | None:
             if colour_type == 3 and b"PLTE" not in seen:
                 return "a palette image without a PLTE chunk before its data"
             try:
-                chunk = body
+                chunk: bytes | memoryview = body
                 while chunk:
                     inflated += len(inflater.decompress(chunk, _INFLATE_STEP))
                     if inflated > expected:
