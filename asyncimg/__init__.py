@@ -34,6 +34,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._files import ImageFile, ImageInput
+from ._keywords import EditKeywords, GenerateKeywords, RequestOptions, VariationKeywords
 from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter
 from ._models import (
     BatchItem,
@@ -44,6 +45,13 @@ from ._models import (
     PromptSource,
     PromptSpec,
     Usage,
+)
+from ._stream import (
+    CompletedImageEvent,
+    ImageStream,
+    ImageStreamEvent,
+    PartialImageEvent,
+    UnknownEvent,
 )
 from ._version import __version__
 
@@ -65,11 +73,16 @@ __all__ = [
     "BatchJob",
     "BatchRequestError",
     "BatchResult",
+    "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
+    "EditKeywords",
+    "GenerateKeywords",
     "Image",
     "ImageFile",
     "ImageInput",
+    "ImageStream",
+    "ImageStreamEvent",
     "ImagesClient",
     "ImagesResponse",
     "InputTokensDetails",
@@ -78,16 +91,20 @@ __all__ = [
     "LimiterStats",
     "NotFoundError",
     "OutputTokensDetails",
+    "PartialImageEvent",
     "PermissionDeniedError",
     "PromptSource",
     "PromptSpec",
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RequestOptions",
     "ResponseTooLargeError",
+    "UnknownEvent",
     "UnprocessableEntityError",
     "Usage",
     "ValidationError",
+    "VariationKeywords",
     "__version__",
     "batch_line",
     "submit_batch",

@@ -22,20 +22,23 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
 
+from ._body import Body
 from ._checks import check_header_value, check_int, check_seconds
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
+from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
 from ._offloop import OFF_LOOP_BYTES, off_loop
 from ._params import EditParams, GenerateParams, Params, VariationParams
 from ._retry import RetryPolicy, count_attempt, count_status, decide
+from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 from ._transport import RawResponse, Transport, without_query
 from ._version import __version__
 
@@ -192,118 +195,106 @@ class AsyncImagesClient:
 
     # -- the three calls ---------------------------------------------------------------
 
+    @overload
+    async def generate(
+        self, prompt: str, *, stream: Literal[True], **kwargs: Unpack[GenerateKeywords]
+    ) -> ImageStream: ...
+    @overload
     async def generate(
         self,
         prompt: str,
         *,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        quality: str | None = None,
-        response_format: str | None = None,
-        output_format: str | None = None,
-        output_compression: int | None = None,
-        background: str | None = None,
-        moderation: str | None = None,
-        style: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-    ) -> ImagesResponse:
+        stream: Literal[False] | None = None,
+        **kwargs: Unpack[GenerateKeywords],
+    ) -> ImagesResponse: ...
+    @overload
+    async def generate(
+        self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+    ) -> ImagesResponse | ImageStream: ...
+    async def generate(
+        self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+    ) -> ImagesResponse | ImageStream:
         """Create images from a prompt (``POST /images/generations``).
 
         Every parameter of the API is a keyword; None is not sent. ``extra_body``
         adds parameters this version does not know; ``timeout`` and
-        ``max_retries`` override the client's for this call.
+        ``max_retries`` override the client's for this call. ``stream=True``
+        (GPT image models) returns an :class:`~asyncimg.ImageStream` of
+        ``partial_images`` partial images and then the final one, once its
+        first event has arrived.
 
         Raises:
             ValidationError: a parameter breaks the model's rules (nothing sent).
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        params = GenerateParams.build(
-            prompt=prompt,
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            quality=quality,
-            response_format=response_format,
-            output_format=output_format,
-            output_compression=output_compression,
-            background=background,
-            moderation=moderation,
-            style=style,
-            user=user,
-            extra_body=extra_body,
-        )
+        fields, timeout, max_retries = self._fields(kwargs)
+        params = GenerateParams.build(prompt=prompt, stream=stream, **fields)
+        if params.stream:
+            return await self._stream(params, timeout, max_retries)
         return await self._call(params, timeout, max_retries)
 
+    @overload
     async def edit(
         self,
         image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
         prompt: str,
         *,
-        mask: ImageInput | ImageFile | None = None,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        quality: str | None = None,
-        response_format: str | None = None,
-        output_format: str | None = None,
-        output_compression: int | None = None,
-        background: str | None = None,
-        input_fidelity: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-    ) -> ImagesResponse:
+        stream: Literal[True],
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImageStream: ...
+    @overload
+    async def edit(
+        self,
+        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        prompt: str,
+        *,
+        stream: Literal[False] | None = None,
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImagesResponse: ...
+    @overload
+    async def edit(
+        self,
+        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        prompt: str,
+        *,
+        stream: bool | None = None,
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImagesResponse | ImageStream: ...
+    async def edit(
+        self,
+        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        prompt: str,
+        *,
+        stream: bool | None = None,
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImagesResponse | ImageStream:
         """Edit or extend one image, or up to 16 for the GPT image models (``POST /images/edits``).
 
         ``image`` is a path, bytes, a binary file, a ``(filename, bytes[, mime])``
         tuple, or a list of those; ``mask`` likewise (a PNG whose transparent
-        areas mark what to edit).
+        areas mark what to edit). ``stream=True`` as for :meth:`generate`.
 
         Raises:
             ValidationError: an image or a parameter breaks the model's rules.
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
+        fields, timeout, max_retries = self._fields(kwargs)
         images = await load_images(image, "image")
+        mask = fields.pop("mask", None)
         mask_file = None if mask is None else await load_image(mask, "mask")
         params = await _build(
             EditParams,
             _bytes_of((*images, mask_file)),
-            image=images,
-            prompt=prompt,
-            mask=mask_file,
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            quality=quality,
-            response_format=response_format,
-            output_format=output_format,
-            output_compression=output_compression,
-            background=background,
-            input_fidelity=input_fidelity,
-            user=user,
-            extra_body=extra_body,
+            image=images, prompt=prompt, mask=mask_file, stream=stream, **fields
         )
+        if params.stream:
+            return await self._stream(params, timeout, max_retries)
         return await self._call(params, timeout, max_retries)
 
     async def create_variation(
-        self,
-        image: ImageInput | ImageFile,
-        *,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        response_format: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
+        self, image: ImageInput | ImageFile, **kwargs: Unpack[VariationKeywords]
     ) -> ImagesResponse:
         """Create variations of an image (``POST /images/variations``, dall-e-2).
 
@@ -312,18 +303,9 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
+        fields, timeout, max_retries = self._fields(kwargs)
         file = await load_image(image, "image")
-        params = await _build(
-            VariationParams,
-            _bytes_of((file,)),
-            image=(file,),
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            response_format=response_format,
-            user=user,
-            extra_body=extra_body,
-        )
+        params = await _build(VariationParams, _bytes_of((file,)), image=(file,), **fields)
         return await self._call(params, timeout, max_retries)
 
     def generate_many(
@@ -332,7 +314,7 @@ class AsyncImagesClient:
         prompts: PromptSource,
         *,
         ordered: bool = False,
-        **params: Any,
+        **params: Unpack[GenerateKeywords],
     ) -> AsyncIterator[BatchItem]:
         """Generate images for many prompts, at most ``max_concurrency`` at once.
 
@@ -424,7 +406,51 @@ class AsyncImagesClient:
             )
         return paths
 
+    async def save_event(
+        self,
+        event: PartialImageEvent | CompletedImageEvent,
+        directory: str | os.PathLike[str],
+        *,
+        stem: str | None = None,
+    ) -> Path:
+        """Write the image of one streamed event into ``directory``; returns the path.
+
+        A partial image is named ``{stem}-partial-{i}.{ext}``, the final one
+        ``{stem}-0.{ext}`` (as :meth:`save` names it); the stem defaults to the
+        stream's request id. Written atomically, like :meth:`save`.
+
+        Raises:
+            APIResponseValidationError: the event's base64 does not decode.
+            OSError: the directory cannot be written.
+        """
+        from anyio import to_thread  # on first use: `import asyncimg` stays light
+
+        data = decode_b64(Image(b64_json=event.b64_json))
+        base = safe_stem(stem or event.request_id or f"image-{event.created_at or 0}")
+        ext = EXTENSIONS.get(sniff_mime(data) or "", event.output_format or "png")
+        if isinstance(event, PartialImageEvent):
+            name = f"{base}-partial-{event.partial_image_index or 0}.{ext}"
+        else:
+            name = f"{base}-0.{ext}"
+        path = Path(directory) / name
+        await to_thread.run_sync(write_atomic, path, data)
+        return path
+
     # -- the engine --------------------------------------------------------------------
+
+    def _fields(
+        self, kwargs: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], float | None, int | None]:
+        """A call's keywords split into the request's fields, its timeout and its retries.
+
+        The client's model stands in for a missing one.
+        """
+        fields = dict(kwargs)
+        timeout = fields.pop("timeout", None)
+        max_retries = fields.pop("max_retries", None)
+        if fields.get("model") is None:
+            fields["model"] = self.model
+        return fields, timeout, max_retries
 
     def _get_gate(self) -> asyncio.Semaphore:
         # asyncio's semaphore: anyio's always yields to the loop once per acquire.
@@ -442,8 +468,7 @@ class AsyncImagesClient:
         check_seconds("timeout", timeout, none_ok=True)
         attempt_timeout = timeout if timeout is not None else self.timeout
         url = self.base_url + params.path
-        files = (*getattr(params, "image", ()), getattr(params, "mask", None))
-        body = await _off_loop(params.encode, _bytes_of(files))
+        body = await _encode(params)
 
         async def attempt() -> RawResponse:
             return await self._transport.request(
@@ -465,6 +490,35 @@ class AsyncImagesClient:
             return self.retry_policy
         check_int("max_retries", max_retries, 0)
         return attrs.evolve(self.retry_policy, max_retries=max_retries)
+
+    async def _stream(
+        self, params: GenerateParams | EditParams, timeout: float | None, max_retries: int | None
+    ) -> ImageStream:
+        """Open a stream and wait for its first event; retried until that event has come."""
+        policy = self._policy(max_retries)
+        check_seconds("timeout", timeout, none_ok=True)
+        attempt_timeout = timeout if timeout is not None else self.timeout
+        url = self.base_url + params.path
+        body = await _encode(params)
+        opened: list[ImageStream] = []
+
+        async def attempt() -> RawResponse:
+            response = await self._transport.open_stream(
+                url, headers=self._headers, body=body, timeout=attempt_timeout
+            )
+            stream = ImageStream(
+                response, timeout=attempt_timeout, what=f"POST {params.path}",
+                kind="image_edit" if isinstance(params, EditParams) else "image_generation",
+                max_event_bytes=self._transport.max_response_bytes,
+            )
+            await stream.prime()
+            opened.append(stream)
+            return RawResponse(stream.status, stream.headers)
+
+        return await self._with_retries(
+            attempt, lambda _: opened.pop(), images=params.images, policy=policy,
+            what=f"POST {params.path} (stream)",
+        )
 
     async def _with_retries(
         self,
@@ -639,6 +693,16 @@ def write_new(folder: Path, stem: str, ext: str, data: bytes, overwrite: bool = 
 async def _off_loop(fn: Callable[[], _T], size: int) -> _T:
     """``fn()``, in a worker thread when it handles more than OFF_LOOP_BYTES."""
     return fn() if size <= OFF_LOOP_BYTES else await off_loop(fn)
+
+
+async def _encode(params: Params) -> Body:
+    """The body of ``params`` as bytes (off the loop for a large upload).
+
+    Raises:
+        ValidationError: a value cannot be sent.
+    """
+    files = (*getattr(params, "image", ()), getattr(params, "mask", None))
+    return await _off_loop(params.encode, _bytes_of(files))
 
 
 _FP = TypeVar("_FP", EditParams, VariationParams)

@@ -10,9 +10,10 @@ back to aiohttp's (which holds the request headers, the API key among them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -33,6 +34,7 @@ __all__ = [
     "RawResponse",
     "Transport",
     "loads_images_json",
+    "map_transport_errors",
     "transport_error",
     "without_query",
 ]
@@ -85,6 +87,23 @@ def transport_error(exc: BaseException, what: str, timeout: float | None) -> API
     if isinstance(exc, aiohttp.ClientResponseError):
         return APIConnectionError(f"{what}: bad response: {exc.status} {exc.message}")
     return APIConnectionError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def map_transport_errors(what: str, timeout: float | None) -> Iterator[None]:
+    """Translate errors raised while reading a response already open (a stream's events).
+
+    Those errors (a timeout, a body that broke off) carry no request; a request
+    itself is sent with :func:`transport_error` raised outside the ``except``
+    block, so that its error does not even have a ``__context__``.
+
+    Raises:
+        APITimeoutError, APIConnectionError: as :func:`transport_error`.
+    """
+    try:
+        yield
+    except _TRANSPORT_ERRORS as exc:
+        raise transport_error(exc, what, timeout) from None
 
 
 _B64_KEY = b'"b64_json"'
@@ -184,6 +203,22 @@ def _decode_joined(
 _ONE_WRITE = 1024 * 1024
 """A request body up to this size is handed to aiohttp as bytes, a larger one as a stream."""
 
+
+def _encode(
+    headers: Mapping[str, str], body: Body | None
+) -> tuple[bytes | io.BytesIO | None, dict[str, str]]:
+    """What aiohttp sends for ``body`` (already encoded), and the headers to send with it.
+
+    aiohttp writes bytes in one piece (and warns above 1 MiB); a BytesIO over the
+    same buffer (no copy) is written in chunks.
+    """
+    send_headers = dict(headers)
+    if body is None:
+        return None, send_headers
+    send_headers["Content-Type"] = body.content_type
+    data = body.data if len(body.data) <= _ONE_WRITE else io.BytesIO(body.data)
+    return data, send_headers
+
 _KEPT_BUFFER = 64 * 1024 * 1024
 """The largest decode buffer a transport keeps between responses."""
 
@@ -222,6 +257,11 @@ class Transport:
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
         self._buffer = bytearray()
         self._closed = False
+
+    @property
+    def max_response_bytes(self) -> int:
+        """The largest body accepted (for a stream: the largest event)."""
+        return self._max_response_bytes
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -282,13 +322,7 @@ class Transport:
             ResponseTooLargeError: the body is larger than ``max_response_bytes``.
             APITimeoutError, APIConnectionError: no usable answer.
         """
-        send_headers = dict(headers)
-        data: bytes | io.BytesIO | None = None
-        if body is not None:
-            # aiohttp writes bytes in one piece (and warns above 1 MiB); a BytesIO
-            # over the same buffer (no copy) is written in chunks.
-            data = body.data if len(body.data) <= _ONE_WRITE else io.BytesIO(body.data)
-            send_headers["Content-Type"] = body.content_type
+        data, send_headers = _encode(headers, body)
         what = f"{method} {without_query(url)}"
         error = None
         try:
@@ -355,6 +389,48 @@ class Transport:
                 raise too_large("larger")
             chunks.append(chunk)
         return chunks, size
+
+    async def open_stream(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: Body | None = None,
+        timeout: float | None,
+    ) -> aiohttp.ClientResponse:
+        """POST a streaming request; the open response, its body unread.
+
+        ``timeout`` bounds connecting and each wait for data, not the whole
+        stream. The caller closes the response.
+
+        Raises:
+            APIStatusError: (a subclass of it) the status is 400 or above.
+            APITimeoutError, APIConnectionError: no usable answer.
+        """
+        data, send_headers = _encode(headers, body)
+        send_headers["Accept"] = "text/event-stream"
+        what = f"POST {without_query(url)}"
+        stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout, sock_read=timeout, sock_connect=self._connect_timeout
+        )
+        error = None
+        try:
+            resp = await self.session.request(
+                "POST", url, data=data, headers=send_headers, timeout=stream_timeout
+            )
+            if resp.status < 400:
+                return resp
+            try:
+                chunks, _ = await self._read(resp)
+            finally:
+                resp.release()
+        except _TRANSPORT_ERRORS as exc:
+            error = transport_error(exc, what, timeout)
+        if error is not None:
+            raise error  # outside the except block: no __context__ back to aiohttp
+        raise error_from_response(
+            resp.status, b"".join(chunks), resp.headers, request_id=resp.headers.get("x-request-id")
+        )
 
     async def aclose(self) -> None:
         """Close the session and its connections; later requests raise RuntimeError."""

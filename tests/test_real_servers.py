@@ -95,7 +95,7 @@ async def test_a_download_429_without_a_wait_backs_off(emu: Emulator) -> None:
 
 
 async def test_a_complete_2xx_that_does_not_parse_is_sent_once(emu: Emulator) -> None:
-    """As with ``extra_body={"stream": True}``: the server answers events, not JSON."""
+    """A proxy or server answering events where JSON was asked for: billed, so not re-sent."""
     from asyncimg import APIResponseValidationError
 
     events = 'event: image_generation.completed\ndata: {"b64_json": "AAAA"}\n\n'
@@ -104,6 +104,6 @@ async def test_a_complete_2xx_that_does_not_parse_is_sent_once(emu: Emulator) ->
                                  rate_limit=RateLimit(images=50, per=60.0)) as client:
         client.retry_policy = FAST
         with pytest.raises(APIResponseValidationError):
-            await client.generate("a cat", n=4, extra_body={"stream": True})
+            await client.generate("a cat", n=4)
         assert client.limiter.stats().sent == 4  # one attempt's images, not four attempts'
     assert len(emu.requests("generate")) == 1
