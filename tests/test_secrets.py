@@ -83,12 +83,15 @@ async def bad_status_line() -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}/v1"
 
 
-async def test_a_malformed_status_line_leaves_no_key_in_the_error(bad_status_line: str) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_malformed_status_line_leaves_no_key_in_the_error(
+    bad_status_line: str, stream: bool
+) -> None:
     async with AsyncImagesClient(api_key=TEST_KEY, base_url=bad_status_line,
                                  rate_limit=None) as client:
         client.retry_policy = RetryPolicy(max_retries=0)
         with pytest.raises(APIConnectionError) as info:
-            await client.generate("a cat")
+            await client.generate("a cat", model="gpt-image-1", stream=stream)
     assert info.value.__context__ is None
     assert_no_key(info.value)
 
