@@ -643,7 +643,7 @@ async def _run_entry(
         )
     response = item.response
     try:
-        paths = await client.save(response, folder, stem=entry.id)
+        paths = await client.save(response, folder, stem=entry.id, overwrite=True)
     except AsyncImgError as exc:
         return record(
             status="failed", error=error_fields(exc), request_id=response.request_id,

@@ -65,6 +65,7 @@ from .._files import ImageFile, sniff_mime
 from .._params import EditParams, Endpoint, GenerateParams, Params, VariationParams, from_wire
 from ._batches import BatchAPI
 from ._faults import Fault, path_matches
+from ._headers import HeaderStyle, styled_headers
 from ._pictures import Recipe
 from ._png import MAX_PIXELS
 from ._streaming import sse_events, write_events
@@ -430,6 +431,10 @@ class Emulator:
         clock: a ``() -> float`` in seconds for url expiry, the rate window,
             ``arrivals`` and the journal (``time.monotonic`` by default); inject
             one to test expiry without sleeping.
+        header_style: how response headers are written (see
+            :mod:`asyncimg.testing._headers`): ``"openai"`` (lower case, with
+            ``retry-after-ms``), ``"canonical"`` (capitalised names,
+            ``Retry-After`` alone) or ``"http-date"`` (``Retry-After`` as a date).
 
     Attributes (for tests): ``journal`` (:class:`Journal`), ``arrivals``
     (``(time, images)`` of every request that passed the limit), ``latency``,
@@ -438,7 +443,8 @@ class Emulator:
     :meth:`reset`.
 
     Raises:
-        TypeError, ValueError: ``images_per_minute`` cannot be read.
+        TypeError, ValueError: ``images_per_minute`` cannot be read, or
+            ``header_style`` is unknown.
     """
 
     def __init__(
@@ -451,7 +457,10 @@ class Emulator:
         url_ttl: float = 3600.0,
         latency: float = 0.0,
         clock: Callable[[], float] | None = None,
+        header_style: HeaderStyle = "openai",
     ) -> None:
+        styled_headers({}, header_style, 0.0)  # refuses an unknown style now
+        self.header_style: HeaderStyle = header_style
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -735,7 +744,7 @@ class Emulator:
         body = answer.body
         if kind == "truncated":
             body = body[: len(body) // 2]
-        headers = dict(answer.headers)
+        headers = styled_headers(answer.headers, self.header_style, time.time())
         if not any(name.lower() == "content-type" for name in headers):
             headers["Content-Type"] = answer.content_type
         if kind not in ("drop_mid_body", "trickle"):
