@@ -822,3 +822,16 @@ async def test_waited_is_wall_time_with_anyone_waiting() -> None:
     assert limiter.stats().waiting == 0
     clock.advance(5.0)  # nobody waits: the figure stands still
     assert limiter.stats().waited == 11.0
+
+
+async def test_stats_in_use_is_the_budget_in_use_and_empties_after_the_window() -> None:
+    limiter, clock = make(images=10, per=10.0)
+    held = await take(limiter, 2)
+    sent = await take(limiter, 3)
+    sent.stamp()
+    stats = limiter.stats()
+    assert not hasattr(stats, "in_flight")  # the old name said "in flight" after the run
+    assert (stats.held, stats.in_window, stats.in_use) == (2, 3, 5)
+    held.stamp()
+    clock.advance(10.0)
+    assert limiter.stats().in_use == 0
