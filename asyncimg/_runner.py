@@ -13,8 +13,15 @@ Exactly-once results, at-least-once requests:
   will run again (failed ones, when failed items are retried) are dropped, and
   the manifest is rewritten atomically if anything was dropped. So every id has
   at most one line, whenever the process is killed;
-* stale temporary files (``.*.part``) are removed; a lock file stops two runs
-  from sharing a directory.
+* stale temporary files of our own images (``.{id}-{i}.{ext}.*.part``, never a
+  user's other ``.part`` files) are removed; a lock file stops two runs from
+  sharing a directory, and ``.asyncimg-server`` remembers which server filled it
+  (a run against another server is refused, so an emulator's placeholders are
+  never taken for real results);
+* a batch stops early, sending nothing new, on a fatal error (a refused key,
+  permission, an unknown model or URL, an exhausted quota), a local failure
+  (a full disk), a line of input that does not decode, or a signal; what is
+  finished is written to the manifest first.
 
 A kill between the images and the line costs one repeated request: the rerun
 writes the same file names again.
@@ -22,16 +29,23 @@ writes the same file names again.
 
 from __future__ import annotations
 
+import asyncio
+import codecs
 import contextlib
 import csv
 import datetime
+import functools
 import hashlib
 import json
 import os
+import queue
 import re
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import urllib.parse
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -40,32 +54,56 @@ import anyio.to_thread
 import attrs
 
 from ._batch import BatchIterator, generate_keywords, make_item
-from ._exceptions import APIStatusError, AsyncImgError, ValidationError
+from ._exceptions import (
+    APIStatusError,
+    AsyncImgError,
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ValidationError,
+)
+from ._params import GenerateParams
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
+    from ._limiter import RateLimit
 
 __all__ = [
     "INPUT_FORMATS",
     "MANIFEST_NAME",
+    "SERVER_NAME",
+    "BatchControl",
     "BatchSummary",
     "Entry",
     "InputError",
     "Manifest",
     "ProgressSink",
     "Record",
+    "TextLines",
+    "check_batch_params",
+    "estimate_eta",
+    "fatal_error",
     "read_entries",
     "run_batch",
 ]
 
 MANIFEST_NAME: Final = "manifest.jsonl"
 LOCK_NAME: Final = ".asyncimg.lock"
+SERVER_NAME: Final = ".asyncimg-server"
 INPUT_FORMATS: Final = ("txt", "jsonl", "csv")
 # Parameters that do not change the images, so not part of an item's id.
 _NOT_IN_ID = frozenset({"timeout", "max_retries"})
 _INT_PARAMS = frozenset({"n", "output_compression", "max_retries"})
 _FLOAT_PARAMS = frozenset({"timeout"})
-_PART = re.compile(r"^\..+\.part$")
+# Our temporary files only: an image's (``.{id}-{i}.{ext}.XXXX.part``) or the compaction's.
+_PART = re.compile(
+    r"^\.(?:[0-9a-f]{16}(?:-[0-9]+)?-[0-9]+\.[a-z0-9]+\..+|"
+    + re.escape(MANIFEST_NAME)
+    + r"\.compact)\.part$"
+)
+# Per-call settings that generate() takes but are not request parameters.
+_CALL_SETTINGS = frozenset({"timeout", "max_retries", "extra_body"})
 
 
 class InputError(Exception):
@@ -115,7 +153,7 @@ def _coerce(name: str, value: str) -> Any:
     return value
 
 
-def _raw_records(stream: IO[str], fmt: str) -> Iterator[tuple[int, object, str | None]]:
+def _raw_records(stream: Iterable[str], fmt: str) -> Iterator[tuple[int, object, str | None]]:
     """``(line, record, problem)``: a record is a str prompt or a mapping."""
     if fmt == "txt":
         for number, text in enumerate(stream, 1):
@@ -157,7 +195,7 @@ def _raw_records(stream: IO[str], fmt: str) -> Iterator[tuple[int, object, str |
 
 
 def read_entries(
-    stream: IO[str], fmt: str, params: Mapping[str, Any]
+    stream: Iterable[str], fmt: str, params: Mapping[str, Any]
 ) -> Iterator[Entry]:
     """The entries of an input stream, lazily.
 
@@ -168,7 +206,8 @@ def read_entries(
     covers them under its own.
 
     Raises:
-        InputError: the whole input is unusable (a CSV file without a prompt column).
+        InputError: the whole input is unusable (a CSV file without a prompt column),
+            or a line does not decode (from :func:`open_text`'s streams).
     """
     seen: dict[str, int] = {}
     for line, record, problem in _raw_records(stream, fmt):
@@ -218,6 +257,8 @@ class Record:
     revised_prompt: str | None = None
     attempts: int | None = None
     seconds: float = 0.0
+    exception: BaseException | None = attrs.field(default=None, eq=False, repr=False)
+    """The error of a failed item (not written to the manifest)."""
 
     @property
     def ok(self) -> bool:
@@ -270,6 +311,7 @@ class Manifest:
 
     directory: Path
     retry_failed: bool = True
+    server: str | None = None
     done: set[str] = attrs.field(factory=set)
     failed_kept: int = 0
     dropped: int = 0
@@ -285,10 +327,20 @@ class Manifest:
     def open(self) -> None:
         """Lock the directory, clean it, read and compact the manifest, open it for appending.
 
+        With ``server`` set, the directory remembers it (``.asyncimg-server``) and
+        refuses a run against another one. The lock is released when this fails.
+
         Raises:
-            InputError: another run holds the directory.
+            InputError: another run holds the directory, or another server filled it.
             OSError: the directory cannot be written.
         """
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.directory / LOCK_NAME, "ab")  # noqa: SIM115
         try:
@@ -304,12 +356,31 @@ class Manifest:
                 raise InputError(
                     f"another asyncimg batch is writing to {self.directory}"
                 ) from None
+        self._check_server()
         for leftover in self.directory.iterdir():
             if _PART.match(leftover.name) and leftover.is_file():
                 with contextlib.suppress(OSError):
                     leftover.unlink()
         self._compact()
         self._file = open(self.path, "ab")  # noqa: SIM115
+
+    def _check_server(self) -> None:
+        if self.server is None:
+            return
+        mark = self.directory / SERVER_NAME
+        try:
+            known = mark.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            known = ""
+        if not known:
+            mark.write_text(self.server + "\n", encoding="utf-8")
+            return
+        if known != self.server:
+            raise InputError(
+                f"{self.directory} holds results from {known}, and this run talks to "
+                f"{self.server}: its done items would be skipped and their images kept. "
+                f"Use another output directory, or delete {mark} to mix the two."
+            )
 
     def _compact(self) -> None:
         path = self.path
@@ -391,7 +462,213 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-# -- the limiter meter ------------------------------------------------------------------
+# -- stopping early ---------------------------------------------------------------------
+
+
+_QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
+
+
+def fatal_error(exc: BaseException) -> str | None:
+    """What to tell the user when ``exc`` will fail every item of a batch; None otherwise.
+
+    Fatal: a refused key (401), a refused permission (403), an unknown model or
+    URL (404), an exhausted quota or billing limit (a 429 with that code).
+    """
+    if isinstance(exc, AuthenticationError):
+        return "the API key was refused (401): check OPENAI_API_KEY (and --base-url)"
+    if isinstance(exc, PermissionDeniedError):
+        return (
+            "permission denied (403): this key, organization or project may not use "
+            "this model or endpoint"
+        )
+    if isinstance(exc, NotFoundError):
+        return "not found (404): check --model and --base-url"
+    if isinstance(exc, RateLimitError) and exc.code in _QUOTA_CODES:
+        return f"the account's quota is exhausted (429 {exc.code}): check the plan and billing"
+    return None
+
+
+class BatchControl:
+    """Stops a running batch: no new item starts, and finished ones are still recorded.
+
+    ``run_batch`` uses it for fatal errors, a full disk and bad input; pass your
+    own to stop a run from outside (a signal handler calls :meth:`interrupt`).
+    After the run, ``reason`` is ``"fatal"``, ``"aborted"``, ``"input"``,
+    ``"interrupted"`` or None (it ran to the end) and ``message`` says why.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.message: str | None = None
+        self.signal: int | None = None
+        self._items: dict[int, tuple[anyio.CancelScope, list[int]]] = {}
+        self._reader: anyio.CancelScope | None = None
+
+    def stop(self, reason: str, message: str, *, cancel_sent: bool = False) -> None:
+        """Start nothing new; cancel the items not yet sent (all of them with ``cancel_sent``).
+
+        The first reason given is kept.
+        """
+        if self.reason is None:
+            self.reason, self.message = reason, message
+        if self._reader is not None:
+            self._reader.cancel()
+        for scope, attempts in list(self._items.values()):
+            if cancel_sent or attempts[0] == 0:
+                scope.cancel()
+
+    def interrupt(self, signum: int) -> None:
+        """A signal arrived: cancel everything in flight, keep what is finished."""
+        self.signal = self.signal or signum
+        self.stop("interrupted", f"interrupted by signal {signum}", cancel_sent=True)
+
+    async def run(
+        self, work: Callable[[list[int]], Awaitable[Record | None]]
+    ) -> Record | None:
+        """Run one item's ``work(attempts)``; None when it was stopped before it finished."""
+        if self.reason is not None:
+            return None
+        scope = anyio.CancelScope()
+        attempts = [0]
+        key = id(scope)
+        self._items[key] = (scope, attempts)
+        try:
+            with scope:
+                return await work(attempts)
+            return None
+        finally:
+            del self._items[key]
+
+    async def pull(self, entries: Iterator[Entry]) -> AsyncIterator[Entry]:
+        """The entries, each read off the event loop (a slow stdin never blocks it).
+
+        Stops at :meth:`stop`; a line that does not decode stops the run with ``"input"``.
+        """
+        reader = _OffLoop(entries)
+        try:
+            while self.reason is None:
+                with anyio.CancelScope() as scope:
+                    self._reader = scope
+                    try:
+                        entry = await reader.next()
+                    except InputError as exc:
+                        self.stop("input", str(exc))
+                        return
+                    finally:
+                        self._reader = None
+                if scope.cancelled_caught or entry is None:
+                    return
+                yield entry
+        finally:
+            reader.close()
+
+
+class _OffLoop:
+    """``next(iterator)`` on one daemon thread of its own, awaited from the loop.
+
+    A daemon thread, so that a read blocked on a terminal or a pipe never keeps the
+    process alive after the run has stopped.
+    """
+
+    def __init__(self, iterator: Iterator[Entry]) -> None:
+        self._iterator = iterator
+        self._asks: queue.SimpleQueue[asyncio.Future[Entry | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+
+    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        while (future := self._asks.get()) is not None:
+            try:
+                entry = next(self._iterator, None)
+            except BaseException as exc:  # handed to the awaiting task
+                answer: Callable[[], None] = functools.partial(_settle, future, None, exc)
+            else:
+                answer = functools.partial(_settle, future, entry, None)
+            try:
+                loop.call_soon_threadsafe(answer)
+            except RuntimeError:  # the loop is gone
+                return
+
+    async def next(self) -> Entry | None:
+        """The next entry, None at the end.
+
+        Raises:
+            InputError: from the iterator.
+        """
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, args=(loop,), name="asyncimg input", daemon=True
+            )
+            self._thread.start()
+        future: asyncio.Future[Entry | None] = loop.create_future()
+        self._asks.put(future)
+        return await future
+
+    def close(self) -> None:
+        """Let the thread end after the read in progress, if any."""
+        self._asks.put(None)
+
+
+def _settle(
+    future: asyncio.Future[Entry | None], entry: Entry | None, exc: BaseException | None
+) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(entry)
+
+
+def check_batch_params(client: AsyncImagesClient, params: Mapping[str, Any]) -> None:
+    """Check a batch's own parameters as one request would be checked, and against the limiter.
+
+    Raises:
+        ValidationError: ``params`` break the model's rules, or one item's images
+            exceed the limiter's whole budget (``param`` names the parameter).
+    """
+    allowed = generate_keywords(client)
+    for key in params:
+        if key not in allowed:
+            raise ValidationError(key, f"generate() takes no parameter {key!r}")
+    request = {k: v for k, v in params.items() if k not in _CALL_SETTINGS}
+    request.setdefault("model", client.model)
+    built = GenerateParams.build(prompt="(each prompt of the batch)", **request)
+    rate = getattr(client.limiter, "rate", None)
+    budget = getattr(rate, "images", None)
+    if isinstance(budget, int) and built.images > budget:
+        raise ValidationError(
+            "n",
+            f"n={built.images} exceeds the rate limit of {budget} images per "
+            f"{getattr(rate, 'per', 0):g}s; no item could ever be sent",
+        )
+
+
+def estimate_eta(
+    remaining_images: float,
+    *,
+    rate: RateLimit | None,
+    available: int | None,
+    latency: float,
+    recent_per_second: float | None,
+) -> float | None:
+    """Seconds until ``remaining_images`` more are done; None when nothing is known yet.
+
+    The larger of two bounds: what the limiter allows (the images beyond what it
+    can grant now come back at ``images`` per ``per + margin``, then one
+    request's ``latency``), and the recent pace (``recent_per_second``).
+    """
+    if remaining_images <= 0:
+        return 0.0
+    bounds = []
+    if rate is not None:
+        beyond = max(0.0, remaining_images - (available or 0))
+        bounds.append(beyond * rate.window / rate.images + latency)
+    if recent_per_second:
+        bounds.append(remaining_images / recent_per_second)
+    return max(bounds) if bounds else None
 
 
 # -- running a batch --------------------------------------------------------------------
@@ -399,7 +676,11 @@ def _fsync_dir(directory: Path) -> None:
 
 @attrs.define
 class BatchSummary:
-    """What a run did."""
+    """What a run did.
+
+    ``stopped`` and ``stop_message`` say why it ended early (see :class:`BatchControl`);
+    ``failed_earlier`` counts failed items of earlier runs kept (not retried).
+    """
 
     total: int | None
     skipped: int = 0
@@ -411,6 +692,14 @@ class BatchSummary:
     waited: float = 0.0
     failures: list[Record] = attrs.field(factory=list)
     max_failures_kept: int = 50
+    failed_earlier: int = 0
+    stopped: str | None = None
+    stop_message: str | None = None
+    rate: RateLimit | None = None
+    available: int | None = None
+    images_per_item: int = 1
+    busy_seconds: float = 0.0
+    recent: deque[tuple[float, int]] = attrs.field(factory=deque, repr=False)
 
     @property
     def done(self) -> int:
@@ -418,10 +707,57 @@ class BatchSummary:
         return self.ok + self.failed
 
     @property
+    def window(self) -> float:
+        """The span images/min is measured over: the rate's ``per``, else a minute."""
+        return self.rate.per if self.rate is not None else 60.0
+
+    def count(self, record: Record) -> None:
+        """Add a finished item."""
+        if record.ok:
+            self.ok += 1
+            self.images += len(record.files)
+            self.recent.append((time.monotonic(), len(record.files)))
+        else:
+            self.failed += 1
+            if len(self.failures) < self.max_failures_kept:
+                self.failures.append(record)
+        self.busy_seconds += record.seconds
+
+    def _recent_images(self, now: float) -> int:
+        while self.recent and self.recent[0][0] <= now - self.window:
+            self.recent.popleft()
+        return sum(n for _t, n in self.recent)
+
+    @property
     def images_per_minute(self) -> float:
-        """Images saved per minute of this run."""
-        seconds = self.elapsed or (time.monotonic() - self.started)
-        return self.images * 60.0 / seconds if seconds > 0 else 0.0
+        """Images saved per minute: over the last window while running, else over the run.
+
+        Measured over at least one window when there is a rate, so a short burst
+        never reads as more than the limit allows.
+        """
+        if self.elapsed:
+            span = max(self.elapsed, self.window) if self.rate is not None else self.elapsed
+            return self.images * 60.0 / span if span > 0 else 0.0
+        now = time.monotonic()
+        span = self.window if self.rate is not None else min(now - self.started, self.window)
+        return self._recent_images(now) * 60.0 / span if span > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left (see :func:`estimate_eta`); None while unknown."""
+        if self.total is None:
+            return None
+        now = time.monotonic()
+        per_item = self.images / self.ok if self.ok else self.images_per_item
+        span = min(now - self.started, self.window)
+        recent = self._recent_images(now) / span if span > 0 and self.recent else None
+        return estimate_eta(
+            max(0, self.total - self.done) * per_item,
+            rate=self.rate,
+            available=self.available,
+            latency=self.busy_seconds / self.done if self.done else 0.0,
+            recent_per_second=recent,
+        )
 
 
 class ProgressSink:
@@ -440,7 +776,9 @@ class ProgressSink:
         """The run ended (or was interrupted)."""
 
 
-def _skip_done(entries: Iterator[Entry], done: set[str], summary: BatchSummary) -> Iterator[Entry]:
+def _skip_done(
+    entries: Iterator[Entry], done: set[str], summary: BatchSummary
+) -> Iterator[Entry]:
     for entry in entries:
         if entry.id in done:
             summary.skipped += 1
@@ -448,9 +786,15 @@ def _skip_done(entries: Iterator[Entry], done: set[str], summary: BatchSummary) 
         yield entry
 
 
+def _observe(summary: BatchSummary, client: AsyncImagesClient) -> None:
+    stats = client.limiter.stats()
+    summary.waited = stats.waited
+    summary.available = stats.available
+
+
 async def run_batch(
     client: AsyncImagesClient,
-    open_input: Callable[[], IO[str]],
+    open_input: Callable[[], TextLines],
     fmt: str,
     directory: str | os.PathLike[str],
     *,
@@ -458,11 +802,13 @@ async def run_batch(
     retry_failed: bool = True,
     count_first: bool = True,
     progress: ProgressSink | None = None,
+    server: str | None = None,
+    control: BatchControl | None = None,
 ) -> BatchSummary:
     """Run every not-yet-done item of the input into ``directory`` (see the module doc).
 
     Args:
-        client: the client; its limiter's ``stats().waited`` gives the time waited.
+        client: the client; its limiter's ``stats()`` give the time waited and the ETA.
         open_input: opens the input (called twice when ``count_first``).
         fmt: ``txt``, ``jsonl`` or ``csv``.
         directory: where the images and ``manifest.jsonl`` go.
@@ -470,22 +816,28 @@ async def run_batch(
         retry_failed: run the items whose last line says failed again.
         count_first: read the input once first to count what is left (a file, not stdin).
         progress: told about every finished item.
+        server: what the directory remembers as its server (default: the base url).
+        control: stops the run early (one is made when not given); its ``reason``
+            is also the summary's ``stopped``.
 
     Raises:
-        ValidationError: ``params`` names a parameter generate does not take.
-        InputError: the input is unusable, or another run holds the directory.
+        ValidationError: ``params`` break the rules (see :func:`check_batch_params`);
+            nothing was sent and the directory is untouched.
+        InputError: the input is unusable (a line of a file does not decode), another
+            run holds the directory, or another server filled it.
         OSError: the directory cannot be written.
     """
     params = dict(params or {})
+    check_batch_params(client, params)
     allowed = generate_keywords(client)
-    for key in params:
-        if key not in allowed:
-            raise ValidationError(key, f"generate() takes no parameter {key!r}")
     folder = Path(directory)
     sink = progress or ProgressSink()
-    manifest = Manifest(folder, retry_failed=retry_failed)
-    await anyio.to_thread.run_sync(manifest.open)
+    control = control or BatchControl()
+    manifest = Manifest(
+        folder, retry_failed=retry_failed, server=server or _public_url(client.base_url)
+    )
     try:
+        await anyio.to_thread.run_sync(manifest.open)
         total: int | None = None
         if count_first:
 
@@ -496,44 +848,69 @@ async def run_batch(
                     )
 
             total = await anyio.to_thread.run_sync(count)
-        summary = BatchSummary(total=total)
+        effective = {"model": client.model, **params} if client.model else params
+        summary = BatchSummary(
+            total=total,
+            failed_earlier=0 if retry_failed else manifest.failed_kept,
+            rate=getattr(client.limiter, "rate", None),
+            images_per_item=params.get("n") or 1,
+        )
         stream = open_input()
         try:
             entries = _skip_done(read_entries(stream, fmt, params), manifest.done, summary)
 
-            async def work(index: int, entry: Entry) -> Record:
-                return await _run_entry(client, entry, params, allowed, folder)
+            async def work(index: int, entry: Entry) -> Record | None:
+                return await control.run(
+                    lambda attempts: _run_entry(
+                        client, entry, effective, allowed, folder, attempts, control
+                    )
+                )
 
+            _observe(summary, client)
             sink.start(summary)
-            batch = BatchIterator(entries, work, concurrency=client.max_concurrency)
+            batch = BatchIterator(control.pull(entries), work, concurrency=client.max_concurrency)
             async with batch, anyio.create_task_group() as tg:
 
                 async def ticker() -> None:
                     while True:
                         await anyio.sleep(1.0)
-                        summary.waited = client.limiter.stats().waited
+                        _observe(summary, client)
                         sink.tick(summary)
 
                 tg.start_soon(ticker)
                 async for record in batch:
-                    await anyio.to_thread.run_sync(manifest.append, record)
-                    if record.ok:
-                        summary.ok += 1
-                        summary.images += len(record.files)
-                    else:
-                        summary.failed += 1
-                        if len(summary.failures) < summary.max_failures_kept:
-                            summary.failures.append(record)
-                    summary.waited = client.limiter.stats().waited
+                    if record is None or control.reason == "aborted":
+                        continue
+                    try:
+                        await anyio.to_thread.run_sync(manifest.append, record)
+                    except OSError as exc:
+                        control.stop(
+                            "aborted", f"cannot write {manifest.path}: {exc}", cancel_sent=True
+                        )
+                        continue
+                    summary.count(record)
+                    reason = fatal_error(record.exception) if record.exception else None
+                    if reason is not None:
+                        control.stop("fatal", reason)
+                    _observe(summary, client)
                     sink.item(record, summary)
                 tg.cancel_scope.cancel()
         finally:
             stream.close()
             summary.elapsed = time.monotonic() - summary.started
+            summary.stopped, summary.stop_message = control.reason, control.message
             sink.stop(summary)
         return summary
     finally:
         manifest.close()
+
+
+def _public_url(url: str) -> str:
+    """``url`` without credentials or a query: what may be written to disk."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 async def _run_entry(
@@ -542,9 +919,13 @@ async def _run_entry(
     params: Mapping[str, Any],
     allowed: frozenset[str],
     folder: Path,
-) -> Record:
+    attempts: list[int],
+    control: BatchControl,
+) -> Record | None:
+    effective = {k: v for k, v in {**params, **entry.params}.items() if v is not None}
+
     def record(**fields: Any) -> Record:
-        return Record(entry.id, entry.line, entry.prompt, entry.params, **fields)
+        return Record(entry.id, entry.line, entry.prompt, effective, **fields)
 
     if entry.problem is not None:
         return record(
@@ -554,21 +935,35 @@ async def _run_entry(
             attempts=0,
         )
     started = time.monotonic()
-    item = await make_item(client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed)
+    item = await make_item(
+        client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed, attempts
+    )
     if item.response is None:
         assert item.error is not None
         return record(
             status="failed", error=error_fields(item.error),
-            attempts=item.attempts, seconds=item.seconds,
+            request_id=getattr(item.error, "request_id", None),
+            attempts=item.attempts, seconds=item.seconds, exception=item.error,
         )
     response = item.response
+    if not response.data:
+        return record(
+            status="failed",
+            error={"type": "EmptyResult", "code": None, "status": None, "param": None,
+                   "message": "the server answered with no images (\"data\": [])"},
+            request_id=response.request_id, attempts=item.attempts, seconds=item.seconds,
+        )
     try:
         paths = await client.save(response, folder, stem=entry.id)
     except AsyncImgError as exc:
         return record(
             status="failed", error=error_fields(exc), request_id=response.request_id,
-            attempts=item.attempts, seconds=time.monotonic() - started,
+            attempts=item.attempts, seconds=time.monotonic() - started, exception=exc,
         )
+    except OSError as exc:
+        # Not the item's fault: stop the run and leave the item to a rerun.
+        control.stop("aborted", f"cannot write images to {folder}: {exc}")
+        return None
     revised = next((i.revised_prompt for i in response.data if i.revised_prompt), None)
     return record(
         status="ok",
@@ -581,8 +976,52 @@ async def _run_entry(
     )
 
 
-def open_text(path: str) -> Callable[[], IO[str]]:
-    """An opener for ``path`` (``-``: standard input, opened once)."""
+class TextLines:
+    """A binary stream read as text, a line at a time (a context manager, like a file).
+
+    A byte order mark at the start is dropped. A line that does not decode is an
+    :class:`InputError` naming the line, not a ``UnicodeDecodeError``.
+
+    Raises:
+        LookupError: ``encoding`` is not a codec.
+    """
+
+    def __init__(self, raw: IO[bytes], encoding: str, name: str) -> None:
+        self._decoder = codecs.getincrementaldecoder(encoding)()
+        self._raw = raw
+        self.encoding = encoding
+        self.name = name
+
+    def __iter__(self) -> Iterator[str]:
+        for number, raw in enumerate(self._raw, 1):
+            try:
+                text = self._decoder.decode(raw)
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{self.name}: line {number} is not valid {self.encoding} "
+                    f"(byte {raw[exc.start:exc.start + 1]!r} at column {exc.start + 1}); "
+                    "give the file's encoding with --encoding, e.g. --encoding cp1252"
+                ) from None
+            yield text[1:] if number == 1 and text.startswith("\ufeff") else text
+
+    def close(self) -> None:
+        """Close the underlying stream."""
+        self._raw.close()
+
+    def __enter__(self) -> TextLines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_text(path: str, encoding: str = "utf-8") -> Callable[[], TextLines]:
+    """An opener for ``path`` (``-``: standard input) as :class:`TextLines`.
+
+    Raises:
+        LookupError: ``encoding`` is not a codec (at once, not when opening).
+    """
+    codecs.lookup(encoding)
     if path == "-":
-        return lambda: sys.stdin
-    return lambda: open(path, encoding="utf-8-sig", newline="")
+        return lambda: TextLines(sys.stdin.buffer, encoding, "stdin")
+    return lambda: TextLines(open(path, "rb"), encoding, path)

@@ -88,12 +88,14 @@ async def test_manifest_and_resume_after_failure(emu: Emulator, tmp_path: Path) 
     assert {x["error"]["type"] for x in failed} == {"ContentPolicyError", "InternalServerError"}  # type: ignore[index]
     policy = next(x for x in failed if x["error"]["type"] == "ContentPolicyError")  # type: ignore[index]
     assert policy["error"]["code"] == "content_policy_violation"  # type: ignore[index]
+    # A failure keeps the request id the server gave it, and every line its parameters.
+    assert all(str(x["request_id"]).startswith("req_") for x in failed)
+    assert all(x["params"] == {"model": "dall-e-2", "size": "256x256"} for x in lines)
     ok = [x for x in lines if x["status"] == "ok"]
     for x in ok:
         assert x["attempts"] == 1
         assert x["request_id"]
         assert x["seconds"] >= 0
-        assert x["params"] == {}
         assert x["line"] in (1, 2, 4)
         for name in x["files"]:  # type: ignore[attr-defined]
             assert (out / name).is_file()
@@ -125,14 +127,15 @@ async def test_missing_files_and_torn_line_are_redone(emu: Emulator, tmp_path: P
     manifest = out / MANIFEST_NAME
     data = manifest.read_bytes()
     manifest.write_bytes(data[: len(data) - 20])  # a torn last line
-    (out / ".x.png.abc.part").write_bytes(b"junk")
+    (out / f".{two['id']}-1.png.abc123.part").write_bytes(b"junk")  # ours, stale
+    (out / ".my-notes.part").write_text("the user's own")  # not ours: kept
     summary = await _run(emu.base_url, src, out, fmt="jsonl")
     assert summary.ok == 2
     assert summary.skipped == 1
     lines = _lines(out)
     assert len(lines) == 3 == len({x["id"] for x in lines})
     assert all(x["status"] == "ok" for x in lines)
-    assert not list(out.glob(".*.part"))
+    assert [p.name for p in out.glob(".*.part")] == [".my-notes.part"]
     assert len(list(out.glob("*.png"))) == 4
 
 
