@@ -257,8 +257,6 @@ class Record:
     revised_prompt: str | None = None
     attempts: int | None = None
     seconds: float = 0.0
-    exception: BaseException | None = attrs.field(default=None, eq=False, repr=False)
-    """The error of a failed item (not written to the manifest)."""
 
     @property
     def ok(self) -> bool:
@@ -889,9 +887,6 @@ async def run_batch(
                         )
                         continue
                     summary.count(record)
-                    reason = fatal_error(record.exception) if record.exception else None
-                    if reason is not None:
-                        control.stop("fatal", reason)
                     _observe(summary, client)
                     sink.item(record, summary)
                 tg.cancel_scope.cancel()
@@ -940,10 +935,13 @@ async def _run_entry(
     )
     if item.response is None:
         assert item.error is not None
+        fatal = fatal_error(item.error)
+        if fatal is not None:  # at once, before this item's slot goes to the next one
+            control.stop("fatal", fatal)
         return record(
             status="failed", error=error_fields(item.error),
             request_id=getattr(item.error, "request_id", None),
-            attempts=item.attempts, seconds=item.seconds, exception=item.error,
+            attempts=item.attempts, seconds=item.seconds,
         )
     response = item.response
     if not response.data:
@@ -958,7 +956,7 @@ async def _run_entry(
     except AsyncImgError as exc:
         return record(
             status="failed", error=error_fields(exc), request_id=response.request_id,
-            attempts=item.attempts, seconds=time.monotonic() - started, exception=exc,
+            attempts=item.attempts, seconds=time.monotonic() - started,
         )
     except OSError as exc:
         # Not the item's fault: stop the run and leave the item to a rerun.
