@@ -222,10 +222,10 @@ def test_empty_result_is_a_failed_item(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, EXIT_SIGTERM),
                                                 (signal.SIGINT, EXIT_SIGINT)])
 def test_a_signal_drains_what_is_finished(tmp_path: Path, signum: int, status: int) -> None:
-    src = _prompts(tmp_path, 200)
+    src = _prompts(tmp_path, 60)
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), *EMU, "--rate", "off", "--concurrency", "8",
-            "--emulator-latency", "0.05"]
+            "--emulator-latency", "0.1"]
     with subprocess.Popen(
         [sys.executable, "-m", "asyncimg", *args], cwd=ROOT, env=_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -239,9 +239,46 @@ def test_a_signal_drains_what_is_finished(tmp_path: Path, signum: int, status: i
     assert "summary:" in stdout
     assert "rerun the same command to resume" in stderr
     done = len(_manifest(out))
-    assert 10 <= done < 200
-    assert f"[{done}/200]" in stderr  # every item reported finished has its line
+    assert 10 <= done < 60
+    assert f"[{done}/60]" in stderr  # every item reported finished has its line
     rerun = _cli(*args)
     assert rerun.returncode == 0, rerun.stderr
     lines = _manifest(out)
-    assert len(lines) == len({x["id"] for x in lines}) == 200
+    assert len(lines) == len({x["id"] for x in lines}) == 60
+
+
+def test_eta_and_images_per_minute_follow_the_limiter() -> None:
+    from asyncimg import RateLimit
+    from asyncimg._runner import BatchSummary, Record
+
+    # 50 of 300 done in 4 s at the default 50/min: about five minutes are left, not seconds.
+    s = BatchSummary(total=300, rate=RateLimit(50, 60.0), available=0)
+    s.started = time.monotonic() - 4.0
+    for i in range(50):
+        s.count(Record(f"id{i}", i, "p", {}, "ok", files=(f"id{i}-0.png",), seconds=2.0))
+    eta = s.eta
+    assert eta is not None and 250 * 60 / 50 <= eta <= 250 * 61 / 50 + 3
+    assert s.images_per_minute <= 50
+    # A finished 19-item run of 0.2 s is not "5909.9 images/min" against 50/min.
+    s.elapsed = 0.2
+    assert s.images_per_minute <= 50
+    unlimited = BatchSummary(total=10, images=10, elapsed=2.0)
+    assert unlimited.images_per_minute == 300.0
+
+
+def test_messages_name_the_flag_once(tmp_path: Path) -> None:
+    from asyncimg.testing import make_png
+
+    opaque = tmp_path / "lounge.png"
+    opaque.write_bytes(make_png(256, 256, "lounge"))
+    run = _cli("edit", str(opaque), "add a flamingo", "--emulator", "--model", "dall-e-2")
+    assert run.returncode == EXIT_USAGE
+    assert "image: image:" not in run.stderr
+    assert "asyncimg: error: IMAGE: " in run.stderr
+    run = _cli("generate", "a cat", "--emulator", "--model", "gpt-image-1", "--format", "url")
+    assert run.returncode == EXIT_USAGE
+    assert "asyncimg: error: --format: " in run.stderr
+    run = _cli("generate", "a cat", "-o", str(tmp_path))  # no key, the official API
+    assert run.returncode == EXIT_USAGE
+    assert "set OPENAI_API_KEY" in run.stderr
+    assert "api_key=" not in run.stderr
