@@ -24,8 +24,10 @@ defaults: dall-e-2 for generations and variations, gpt-image-1.5 for edits;
 but a parameter only one family takes picks it (``style``: dall-e-3;
 ``response_format``: dall-e-2; ``output_format``, ``output_compression``,
 ``background``, ``moderation``, ``input_fidelity`` or a quality of
-low/medium/high: gpt-image-1.5). The rules applied stay those of the model
-named in the request (none beyond the universal ones when it names none).
+low/medium/high: gpt-image-1.5). The rules applied are those of the model
+that answers: a request without ``model`` gets the default model's rules, as at
+the API (a generation of 300x300, of n=11 or of a 3000-character prompt, or a
+non-square variation, is refused as dall-e-2 refuses it).
 
 Images are real PNGs of the requested size (``auto``: 1024x1024), RGBA when a
 transparent background is asked for. For ``output_format`` ``jpeg`` or
@@ -55,6 +57,7 @@ from aiohttp import BodyPartReader, web
 from .._exceptions import ValidationError
 from .._files import ImageFile, sniff_mime
 from .._params import EditParams, Endpoint, GenerateParams, Params, from_wire
+from .._validation import validate
 from ._faults import Fault, path_matches
 from ._png import MAX_PIXELS, b64_png, make_png
 
@@ -911,6 +914,11 @@ class Emulator:
         if params.extra_body.get("stream") not in (None, False, "false"):
             _refuse(400, "The emulator does not support stream=true.", param="stream")
         model = _effective_model(endpoint, params)
+        if params.model is None:  # the default model's rules apply, as at the API
+            try:
+                validate(attrs.evolve(params, model=model))
+            except ValidationError as exc:
+                _refuse(400, f"{exc} (the default model is {model})", param=exc.param)
         gpt = _is_gpt(model)
         width, height = _size_of(params.size)
         images = params.images
