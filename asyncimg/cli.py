@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ._exceptions import APIError, AsyncImgError, ValidationError
 from ._limiter import Limiter, RateLimit
 from ._runner import ProgressSink, fatal_error
+from ._serve import add_serve_options, serve_from_args
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -252,12 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     variation.add_argument("image", metavar="IMAGE")
     variation.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
 
-    serve = sub.add_parser("serve", help="run the emulator until Ctrl-C")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8089, help="0 picks a free port")
-    serve.add_argument("--api-key", help="the key to expect (default: any)")
-    serve.add_argument("--images-per-minute", type=int, help="answer 429 above this")
-    serve.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    serve = sub.add_parser(
+        "serve", help="run the emulator until Ctrl-C",
+        description="Run the emulator of the Images API (the same as "
+        "`python -m asyncimg.testing`). Url results are served on a second port, "
+        "printed at start.",
+    )
+    add_serve_options(serve)
     return parser
 
 
@@ -599,16 +601,6 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
         _print_failures(s, out)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .testing import serve
-
-    serve(
-        args.host, args.port, api_key=args.api_key,
-        images_per_minute=args.images_per_minute, latency=args.latency,
-    )
-    return EXIT_OK
-
-
 def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated
 
@@ -621,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "serve":
-            return _serve(args)
+            return serve_from_args(args)
         if args.command == "batch":
             _check_paths(args)
         runner = _batch if args.command == "batch" else _single

@@ -228,10 +228,14 @@ class JournalEntry:
 
 
 class Journal(Sequence[JournalEntry]):
-    """The requests the emulator received, in the order their answers finished."""
+    """The requests the emulator received, in the order their answers finished.
 
-    def __init__(self) -> None:
-        self._entries: list[JournalEntry] = []
+    With ``maxlen`` it keeps only the latest ``maxlen`` (a long-running emulator
+    stays small); None keeps every entry.
+    """
+
+    def __init__(self, maxlen: int | None = None) -> None:
+        self._entries: collections.deque[JournalEntry] = collections.deque(maxlen=maxlen)
 
     def append(self, entry: JournalEntry) -> None:
         """Record one entry (the emulator does this)."""
@@ -248,6 +252,8 @@ class Journal(Sequence[JournalEntry]):
     def __getitem__(self, index: slice) -> list[JournalEntry]: ...
 
     def __getitem__(self, index: int | slice) -> JournalEntry | list[JournalEntry]:
+        if isinstance(index, slice):
+            return list(self._entries)[index]
         return self._entries[index]
 
     def __len__(self) -> int:
@@ -418,6 +424,11 @@ class Emulator:
         clock: a ``() -> float`` in seconds for url expiry, the rate window,
             ``arrivals`` and the journal (``time.monotonic`` by default); inject
             one to test expiry without sleeping.
+        journal_size: the journal and ``arrivals`` keep the latest this many
+            requests (None: all, which grows without bound).
+        max_urls: url results kept downloadable; beyond it the oldest are
+            forgotten (answering 404 ``BlobNotFound``). Memory stays flat however
+            long the emulator runs.
 
     Attributes (for tests): ``journal`` (:class:`Journal`), ``arrivals``
     (``(time, images)`` of every request that passed the limit), ``latency``,
@@ -439,7 +450,13 @@ class Emulator:
         url_ttl: float = 3600.0,
         latency: float = 0.0,
         clock: Callable[[], float] | None = None,
+        journal_size: int | None = 10_000,
+        max_urls: int = 10_000,
     ) -> None:
+        if journal_size is not None and journal_size < 1:
+            raise ValueError(f"journal_size must be >= 1 or None, not {journal_size}")
+        if max_urls < 1:
+            raise ValueError(f"max_urls must be >= 1, not {max_urls}")
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -447,11 +464,15 @@ class Emulator:
         self.url_ttl = url_ttl
         self.latency = latency
         self.clock: Callable[[], float] = clock or time.monotonic
-        self.journal = Journal()
-        self.arrivals: list[tuple[float, int]] = []
-        """``(time, images)`` of every request that passed the rate limit, in order."""
+        self.journal = Journal(journal_size)
+        self.arrivals: collections.deque[tuple[float, int]] = collections.deque(
+            maxlen=journal_size
+        )
+        """``(time, images)`` of the requests that passed the rate limit, in order."""
+        self.max_urls = max_urls
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._faults: list[list[Any]] = []  # [fault, uses left]
+        # Insertion-ordered, so the oldest url is the first to go.
         self._blobs: dict[str, tuple[tuple[int, int, str, bool], float]] = {}
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
@@ -1001,6 +1022,8 @@ class Emulator:
         name = f"img-{secrets.token_urlsafe(18)}.png"
         # Keep the recipe, not the bytes: a long run of url results stays small in memory.
         self._blobs[name] = ((width, height, seed, alpha), now + self.url_ttl)
+        while len(self._blobs) > self.max_urls:
+            del self._blobs[next(iter(self._blobs))]
         expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
             seconds=self.url_ttl
         )
@@ -1028,7 +1051,11 @@ def serve(host: str = "127.0.0.1", port: int = 8089, **emulator_options: Any) ->
     """
 
     def ready(emu: Emulator) -> None:
-        print(f"asyncimg emulator listening on {emu.base_url} (Ctrl-C to stop)", flush=True)
+        print(
+            f"asyncimg emulator listening on {emu.base_url}, url results on "
+            f"{emu.blob_base_url} (Ctrl-C to stop)",
+            flush=True,
+        )
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever({"host": host, "port": port, **emulator_options}, ready))
