@@ -137,7 +137,8 @@ def test_bad_paths_are_usage_errors(tmp_path: Path) -> None:
     a_file.write_text("x")
     run = _cli("batch", str(src), "-o", str(a_file), *EMU)
     assert run.returncode == EXIT_USAGE
-    assert "-o:" in run.stderr and "is a file" in run.stderr
+    assert "-o:" in run.stderr
+    assert "is a file" in run.stderr
     run = _cli("batch", str(src), "-o", str(a_file / "sub"), *EMU)
     assert run.returncode == EXIT_USAGE
     assert "-o: cannot create" in run.stderr
@@ -257,7 +258,8 @@ def test_eta_and_images_per_minute_follow_the_limiter() -> None:
     for i in range(50):
         s.count(Record(f"id{i}", i, "p", {}, "ok", files=(f"id{i}-0.png",), seconds=2.0))
     eta = s.eta
-    assert eta is not None and 250 * 60 / 50 <= eta <= 250 * 61 / 50 + 3
+    assert eta is not None
+    assert 250 * 60 / 50 <= eta <= 250 * 61 / 50 + 3
     assert s.images_per_minute <= 50
     # A finished 19-item run of 0.2 s is not "5909.9 images/min" against 50/min.
     s.elapsed = 0.2
