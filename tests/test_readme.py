@@ -28,8 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncimg.testing import Emulator, emulator_thread
-from asyncimg.testing import encode_png
+from asyncimg.testing import Emulator, emulator_thread, encode_png
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-readme-snippets"
