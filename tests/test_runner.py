@@ -171,3 +171,14 @@ async def test_runner_counts_waits_and_attempts(tmp_path: Path) -> None:
     assert summary.waited > 0.2
     attempts = sorted(x["attempts"] for x in _lines(tmp_path / "out"))
     assert attempts == [1, 1, 1, 2]
+
+
+def test_a_failed_open_releases_the_lock(tmp_path: Path) -> None:
+    first = Manifest(tmp_path, server="http://a.example/v1")
+    first.open()
+    first.close()
+    with pytest.raises(InputError, match="holds results from http://a.example/v1"):
+        Manifest(tmp_path, server="http://b.example/v1").open()
+    again = Manifest(tmp_path, server="http://a.example/v1")
+    again.open()  # not "another asyncimg batch is writing": the failed open let go
+    again.close()
