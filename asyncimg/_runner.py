@@ -40,6 +40,7 @@ import json
 import os
 import queue
 import re
+import signal
 import sys
 import threading
 import time
@@ -515,10 +516,21 @@ class BatchControl:
             if cancel_sent or attempts[0] == 0:
                 scope.cancel()
 
+    @property
+    def in_flight(self) -> int:
+        """Items sent and not finished."""
+        return sum(1 for _scope, attempts in self._items.values() if attempts[0])
+
     def interrupt(self, signum: int) -> None:
-        """A signal arrived: cancel everything in flight, keep what is finished."""
+        """A signal arrived. The first: nothing new starts, what is in flight may finish.
+
+        The second: what is in flight is cancelled too. What is finished is recorded
+        either way.
+        """
+        first = self.signal is None
         self.signal = self.signal or signum
-        self.stop("interrupted", f"interrupted by signal {signum}", cancel_sent=True)
+        name = signal.Signals(self.signal).name
+        self.stop("interrupted", f"interrupted ({name})", cancel_sent=not first)
 
     async def run(
         self, work: Callable[[list[int]], Awaitable[Record | None]]
@@ -775,11 +787,11 @@ class ProgressSink:
 
 
 def _skip_done(
-    entries: Iterator[Entry], done: set[str], summary: BatchSummary
+    entries: Iterator[Entry], done: set[str], summary: BatchSummary, *, count: bool
 ) -> Iterator[Entry]:
     for entry in entries:
         if entry.id in done:
-            summary.skipped += 1
+            summary.skipped += count
             continue
         yield entry
 
@@ -837,25 +849,29 @@ async def run_batch(
     try:
         await anyio.to_thread.run_sync(manifest.open)
         total: int | None = None
+        skipped = 0
         if count_first:
 
-            def count() -> int:
+            def count() -> tuple[int, int]:
                 with open_input() as stream:
-                    return sum(
-                        1 for e in read_entries(stream, fmt, params) if e.id not in manifest.done
-                    )
+                    ids = [e.id for e in read_entries(stream, fmt, params)]
+                done = sum(1 for i in ids if i in manifest.done)
+                return len(ids) - done, done
 
-            total = await anyio.to_thread.run_sync(count)
+            total, skipped = await anyio.to_thread.run_sync(count)
         effective = {"model": client.model, **params} if client.model else params
         summary = BatchSummary(
             total=total,
+            skipped=skipped,
             failed_earlier=0 if retry_failed else manifest.failed_kept,
             rate=getattr(client.limiter, "rate", None),
             images_per_item=params.get("n") or 1,
         )
         stream = open_input()
         try:
-            entries = _skip_done(read_entries(stream, fmt, params), manifest.done, summary)
+            entries = _skip_done(
+                read_entries(stream, fmt, params), manifest.done, summary, count=not count_first
+            )
 
             async def work(index: int, entry: Entry) -> Record | None:
                 return await control.run(

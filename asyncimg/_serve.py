@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_serve_options", "serve_from_args"]
+__all__ = ["add_serve_options", "positive_int", "serve_from_args"]
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not one.
+    """
     try:
         value = int(text)
     except ValueError:
@@ -27,7 +32,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8089, help="the API's port; 0 picks one")
     parser.add_argument("--api-key", help="the key to expect (default: any, or none)")
     parser.add_argument(
-        "--images-per-minute", type=_positive_int, metavar="N",
+        "--images-per-minute", type=positive_int, metavar="N",
         help="answer 429 with Retry-After above N images a minute (default: no limit)",
     )
     parser.add_argument(
@@ -38,11 +43,11 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="seconds a url result stays downloadable (default: 3600, as the API)",
     )
     parser.add_argument(
-        "--journal-size", type=_positive_int, default=10_000, metavar="N",
+        "--journal-size", type=positive_int, default=10_000, metavar="N",
         help="requests kept in the journal (default: 10000)",
     )
     parser.add_argument(
-        "--max-urls", type=_positive_int, default=10_000, metavar="N",
+        "--max-urls", type=positive_int, default=10_000, metavar="N",
         help="url results kept downloadable; older ones answer 404 (default: 10000)",
     )
 

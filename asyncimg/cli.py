@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ._exceptions import APIError, AsyncImgError, ValidationError
 from ._limiter import Limiter, RateLimit
 from ._runner import ProgressSink, fatal_error
-from ._serve import add_serve_options, serve_from_args
+from ._serve import add_serve_options, positive_int, serve_from_args
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -132,16 +132,6 @@ def _rate_arg(text: str) -> RateLimit | None:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {value}")
-    return value
-
-
 # -- the parser -------------------------------------------------------------------------
 
 
@@ -153,7 +143,7 @@ def _connection_options() -> argparse.ArgumentParser:
         "--rate", type=_rate_arg, default=RateLimit(images=50, per=60.0), metavar="RATE",
         help="images per window: 50/min (default), 5/s, 20/2s, or off",
     )
-    g.add_argument("--concurrency", type=_positive_int, default=16, help="requests in flight")
+    g.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight")
     g.add_argument("--max-retries", type=int, default=3, help="retries per request")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds for one attempt")
     g.add_argument(
@@ -343,12 +333,11 @@ def _check_paths(args: argparse.Namespace) -> None:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o: {out} is a file; give a directory for the images")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"-o: cannot create {out}: {exc.strerror or exc}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"-o: {out} is not writable")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"-o: cannot create {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"-o: cannot create or write {out}: {existing} is not writable")
     try:
         codecs.lookup(args.encoding)
     except LookupError:
@@ -367,8 +356,17 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
+        if control.signal is None:
+            control.interrupt(signum)
+            print(
+                f"asyncimg: stopping: nothing new is sent; waiting for the {control.in_flight} "
+                "requests in flight (again to cancel them)",
+                file=err, flush=True,
+            )
+            return
         control.interrupt(signum)
-        loop.remove_signal_handler(signum)  # a second one acts at once
+        for each in _EXIT_SIGNAL:
+            loop.remove_signal_handler(each)  # a third acts at once
 
     async with _client(args) as client:
         for signum in _EXIT_SIGNAL:

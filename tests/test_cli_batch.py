@@ -70,7 +70,7 @@ def test_a_bad_batch_option_is_a_usage_error(
     assert run.returncode == EXIT_USAGE, run.stderr
     assert f"asyncimg: error: {flag}: " in run.stderr
     assert "FAILED" not in run.stderr
-    assert _manifest(out) == []
+    assert not out.exists()  # nothing written, not even the directory
 
 
 def test_a_refused_key_stops_the_batch(tmp_path: Path) -> None:
@@ -91,6 +91,17 @@ def test_a_refused_key_stops_the_batch(tmp_path: Path) -> None:
     assert "rerun" in run.stderr
     assert len(_manifest(out)) == sent
     assert "sk-wrong-key" not in run.stderr + run.stdout
+
+
+def test_generate_with_a_refused_key_exits_fatal(tmp_path: Path) -> None:
+    with emulator_thread(api_key="sk-right") as emu:
+        run = _cli(
+            "generate", "a cat", "-o", str(tmp_path), "--base-url", emu.base_url,
+            env=_env(OPENAI_API_KEY="sk-wrong-key"),
+        )
+    assert run.returncode == EXIT_FATAL, run.stderr
+    assert "AuthenticationError" in run.stderr
+    assert "check OPENAI_API_KEY" in run.stderr
 
 
 def test_quota_exhausted_stops_the_batch(tmp_path: Path) -> None:
@@ -244,6 +255,7 @@ def test_a_signal_drains_what_is_finished(tmp_path: Path, signum: int, status: i
     assert f"[{done}/60]" in stderr  # every item reported finished has its line
     rerun = _cli(*args)
     assert rerun.returncode == 0, rerun.stderr
+    assert f"batch: {60 - done} items to run ({done} already done)" in rerun.stderr
     lines = _manifest(out)
     assert len(lines) == len({x["id"] for x in lines}) == 60
 
@@ -284,3 +296,26 @@ def test_messages_name_the_flag_once(tmp_path: Path) -> None:
     assert run.returncode == EXIT_USAGE
     assert "set OPENAI_API_KEY" in run.stderr
     assert "api_key=" not in run.stderr
+
+
+def test_a_second_signal_cancels_what_is_in_flight(tmp_path: Path) -> None:
+    src = _prompts(tmp_path, 20)
+    out = tmp_path / "out"
+    args = ["batch", str(src), "-o", str(out), *EMU, "--rate", "off", "--concurrency", "4",
+            "--emulator-latency", "30"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "asyncimg", *args], cwd=ROOT, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        assert proc.stderr is not None
+        assert "items to run" in proc.stderr.readline()
+        time.sleep(0.5)  # four requests are in flight, answered in 30 s
+        proc.send_signal(signal.SIGINT)
+        assert "waiting for the 4 requests in flight" in proc.stderr.readline()
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    assert time.monotonic() - started < 10
+    assert proc.returncode == EXIT_SIGINT, stderr
+    assert "summary:" in stdout
+    assert _manifest(out) == []
