@@ -39,7 +39,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -81,10 +81,6 @@ _EMULATOR_KEY = "sk-asyncimg-emulator"
 
 class UsageError(Exception):
     """A bad command line or input: exit status 2."""
-
-
-class _Terminated(Exception):
-    """SIGTERM outside a batch (a batch drains and exits 143 by itself)."""
 
 
 def _flag_message(exc: ValidationError) -> str:
@@ -599,8 +595,32 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
         _print_failures(s, out)
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated
+async def _until_sigterm(
+    runner: Callable[[argparse.Namespace, TextIO, TextIO], Awaitable[int]],
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Run a command; SIGTERM cancels it and makes the status 143 (a batch drains first)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = []
+
+    def on_sigterm() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await runner(args, out, err)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        print("asyncimg: terminated", file=err)
+        return EXIT_SIGTERM
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -608,14 +628,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out, err = sys.stdout, sys.stderr
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "serve":
             return serve_from_args(args)
         if args.command == "batch":
             _check_paths(args)
         runner = _batch if args.command == "batch" else _single
-        return asyncio.run(runner(args, out, err))
+        return asyncio.run(_until_sigterm(runner, args, out, err))
     except UsageError as exc:
         print(f"asyncimg: error: {exc}", file=err)
         return EXIT_USAGE
@@ -631,11 +650,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("asyncimg: interrupted", file=err)
         return EXIT_SIGINT
-    except _Terminated:
-        print("asyncimg: terminated", file=err)
-        return EXIT_SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

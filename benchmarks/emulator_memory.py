@@ -57,7 +57,11 @@ def _run(total: int, step: int, extra: list[str]) -> list[float]:
         return asyncio.run(_drive(base_url, proc.pid, total, step))
     finally:
         proc.terminate()
-        proc.wait()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main() -> None:

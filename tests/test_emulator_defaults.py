@@ -77,7 +77,8 @@ def test_serve_prints_both_ports() -> None:
         try:
             line = proc.stdout.readline()
         finally:
-            proc.terminate()
+            proc.terminate()  # SIGTERM stops it cleanly
             proc.communicate(timeout=10)
+    assert proc.returncode == 0
     assert "listening on http://127.0.0.1:" in line
     assert "url results on http://127.0.0.1:" in line

@@ -47,6 +47,7 @@ import json
 import math
 import re
 import secrets
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, overload
@@ -1036,13 +1037,16 @@ class Emulator:
 
 
 async def _serve_forever(options: Mapping[str, Any], ready: Callable[[Emulator], None]) -> None:
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals here: Ctrl-C only
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with Emulator(**options) as emu:
         ready(emu)
-        await asyncio.Event().wait()
+        await stop.wait()
 
 
 def serve(host: str = "127.0.0.1", port: int = 8089, **emulator_options: Any) -> None:
-    """Run an emulator until Ctrl-C (blocking); prints its base url first.
+    """Run an emulator until Ctrl-C or SIGTERM (blocking); prints its base urls first.
 
     ``emulator_options`` are :class:`Emulator`'s other arguments.
 
