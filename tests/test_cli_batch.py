@@ -45,6 +45,13 @@ def _manifest(out: Path) -> list[dict[str, object]]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "asyncimg", *args], cwd=ROOT, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
 def _prompts(tmp_path: Path, count: int, name: str = "p.txt") -> Path:
     src = tmp_path / name
     src.write_text("".join(f"prompt {i}\n" for i in range(count)))
@@ -238,10 +245,7 @@ def test_a_signal_drains_what_is_finished(tmp_path: Path, signum: int, status: i
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), *EMU, "--rate", "off", "--concurrency", "8",
             "--emulator-latency", "0.1"]
-    with subprocess.Popen(
-        [sys.executable, "-m", "asyncimg", *args], cwd=ROOT, env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) as proc:
+    with _start(args) as proc:
         deadline = time.monotonic() + 20
         while len(_manifest(out)) < 10 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -303,10 +307,7 @@ def test_a_second_signal_cancels_what_is_in_flight(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), *EMU, "--rate", "off", "--concurrency", "4",
             "--emulator-latency", "30"]
-    with subprocess.Popen(
-        [sys.executable, "-m", "asyncimg", *args], cwd=ROOT, env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) as proc:
+    with _start(args) as proc:
         assert proc.stderr is not None
         assert "items to run" in proc.stderr.readline()
         time.sleep(0.5)  # four requests are in flight, answered in 30 s
