@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -28,10 +28,12 @@ import attrs
 
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
+from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
 from ._params import EditParams, GenerateParams, Params, VariationParams
-from ._retry import RetryPolicy, count_attempt, decide
+from ._retry import RetryPolicy, count_attempt, count_status, decide
+from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 from ._transport import RawResponse, Transport, without_query
 from ._version import __version__
 
@@ -169,116 +171,104 @@ class AsyncImagesClient:
 
     # -- the three calls ---------------------------------------------------------------
 
+    @overload
+    async def generate(
+        self, prompt: str, *, stream: Literal[True], **kwargs: Unpack[GenerateKeywords]
+    ) -> ImageStream: ...
+    @overload
     async def generate(
         self,
         prompt: str,
         *,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        quality: str | None = None,
-        response_format: str | None = None,
-        output_format: str | None = None,
-        output_compression: int | None = None,
-        background: str | None = None,
-        moderation: str | None = None,
-        style: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-    ) -> ImagesResponse:
+        stream: Literal[False] | None = None,
+        **kwargs: Unpack[GenerateKeywords],
+    ) -> ImagesResponse: ...
+    @overload
+    async def generate(
+        self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+    ) -> ImagesResponse | ImageStream: ...
+    async def generate(
+        self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+    ) -> ImagesResponse | ImageStream:
         """Create images from a prompt (``POST /images/generations``).
 
         Every parameter of the API is a keyword; None is not sent. ``extra_body``
         adds parameters this version does not know; ``timeout`` and
-        ``max_retries`` override the client's for this call.
+        ``max_retries`` override the client's for this call. ``stream=True``
+        (GPT image models) returns an :class:`~asyncimg.ImageStream` of
+        ``partial_images`` partial images and then the final one, once its
+        first event has arrived.
 
         Raises:
             ValidationError: a parameter breaks the model's rules (nothing sent).
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        params = GenerateParams.build(
-            prompt=prompt,
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            quality=quality,
-            response_format=response_format,
-            output_format=output_format,
-            output_compression=output_compression,
-            background=background,
-            moderation=moderation,
-            style=style,
-            user=user,
-            extra_body=extra_body,
-        )
+        fields, timeout, max_retries = self._fields(kwargs)
+        params = GenerateParams.build(prompt=prompt, stream=stream, **fields)
+        if params.stream:
+            return await self._stream(params, timeout, max_retries)
         return await self._call(params, timeout, max_retries)
 
+    @overload
     async def edit(
         self,
         image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
         prompt: str,
         *,
-        mask: ImageInput | ImageFile | None = None,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        quality: str | None = None,
-        response_format: str | None = None,
-        output_format: str | None = None,
-        output_compression: int | None = None,
-        background: str | None = None,
-        input_fidelity: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-    ) -> ImagesResponse:
+        stream: Literal[True],
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImageStream: ...
+    @overload
+    async def edit(
+        self,
+        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        prompt: str,
+        *,
+        stream: Literal[False] | None = None,
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImagesResponse: ...
+    @overload
+    async def edit(
+        self,
+        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        prompt: str,
+        *,
+        stream: bool | None = None,
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImagesResponse | ImageStream: ...
+    async def edit(
+        self,
+        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        prompt: str,
+        *,
+        stream: bool | None = None,
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImagesResponse | ImageStream:
         """Edit or extend one image, or up to 16 for the GPT image models (``POST /images/edits``).
 
         ``image`` is a path, bytes, a binary file, a ``(filename, bytes[, mime])``
         tuple, or a list of those; ``mask`` likewise (a PNG whose transparent
-        areas mark what to edit).
+        areas mark what to edit). ``stream=True`` as for :meth:`generate`.
 
         Raises:
             ValidationError: an image or a parameter breaks the model's rules.
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
+        fields, timeout, max_retries = self._fields(kwargs)
         images = await load_images(image, "image")
+        mask = fields.pop("mask", None)
         mask_file = None if mask is None else await load_image(mask, "mask")
         params = EditParams.build(
-            image=images,
-            prompt=prompt,
-            mask=mask_file,
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            quality=quality,
-            response_format=response_format,
-            output_format=output_format,
-            output_compression=output_compression,
-            background=background,
-            input_fidelity=input_fidelity,
-            user=user,
-            extra_body=extra_body,
+            image=images, prompt=prompt, mask=mask_file, stream=stream, **fields
         )
+        if params.stream:
+            return await self._stream(params, timeout, max_retries)
         return await self._call(params, timeout, max_retries)
 
     async def create_variation(
-        self,
-        image: ImageInput | ImageFile,
-        *,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        response_format: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
+        self, image: ImageInput | ImageFile, **kwargs: Unpack[VariationKeywords]
     ) -> ImagesResponse:
         """Create variations of an image (``POST /images/variations``, dall-e-2).
 
@@ -287,15 +277,8 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        params = VariationParams.build(
-            image=(await load_image(image, "image"),),
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            response_format=response_format,
-            user=user,
-            extra_body=extra_body,
-        )
+        fields, timeout, max_retries = self._fields(kwargs)
+        params = VariationParams.build(image=(await load_image(image, "image"),), **fields)
         return await self._call(params, timeout, max_retries)
 
     def generate_many(
@@ -304,7 +287,7 @@ class AsyncImagesClient:
         prompts: PromptSource,
         *,
         ordered: bool = False,
-        **params: Any,
+        **params: Unpack[GenerateKeywords],
     ) -> AsyncIterator[BatchItem]:
         """Generate images for many prompts, at most ``max_concurrency`` at once.
 
@@ -382,7 +365,51 @@ class AsyncImagesClient:
             paths.append(path)
         return paths
 
+    async def save_event(
+        self,
+        event: PartialImageEvent | CompletedImageEvent,
+        directory: str | os.PathLike[str],
+        *,
+        stem: str | None = None,
+    ) -> Path:
+        """Write the image of one streamed event into ``directory``; returns the path.
+
+        A partial image is named ``{stem}-partial-{i}.{ext}``, the final one
+        ``{stem}-0.{ext}`` (as :meth:`save` names it); the stem defaults to the
+        stream's request id. Written atomically, like :meth:`save`.
+
+        Raises:
+            APIResponseValidationError: the event's base64 does not decode.
+            OSError: the directory cannot be written.
+        """
+        from anyio import to_thread  # on first use: `import asyncimg` stays light
+
+        data = decode_b64(Image(b64_json=event.b64_json))
+        base = safe_stem(stem or event.request_id or f"image-{event.created_at or 0}")
+        ext = EXTENSIONS.get(sniff_mime(data) or "", event.output_format or "png")
+        if isinstance(event, PartialImageEvent):
+            name = f"{base}-partial-{event.partial_image_index or 0}.{ext}"
+        else:
+            name = f"{base}-0.{ext}"
+        path = Path(directory) / name
+        await to_thread.run_sync(write_atomic, path, data)
+        return path
+
     # -- the engine --------------------------------------------------------------------
+
+    def _fields(
+        self, kwargs: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], float | None, int | None]:
+        """A call's keywords split into the request's fields, its timeout and its retries.
+
+        The client's model stands in for a missing one.
+        """
+        fields = dict(kwargs)
+        timeout = fields.pop("timeout", None)
+        max_retries = fields.pop("max_retries", None)
+        if fields.get("model") is None:
+            fields["model"] = self.model
+        return fields, timeout, max_retries
 
     def _get_gate(self) -> asyncio.Semaphore:
         # asyncio's semaphore: anyio's always yields to the loop once per acquire.
@@ -415,6 +442,35 @@ class AsyncImagesClient:
             what=f"POST {params.path}",
         )
 
+    async def _stream(
+        self, params: GenerateParams | EditParams, timeout: float | None, max_retries: int | None
+    ) -> ImageStream:
+        """Open a stream and wait for its first event; retried until that event has come."""
+        url = self.base_url + params.path
+        json_body = params.to_json() if isinstance(params, GenerateParams) else None
+        form = None if isinstance(params, GenerateParams) else params.to_form()
+        attempt_timeout = timeout if timeout is not None else self.timeout
+        opened: list[ImageStream] = []
+
+        async def attempt() -> RawResponse:
+            response = await self._transport.open_stream(
+                url, headers=self._headers, json_body=json_body, form=form,
+                timeout=attempt_timeout,
+            )
+            stream = ImageStream(
+                response, timeout=attempt_timeout, what=f"POST {params.path}",
+                kind="image_edit" if isinstance(params, EditParams) else "image_generation",
+                max_event_bytes=self._transport.max_response_bytes,
+            )
+            await stream.prime()
+            opened.append(stream)
+            return RawResponse(stream.status, stream.headers)
+
+        return await self._with_retries(
+            attempt, lambda _: opened.pop(), images=params.images, max_retries=max_retries,
+            what=f"POST {params.path} (stream)",
+        )
+
     async def _with_retries(
         self,
         send: Callable[[], Awaitable[RawResponse]],
@@ -443,6 +499,7 @@ class AsyncImagesClient:
             except APIError as exc:
                 decision = decide(exc, attempt, policy, now=time.time())
                 status = getattr(exc, "status_code", None)
+                count_status(status)
                 logger.debug(
                     "%s attempt %d: %s %s (request id %s)",
                     what, attempt, status or type(exc).__name__, exc.message, exc.request_id,
@@ -468,7 +525,7 @@ class AsyncImagesClient:
             # is granted, so no budget sits idle waiting for a slot and a pause
             # that begins meanwhile holds back every request not yet sent.
             permit = await self.limiter.acquire(images)
-            count_attempt()
+            count_attempt(images)
             try:
                 permit.stamp()
                 raw = await send()

@@ -47,6 +47,8 @@ _opt_int = optional(and_(instance_of(int), _not_bool))
 _opt_n = optional(and_(instance_of(int), _not_bool, ge(1)))
 _opt_compression = optional(and_(instance_of(int), _not_bool, ge(0), le(100)))
 _images = deep_iterable(instance_of(ImageFile), instance_of(tuple))
+_opt_bool = optional(instance_of(bool))
+_opt_partials = optional(and_(instance_of(int), _not_bool, ge(0), le(3)))
 
 
 @attrs.frozen
@@ -166,6 +168,8 @@ class GenerateParams(_Base):
     background: str | None = attrs.field(default=None, validator=_opt_str)
     style: str | None = attrs.field(default=None, validator=_opt_str)
     user: str | None = attrs.field(default=None, validator=_opt_str)
+    stream: bool | None = attrs.field(default=None, validator=_opt_bool)
+    partial_images: int | None = attrs.field(default=None, validator=_opt_partials)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body: every parameter that is not None, then ``extra_body``."""
@@ -206,6 +210,8 @@ class EditParams(_FormParams):
     background: str | None = attrs.field(default=None, validator=_opt_str)
     input_fidelity: str | None = attrs.field(default=None, validator=_opt_str)
     user: str | None = attrs.field(default=None, validator=_opt_str)
+    stream: bool | None = attrs.field(default=None, validator=_opt_bool)
+    partial_images: int | None = attrs.field(default=None, validator=_opt_partials)
 
 
 @attrs.frozen(kw_only=True)
@@ -224,10 +230,15 @@ class VariationParams(_FormParams):
 
 Params = GenerateParams | EditParams | VariationParams
 
-_INT_FIELDS = frozenset({"n", "output_compression"})
+_INT_FIELDS = frozenset({"n", "output_compression", "partial_images"})
+_BOOLS: Mapping[str, bool] = {"true": True, "false": False}
 
 
 def _from_form_value(name: str, value: str) -> object:
+    if name == "stream":
+        if value.lower() not in _BOOLS:
+            raise ValidationError(name, f"{name} must be true or false, not {value!r}")
+        return _BOOLS[value.lower()]
     if name in _INT_FIELDS:
         try:
             return int(value)

@@ -25,6 +25,11 @@ Exactly-once results, at-least-once requests:
 
 A kill between the images and the line costs one repeated request: the rerun
 writes the same file names again.
+
+Each run also appends one line to ``DIR/runs.jsonl`` when it ends (interrupted
+or not): its start and end times, the configured rate, the time waited on the
+limiter, its counts. With the manifest's send times (``sent``) that is what
+``asyncimg report`` draws its rate chart from.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._batch import BatchIterator, generate_keywords, make_item
+from ._batch import BatchIterator, make_item
 from ._exceptions import (
     APIStatusError,
     AsyncImgError,
@@ -64,15 +69,20 @@ from ._exceptions import (
     RateLimitError,
     ValidationError,
 )
+from ._keywords import GENERATE_KEYWORDS
+from ._limiter import LimiterStats, RateLimit
 from ._params import GenerateParams
+from ._retry import ATTEMPT_LOG, AttemptLog
+from ._version import __version__
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
-    from ._limiter import RateLimit
+    from ._models import Usage
 
 __all__ = [
     "INPUT_FORMATS",
     "MANIFEST_NAME",
+    "RUNS_NAME",
     "SERVER_NAME",
     "BatchControl",
     "BatchSummary",
@@ -90,6 +100,7 @@ __all__ = [
 ]
 
 MANIFEST_NAME: Final = "manifest.jsonl"
+RUNS_NAME: Final = "runs.jsonl"
 LOCK_NAME: Final = ".asyncimg.lock"
 SERVER_NAME: Final = ".asyncimg-server"
 INPUT_FORMATS: Final = ("txt", "jsonl", "csv")
@@ -244,7 +255,12 @@ def detect_format(path: str, given: str | None) -> str:
 
 @attrs.frozen
 class Record:
-    """One finished item: what becomes a manifest line."""
+    """One finished item: what becomes a manifest line.
+
+    ``sent`` holds ``(time.time(), images)`` for each attempt, taken when its
+    images were granted by the limiter; ``rate_limited`` counts its attempts
+    answered 429; ``usage`` is the server's token usage, when it sent one.
+    """
 
     id: str
     line: int
@@ -258,6 +274,9 @@ class Record:
     revised_prompt: str | None = None
     attempts: int | None = None
     seconds: float = 0.0
+    sent: tuple[tuple[float, int], ...] = ()
+    rate_limited: int = 0
+    usage: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -278,6 +297,9 @@ class Record:
             "revised_prompt": self.revised_prompt,
             "attempts": self.attempts,
             "seconds": round(self.seconds, 3),
+            "sent": [{"at": round(at, 3), "images": n} for at, n in self.sent],
+            "rate_limited": self.rate_limited,
+            "usage": None if self.usage is None else dict(self.usage),
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="milliseconds"
             ),
@@ -288,7 +310,7 @@ class Record:
 def error_fields(exc: BaseException) -> dict[str, Any]:
     """The manifest's ``error`` object: type, code, status, param, message."""
     status = exc.status_code if isinstance(exc, APIStatusError) else None
-    code = exc.code if isinstance(exc, APIStatusError) else None
+    code = getattr(exc, "code", None)
     param = getattr(exc, "param", None)
     message = getattr(exc, "message", None) or str(exc)
     return {
@@ -639,9 +661,8 @@ def check_batch_params(client: AsyncImagesClient, params: Mapping[str, Any]) -> 
         ValidationError: ``params`` break the model's rules, or one item's images
             exceed the limiter's whole budget (``param`` names the parameter).
     """
-    allowed = generate_keywords(client)
     for key in params:
-        if key not in allowed:
+        if key not in GENERATE_KEYWORDS:
             raise ValidationError(key, f"generate() takes no parameter {key!r}")
     request = {k: v for k, v in params.items() if k not in _CALL_SETTINGS}
     request.setdefault("model", client.model)
@@ -700,6 +721,7 @@ class BatchSummary:
     started: float = attrs.field(factory=time.monotonic)
     elapsed: float = 0.0
     waited: float = 0.0
+    rate_limited: int = 0
     failures: list[Record] = attrs.field(factory=list)
     max_failures_kept: int = 50
     failed_earlier: int = 0
@@ -710,6 +732,11 @@ class BatchSummary:
     images_per_item: int = 1
     busy_seconds: float = 0.0
     recent: deque[tuple[float, int]] = attrs.field(factory=deque, repr=False)
+    tokens: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(("input", "output",
+                                                                           "total"), 0))
+    """Usage tokens the server reported for the images saved (input, output, total)."""
+    batch: Any = None
+    """The Batch API route: what the last poll of the current batch said."""
 
     @property
     def done(self) -> int:
@@ -723,6 +750,7 @@ class BatchSummary:
 
     def count(self, record: Record) -> None:
         """Add a finished item."""
+        self.rate_limited += record.rate_limited
         if record.ok:
             self.ok += 1
             self.images += len(record.files)
@@ -839,7 +867,7 @@ async def run_batch(
     """
     params = dict(params or {})
     check_batch_params(client, params)
-    allowed = generate_keywords(client)
+    allowed = GENERATE_KEYWORDS
     folder = Path(directory)
     sink = progress or ProgressSink()
     control = control or BatchControl()
@@ -867,6 +895,8 @@ async def run_batch(
             rate=getattr(client.limiter, "rate", None),
             images_per_item=params.get("n") or 1,
         )
+        wall_start = time.time()
+        before = client.limiter.stats()
         stream = open_input()
         try:
             entries = _skip_done(
@@ -910,6 +940,8 @@ async def run_batch(
             stream.close()
             summary.elapsed = time.monotonic() - summary.started
             summary.stopped, summary.stop_message = control.reason, control.message
+            with contextlib.suppress(OSError):  # a full disk: the summary still comes
+                _append_run(folder, client, params, summary, wall_start, before)
             sink.stop(summary)
         return summary
     finally:
@@ -924,6 +956,42 @@ def _public_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _append_run(
+    folder: Path,
+    client: AsyncImagesClient,
+    params: Mapping[str, Any],
+    summary: BatchSummary,
+    wall_start: float,
+    before: LimiterStats,
+) -> None:
+    """Append this run's line to ``runs.jsonl`` (a few hundred bytes, once: on the loop)."""
+    after = client.limiter.stats()
+    rate = getattr(client.limiter, "rate", None)
+    line = {
+        "started_at": round(wall_start, 3),
+        "finished_at": round(time.time(), 3),
+        "seconds": round(summary.elapsed, 3),
+        "rate": None if not isinstance(rate, RateLimit) else {
+            "images": rate.images, "per": rate.per, "margin": rate.margin, "burst": rate.burst,
+        },
+        "concurrency": client.max_concurrency,
+        "params": dict(params),
+        "total": summary.total,
+        "ok": summary.ok,
+        "failed": summary.failed,
+        "skipped": summary.skipped,
+        "images": summary.images,
+        "waited": round(after.waited - before.waited, 3),
+        "pauses": after.pauses - before.pauses,
+        "rate_limited": summary.rate_limited,
+        "version": __version__,
+    }
+    with open(folder / RUNS_NAME, "ab") as f:
+        f.write((json.dumps(line, ensure_ascii=False, default=str) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
 async def _run_entry(
     client: AsyncImagesClient,
     entry: Entry,
@@ -934,9 +1002,13 @@ async def _run_entry(
     control: BatchControl,
 ) -> Record | None:
     effective = {k: v for k, v in {**params, **entry.params}.items() if v is not None}
+    log = AttemptLog()
 
     def record(**fields: Any) -> Record:
-        return Record(entry.id, entry.line, entry.prompt, effective, **fields)
+        return Record(
+            entry.id, entry.line, entry.prompt, effective,
+            sent=tuple(log.sent), rate_limited=log.rate_limited, **fields,
+        )
 
     if entry.problem is not None:
         return record(
@@ -946,9 +1018,13 @@ async def _run_entry(
             attempts=0,
         )
     started = time.monotonic()
-    item = await make_item(
-        client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed, attempts
-    )
+    token = ATTEMPT_LOG.set(log)
+    try:
+        item = await make_item(
+            client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed, attempts
+        )
+    finally:
+        ATTEMPT_LOG.reset(token)
     if item.response is None:
         assert item.error is not None
         fatal = fatal_error(item.error)
@@ -987,7 +1063,13 @@ async def _run_entry(
         revised_prompt=revised,
         attempts=item.attempts,
         seconds=time.monotonic() - started,
+        usage=None if response.usage is None else usage_fields(response.usage),
     )
+
+
+def usage_fields(usage: Usage) -> dict[str, Any]:
+    """The manifest's ``usage`` object: the token counts the server sent (None left out)."""
+    return attrs.asdict(usage, filter=lambda a, v: a.name != "extra" and v is not None)
 
 
 class TextLines:

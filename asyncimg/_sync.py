@@ -5,6 +5,10 @@ a daemon thread named ``asyncimg-portal``) and one :class:`AsyncImagesClient`
 created on that loop. Every blocking method is a one-line forward made by
 :func:`_blocking` (and :func:`_iterating` for ``generate_many``), so no method
 body exists twice and the signatures seen by IDEs and mypy are the async ones.
+A call that returns an :class:`~asyncimg.ImageStream` (``stream=True``) returns
+its events as a plain iterator, driven on the portal like ``generate_many``'s;
+only the overloads of ``generate`` and ``edit`` are written out, for mypy, since
+their return types differ from the async ones.
 
 - Threads: any number of threads may call one client at once; the calls all run
   on the portal's loop, so one limiter and one connection pool govern them all.
@@ -24,10 +28,20 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Final,
+    Literal,
+    ParamSpec,
+    TypeVar,
+    cast,
+    overload,
+)
 
 import anyio
 from anyio.abc import TaskStatus
@@ -35,9 +49,14 @@ from anyio.from_thread import start_blocking_portal
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._client import AsyncImagesClient
+from ._stream import ImageStream
 
 if TYPE_CHECKING:
+    from ._files import ImageFile, ImageInput
+    from ._keywords import EditKeywords, GenerateKeywords, Unpack
     from ._limiter import RateLimiter
+    from ._models import ImagesResponse
+    from ._stream import ImageStreamEvent
 
 __all__ = ["ImagesClient"]
 
@@ -285,6 +304,7 @@ async def _drive(
                             reply.set_exception(exc)
                             break
                         reply.set_result(item)
+                        del item  # a streamed image's base64 goes with its event
         finally:
             await _aclose(iterator)
     finally:
@@ -327,7 +347,11 @@ def _blocking(
 
     @functools.wraps(fn)
     def method(self: ImagesClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._runner.run(functools.partial(fn, self._async, *args, **kwargs))
+        result = self._runner.run(functools.partial(fn, self._async, *args, **kwargs))
+        if isinstance(result, ImageStream):  # stream=True: its events, as a plain iterator
+            stream = result
+            return cast(T, self._runner.iterate(lambda: stream, owner=self))
+        return result
 
     method.__qualname__ = f"ImagesClient.{fn.__name__}"
     return method
@@ -395,11 +419,69 @@ class ImagesClient:
         self._async = client
         self._finalizer = weakref.finalize(self, runner.close, client)
 
-    generate = _blocking(AsyncImagesClient.generate)
-    edit = _blocking(AsyncImagesClient.edit)
+    if TYPE_CHECKING:  # the overloads of the async calls, blocking; a stream is an iterator
+
+        @overload
+        def generate(
+            self, prompt: str, *, stream: Literal[True], **kwargs: Unpack[GenerateKeywords]
+        ) -> Iterator[ImageStreamEvent]: ...
+        @overload
+        def generate(
+            self,
+            prompt: str,
+            *,
+            stream: Literal[False] | None = None,
+            **kwargs: Unpack[GenerateKeywords],
+        ) -> ImagesResponse: ...
+        @overload
+        def generate(
+            self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
+        def generate(
+            self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
+        @overload
+        def edit(
+            self,
+            image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+            prompt: str,
+            *,
+            stream: Literal[True],
+            **kwargs: Unpack[EditKeywords],
+        ) -> Iterator[ImageStreamEvent]: ...
+        @overload
+        def edit(
+            self,
+            image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+            prompt: str,
+            *,
+            stream: Literal[False] | None = None,
+            **kwargs: Unpack[EditKeywords],
+        ) -> ImagesResponse: ...
+        @overload
+        def edit(
+            self,
+            image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+            prompt: str,
+            *,
+            stream: bool | None = None,
+            **kwargs: Unpack[EditKeywords],
+        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
+        def edit(
+            self,
+            image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+            prompt: str,
+            *,
+            stream: bool | None = None,
+            **kwargs: Unpack[EditKeywords],
+        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
+    else:
+        generate = _blocking(AsyncImagesClient.generate)
+        edit = _blocking(AsyncImagesClient.edit)
     create_variation = _blocking(AsyncImagesClient.create_variation)
     download = _blocking(AsyncImagesClient.download)
     save = _blocking(AsyncImagesClient.save)
+    save_event = _blocking(AsyncImagesClient.save_event)
     generate_many = _iterating(AsyncImagesClient.generate_many)
 
     @property

@@ -156,6 +156,24 @@ def loads_images_json(body: bytes | bytearray, size: int | None = None) -> Any:
     return obj
 
 
+def _encode(
+    headers: Mapping[str, str], json_body: Mapping[str, Any] | None, form: Form | None
+) -> tuple[aiohttp.FormData | bytes | None, dict[str, str]]:
+    """A request's body (JSON bytes or multipart form) and the headers to send with it."""
+    data: aiohttp.FormData | bytes | None = None
+    send_headers = dict(headers)
+    if json_body is not None:
+        data = json.dumps(json_body).encode()
+        send_headers["Content-Type"] = "application/json"
+    elif form is not None:
+        data = aiohttp.FormData(quote_fields=False)
+        for name, value in form.fields:
+            data.add_field(name, value)
+        for name, file in form.files:
+            data.add_field(name, file.data, filename=file.filename, content_type=file.mime)
+    return data, send_headers
+
+
 _KEPT_BUFFER = 64 * 1024 * 1024
 """The largest decode buffer a transport keeps between responses."""
 
@@ -181,6 +199,11 @@ class Transport:
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
         self._buffer = bytearray()
         self._closed = False
+
+    @property
+    def max_response_bytes(self) -> int:
+        """The largest body accepted (for a stream: the largest event)."""
+        return self._max_response_bytes
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -239,17 +262,7 @@ class Transport:
             ResponseTooLargeError: the body is larger than ``max_response_bytes``.
             APITimeoutError, APIConnectionError: no usable answer.
         """
-        data: aiohttp.FormData | bytes | None = None
-        send_headers = dict(headers)
-        if json_body is not None:
-            data = json.dumps(json_body).encode()
-            send_headers["Content-Type"] = "application/json"
-        elif form is not None:
-            data = aiohttp.FormData(quote_fields=False)
-            for name, value in form.fields:
-                data.add_field(name, value)
-            for name, file in form.files:
-                data.add_field(name, file.data, filename=file.filename, content_type=file.mime)
+        data, send_headers = _encode(headers, json_body, form)
         what = f"{method} {without_query(url)}"
         with map_transport_errors(what, timeout):
             async with self.session.request(
@@ -315,6 +328,42 @@ class Transport:
                 raise too_large("larger")
             chunks.append(chunk)
         return chunks, size
+
+    async def open_stream(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        json_body: Mapping[str, Any] | None = None,
+        form: Form | None = None,
+        timeout: float | None,
+    ) -> aiohttp.ClientResponse:
+        """POST a streaming request; the open response, its body unread.
+
+        ``timeout`` bounds connecting and each wait for data, not the whole
+        stream. The caller closes the response.
+
+        Raises:
+            APIStatusError: (a subclass of it) the status is 400 or above.
+            APITimeoutError, APIConnectionError: no usable answer.
+        """
+        data, send_headers = _encode(headers, json_body, form)
+        send_headers["Accept"] = "text/event-stream"
+        what = f"POST {without_query(url)}"
+        stream_timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        with map_transport_errors(what, timeout):
+            resp = await self.session.request(
+                "POST", url, data=data, headers=send_headers, timeout=stream_timeout
+            )
+            if resp.status < 400:
+                return resp
+            try:
+                chunks, _ = await self._read(resp)
+            finally:
+                resp.release()
+        raise error_from_response(
+            resp.status, b"".join(chunks), resp.headers, request_id=resp.headers.get("x-request-id")
+        )
 
     async def aclose(self) -> None:
         """Close the session and its connections; later requests raise RuntimeError."""

@@ -131,6 +131,8 @@ class ModelRules:
     max_mask_bytes: int = 4 * _MIB
     mask_same_size: bool = True
     """The mask must have the dimensions of the (first) input image."""
+    streams: bool = False
+    """The model takes ``stream`` and ``partial_images``."""
 
 
 _GPT_NOTE = "GPT image models always return b64_json"
@@ -156,6 +158,7 @@ def _gpt(name: str, *, free_sizes: bool = False, fidelity: bool = True) -> Model
         max_input_images=MAX_INPUT_IMAGES,
         input_formats=("png", "webp", "jpeg"),
         max_image_bytes=50 * _MIB,
+        streams=True,
     )
 
 
@@ -250,6 +253,10 @@ def _check_extra_body(params: Params) -> None:
 
 def _check_universal(params: Params) -> None:
     _check_extra_body(params)
+    if "stream" in params.extra_body:
+        raise ValidationError(
+            "stream", "pass stream=True to the call (it returns an ImageStream), not in extra_body"
+        )
     model = params.model
     if model is not None and not model.strip():
         raise ValidationError("model", "model is empty; pass None to let the server choose")
@@ -337,6 +344,8 @@ _WHO_TAKES: Mapping[str, str] = {
     "moderation": _GPT_ONLY,
     "input_fidelity": "only GPT image models other than gpt-image-1-mini take it",
     "style": "only dall-e-3 takes it",
+    "stream": "only the GPT image models stream",
+    "partial_images": "only the GPT image models stream",
 }
 
 
@@ -394,6 +403,11 @@ def _check_model(params: Params, rules: ModelRules) -> None:
         allowed = "only n=1" if rules.n_max == 1 else f"n from 1 to {rules.n_max}"
         raise ValidationError("n", f"n={params.n} is too many; {rules.name} allows {allowed}")
     _check_size(params.size, rules)
+    if not rules.streams:
+        for name in ("stream", "partial_images"):
+            value = getattr(params, name, None)
+            if value is not None and value is not False:
+                _refuse_unsupported(name, value, rules, _WHO_TAKES[name])
     _check_choice("quality", getattr(params, "quality", None), rules.qualities, rules)
     if params.response_format is not None and rules.response_formats is None:
         _refuse_unsupported(

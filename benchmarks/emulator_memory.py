@@ -53,7 +53,7 @@ def _run(total: int, step: int, extra: list[str]) -> list[float]:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        base_url = line.split("listening on ", 1)[1].split(",", 1)[0]
+        base_url = line.split("listening on ", 1)[1].split()[0]
         return asyncio.run(_drive(base_url, proc.pid, total, step))
     finally:
         proc.terminate()

@@ -46,7 +46,7 @@ async def test_journal_arrivals_and_urls_are_bounded() -> None:
         for i in range(60):
             last = await client.generate(f"p{i}", size="256x256", response_format="url")
         assert len(emu.journal) == 20
-        assert len(emu.arrivals) == 20
+        assert 20 <= len(emu.arrivals) < 40
         assert len(emu._blobs) == 20
         assert (await client.download(last.data[0]))[:4] == b"\x89PNG"
         from asyncimg import NotFoundError

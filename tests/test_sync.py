@@ -103,7 +103,8 @@ def png_rgba(side: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "name", ["generate", "edit", "create_variation", "download", "save", "generate_many"]
+    "name",
+    ["generate", "edit", "create_variation", "download", "save", "save_event", "generate_many"],
 )
 def test_methods_have_the_async_signatures_and_docs(name: str) -> None:
     sync_method = getattr(ImagesClient, name)
@@ -413,3 +414,62 @@ def test_unclosed_client_exits_cleanly(server: Emulator, mode: list[str]) -> Non
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
     assert proc.stderr == ""
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+
+def test_a_stream_is_a_plain_iterator_of_the_same_events(
+    client: ImagesClient, server: Emulator, tmp_path: Path
+) -> None:
+    from asyncimg import CompletedImageEvent, PartialImageEvent
+
+    events = client.generate("a lantern", model="gpt-image-1", stream=True, partial_images=2)
+    assert not hasattr(events, "__anext__")
+    got = list(events)
+    assert [type(e) for e in got] == [PartialImageEvent, PartialImageEvent, CompletedImageEvent]
+    paths = [client.save_event(e, tmp_path) for e in got]  # type: ignore[arg-type]
+    assert [p.name.split("-", 1)[1] for p in paths] == ["partial-0.png", "partial-1.png", "0.png"]
+    from asyncimg.testing import make_png
+
+    edited = client.edit(make_png(32, 32, "x"), "a moon", model="gpt-image-1", stream=True)
+    assert [e.type for e in edited] == ["image_edit.completed"]
+    assert_released(client)
+
+
+def test_leaving_a_blocking_stream_early_closes_it(client: ImagesClient, server: Emulator) -> None:
+    from asyncimg.testing import Fault
+
+    server.add_fault(Fault.trickle(0.3))
+    started = time.monotonic()
+    for _event in client.generate("a", model="gpt-image-1", stream=True, partial_images=3):
+        break
+    deadline = time.monotonic() + 2
+    while not server.requests() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.requests()[0].events == 1
+    assert time.monotonic() - started < 0.9
+    assert_released(client)
+
+
+def test_a_blocking_streams_partial_is_freed_while_the_next_is_awaited(
+    client: ImagesClient, server: Emulator
+) -> None:
+    import weakref
+
+    from asyncimg import PartialImageEvent
+    from asyncimg.testing import Fault
+
+    server.add_fault(Fault.trickle(0.3))
+    events = client.generate("a", model="gpt-image-1", stream=True, partial_images=2)
+    first = next(events)
+    assert isinstance(first, PartialImageEvent)
+    ref = weakref.ref(first)
+    del first
+    waiting = threading.Thread(target=next, args=(events,))
+    waiting.start()
+    time.sleep(0.1)
+    gc.collect()
+    assert ref() is None, "the consumed partial is still held while the stream waits"
+    waiting.join()
+    events.close()  # type: ignore[attr-defined]

@@ -346,7 +346,6 @@ def test_values_in_extra_body_are_not_checked(model: str | None) -> None:
         "background": "nope",
         "moderation": "x",
         "response_format": "gif",
-        "stream": True,
         "partial_images": 9,
     }
     params = gen(model=model, extra_body=extra)

@@ -17,6 +17,7 @@ its own. Run one as a process with ``python -m asyncimg.testing --port 8089``
 ``pytest_plugins = ["asyncimg.testing.pytest_plugin"]``.
 """
 
+from ._batches import BatchAPI, BatchPace
 from ._emulator import (
     CONTENT_POLICY_MARKER,
     Emulator,
@@ -33,6 +34,8 @@ from ._thread import emulator_thread
 
 __all__ = [
     "CONTENT_POLICY_MARKER",
+    "BatchAPI",
+    "BatchPace",
     "Emulator",
     "Fault",
     "FaultKind",

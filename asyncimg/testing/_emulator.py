@@ -4,7 +4,11 @@ Endpoints (under ``base_url``, which ends in ``/v1``):
 
 * ``POST /v1/images/generations`` (JSON), ``POST /v1/images/edits`` and
   ``POST /v1/images/variations`` (multipart: ``image`` or ``image[]``,
-  ``mask``, text fields);
+  ``mask``, text fields); with ``stream: true`` (GPT image models) a generation
+  or an edit answers server-sent events: partial images, then the completed
+  one (:mod:`asyncimg.testing._streaming`, ``Fault.drop_stream``);
+* ``/v1/files`` and ``/v1/batches``: the Files and Batch APIs, at a pace tests
+  set (:mod:`asyncimg.testing._batches`, ``Emulator.batches``);
 * ``GET /blobs/<name>.png?se=...`` serves ``url`` results. Like the API's
   blob store it is another origin (a second port, ``blob_base_url``) and needs
   no key. An expired url answers 403 with an Azure-like XML ``AuthenticationFailed``
@@ -59,8 +63,10 @@ from .._exceptions import ValidationError
 from .._files import ImageFile, sniff_mime
 from .._params import EditParams, Endpoint, GenerateParams, Params, from_wire
 from .._validation import validate
+from ._batches import BatchAPI
 from ._faults import Fault, path_matches
 from ._png import MAX_PIXELS, b64_png, make_png
+from ._streaming import sse_events, write_events
 
 __all__ = [
     "CONTENT_POLICY_MARKER",
@@ -226,6 +232,8 @@ class JournalEntry:
     fault: str | None = None
     images: int = 0
     """Images the request asked for (0 when it was not a valid images request)."""
+    events: int | None = None
+    """Server-sent events written (None: not a streamed answer)."""
 
 
 class Journal(Sequence[JournalEntry]):
@@ -295,6 +303,8 @@ class _Answer:
     body: bytes
     headers: dict[str, str] = attrs.field(factory=dict)
     content_type: str = "application/json"
+    events: tuple[bytes, ...] | None = None
+    """A streamed answer's server-sent events (``body`` is then empty)."""
 
 
 class _Refusal(Exception):
@@ -466,15 +476,17 @@ class Emulator:
         self.latency = latency
         self.clock: Callable[[], float] = clock or time.monotonic
         self.journal = Journal(journal_size)
-        self.arrivals: collections.deque[tuple[float, int]] = collections.deque(
-            maxlen=journal_size
-        )
-        """``(time, images)`` of the requests that passed the rate limit, in order."""
+        self.journal_size = journal_size
+        self.arrivals: list[tuple[float, int]] = []
+        """``(time, images)`` of the requests that passed the rate limit, in order (the
+        latest ``journal_size`` or more: trimmed when it reaches twice that)."""
         self.max_urls = max_urls
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._faults: list[list[Any]] = []  # [fault, uses left]
         # Insertion-ordered, so the oldest url is the first to go.
         self._blobs: dict[str, tuple[tuple[int, int, str, bool], float]] = {}
+        self.batches = BatchAPI(self._render_batch_line, self.clock)
+        """The Files and Batch APIs (:class:`BatchAPI`): set ``batches.pace`` to steer batches."""
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self._api_port: int | None = None
@@ -596,6 +608,7 @@ class Emulator:
         self._window.clear()
         self._faults.clear()
         self._blobs.clear()
+        self.batches.reset()
 
     def requests(
         self,
@@ -729,6 +742,16 @@ class Emulator:
         if kind == "delay":
             assert fault is not None
             await self._sleep(fault.seconds)
+        if answer.events is not None:
+            stream = web.StreamResponse(status=answer.status, headers=answer.headers)
+            stream.content_type = answer.content_type
+            try:
+                await stream.prepare(request)
+                record["status"] = answer.status
+                await write_events(request, stream, answer.events, fault, record, self._sleep)
+            except ConnectionError:
+                pass  # the client went away
+            return stream
         body = answer.body
         if kind == "truncated":
             body = body[: len(body) // 2]
@@ -776,6 +799,10 @@ class Emulator:
         try:
             if request.path.startswith("/blobs/") and request.method in ("GET", "HEAD"):
                 return self._blob(request.path[len("/blobs/") :], arrived), fault
+            if request.path.startswith(("/v1/files", "/v1/batches")):
+                self._check_key(request)
+                status, body, content_type = await self.batches.handle(request)
+                return _Answer(status, body, {}, content_type), fault
             if endpoint is None:
                 _refuse(404, f"Invalid URL ({request.method} {request.path})")
             self._check_key(request)
@@ -919,6 +946,8 @@ class Emulator:
                 )
             self._window.append((now, images))
         self.arrivals.append((now, images))
+        if self.journal_size is not None and len(self.arrivals) >= 2 * self.journal_size:
+            del self.arrivals[: -self.journal_size]
         return self._rate_headers(now)
 
     def _answer(
@@ -928,13 +957,13 @@ class Emulator:
         files: Mapping[str, tuple[ImageFile, ...]],
         now: float,
         record: dict[str, Any],
+        *,
+        admit: bool = True,
     ) -> _Answer:
         try:
             params = from_wire(endpoint, fields, files)
         except ValidationError as exc:
             _refuse(400, str(exc), param=exc.param)
-        if params.extra_body.get("stream") not in (None, False, "false"):
-            _refuse(400, "The emulator does not support stream=true.", param="stream")
         model = _effective_model(endpoint, params)
         if params.model is None:  # the default model's rules apply, as at the API
             try:
@@ -942,10 +971,13 @@ class Emulator:
             except ValidationError as exc:
                 _refuse(400, f"{exc} (the default model is {model})", param=exc.param)
         gpt = _is_gpt(model)
+        stream = getattr(params, "stream", None)
+        if stream and not gpt:
+            _refuse(400, "Streaming is only supported for the GPT image models.", param="stream")
         width, height = _size_of(params.size)
         images = params.images
         record["images"] = images
-        headers = self._admit(images, now)
+        headers = self._admit(images, now) if admit else {}
         prompt: str = getattr(params, "prompt", "") or ""
         if CONTENT_POLICY_MARKER in prompt.lower():
             if gpt:
@@ -990,7 +1022,22 @@ class Emulator:
             body["quality"] = quality
             body["size"] = f"{width}x{height}"
             body["usage"] = self._usage(params, quality, width, height, images)
+        if stream:
+            partials = getattr(params, "partial_images", None) or 0
+            events = sse_events(
+                body, endpoint=endpoint, partial_images=partials, created_at=body["created"]
+            )
+            return _Answer(200, b"", headers, "text/event-stream", events)
         return _Answer(200, json.dumps(body).encode(), headers)
+
+    def _render_batch_line(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
+        """Answer one Batch API line as its endpoint would, outside the images limit."""
+        record: dict[str, Any] = {}
+        try:
+            answer = self._answer(_ROUTES[path], body, {}, self.clock(), record, admit=False)
+        except _Refusal as refusal:
+            answer = refusal.answer
+        return answer.status, answer.body
 
     @staticmethod
     def _seed(params: Params) -> str:
@@ -1056,8 +1103,8 @@ def serve(host: str = "127.0.0.1", port: int = 8089, **emulator_options: Any) ->
 
     def ready(emu: Emulator) -> None:
         print(
-            f"asyncimg emulator listening on {emu.base_url}, url results on "
-            f"{emu.blob_base_url} (Ctrl-C to stop)",
+            f"asyncimg emulator listening on {emu.base_url} (url results on "
+            f"{emu.blob_base_url}; Ctrl-C or SIGTERM to stop)",
             flush=True,
         )
 
