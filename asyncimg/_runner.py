@@ -770,15 +770,20 @@ class BatchSummary:
     def images_per_minute(self) -> float:
         """Images saved per minute: over the last window while running, else over the run.
 
-        Measured over at least one window when there is a rate, so a short burst
-        never reads as more than the limit allows.
+        With a rate it is measured over at least one window and never reads as
+        more than the limit: a sliding window lets a full budget go at once, so
+        a short run's raw figure would exceed the sustained rate.
         """
         if self.elapsed:
             span = max(self.elapsed, self.window) if self.rate is not None else self.elapsed
-            return self.images * 60.0 / span if span > 0 else 0.0
-        now = time.monotonic()
-        span = self.window if self.rate is not None else min(now - self.started, self.window)
-        return self._recent_images(now) * 60.0 / span if span > 0 else 0.0
+            value = self.images * 60.0 / span if span > 0 else 0.0
+        else:
+            now = time.monotonic()
+            span = self.window if self.rate is not None else min(now - self.started, 60.0)
+            value = self._recent_images(now) * 60.0 / span if span > 0 else 0.0
+        if self.rate is None:
+            return value
+        return min(value, self.rate.images * 60.0 / self.rate.per)
 
     @property
     def eta(self) -> float | None:

@@ -280,6 +280,9 @@ def test_eta_and_images_per_minute_follow_the_limiter() -> None:
     # A finished 19-item run of 0.2 s is not "5909.9 images/min" against 50/min.
     s.elapsed = 0.2
     assert s.images_per_minute <= 50
+    # 300 in five minutes: the first window's full budget went at once; 50/min sustained.
+    run = BatchSummary(total=300, images=300, elapsed=300.0, rate=RateLimit(50, 60.0))
+    assert run.images_per_minute == 50.0
     unlimited = BatchSummary(total=10, images=10, elapsed=2.0)
     assert unlimited.images_per_minute == 300.0
 
