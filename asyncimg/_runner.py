@@ -1087,9 +1087,10 @@ class TextLines:
         LookupError: ``encoding`` is not a codec.
     """
 
-    def __init__(self, raw: IO[bytes], encoding: str, name: str) -> None:
+    def __init__(self, raw: IO[bytes], encoding: str, name: str, *, owned: bool = True) -> None:
         self._decoder = codecs.getincrementaldecoder(encoding)()
         self._raw = raw
+        self._owned = owned
         self.encoding = encoding
         self.name = name
 
@@ -1106,8 +1107,9 @@ class TextLines:
             yield text[1:] if number == 1 and text.startswith("\ufeff") else text
 
     def close(self) -> None:
-        """Close the underlying stream."""
-        self._raw.close()
+        """Close the underlying stream, if it was opened for this (not stdin)."""
+        if self._owned:
+            self._raw.close()
 
     def __enter__(self) -> TextLines:
         return self
@@ -1124,5 +1126,10 @@ def open_text(path: str, encoding: str = "utf-8") -> Callable[[], TextLines]:
     """
     codecs.lookup(encoding)
     if path == "-":
-        return lambda: TextLines(sys.stdin.buffer, encoding, "stdin")
+        # A reader of its own on a copy of the descriptor, never closed: a read may
+        # still be blocked in the reader's thread when the run stops, and sys.stdin's
+        # own buffer must stay free for the interpreter's shutdown.
+        return lambda: TextLines(
+            open(os.dup(sys.stdin.fileno()), "rb"), encoding, "stdin", owned=False
+        )
     return lambda: TextLines(open(path, "rb"), encoding, path)

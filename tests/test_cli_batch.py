@@ -323,3 +323,24 @@ def test_a_second_signal_cancels_what_is_in_flight(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_SIGINT, stderr
     assert "summary:" in stdout
     assert _manifest(out) == []
+
+
+def test_ctrl_c_while_stdin_is_silent_exits_at_once(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with subprocess.Popen(
+        [sys.executable, "-m", "asyncimg", "batch", "-", "-o", str(out), *EMU],
+        cwd=ROOT, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdin is not None
+        proc.stdin.write(b"first\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 20
+        while not _manifest(out) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # the producer is silent, stdin still open
+        proc.wait(timeout=10)
+        _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == EXIT_SIGINT, stderr
+    assert b"Fatal Python error" not in stderr
+    assert len(_manifest(out)) == 1
