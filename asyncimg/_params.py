@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import attrs
 from attrs.validators import and_, deep_iterable, ge, instance_of, le, optional
 
+from ._body import Body, encode_form, encode_json
 from ._exceptions import ValidationError
 from ._files import ImageFile
 from ._validation import validate
@@ -57,6 +58,24 @@ class Form:
 
     fields: tuple[tuple[str, str], ...]
     files: tuple[tuple[str, ImageFile], ...]
+
+    def encode(
+        self, params: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None
+    ) -> Body:
+        """The ``multipart/form-data`` body as bytes.
+
+        ``params`` names the parameter of each file in an error (default: its
+        field name); ``extra`` holds the fields that came from ``extra_body``.
+
+        Raises:
+            ValidationError: a name, file name or text cannot be sent (see :func:`encode_form`).
+        """
+        names = params if params is not None else [name for name, _ in self.files]
+        files = tuple(
+            (param, name, file.filename, file.data, file.mime)
+            for param, (name, file) in zip(names, self.files, strict=True)
+        )
+        return encode_form(self.fields, files, extra or {})
 
 
 def _wire_text(value: object) -> str:
@@ -175,6 +194,14 @@ class GenerateParams(_Base):
         """The JSON body: every parameter that is not None, then ``extra_body``."""
         return self._values()
 
+    def encode(self) -> Body:
+        """The body as bytes, ready to send.
+
+        Raises:
+            ValidationError: a value cannot be sent as JSON (see :func:`encode_json`).
+        """
+        return encode_json(self.to_json(), self.extra_body)
+
 
 @attrs.frozen(kw_only=True)
 class _FormParams(_Base):
@@ -189,6 +216,23 @@ class _FormParams(_Base):
             files.append(("mask", mask))
         fields = tuple((k, _wire_text(v)) for k, v in self._values().items())
         return Form(fields, tuple(files))
+
+    def encode(self) -> Body:
+        """The multipart body as bytes, ready to send.
+
+        Raises:
+            ValidationError: a value or a file name cannot be sent (see :func:`encode_form`).
+        """
+        try:
+            form = self.to_form()
+        except (TypeError, ValueError) as exc:
+            raise ValidationError("extra_body", f"extra_body: cannot be sent: {exc}") from None
+        several = len(self.image) > 1
+        params = [
+            name if name == "mask" or not several else f"image[{i}]"
+            for i, (name, _) in enumerate(form.files)
+        ]
+        return form.encode(params, self.extra_body)
 
 
 @attrs.frozen(kw_only=True)

@@ -1049,7 +1049,7 @@ async def _run_entry(
             request_id=response.request_id, attempts=item.attempts, seconds=item.seconds,
         )
     try:
-        paths = await client.save(response, folder, stem=entry.id)
+        paths = await client.save(response, folder, stem=entry.id, overwrite=True)
     except AsyncImgError as exc:
         return record(
             status="failed", error=error_fields(exc), request_id=response.request_id,

@@ -23,6 +23,7 @@ their return types differ from the async ones.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -52,9 +53,11 @@ from ._client import AsyncImagesClient
 from ._stream import ImageStream
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ._files import ImageFile, ImageInput
     from ._keywords import EditKeywords, GenerateKeywords, Unpack
-    from ._limiter import RateLimiter
+    from ._limiter import LimiterStats, RateLimiter, RatePermit
     from ._models import ImagesResponse
     from ._stream import ImageStreamEvent
 
@@ -340,6 +343,85 @@ def _wait(future: Future[Any]) -> None:
         pass
 
 
+class _OnTheLoop:
+    """Runs plain calls of the limiter on the portal's loop, from whatever thread calls."""
+
+    __slots__ = ("_runner",)
+
+    def __init__(self, runner: _Runner) -> None:
+        self._runner = runner
+
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        runner = self._runner
+        if runner.closed or threading.get_ident() == runner.loop_thread:
+            return fn(*args, **kwargs)  # on the loop already, or no loop left to race with
+        return runner.sync(fn, *args, **kwargs)
+
+
+class _ThreadSafePermit:
+    """A permit from :class:`_ThreadSafeLimiter`; stamping and refunding run on the loop."""
+
+    __slots__ = ("_loop", "_permit")
+
+    def __init__(self, loop: _OnTheLoop, permit: RatePermit) -> None:
+        self._loop = loop
+        self._permit = permit
+
+    @property
+    def images(self) -> int:
+        """The images this permit holds."""
+        return self._permit.images
+
+    def stamp(self) -> None:
+        """The request is being sent now: its images' window starts."""
+        self._loop.call(self._permit.stamp)
+
+    def refund(self) -> None:
+        """Nothing was sent: give the images back at once (no-op once stamped)."""
+        self._loop.call(self._permit.refund)
+
+
+class _ThreadSafeLimiter:
+    """The limiter of an :class:`ImagesClient`, safe to use from any thread.
+
+    The limiter itself lives on the portal's loop and is not thread-safe (its
+    state is read and changed by the calls running there); each method here
+    runs there, so ``stats()`` from the caller's thread sees a consistent
+    snapshot and ``pause()`` changes nothing behind the loop's back.
+    """
+
+    __slots__ = ("_limiter", "_loop", "_runner")
+
+    def __init__(self, runner: _Runner, limiter: RateLimiter) -> None:
+        self._runner = runner
+        self._loop = _OnTheLoop(runner)
+        self._limiter = limiter
+
+    async def acquire(self, images: int) -> RatePermit:
+        """Wait for (FIFO) and take a permit for ``images`` images, on the client's loop."""
+        runner = self._runner
+        if threading.get_ident() == runner.loop_thread:
+            return await self._limiter.acquire(images)
+        runner.check()
+        future = runner.portal.start_task_soon(self._limiter.acquire, images)
+        return _ThreadSafePermit(self._loop, await asyncio.wrap_future(future))
+
+    def pause(self, seconds: float) -> None:
+        """Grant nothing to anyone for ``seconds`` (merged with a pause in progress)."""
+        self._loop.call(self._limiter.pause, seconds)
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        """Learn from a response's ``x-ratelimit-*`` headers."""
+        self._loop.call(self._limiter.observe_headers, dict(headers))
+
+    def stats(self) -> LimiterStats:
+        """A snapshot for monitoring, taken on the client's loop."""
+        return self._loop.call(self._limiter.stats)
+
+    def __repr__(self) -> str:
+        return f"<thread-safe {self._limiter!r}>"
+
+
 def _blocking(
     fn: Callable[Concatenate[AsyncImagesClient, P], Awaitable[T]],
 ) -> Callable[Concatenate[ImagesClient, P], T]:
@@ -417,6 +499,7 @@ class ImagesClient:
             raise
         self._runner = runner
         self._async = client
+        self._limiter = _ThreadSafeLimiter(runner, client.limiter)
         self._finalizer = weakref.finalize(self, runner.close, client)
 
     if TYPE_CHECKING:  # the overloads of the async calls, blocking; a stream is an iterator
@@ -486,8 +569,11 @@ class ImagesClient:
 
     @property
     def limiter(self) -> RateLimiter:
-        """The rate limiter every call of this client (from every thread) goes through."""
-        return self._async.limiter
+        """The rate limiter every call of this client (from every thread) goes through.
+
+        Safe from any thread: each of its methods runs on the client's loop.
+        """
+        return self._limiter
 
     @property
     def base_url(self) -> str:

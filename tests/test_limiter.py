@@ -835,3 +835,14 @@ async def test_stats_in_use_is_the_budget_in_use_and_empties_after_the_window() 
     held.stamp()
     clock.advance(10.0)
     assert limiter.stats().in_use == 0
+
+
+async def test_a_repeated_header_counts_its_first_value_as_everywhere_else() -> None:
+    from multidict import CIMultiDict
+
+    limiter, _clock = make(images=10)
+    limiter.observe_headers(CIMultiDict([
+        ("X-RateLimit-Remaining-Images", "2"), ("x-ratelimit-remaining-images", "9"),
+        ("X-RATELIMIT-RESET-IMAGES", "1m0s"),
+    ]))
+    assert limiter.stats().server_remaining == 2

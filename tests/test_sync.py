@@ -33,6 +33,7 @@ from asyncimg import (
     RateLimit,
     ValidationError,
 )
+from asyncimg._limiter import Limiter
 from asyncimg._sync import ImagesClient
 from asyncimg.testing import Emulator
 
@@ -122,7 +123,7 @@ def test_constructor_has_the_async_signature() -> None:
 def test_properties_forward(client: ImagesClient, server: Emulator) -> None:
     assert client.base_url == server.base_url.rstrip("/")
     assert client.model is None
-    assert client.limiter is client._async.limiter
+    assert client.limiter.stats() == client._async.limiter.stats()
     assert "ImagesClient(" in repr(client)
 
 
@@ -414,6 +415,66 @@ def test_unclosed_client_exits_cleanly(server: Emulator, mode: list[str]) -> Non
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
     assert proc.stderr == ""
+
+
+class SpyLimiter(Limiter):
+    """A Limiter that records the thread each of its plain methods runs on."""
+
+    def __init__(self, rate: RateLimit) -> None:
+        super().__init__(rate)
+        self.threads: set[int] = set()
+
+    def stats(self) -> Any:
+        self.threads.add(threading.get_ident())
+        return super().stats()
+
+    def pause(self, seconds: float) -> None:
+        self.threads.add(threading.get_ident())
+        super().pause(seconds)
+
+
+def test_the_limiter_is_used_on_the_clients_loop_from_any_thread(server: Emulator) -> None:
+    """stats() and pause() called from other threads run on the portal's loop, while calls run."""
+    spy = SpyLimiter(RateLimit(images=1000, per=60.0))
+    with ImagesClient(api_key=TEST_KEY, base_url=server.base_url, limiter=spy) as c:
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def calls() -> None:
+            try:
+                for i in range(20):
+                    c.generate(f"busy {i}", size="256x256")
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=calls)
+        worker.start()
+        snapshots = []
+        while not done.is_set():
+            snapshots.append(c.limiter.stats())
+            c.limiter.pause(0.0)
+        worker.join()
+        assert not errors
+        assert snapshots
+        assert spy.threads == {c._runner.loop_thread}
+        assert c.limiter.stats().sent == 20
+
+
+def test_the_limiter_can_be_awaited_from_another_loop(server: Emulator) -> None:
+    import asyncio
+
+    with ImagesClient(api_key=TEST_KEY, base_url=server.base_url,
+                      rate_limit=RateLimit(images=10, per=60.0)) as c:
+        async def take() -> None:
+            permit = await c.limiter.acquire(3)
+            assert permit.images == 3
+            permit.refund()
+
+        asyncio.run(take())
+        stats = c.limiter.stats()
+        assert (stats.granted, stats.refunded, stats.held) == (3, 3, 0)
 
 
 # -- streaming -------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from .._params import EditParams, Endpoint, GenerateParams, Params, from_wire
 from .._validation import validate
 from ._batches import BatchAPI
 from ._faults import Fault, path_matches
+from ._headers import HeaderStyle, styled_headers
 from ._png import MAX_PIXELS, b64_png, make_png
 from ._streaming import sse_events, write_events
 
@@ -440,6 +441,10 @@ class Emulator:
         max_urls: url results kept downloadable; beyond it the oldest are
             forgotten (answering 404 ``BlobNotFound``). Memory stays flat however
             long the emulator runs.
+        header_style: how response headers are written (see
+            :mod:`asyncimg.testing._headers`): ``"openai"`` (lower case, with
+            ``retry-after-ms``), ``"canonical"`` (capitalised names,
+            ``Retry-After`` alone) or ``"http-date"`` (``Retry-After`` as a date).
 
     Attributes (for tests): ``journal`` (:class:`Journal`), ``arrivals``
     (``(time, images)`` of every request that passed the limit), ``latency``,
@@ -448,7 +453,8 @@ class Emulator:
     :meth:`reset`.
 
     Raises:
-        TypeError, ValueError: ``images_per_minute`` cannot be read.
+        TypeError, ValueError: ``images_per_minute`` cannot be read, or
+            ``header_style`` is unknown.
     """
 
     def __init__(
@@ -463,11 +469,14 @@ class Emulator:
         clock: Callable[[], float] | None = None,
         journal_size: int | None = 10_000,
         max_urls: int = 10_000,
+        header_style: HeaderStyle = "openai",
     ) -> None:
         if journal_size is not None and journal_size < 1:
             raise ValueError(f"journal_size must be >= 1 or None, not {journal_size}")
         if max_urls < 1:
             raise ValueError(f"max_urls must be >= 1, not {max_urls}")
+        styled_headers({}, header_style, 0.0)  # refuses an unknown style now
+        self.header_style: HeaderStyle = header_style
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -755,7 +764,7 @@ class Emulator:
         body = answer.body
         if kind == "truncated":
             body = body[: len(body) // 2]
-        headers = dict(answer.headers)
+        headers = styled_headers(answer.headers, self.header_style, time.time())
         if not any(name.lower() == "content-type" for name in headers):
             headers["Content-Type"] = answer.content_type
         if kind not in ("drop_mid_body", "trickle"):
