@@ -604,6 +604,16 @@ class _Plain(ProgressSink):
         self.stream = stream
         self._last = time.monotonic()
         self._last_batch: str | None = None
+        self._gone = False
+
+    def _say(self, line: str) -> None:
+        """Print a line; a closed stream (``2>&1 | head``) silences progress, not the batch."""
+        if self._gone:
+            return
+        try:
+            print(line, file=self.stream, flush=True)
+        except (BrokenPipeError, ValueError):
+            self._gone = True
 
     def _status(self, s: BatchSummary) -> str:
         total = "?" if s.total is None else str(s.total)
@@ -616,7 +626,7 @@ class _Plain(ProgressSink):
     def start(self, s: BatchSummary) -> None:
         skipped = f" ({s.skipped} already done)" if s.skipped else ""
         what = "reading prompts from stdin" if s.total is None else f"{s.total} items to run"
-        print(f"batch: {what}{skipped}", file=self.stream, flush=True)
+        self._say(f"batch: {what}{skipped}")
 
     def item(self, record: Record, s: BatchSummary) -> None:
         total = "?" if s.total is None else str(s.total)
@@ -625,7 +635,7 @@ class _Plain(ProgressSink):
             line = f"{head} ok {', '.join(record.files)} ({record.seconds:.1f}s)"
         else:
             line = f"{head} FAILED {_error_text(record)}"
-        print(line, file=self.stream, flush=True)
+        self._say(line)
 
     def _batch_line(self, s: BatchSummary) -> str | None:
         """A line for each new state of the Batch API route's batch (None: nothing new)."""
@@ -643,14 +653,14 @@ class _Plain(ProgressSink):
     def tick(self, s: BatchSummary) -> None:
         line = self._batch_line(s)
         if line is not None:
-            print(line, file=self.stream, flush=True)
+            self._say(line)
         now = time.monotonic()
         if now - self._last >= 10.0:
             self._last = now
-            print(self._status(s), file=self.stream, flush=True)
+            self._say(self._status(s))
 
     def stop(self, s: BatchSummary) -> None:
-        print(self._status(s), file=self.stream, flush=True)
+        self._say(self._status(s))
 
 
 class _Rich(_Plain):

@@ -344,3 +344,16 @@ def test_ctrl_c_while_stdin_is_silent_exits_at_once(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_SIGINT, stderr
     assert b"Fatal Python error" not in stderr
     assert len(_manifest(out)) == 1
+
+
+def test_a_closed_progress_stream_does_not_stop_the_batch(tmp_path: Path) -> None:
+    src = _prompts(tmp_path, 20)
+    out = tmp_path / "out"
+    with _start(["batch", str(src), "-o", str(out), *EMU, "--rate", "off"]) as proc:
+        assert proc.stderr is not None
+        proc.stderr.readline()
+        proc.stderr.close()  # `2>&1 | head -1`
+        stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "summary:" in stdout
+    assert len(_manifest(out)) == 20
