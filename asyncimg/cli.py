@@ -28,8 +28,10 @@ Exit status (the same for every command):
 
 A stopped batch (3, 4, 130, 143) sends nothing new, records every item that
 finished before it stopped, and rerunning the same command resumes. The first
-Ctrl-C or SIGTERM lets the requests in flight finish; a second cancels them. rich draws the progress bar and
-the summary when standard error is a terminal; it is imported only then.
+Ctrl-C or SIGTERM lets the requests in flight finish; a second cancels them.
+
+rich draws the progress bar and the summary when standard error is a terminal;
+it is imported only then.
 """
 
 from __future__ import annotations
