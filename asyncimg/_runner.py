@@ -13,7 +13,7 @@ Exactly-once results, at-least-once requests:
   will run again (failed ones, when failed items are retried) are dropped, and
   the manifest is rewritten atomically if anything was dropped. So every id has
   at most one line, whenever the process is killed;
-* stale temporary files of our own images (``.{id}-{i}.{ext}.*.part``, never a
+* stale temporary files of our own images (``.{id}-{i}.*.part``, never a
   user's other ``.part`` files) are removed; a lock file stops two runs from
   sharing a directory, and ``.asyncimg-server`` remembers which server filled it
   (a run against another server is refused, so an emulator's placeholders are
@@ -108,11 +108,9 @@ INPUT_FORMATS: Final = ("txt", "jsonl", "csv")
 _NOT_IN_ID = frozenset({"timeout", "max_retries"})
 _INT_PARAMS = frozenset({"n", "output_compression", "max_retries"})
 _FLOAT_PARAMS = frozenset({"timeout"})
-# Our temporary files only: an image's (``.{id}-{i}.{ext}.XXXX.part``) or the compaction's.
+# Our temporary files only: an image's (``.{id}-{i}.XXXX.part``) or the compaction's.
 _PART = re.compile(
-    r"^\.(?:[0-9a-f]{16}(?:-[0-9]+)?-[0-9]+\.[a-z0-9]+\..+|"
-    + re.escape(MANIFEST_NAME)
-    + r"\.compact)\.part$"
+    r"^\.(?:[0-9a-f]{16}(?:-[0-9]+)?-[0-9]+\..+|" + re.escape(MANIFEST_NAME) + r"\.compact)\.part$"
 )
 # Per-call settings that generate() takes but are not request parameters.
 _CALL_SETTINGS = frozenset({"timeout", "max_retries", "extra_body"})

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from asyncimg import AsyncImagesClient
+from asyncimg._client import _write_temp
 from asyncimg._runner import (
     MANIFEST_NAME,
     InputError,
@@ -127,7 +128,7 @@ async def test_missing_files_and_torn_line_are_redone(emu: Emulator, tmp_path: P
     manifest = out / MANIFEST_NAME
     data = manifest.read_bytes()
     manifest.write_bytes(data[: len(data) - 20])  # a torn last line
-    (out / f".{two['id']}-1.png.abc123.part").write_bytes(b"junk")  # ours, stale
+    _write_temp(out, f"{two['id']}-1", b"junk")  # ours, stale: a write cut short
     (out / ".my-notes.part").write_text("the user's own")  # not ours: kept
     summary = await _run(emu.base_url, src, out, fmt="jsonl")
     assert summary.ok == 2
