@@ -28,6 +28,10 @@ def test_sync(emulator_sync):
     assert len(emulator_sync.requests("generate")) == 1
 
 
+def test_sync_with_the_async_fixture_is_told_not_hung(emulator):
+    ImagesClient(api_key=emulator.api_key, base_url=emulator.base_url).generate("a cat")
+
+
 def test_sync_wrong_key_is_401(emulator_sync):
     from asyncimg import AuthenticationError
 
@@ -40,4 +44,5 @@ def test_sync_wrong_key_is_401(emulator_sync):
 def test_both_fixtures_in_a_users_suite(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_user=USER_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*use `emulator_sync`*"])

@@ -18,6 +18,7 @@ Override ``emulator_options`` to configure them::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -52,8 +53,17 @@ async def emulator(request: pytest.FixtureRequest) -> AsyncIterator[Emulator]:
     """A started :class:`Emulator` on the test's loop, expecting :data:`EMULATOR_API_KEY`.
 
     Takes extra arguments from an ``emulator_options`` fixture when there is one
-    (so importing just this fixture into a test module works too).
+    (so importing just this fixture into a test module works too). A plain
+    ``def`` test gets an error at once instead of a hang (nothing runs the loop
+    while it blocks): it wants ``emulator_sync``.
     """
+    test = getattr(request.node, "obj", None)
+    if callable(test) and not inspect.iscoroutinefunction(test):
+        pytest.fail(
+            "the `emulator` fixture runs on the test's event loop, which a plain `def` "
+            "test never runs, so a blocking call to it would hang: use `emulator_sync`",
+            pytrace=False,
+        )
     async with Emulator(**_options(request)) as emu:
         yield emu
 
