@@ -879,18 +879,19 @@ async def run_batch(
     )
     try:
         await anyio.to_thread.run_sync(manifest.open)
+        # The client's default model changes the images: it is in every id too.
+        effective = {"model": client.model, **params} if client.model else params
         total: int | None = None
         skipped = 0
         if count_first:
 
             def count() -> tuple[int, int]:
                 with open_input() as stream:
-                    ids = [e.id for e in read_entries(stream, fmt, params)]
+                    ids = [e.id for e in read_entries(stream, fmt, effective)]
                 done = sum(1 for i in ids if i in manifest.done)
                 return len(ids) - done, done
 
             total, skipped = await anyio.to_thread.run_sync(count)
-        effective = {"model": client.model, **params} if client.model else params
         summary = BatchSummary(
             total=total,
             skipped=skipped,
@@ -903,7 +904,8 @@ async def run_batch(
         stream = open_input()
         try:
             entries = _skip_done(
-                read_entries(stream, fmt, params), manifest.done, summary, count=not count_first
+                read_entries(stream, fmt, effective), manifest.done, summary,
+                count=not count_first,
             )
 
             async def work(index: int, entry: Entry) -> Record | None:

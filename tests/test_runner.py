@@ -14,6 +14,7 @@ from asyncimg._runner import (
     MANIFEST_NAME,
     InputError,
     Manifest,
+    open_text,
     read_entries,
     run_batch,
 )
@@ -183,3 +184,16 @@ def test_a_failed_open_releases_the_lock(tmp_path: Path) -> None:
     again = Manifest(tmp_path, server="http://a.example/v1")
     again.open()  # not "another asyncimg batch is writing": the failed open let go
     again.close()
+
+
+async def test_the_clients_default_model_is_part_of_the_id(emu: Emulator, tmp_path: Path) -> None:
+    src = tmp_path / "p.txt"
+    src.write_text("a lantern\n")
+    out = tmp_path / "out"
+    for model, ran in (("dall-e-2", 1), ("dall-e-2", 0), ("dall-e-3", 1)):
+        async with AsyncImagesClient(
+            api_key=TEST_KEY, base_url=emu.base_url, rate_limit=None, model=model
+        ) as client:
+            summary = await run_batch(client, open_text(str(src)), "txt", out)
+        assert summary.ok == ran
+    assert sorted(x["params"]["model"] for x in _lines(out)) == ["dall-e-2", "dall-e-3"]  # type: ignore[index]
