@@ -55,11 +55,11 @@ from ._runner import (
     Manifest,
     ProgressSink,
     Record,
-    TextLines,
     error_fields,
     read_entries,
     usage_fields,
 )
+from ._textinput import TextLines
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient

@@ -34,24 +34,17 @@ limiter, its counts. With the manifest's send times (``sent``) that is what
 
 from __future__ import annotations
 
-import asyncio
-import codecs
 import contextlib
 import csv
 import datetime
-import functools
 import hashlib
 import json
 import os
-import queue
 import re
-import signal
-import sys
-import threading
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -60,19 +53,13 @@ import anyio.to_thread
 import attrs
 
 from ._batch import BatchIterator, make_item
-from ._exceptions import (
-    APIStatusError,
-    AsyncImgError,
-    AuthenticationError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    ValidationError,
-)
+from ._control import BatchControl, fatal_error
+from ._exceptions import APIStatusError, AsyncImgError, ValidationError
 from ._keywords import GENERATE_KEYWORDS
 from ._limiter import LimiterStats, RateLimit
 from ._params import GenerateParams
 from ._retry import ATTEMPT_LOG, AttemptLog
+from ._textinput import InputError, TextLines, open_text
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -84,17 +71,15 @@ __all__ = [
     "MANIFEST_NAME",
     "RUNS_NAME",
     "SERVER_NAME",
-    "BatchControl",
     "BatchSummary",
     "Entry",
     "InputError",
     "Manifest",
     "ProgressSink",
     "Record",
-    "TextLines",
     "check_batch_params",
     "estimate_eta",
-    "fatal_error",
+    "open_text",
     "read_entries",
     "run_batch",
 ]
@@ -114,10 +99,6 @@ _PART = re.compile(
 )
 # Per-call settings that generate() takes but are not request parameters.
 _CALL_SETTINGS = frozenset({"timeout", "max_retries", "extra_body"})
-
-
-class InputError(Exception):
-    """The input file cannot be read at all (not one bad line: those are failed items)."""
 
 
 # -- the input ------------------------------------------------------------------------
@@ -481,177 +462,6 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-# -- stopping early ---------------------------------------------------------------------
-
-
-_QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
-
-
-def fatal_error(exc: BaseException) -> str | None:
-    """What to tell the user when ``exc`` will fail every item of a batch; None otherwise.
-
-    Fatal: a refused key (401), a refused permission (403), an unknown model or
-    URL (404), an exhausted quota or billing limit (a 429 with that code).
-    """
-    if isinstance(exc, AuthenticationError):
-        return "the API key was refused (401): check OPENAI_API_KEY (and --base-url)"
-    if isinstance(exc, PermissionDeniedError):
-        return (
-            "permission denied (403): this key, organization or project may not use "
-            "this model or endpoint"
-        )
-    if isinstance(exc, NotFoundError):
-        return "not found (404): check --model and --base-url"
-    if isinstance(exc, RateLimitError) and exc.code in _QUOTA_CODES:
-        return f"the account's quota is exhausted (429 {exc.code}): check the plan and billing"
-    return None
-
-
-class BatchControl:
-    """Stops a running batch: no new item starts, and finished ones are still recorded.
-
-    ``run_batch`` uses it for fatal errors, a full disk and bad input; pass your
-    own to stop a run from outside (a signal handler calls :meth:`interrupt`).
-    After the run, ``reason`` is ``"fatal"``, ``"aborted"``, ``"input"``,
-    ``"interrupted"`` or None (it ran to the end) and ``message`` says why.
-    """
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self.message: str | None = None
-        self.signal: int | None = None
-        self._items: dict[int, tuple[anyio.CancelScope, list[int]]] = {}
-        self._reader: anyio.CancelScope | None = None
-
-    def stop(self, reason: str, message: str, *, cancel_sent: bool = False) -> None:
-        """Start nothing new; cancel the items not yet sent (all of them with ``cancel_sent``).
-
-        The first reason given is kept.
-        """
-        if self.reason is None:
-            self.reason, self.message = reason, message
-        if self._reader is not None:
-            self._reader.cancel()
-        for scope, attempts in list(self._items.values()):
-            if cancel_sent or attempts[0] == 0:
-                scope.cancel()
-
-    @property
-    def in_flight(self) -> int:
-        """Items sent and not finished."""
-        return sum(1 for _scope, attempts in self._items.values() if attempts[0])
-
-    def interrupt(self, signum: int) -> None:
-        """A signal arrived. The first: nothing new starts, what is in flight may finish.
-
-        The second: what is in flight is cancelled too. What is finished is recorded
-        either way.
-        """
-        first = self.signal is None
-        self.signal = self.signal or signum
-        name = signal.Signals(self.signal).name
-        self.stop("interrupted", f"interrupted ({name})", cancel_sent=not first)
-
-    async def run(
-        self, work: Callable[[list[int]], Awaitable[Record | None]]
-    ) -> Record | None:
-        """Run one item's ``work(attempts)``; None when it was stopped before it finished."""
-        if self.reason is not None:
-            return None
-        scope = anyio.CancelScope()
-        attempts = [0]
-        key = id(scope)
-        self._items[key] = (scope, attempts)
-        try:
-            with scope:
-                return await work(attempts)
-            return None
-        finally:
-            del self._items[key]
-
-    async def pull(self, entries: Iterator[Entry]) -> AsyncIterator[Entry]:
-        """The entries, each read off the event loop (a slow stdin never blocks it).
-
-        Stops at :meth:`stop`; a line that does not decode stops the run with ``"input"``.
-        """
-        reader = _OffLoop(entries)
-        try:
-            while self.reason is None:
-                with anyio.CancelScope() as scope:
-                    self._reader = scope
-                    try:
-                        entry = await reader.next()
-                    except InputError as exc:
-                        self.stop("input", str(exc))
-                        return
-                    finally:
-                        self._reader = None
-                if scope.cancelled_caught or entry is None:
-                    return
-                yield entry
-        finally:
-            reader.close()
-
-
-class _OffLoop:
-    """``next(iterator)`` on one daemon thread of its own, awaited from the loop.
-
-    A daemon thread, so that a read blocked on a terminal or a pipe never keeps the
-    process alive after the run has stopped.
-    """
-
-    def __init__(self, iterator: Iterator[Entry]) -> None:
-        self._iterator = iterator
-        self._asks: queue.SimpleQueue[asyncio.Future[Entry | None] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread: threading.Thread | None = None
-
-    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        while (future := self._asks.get()) is not None:
-            try:
-                entry = next(self._iterator, None)
-            except BaseException as exc:  # handed to the awaiting task
-                answer: Callable[[], None] = functools.partial(_settle, future, None, exc)
-            else:
-                answer = functools.partial(_settle, future, entry, None)
-            try:
-                loop.call_soon_threadsafe(answer)
-            except RuntimeError:  # the loop is gone
-                return
-
-    async def next(self) -> Entry | None:
-        """The next entry, None at the end.
-
-        Raises:
-            InputError: from the iterator.
-        """
-        loop = asyncio.get_running_loop()
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._serve, args=(loop,), name="asyncimg input", daemon=True
-            )
-            self._thread.start()
-        future: asyncio.Future[Entry | None] = loop.create_future()
-        self._asks.put(future)
-        return await future
-
-    def close(self) -> None:
-        """Let the thread end after the read in progress, if any."""
-        self._asks.put(None)
-
-
-def _settle(
-    future: asyncio.Future[Entry | None], entry: Entry | None, exc: BaseException | None
-) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(entry)
-
-
 def check_batch_params(client: AsyncImagesClient, params: Mapping[str, Any]) -> None:
     """Check a batch's own parameters as one request would be checked, and against the limiter.
 
@@ -917,7 +727,10 @@ async def run_batch(
 
             _observe(summary, client)
             sink.start(summary)
-            batch = BatchIterator(control.pull(entries), work, concurrency=client.max_concurrency)
+            batch = BatchIterator(
+                control.pull(entries, bad_input=InputError), work,
+                concurrency=client.max_concurrency,
+            )
             async with batch, anyio.create_task_group() as tg:
 
                 async def ticker() -> None:
@@ -1075,61 +888,3 @@ async def _run_entry(
 def usage_fields(usage: Usage) -> dict[str, Any]:
     """The manifest's ``usage`` object: the token counts the server sent (None left out)."""
     return attrs.asdict(usage, filter=lambda a, v: a.name != "extra" and v is not None)
-
-
-class TextLines:
-    """A binary stream read as text, a line at a time (a context manager, like a file).
-
-    A byte order mark at the start is dropped. A line that does not decode is an
-    :class:`InputError` naming the line, not a ``UnicodeDecodeError``.
-
-    Raises:
-        LookupError: ``encoding`` is not a codec.
-    """
-
-    def __init__(self, raw: IO[bytes], encoding: str, name: str, *, owned: bool = True) -> None:
-        self._decoder = codecs.getincrementaldecoder(encoding)()
-        self._raw = raw
-        self._owned = owned
-        self.encoding = encoding
-        self.name = name
-
-    def __iter__(self) -> Iterator[str]:
-        for number, raw in enumerate(self._raw, 1):
-            try:
-                text = self._decoder.decode(raw)
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    f"{self.name}: line {number} is not valid {self.encoding} "
-                    f"(byte {raw[exc.start:exc.start + 1]!r} at column {exc.start + 1}); "
-                    "give the file's encoding with --encoding, e.g. --encoding cp1252"
-                ) from None
-            yield text[1:] if number == 1 and text.startswith("\ufeff") else text
-
-    def close(self) -> None:
-        """Close the underlying stream, if it was opened for this (not stdin)."""
-        if self._owned:
-            self._raw.close()
-
-    def __enter__(self) -> TextLines:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def open_text(path: str, encoding: str = "utf-8") -> Callable[[], TextLines]:
-    """An opener for ``path`` (``-``: standard input) as :class:`TextLines`.
-
-    Raises:
-        LookupError: ``encoding`` is not a codec (at once, not when opening).
-    """
-    codecs.lookup(encoding)
-    if path == "-":
-        # A reader of its own on a copy of the descriptor, never closed: a read may
-        # still be blocked in the reader's thread when the run stops, and sys.stdin's
-        # own buffer must stay free for the interpreter's shutdown.
-        return lambda: TextLines(
-            open(os.dup(sys.stdin.fileno()), "rb"), encoding, "stdin", owned=False
-        )
-    return lambda: TextLines(open(path, "rb"), encoding, path)

@@ -49,16 +49,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ._control import fatal_error
 from ._exceptions import APIError, AsyncImgError, ValidationError
 from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
 from ._limiter import Limiter, RateLimit
-from ._runner import ProgressSink, fatal_error
+from ._runner import ProgressSink
 from ._serve import add_serve_options, positive_int, serve_from_args
 from ._version import __version__
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
-    from ._runner import BatchControl, BatchSummary, Record
+    from ._control import BatchControl
+    from ._runner import BatchSummary, Record
 
 __all__ = ["main", "parse_rate"]
 
@@ -447,7 +449,8 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ._runner import BatchControl, InputError, detect_format, open_text, run_batch
+    from ._control import BatchControl
+    from ._runner import InputError, detect_format, open_text, run_batch
 
     fmt = detect_format(args.prompts, args.input_format)
     quiet = args.quiet
