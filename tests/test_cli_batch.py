@@ -187,19 +187,25 @@ def test_a_full_disk_aborts_with_a_summary(tmp_path: Path) -> None:
     assert _manifest(out) == []
 
 
-def test_stdin_is_read_off_the_event_loop(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    with subprocess.Popen(
+def _stdin_batch(out: Path) -> subprocess.Popen[bytes]:
+    """A batch reading stdin, once its first line ("first") is done; stdin stays open."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "asyncimg", "batch", "-", "-o", str(out), *EMU],
         cwd=ROOT, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    ) as proc:
-        assert proc.stdin is not None
-        proc.stdin.write(b"first\n")
-        proc.stdin.flush()
-        deadline = time.monotonic() + 20
-        while not _manifest(out) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"first\n")
+    proc.stdin.flush()
+    deadline = time.monotonic() + 20
+    while not _manifest(out) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    return proc
+
+
+def test_stdin_is_read_off_the_event_loop(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _stdin_batch(out) as proc:
         # The first item finished while the producer is still silent.
         finished_early = [x["prompt"] for x in _manifest(out)]
         _, stderr = proc.communicate(b"second\n", timeout=30)
@@ -327,17 +333,7 @@ def test_a_second_signal_cancels_what_is_in_flight(tmp_path: Path) -> None:
 
 def test_ctrl_c_while_stdin_is_silent_exits_at_once(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with subprocess.Popen(
-        [sys.executable, "-m", "asyncimg", "batch", "-", "-o", str(out), *EMU],
-        cwd=ROOT, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    ) as proc:
-        assert proc.stdin is not None
-        proc.stdin.write(b"first\n")
-        proc.stdin.flush()
-        deadline = time.monotonic() + 20
-        while not _manifest(out) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with _stdin_batch(out) as proc:
         proc.send_signal(signal.SIGINT)  # the producer is silent, stdin still open
         proc.wait(timeout=10)
         _, stderr = proc.communicate(timeout=10)
