@@ -72,6 +72,11 @@ EXIT_ABORTED = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 _EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
+_EXIT_HELP = (
+    "exit status: 0 all succeeded, 1 some items failed, 2 usage error (nothing sent), "
+    "3 stopped by a fatal API error (401, 403, 404, 429 quota), 4 aborted by a local "
+    "failure (a full disk), 130 Ctrl-C, 143 SIGTERM"
+)
 # The option a user typed, by the parameter its value became.
 _FLAGS = {
     "model": "--model", "n": "-n", "size": "--size", "quality": "--quality",
@@ -220,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="asyncimg",
         description="Generate, edit and vary images with the OpenAI Images API "
         "(or any server that speaks it). The key comes from $OPENAI_API_KEY.",
+        epilog=_EXIT_HELP,
     )
     parser.add_argument("--version", action="version", version=f"asyncimg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -231,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate images for every prompt of PROMPTS into DIR, with "
         "DIR/manifest.jsonl recording each finished item. Rerunning with the same "
         "input and DIR skips what is done and retries what failed.",
+        epilog=_EXIT_HELP,
     )
     batch.add_argument(
         "prompts", metavar="PROMPTS", help=".txt, .jsonl or .csv file, or - for stdin"

@@ -353,3 +353,10 @@ def test_a_closed_progress_stream_does_not_stop_the_batch(tmp_path: Path) -> Non
     assert proc.returncode == 0
     assert "summary:" in stdout
     assert len(_manifest(out)) == 20
+
+
+def test_the_exit_statuses_are_in_the_help() -> None:
+    for command in ([], ["batch"]):
+        text = " ".join(_cli(*command, "--help").stdout.split())
+        assert "3 stopped by a fatal API error" in text
+        assert "130 Ctrl-C, 143 SIGTERM" in text
