@@ -359,5 +359,5 @@ def generate_many(
         return await make_item(client, index, spec, frozen, allowed)
 
     return BatchIterator(
-        prompts, work, concurrency=client.max_concurrency, ordered=ordered
+        prompts, work, concurrency=client._gate.ceiling, ordered=ordered
     )

@@ -505,7 +505,7 @@ async def run_batch(
                 return await _run_entry(client, entry, params, allowed, folder)
 
             sink.start(summary)
-            batch = BatchIterator(entries, work, concurrency=client.max_concurrency)
+            batch = BatchIterator(entries, work, concurrency=client._gate.ceiling)
             async with batch, anyio.create_task_group() as tg:
 
                 async def ticker() -> None:

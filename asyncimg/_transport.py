@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -28,6 +30,7 @@ from ._exceptions import (
 from ._params import Form
 
 __all__ = [
+    "ON_WIRE",
     "RawResponse",
     "Transport",
     "loads_images_json",
@@ -50,6 +53,74 @@ class RawResponse:
     def request_id(self) -> str | None:
         """The server's ``x-request-id``, if it sent one."""
         return self.headers.get("x-request-id")
+
+
+ON_WIRE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "asyncimg_on_wire", default=None
+)
+"""Called once by :meth:`Transport.request` when the request is on the wire (see :class:`_Wire`)."""
+
+
+class _Wire:
+    """When a request is on the wire, told by aiohttp's trace hooks.
+
+    The callback runs once, as soon as the last byte of the body (by the request's
+    ``Content-Length``) has been handed to the connection; without a length, when
+    the response begins or the request fails after its headers were written. It
+    never runs for a request that wrote nothing (no connection, DNS failure,
+    connect timeout): nothing can have reached the server.
+    """
+
+    __slots__ = ("callback", "left", "started")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback: Callable[[], None] | None = callback
+        self.left: int | None = None  # body bytes still to hand over; None: length unknown
+        self.started = False  # the headers went out
+
+    def fire(self) -> None:
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback()
+
+    def headers_sent(self, headers: Mapping[str, str]) -> None:
+        self.started = True
+        length = headers.get("Content-Length")
+        self.left = int(length) if length is not None and length.isdigit() else None
+        if self.left == 0:
+            self.fire()
+
+    def chunk_sent(self, size: int) -> None:
+        if self.left is not None:
+            self.left -= size
+            if self.left <= 0:
+                self.fire()
+
+
+async def _on_headers_sent(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    wire = ctx.trace_request_ctx
+    if isinstance(wire, _Wire):
+        wire.headers_sent(params.headers)
+
+
+async def _on_chunk_sent(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestChunkSentParams,
+) -> None:
+    wire = ctx.trace_request_ctx
+    if isinstance(wire, _Wire):
+        wire.chunk_sent(len(params.chunk))
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    config = aiohttp.TraceConfig()
+    config.on_request_headers_sent.append(_on_headers_sent)
+    config.on_request_chunk_sent.append(_on_chunk_sent)
+    config.freeze()
+    return config
 
 
 def without_query(url: str) -> str:
@@ -202,6 +273,7 @@ class Transport:
                 timeout=aiohttp.ClientTimeout(total=None),
                 json_serialize=json.dumps,
                 auto_decompress=True,
+                trace_configs=[_trace_config()],
             )
             self._session = session
             self._loop = asyncio.get_running_loop()
@@ -231,7 +303,9 @@ class Transport:
         """Send one request and read the whole response.
 
         With ``decode_json`` a successful body is decoded (in a reused buffer)
-        into ``RawResponse.json`` instead of being kept as bytes.
+        into ``RawResponse.json`` instead of being kept as bytes. The callback in
+        :data:`ON_WIRE`, if any, runs once the request is on the wire, and never if
+        nothing was written.
 
         Raises:
             APIStatusError: (a subclass of it) the status is 400 or above.
@@ -251,12 +325,22 @@ class Transport:
             for name, file in form.files:
                 data.add_field(name, file.data, filename=file.filename, content_type=file.mime)
         what = f"{method} {without_query(url)}"
-        with map_transport_errors(what, timeout):
-            async with self.session.request(
-                method, url, data=data, headers=send_headers, timeout=self._timeout(timeout)
-            ) as resp:
-                chunks, size = await self._read(resp)
-                status, resp_headers = resp.status, resp.headers
+        on_wire = ON_WIRE.get()
+        wire = None if on_wire is None else _Wire(on_wire)
+        try:
+            with map_transport_errors(what, timeout):
+                async with self.session.request(
+                    method, url, data=data, headers=send_headers,
+                    timeout=self._timeout(timeout), trace_request_ctx=wire,
+                ) as resp:
+                    if wire is not None:
+                        wire.fire()  # answered: it was on the wire, whatever its length
+                    chunks, size = await self._read(resp)
+                    status, resp_headers = resp.status, resp.headers
+        except BaseException:
+            if wire is not None and wire.started:
+                wire.fire()  # something went out: the server may have counted it
+            raise
         if status >= 400 or not decode_json:
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             if status >= 400:
