@@ -98,7 +98,11 @@ def _connection_options() -> argparse.ArgumentParser:
         "--rate", type=_rate_arg, default=RateLimit(images=50, per=60.0), metavar="RATE",
         help="images per window: 50/min (default), 5/s, 20/2s, or off",
     )
-    g.add_argument("--concurrency", type=_positive_int, default=16, help="requests in flight")
+    g.add_argument(
+        "--concurrency", type=_positive_int, default=None,
+        help="a hard ceiling on requests in flight (default: sized from --rate and the "
+        "answer times, 16 to 512)",
+    )
     g.add_argument("--max-retries", type=int, default=3, help="retries per request")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds for one attempt")
     g.add_argument(
@@ -200,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="the key to expect (default: any)")
     serve.add_argument("--images-per-minute", type=int, help="answer 429 above this")
     serve.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    serve.add_argument(
+        "--latency-sigma", type=float, default=0.0, metavar="SIGMA",
+        help="lognormal spread of --latency (its median); 0: fixed",
+    )
+    serve.add_argument(
+        "--download-latency", type=float, default=0.0, metavar="S",
+        help="seconds before each url download answers",
+    )
     return parser
 
 
@@ -476,6 +488,7 @@ def _serve(args: argparse.Namespace) -> int:
     serve(
         args.host, args.port, api_key=args.api_key,
         images_per_minute=args.images_per_minute, latency=args.latency,
+        latency_sigma=args.latency_sigma, download_latency=args.download_latency,
     )
     return EXIT_OK
 
