@@ -65,7 +65,8 @@ async def test_a_fixed_ceiling_is_hard_and_fifo() -> None:
 
     tasks = [asyncio.ensure_future(wait(i)) for i in range(3)]
     await settle()
-    assert order == [] and gate.in_use == 2
+    assert order == []
+    assert gate.in_use == 2
     gate.release()
     await settle()
     assert order == [0]
@@ -81,7 +82,8 @@ async def test_the_auto_limit_follows_answer_times() -> None:
     clock = FakeClock()
     gate = Gate(RateLimit(20, 10.0, margin=0.0), clock=clock)
     assert gate.ceiling == AUTO_CEILING
-    assert gate.limit() == 40 and gate.latency() == 0.0
+    assert gate.limit() == 40
+    assert gate.latency() == 0.0
     token = gate.sent()
     clock.advance(25.0)
     assert gate.latency() == 25.0  # the oldest unanswered request's age

@@ -116,18 +116,21 @@ async def test_an_upload_is_stamped_when_its_body_is_handed_over_not_at_the_answ
         (entry,) = emu.requests("/v1/images/edits")
         (arrival, images), = emu.arrivals
     assert len(response.data) == 2
-    assert stats.sent == 2 and stats.refunded == 0
+    assert stats.sent == 2
+    assert stats.refunded == 0
     assert answered >= 0.3
     # The gate measured the server's answer time from the stamp: the upload was before it.
     assert 0.3 <= client._gate.latency() < answered
-    assert images == 2 and arrival >= entry.time
+    assert images == 2
+    assert arrival >= entry.time
 
 
 def test_the_wire_signal_counts_the_body_by_its_length() -> None:
     fired: list[int] = []
     wire = _Wire(lambda: fired.append(1))
     wire.headers_sent({"Content-Length": "100"})
-    assert wire.started and not fired
+    assert wire.started
+    assert not fired
     wire.chunk_sent(60)
     assert not fired
     wire.chunk_sent(40)
