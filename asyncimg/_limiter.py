@@ -13,10 +13,19 @@ held the budget at the end of that window at the same time: no window of
 ``per`` seconds ever holds more than ``images`` images, at the client, nor at the
 server as long as a request reaches it within ``margin`` seconds of its stamp.
 
-Waiters are served strictly in order of arrival: a big request at the head of the
-queue blocks the small ones behind it, so it is never starved. A request larger
-than the whole budget is refused at once with a :class:`ValidationError`. A waiter
-cancelled while waiting takes nothing and delays nobody.
+Waiters are served in order of arrival: a big request at the head of the queue is
+never starved by the small ones behind it. With ``backfill`` (the default), a
+waiter behind a head that cannot fit yet may go first, but only with images the
+head will not need: the limiter computes the moment the head fits (the window
+expiries it waits for) and lets a later waiter use only what will still be spare
+at that moment, so the head is granted exactly when it would have been under
+strict FIFO and never later (EASY backfilling, as batch schedulers do). Only the
+first :data:`BACKFILL_LOOKAHEAD` waiters behind the head are considered, and only
+while neither the server's headers nor a ``burst`` sub-window constrain the grants
+(then the order is strict). ``backfill=False`` keeps the order strict always. A
+request larger than the whole budget is refused at once with a
+:class:`ValidationError`. A waiter cancelled while waiting takes nothing and
+delays nobody.
 
 Server feedback: :meth:`Limiter.pause` stops every grant until a deadline (a 429's
 Retry-After; concurrent pauses merge, the latest deadline wins);
@@ -50,6 +59,7 @@ import attrs
 from ._exceptions import ValidationError
 
 __all__ = [
+    "BACKFILL_LOOKAHEAD",
     "Clock",
     "FakeClock",
     "Limiter",
@@ -472,6 +482,9 @@ class RateLimiter(Protocol):
 
 # -- the limiter ------------------------------------------------------------------------
 
+BACKFILL_LOOKAHEAD = 32
+"""How many waiters behind a blocked head :class:`Limiter` considers for backfilling."""
+
 _Waiter = tuple["asyncio.Future[Permit]", int]
 
 
@@ -482,6 +495,8 @@ class Limiter:
         rate: the budget; None switches the budget off (acquire never waits for it,
             and server headers are ignored) but :meth:`pause` still holds everyone.
         clock: the time source; :class:`MonotonicClock` by default.
+        backfill: let a later waiter use images the blocked head will not need in
+            time (see the module docstring); False serves strictly in order.
 
     One limiter may be shared by several clients on one event loop. Nothing is
     bound to a loop at construction time.
@@ -492,6 +507,7 @@ class Limiter:
         "_allow_epoch",
         "_allow_images",
         "_allow_until",
+        "_backfill",
         "_busy_since",
         "_clock",
         "_granted",
@@ -518,8 +534,11 @@ class Limiter:
         "rate",
     )
 
-    def __init__(self, rate: RateLimit | None, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, rate: RateLimit | None, *, clock: Clock | None = None, backfill: bool = True
+    ) -> None:
         self.rate = rate
+        self._backfill = backfill
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         # The local window: 0 means no budget.
         self._limit = rate.images if rate is not None else 0
@@ -593,6 +612,8 @@ class Limiter:
         if self._n_waiting == 1:
             self._busy_since = self._clock.now()
             self._drain()  # the first waiter: set up the timer
+        elif self._backfill and len(self._waiters) <= BACKFILL_LOOKAHEAD + 1:
+            self._drain()  # it may fit in what the head leaves spare
         try:
             return await future
         except asyncio.CancelledError:
@@ -804,11 +825,49 @@ class Limiter:
         if not waiters:
             self._cancel_timer()
             return
+        if self._backfill and self._limit and not self._sub_limit and self._allow is None:
+            self._backfill_behind(waiters[0][1])
         when = self._next_change(waiters[0][1])
         if when is None:
             self._cancel_timer()  # only a stamp or a refund can help; both drain
         else:
             self._schedule(when)
+
+    def _backfill_behind(self, head: int) -> None:
+        """Grant waiters behind the head (``head`` images) from what it will leave spare.
+
+        The head fits at the first expiry ``T`` after which ``limit - used +
+        expired`` reaches ``head``; a permit granted now holds its images until at
+        least ``now + span >= T``, so only ``spare = limit - used + expired(T) -
+        head`` may go, and the head is still granted at ``T``.
+        """
+        free = self._limit - self._used
+        if free <= 0:
+            return
+        spare = free - head
+        fit_at = -math.inf
+        for expiry, count in self._window:
+            if spare >= 0 and expiry > fit_at:
+                break
+            spare += count
+            fit_at = expiry
+        if spare <= 0:
+            return  # the head waits for permits not yet stamped, or nothing is spare
+        waiters = self._waiters
+        i = 1
+        while i < len(waiters) and i <= BACKFILL_LOOKAHEAD and spare > 0 and free > 0:
+            future, n = waiters[i]
+            if future.done():
+                del waiters[i]
+                continue
+            if n <= spare and n <= free:
+                del waiters[i]
+                self._left(n)
+                future.set_result(self._grant(n))
+                spare -= n
+                free -= n
+                continue
+            i += 1
 
     def _next_change(self, n: int) -> float | None:
         """The earliest time the head (``n`` images) may fit, or None: wait for an event."""
