@@ -769,7 +769,7 @@ async def _simulate(
     headers: list[tuple[int, int, int]] | None = None,
     backfill: bool = False,
 ) -> tuple[list[tuple[float, int]], Limiter]:
-    """Run the clients on a FakeClock; check liveness, FIFO (strict) and leaks; return the stamps."""
+    """Run the clients on a FakeClock; check liveness, strict FIFO, leaks; return the stamps."""
     clock = FakeClock()
     limiter = Limiter(rate, clock=clock, backfill=backfill)
     stamps: list[tuple[float, int]] = []

@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import struct
-import zlib
 
 import pytest
 
 from asyncimg import APIConnectionError, AsyncImagesClient, RateLimit
 from asyncimg._transport import ON_WIRE, Transport, _Wire
 from asyncimg.testing import Emulator, Fault
+from asyncimg.testing._png import encode_png
 
 from .conftest import TEST_KEY
 
@@ -89,15 +88,7 @@ async def test_the_stamp_waits_for_a_pooled_connection() -> None:
 def noise_png(side: int) -> bytes:
     """A ``side`` x ``side`` RGBA PNG of random pixels (it does not compress: ~4 side^2 bytes)."""
     rng = random.Random(side)
-    raw = b"".join(b"\x00" + rng.randbytes(side * 4) for _ in range(side))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 1))
-            + chunk(b"IEND", b""))
+    return encode_png(side, side, [rng.randbytes(side * 4) for _ in range(side)], alpha=True)
 
 
 async def test_an_upload_is_stamped_when_its_body_is_handed_over_not_at_the_answer() -> None:
