@@ -38,8 +38,8 @@ The clock is injectable (:class:`Clock`); tests use :class:`FakeClock` and trave
 time. A limiter is not thread-safe: share one between clients on one event loop
 (or one loop after another), not between threads.
 
-The concurrency cap (``max_concurrency``) is independent of the rate and is a plain
-semaphore in the client; there is no gate class here.
+The concurrency ceiling is not here: ``asyncimg._gate`` sizes it from the rate (and
+the answer times), and the client stamps a permit when its request is on the wire.
 """
 
 from __future__ import annotations
@@ -461,7 +461,12 @@ class LimiterStats:
 
 
 class RateLimiter(Protocol):
-    """The interface the client uses; a limiter shared between processes can plug in."""
+    """The interface the client uses; a limiter shared between processes can plug in.
+
+    Optional: a ``rate`` attribute holding a :class:`RateLimit` (as :class:`Limiter`
+    has). The client sizes its default concurrency ceiling from it; a limiter
+    without one gets the fixed default ceiling (16) unless ``max_concurrency=`` is given.
+    """
 
     async def acquire(self, images: int) -> RatePermit:
         """Wait for (FIFO) and take a permit for ``images`` images."""

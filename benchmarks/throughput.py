@@ -27,7 +27,8 @@ Per run: the ratio, the fullest window at the server (images in any 6 s; goal <=
 wait; the machine's two cores are shared), started a fraction of a window apart
 so that their bursts do not coincide; the table's wall time is the slowest run's.
 The arrival-lag runs go first, alone. Results go to stdout and into
-``benchmarks/RESULTS.md`` between the markers below. Nothing here talks to any address but 127.0.0.1.
+``benchmarks/RESULTS.md`` between the markers below. Nothing here talks to any
+address but 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ async def _lag(kind: str, base_url: str) -> dict[str, Any]:
 
     from asyncimg import AsyncImagesClient, RateLimit
     from asyncimg._limiter import Limiter, Permit
-    from asyncimg.testing._png import encode_png
+    from asyncimg.testing import encode_png
 
     current: contextvars.ContextVar[str] = contextvars.ContextVar("prompt")
     grants: dict[str, float] = {}

@@ -13,8 +13,7 @@ import pytest
 
 from asyncimg import APIConnectionError, AsyncImagesClient, RateLimit
 from asyncimg._transport import ON_WIRE, Transport, _Wire
-from asyncimg.testing import Emulator, Fault
-from asyncimg.testing._png import encode_png
+from asyncimg.testing import Emulator, Fault, encode_png
 
 from .conftest import TEST_KEY
 
