@@ -98,28 +98,23 @@ class _Wire:
                 self.fire()
 
 
-async def _on_headers_sent(
+async def _on_sent(
     session: aiohttp.ClientSession, ctx: SimpleNamespace,
-    params: aiohttp.TraceRequestHeadersSentParams,
+    params: aiohttp.TraceRequestHeadersSentParams | aiohttp.TraceRequestChunkSentParams,
 ) -> None:
     wire = ctx.trace_request_ctx
-    if isinstance(wire, _Wire):
+    if not isinstance(wire, _Wire):
+        return
+    if isinstance(params, aiohttp.TraceRequestHeadersSentParams):
         wire.headers_sent(params.headers)
-
-
-async def _on_chunk_sent(
-    session: aiohttp.ClientSession, ctx: SimpleNamespace,
-    params: aiohttp.TraceRequestChunkSentParams,
-) -> None:
-    wire = ctx.trace_request_ctx
-    if isinstance(wire, _Wire):
+    else:
         wire.chunk_sent(len(params.chunk))
 
 
 def _trace_config() -> aiohttp.TraceConfig:
     config = aiohttp.TraceConfig()
-    config.on_request_headers_sent.append(_on_headers_sent)
-    config.on_request_chunk_sent.append(_on_chunk_sent)
+    config.on_request_headers_sent.append(_on_sent)
+    config.on_request_chunk_sent.append(_on_sent)
     config.freeze()
     return config
 
