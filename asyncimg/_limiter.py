@@ -20,9 +20,9 @@ head will not need: the limiter computes the moment the head fits (the window
 expiries it waits for) and lets a later waiter use only what will still be spare
 at that moment, so the head is granted exactly when it would have been under
 strict FIFO and never later (EASY backfilling, as batch schedulers do). Only the
-first :data:`BACKFILL_LOOKAHEAD` waiters behind the head are considered, and only
-while neither the server's headers nor a ``burst`` sub-window constrain the grants
-(then the order is strict). ``backfill=False`` keeps the order strict always. A
+first :data:`BACKFILL_LOOKAHEAD` waiters behind the head are considered, and the
+order is strict while a ``burst`` sub-window, or a server allowance counted in
+requests, constrains the grants. ``backfill=False`` keeps the order strict always. A
 request larger than the whole budget is refused at once with a
 :class:`ValidationError`. A waiter cancelled while waiting takes nothing and
 delays nobody.
@@ -830,7 +830,7 @@ class Limiter:
         if not waiters:
             self._cancel_timer()
             return
-        if self._backfill and self._limit and not self._sub_limit and self._allow is None:
+        if self._backfill and self._limit and not self._sub_limit:
             self._backfill_behind(waiters[0][1])
         when = self._next_change(waiters[0][1])
         if when is None:
@@ -841,36 +841,59 @@ class Limiter:
     def _backfill_behind(self, head: int) -> None:
         """Grant waiters behind the head (``head`` images) from what it will leave spare.
 
-        The head fits at the first expiry ``T`` after which ``limit - used +
-        expired`` reaches ``head``; a permit granted now holds its images until at
-        least ``now + span >= T``, so only ``spare = limit - used + expired(T) -
-        head`` may go, and the head is still granted at ``T``.
+        The head fits at the first moment ``T`` (a window expiry, or the lapse of the
+        server's allowance) when ``limit - used + expired(T)`` and, before the lapse,
+        the allowance ``allow + expired(T)`` both reach ``head``. A permit granted now
+        holds its images until at least ``now + span >= T``, so only what is spare at
+        ``T`` may go, and the head is still granted at ``T``.
         """
         free = self._limit - self._used
-        if free <= 0:
+        allow = self._allow
+        if allow is not None and not self._allow_images:
+            return  # the server counts requests: every grant costs the head; keep the order
+        room = free if allow is None else min(free, allow)
+        if room <= 0:
             return
-        spare = free - head
-        fit_at = -math.inf
-        for expiry, count in self._window:
-            if spare >= 0 and expiry > fit_at:
+        until = self._allow_until if allow is not None else -math.inf
+
+        def spare_at(expired: int, when: float) -> int:
+            spare = free + expired - head
+            if allow is not None and when < until:
+                spare = min(spare, allow + expired - head)
+            return spare
+
+        spare = -1
+        expired = 0
+        window = self._window
+        for k, (expiry, count) in enumerate(window):
+            if until <= expiry and (k == 0 or window[k - 1][0] < until):
+                spare = spare_at(expired, until)  # the allowance lapses first
+                if spare >= 0:
+                    break
+            expired += count
+            if k + 1 < len(window) and window[k + 1][0] == expiry:
+                continue
+            spare = spare_at(expired, expiry)
+            if spare >= 0:
                 break
-            spare += count
-            fit_at = expiry
+        else:
+            if allow is not None:
+                spare = spare_at(expired, max(until, self._clock.now()))
         if spare <= 0:
             return  # the head waits for permits not yet stamped, or nothing is spare
         waiters = self._waiters
         i = 1
-        while i < len(waiters) and i <= BACKFILL_LOOKAHEAD and spare > 0 and free > 0:
+        while i < len(waiters) and i <= BACKFILL_LOOKAHEAD and spare > 0 and room > 0:
             future, n = waiters[i]
             if future.done():
                 del waiters[i]
                 continue
-            if n <= spare and n <= free:
+            if n <= spare and n <= room:
                 del waiters[i]
                 self._left(n)
                 future.set_result(self._grant(n))
                 spare -= n
-                free -= n
+                room -= n
                 continue
             i += 1
 

@@ -258,6 +258,35 @@ async def test_backfill_a_stream_of_small_requests_does_not_starve_a_big_one() -
     assert big.done()
 
 
+@pytest.mark.parametrize(
+    ("headers", "passed"),
+    [
+        ({"x-ratelimit-remaining-images": "2", "x-ratelimit-reset-images": "20s"}, 2),
+        ({"x-ratelimit-remaining-images": "1", "x-ratelimit-reset-images": "20s"}, 1),
+        ({"x-ratelimit-remaining-images": "0", "x-ratelimit-reset-images": "20s"}, 0),
+        ({"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "20s"}, 0),
+    ],
+)
+async def test_backfill_within_the_servers_allowance(
+    headers: dict[str, str], passed: int
+) -> None:
+    limiter, clock = make(images=10, per=10.0)
+    (await take(limiter, 8)).stamp()
+    limiter.observe_headers(headers)
+    big = spawn(limiter.acquire(5))
+    await settle()
+    smalls = [spawn(limiter.acquire(1)) for _ in range(3)]
+    await settle()
+    assert not big.done()
+    assert sum(t.done() for t in smalls) == passed
+    clock.advance(10.0)  # the 8 leave both windows: the head fits, as it would in order
+    await settle()
+    assert big.done()
+    for t in smalls:
+        t.cancel()
+    await settle()
+
+
 async def test_without_backfill_the_order_is_strict() -> None:
     limiter, _ = make(images=10, per=10.0, backfill=False)
     (await take(limiter, 8)).stamp()
