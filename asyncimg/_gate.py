@@ -137,6 +137,8 @@ class Gate:
         """A request goes to the server now; returns the token for :meth:`answered`."""
         self._seq += 1
         self._open[self._seq] = self._clock.now()
+        if self._waiters and self._timer is None:
+            self._arm()  # the first request on its way: from now on its age counts
         return self._seq
 
     def answered(self, token: int, *, measured: bool = True) -> None:

@@ -130,6 +130,20 @@ async def test_waiters_held_back_are_let_in_as_the_oldest_request_ages() -> None
     assert gate.in_use == 41
 
 
+async def test_waiters_queued_before_anything_was_sent_are_let_in_too() -> None:
+    clock = FakeClock()
+    gate = Gate(RateLimit(20, 10.0, margin=0.0), clock=clock)
+    for _ in range(40):
+        await gate.acquire()
+    waiter = asyncio.ensure_future(gate.acquire())  # queued while nothing is on its way
+    await settle()
+    for _ in range(20):
+        gate.sent()
+    clock.advance(10.0)
+    await settle()
+    assert waiter.done()
+
+
 async def test_a_cancelled_waiter_takes_nothing() -> None:
     gate = Gate(None, fixed=1, clock=FakeClock())
     await gate.acquire()
