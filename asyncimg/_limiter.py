@@ -19,7 +19,8 @@ waiter behind a head that cannot fit yet may go first, but only with images the
 head will not need: the limiter computes the moment the head fits (the window
 expiries it waits for) and lets a later waiter use only what will still be spare
 at that moment, so the head is granted exactly when it would have been under
-strict FIFO and never later (EASY backfilling, as batch schedulers do). Only the
+strict FIFO, or at most ``margin`` later (EASY backfilling, as batch schedulers
+do; the margin lets the images of one burst, stamped a few ms apart, all count). Only the
 first :data:`BACKFILL_LOOKAHEAD` waiters behind the head are considered, and the
 order is strict while a ``burst`` sub-window, or a server allowance counted in
 requests, constrains the grants. ``backfill=False`` keeps the order strict always. A
@@ -513,6 +514,8 @@ class Limiter:
         "_allow_images",
         "_allow_until",
         "_backfill",
+        "_bf_deadline",
+        "_bf_head",
         "_busy_since",
         "_clock",
         "_granted",
@@ -544,6 +547,8 @@ class Limiter:
     ) -> None:
         self.rate = rate
         self._backfill = backfill
+        self._bf_head: asyncio.Future[Permit] | None = None  # the head its deadline is for
+        self._bf_deadline = math.inf
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         # The local window: 0 means no budget.
         self._limit = rate.images if rate is not None else 0
@@ -831,21 +836,24 @@ class Limiter:
             self._cancel_timer()
             return
         if self._backfill and self._limit and not self._sub_limit:
-            self._backfill_behind(waiters[0][1])
+            self._backfill_behind(*waiters[0])
         when = self._next_change(waiters[0][1])
         if when is None:
             self._cancel_timer()  # only a stamp or a refund can help; both drain
         else:
             self._schedule(when)
 
-    def _backfill_behind(self, head: int) -> None:
+    def _backfill_behind(self, head_future: asyncio.Future[Permit], head: int) -> None:
         """Grant waiters behind the head (``head`` images) from what it will leave spare.
 
         The head fits at the first moment ``T`` (a window expiry, or the lapse of the
         server's allowance) when ``limit - used + expired(T)`` and, before the lapse,
-        the allowance ``allow + expired(T)`` both reach ``head``. A permit granted now
-        holds its images until at least ``now + span >= T``, so only what is spare at
-        ``T`` may go, and the head is still granted at ``T``.
+        the allowance ``allow + expired(T)`` both reach ``head``. Its deadline is
+        ``T + margin``, fixed while it stays the head (the images of one burst are
+        stamped a few ms apart: without the margin, a head that the first of them
+        would let in could not be backfilled at all). A permit granted now holds its
+        images until at least ``now + span``, past the deadline, so only what is spare
+        at the deadline may go, and the head is granted by then.
         """
         free = self._limit - self._used
         allow = self._allow
@@ -862,23 +870,19 @@ class Limiter:
                 spare = min(spare, allow + expired - head)
             return spare
 
-        spare = -1
+        if self._bf_head is not head_future:
+            fit_at = self._fit_time(spare_at)
+            if fit_at is None:
+                return  # the head waits for permits not yet stamped
+            self._bf_head = head_future
+            self._bf_deadline = fit_at + (self.rate.margin if self.rate is not None else 0.0)
+        deadline = self._bf_deadline
         expired = 0
-        window = self._window
-        for k, (expiry, count) in enumerate(window):
-            if until <= expiry and (k == 0 or window[k - 1][0] < until):
-                spare = spare_at(expired, until)  # the allowance lapses first
-                if spare >= 0:
-                    break
-            expired += count
-            if k + 1 < len(window) and window[k + 1][0] == expiry:
-                continue
-            spare = spare_at(expired, expiry)
-            if spare >= 0:
+        for expiry, count in self._window:
+            if expiry > deadline:
                 break
-        else:
-            if allow is not None:
-                spare = spare_at(expired, max(until, self._clock.now()))
+            expired += count
+        spare = spare_at(expired, deadline)
         if spare <= 0:
             return  # the head waits for permits not yet stamped, or nothing is spare
         waiters = self._waiters
@@ -896,6 +900,27 @@ class Limiter:
                 room -= n
                 continue
             i += 1
+
+    def _fit_time(self, spare_at: Callable[[int, float], int]) -> float | None:
+        """The first expiry (or the allowance's lapse) at which ``spare_at`` is >= 0."""
+        until = self._allow_until if self._allow is not None else -math.inf
+        expired = 0
+        window = self._window
+        for k, (expiry, count) in enumerate(window):
+            if until <= expiry and (k == 0 or window[k - 1][0] < until) and (
+                spare_at(expired, until) >= 0
+            ):
+                return until  # the allowance lapses first
+            expired += count
+            if k + 1 < len(window) and window[k + 1][0] == expiry:
+                continue
+            if spare_at(expired, expiry) >= 0:
+                return expiry
+        if self._allow is not None:
+            when = max(until, self._clock.now())
+            if spare_at(expired, when) >= 0:
+                return when
+        return None
 
     def _next_change(self, n: int) -> float | None:
         """The earliest time the head (``n`` images) may fit, or None: wait for an event."""

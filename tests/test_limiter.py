@@ -287,6 +287,25 @@ async def test_backfill_within_the_servers_allowance(
     await settle()
 
 
+async def test_backfill_may_delay_the_head_by_the_margin_at_most() -> None:
+    """One burst is stamped over a few ms: what its first permit frees is not all."""
+    limiter, clock = make(images=10, per=10.0, margin=0.5)
+    (await take(limiter, 1)).stamp()
+    clock.advance(0.2)
+    (await take(limiter, 7)).stamp()
+    big = spawn(limiter.acquire(3))  # fits at 10.5 with nothing spare; at 10.7 with 7
+    await settle()
+    smalls = [spawn(limiter.acquire(1)) for _ in range(2)]
+    await settle()
+    assert all(t.done() for t in smalls)
+    clock.advance(10.5 - 0.2)
+    await settle()
+    assert not big.done()
+    clock.advance(0.2)  # t=10.7: within the margin of 10.5
+    await settle()
+    assert big.done()
+
+
 async def test_without_backfill_the_order_is_strict() -> None:
     limiter, _ = make(images=10, per=10.0, backfill=False)
     (await take(limiter, 8)).stamp()
