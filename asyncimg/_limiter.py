@@ -29,7 +29,11 @@ request larger than the whole budget is refused at once with a
 delays nobody.
 
 Server feedback: :meth:`Limiter.pause` stops every grant until a deadline (a 429's
-Retry-After; concurrent pauses merge, the latest deadline wins);
+Retry-After; concurrent pauses merge, the latest deadline wins). A pause that begins
+also doubles the margin of later sends (from at least 1% of ``per``, up to
+:data:`MAX_MARGIN`): a 429 under our own window means that the server counted a request
+later after its stamp than the margin allows for (measured on localhost: up to 0.1 s
+for a burst of 50, 0.3 s with 16 uploads of 4 MB in flight).
 :meth:`Limiter.observe_headers` reads ``x-ratelimit-remaining-images`` and
 ``x-ratelimit-reset-images`` (or the ``-requests`` variants) and, until that reset,
 grants no more than the server says remains plus what our own sends give back as
@@ -61,6 +65,7 @@ from ._exceptions import ValidationError
 
 __all__ = [
     "BACKFILL_LOOKAHEAD",
+    "MAX_MARGIN",
     "Clock",
     "FakeClock",
     "Limiter",
@@ -490,6 +495,8 @@ class RateLimiter(Protocol):
 
 BACKFILL_LOOKAHEAD = 32
 """How many waiters behind a blocked head :class:`Limiter` considers for backfilling."""
+MAX_MARGIN = 0.05
+"""The largest margin, as a fraction of ``per``, that 429s can widen it to."""
 
 _Waiter = tuple["asyncio.Future[Permit]", int]
 
@@ -654,6 +661,7 @@ class Limiter:
         if until > self._paused_until:
             if now >= self._paused_until:
                 self._pauses += 1
+                self._widen()
             self._paused_until = until
             if self._n_waiting:
                 self._drain()
@@ -745,6 +753,18 @@ class Limiter:
         )
 
     # -- the machinery --
+
+    def _widen(self) -> None:
+        """A 429 under our own window: the server counted later than the margin allows.
+
+        Double the margin of the sends to come, up to :data:`MAX_MARGIN` of ``per``.
+        """
+        rate = self.rate
+        if rate is None:
+            return
+        margin = self._span - rate.per
+        widened = min(max(2 * margin, rate.per / 100), rate.per * MAX_MARGIN)
+        self._span = rate.per + max(margin, widened)
 
     def _left(self, n: int) -> None:
         """A waiter for ``n`` images left the queue (granted or cancelled)."""
@@ -875,7 +895,7 @@ class Limiter:
             if fit_at is None:
                 return  # the head waits for permits not yet stamped
             self._bf_head = head_future
-            self._bf_deadline = fit_at + (self.rate.margin if self.rate is not None else 0.0)
+            self._bf_deadline = fit_at + self._span - (self.rate.per if self.rate else 0.0)
         deadline = self._bf_deadline
         expired = 0
         for expiry, count in self._window:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from asyncimg._exceptions import ValidationError
 from asyncimg._limiter import (
+    MAX_MARGIN,
     FakeClock,
     Limiter,
     LimiterStats,
@@ -304,6 +305,32 @@ async def test_backfill_may_delay_the_head_by_the_margin_at_most() -> None:
     clock.advance(0.2)  # t=10.7: within the margin of 10.5
     await settle()
     assert big.done()
+
+
+async def test_a_pause_widens_the_margin_of_later_sends_up_to_a_cap() -> None:
+    limiter, clock = make(images=1, per=10.0, margin=0.1)
+
+    async def window_of_one_send() -> float:
+        permit = await take(limiter, 1)
+        permit.stamp()
+        start = clock.now()
+        waiter = spawn(limiter.acquire(1))
+        await settle()
+        clock.advance_to(clock.next_deadline or start)
+        await settle()
+        assert waiter.done()
+        waiter.result().refund()
+        return clock.now() - start
+
+    assert await window_of_one_send() == pytest.approx(10.1)
+    limiter.pause(1.0)
+    limiter.pause(2.0)  # the same pause: it widens once
+    clock.advance(3.0)
+    assert await window_of_one_send() == pytest.approx(10.2)
+    for _ in range(5):
+        limiter.pause(0.5)
+        clock.advance(1.0)
+    assert await window_of_one_send() == pytest.approx(10.0 * (1 + MAX_MARGIN))
 
 
 async def test_without_backfill_the_order_is_strict() -> None:
