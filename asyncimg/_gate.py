@@ -94,6 +94,12 @@ class Gate:
         return AUTO_FLOOR if self._rate is None else AUTO_CEILING
 
     @property
+    def ready_limit(self) -> int | None:
+        """How many finished results a batch may hold for its consumer: None when fixed
+        (the batch's own window bounds them), else ``2 * AUTO_FLOOR``."""
+        return None if self._fixed is not None else 2 * AUTO_FLOOR
+
+    @property
     def in_use(self) -> int:
         """Slots taken now."""
         return self._in_use

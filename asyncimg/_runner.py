@@ -505,7 +505,8 @@ async def run_batch(
                 return await _run_entry(client, entry, params, allowed, folder)
 
             sink.start(summary)
-            batch = BatchIterator(entries, work, concurrency=client._gate.ceiling)
+            batch = BatchIterator(entries, work, concurrency=client._gate.ceiling,
+                                  ready=client._gate.ready_limit)
             async with batch, anyio.create_task_group() as tg:
 
                 async def ticker() -> None:

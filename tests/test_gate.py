@@ -214,3 +214,19 @@ async def test_generate_many_is_not_capped_at_16_by_default() -> None:
         elapsed = loop.time() - started
     assert all(item.error is None for item in items)
     assert elapsed < 0.3 * 2 - 0.05  # one round of answers, not two (16 + 14)
+
+
+async def test_generate_many_holds_few_unread_results_for_a_slow_consumer() -> None:
+    """The ceiling is large (512); the results waiting for the consumer are not."""
+    async with Emulator(api_key=TEST_KEY) as emu, AsyncImagesClient(
+        api_key=TEST_KEY, base_url=emu.base_url, rate_limit=RateLimit(1000, 1.0)
+    ) as client:
+        assert client._gate.ceiling == AUTO_CEILING
+        batch = client.generate_many([f"p{i}" for i in range(300)], model="dall-e-2",
+                                     size="256x256")
+        async with batch:
+            first = await batch.__anext__()
+            await asyncio.sleep(0.3)  # a slow consumer: the rest would all be answered
+            sent = len(emu.journal)
+        assert first.error is None
+    assert sent <= 2 * AUTO_FLOOR + AUTO_CEILING // 8
