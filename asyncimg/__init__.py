@@ -11,6 +11,7 @@
 
 import typing as _typing
 
+from ._batchapi import Batch, BatchJob, BatchResult, batch_line, submit_batch
 from ._client import AsyncImagesClient
 from ._exceptions import (
     APIConnectionError,
@@ -21,6 +22,7 @@ from ._exceptions import (
     AsyncImgError,
     AuthenticationError,
     BadRequestError,
+    BatchRequestError,
     ConflictError,
     ContentPolicyError,
     InternalServerError,
@@ -32,6 +34,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._files import ImageFile, ImageInput
+from ._keywords import EditKeywords, GenerateKeywords, RequestOptions, VariationKeywords
 from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter
 from ._models import (
     BatchItem,
@@ -42,6 +45,13 @@ from ._models import (
     PromptSource,
     PromptSpec,
     Usage,
+)
+from ._stream import (
+    CompletedImageEvent,
+    ImageStream,
+    ImageStreamEvent,
+    PartialImageEvent,
+    UnknownEvent,
 )
 from ._version import __version__
 
@@ -58,12 +68,21 @@ __all__ = [
     "AsyncImgError",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
     "BatchItem",
+    "BatchJob",
+    "BatchRequestError",
+    "BatchResult",
+    "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
+    "EditKeywords",
+    "GenerateKeywords",
     "Image",
     "ImageFile",
     "ImageInput",
+    "ImageStream",
+    "ImageStreamEvent",
     "ImagesClient",
     "ImagesResponse",
     "InputTokensDetails",
@@ -72,17 +91,23 @@ __all__ = [
     "LimiterStats",
     "NotFoundError",
     "OutputTokensDetails",
+    "PartialImageEvent",
     "PermissionDeniedError",
     "PromptSource",
     "PromptSpec",
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RequestOptions",
     "ResponseTooLargeError",
+    "UnknownEvent",
     "UnprocessableEntityError",
     "Usage",
     "ValidationError",
+    "VariationKeywords",
     "__version__",
+    "batch_line",
+    "submit_batch",
 ]
 
 

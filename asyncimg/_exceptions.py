@@ -18,6 +18,8 @@ Names follow the official ``openai`` SDK, so that code switching over keeps its
         │   ├── UnprocessableEntityError          422
         │   ├── RateLimitError                    429
         │   └── InternalServerError               >= 500
+        ├── BatchRequestError        a Batch API request that was never run (expired,
+        │                             cancelled): ``code`` says why
         ├── APIResponseValidationError  a 2xx whose body is not an images response
         │   └── ResponseTooLargeError    the body is over the client's size cap
         └── APIConnectionError       no answer: refused, reset, dropped, too large
@@ -25,7 +27,7 @@ Names follow the official ``openai`` SDK, so that code switching over keeps its
 
 Turning a status and a body into the right class is :func:`error_from_response`,
 a pure function. Turning aiohttp's exceptions into these happens in one place,
-``asyncimg._transport.map_transport_errors``.
+``asyncimg._transport.transport_error``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = [
     "APIConnectionError",
@@ -43,6 +47,7 @@ __all__ = [
     "AsyncImgError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchRequestError",
     "ConflictError",
     "ContentPolicyError",
     "InternalServerError",
@@ -52,8 +57,19 @@ __all__ = [
     "ResponseTooLargeError",
     "UnprocessableEntityError",
     "ValidationError",
+    "as_headers",
     "error_from_response",
 ]
+
+
+def as_headers(headers: Mapping[str, str] | None) -> CIMultiDictProxy[str]:
+    """Headers as a read-only case-insensitive multidict (every value of a repeated name kept).
+
+    aiohttp's own headers are returned as they are; a plain mapping is copied.
+    """
+    if isinstance(headers, CIMultiDictProxy):
+        return headers
+    return CIMultiDictProxy(CIMultiDict(headers or {}))
 
 
 class AsyncImgError(Exception):
@@ -81,11 +97,25 @@ class APIError(AsyncImgError):
         self.request_id = request_id
 
 
+class BatchRequestError(APIError):
+    """A request of a Batch API job that was never run: ``code`` says why.
+
+    ``batch_expired`` (the completion window ran out) or ``batch_cancelled``; a
+    request that ran and failed is the :class:`APIStatusError` of its status instead.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class APIStatusError(APIError):
     """The server answered with a status of 400 or above.
 
     Carries ``status_code``, ``message``, ``type``, ``param``, ``code``,
-    ``request_id`` and the decoded ``body`` (a dict for a JSON body, else text).
+    ``request_id``, the decoded ``body`` (a dict for a JSON body, else text) and
+    the response's ``headers``, case-insensitive (``headers["Retry-After"]`` and
+    ``headers["retry-after"]`` are the same).
     """
 
     def __init__(
@@ -106,7 +136,7 @@ class APIStatusError(APIError):
         self.param = param
         self.code = code
         self.body = body
-        self.headers: Mapping[str, str] = dict(headers or {})
+        self.headers: CIMultiDictProxy[str] = as_headers(headers)
 
     def __str__(self) -> str:
         parts = [f"{self.status_code}"]

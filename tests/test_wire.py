@@ -12,6 +12,7 @@ import socket
 import pytest
 
 from asyncimg import APIConnectionError, AsyncImagesClient, RateLimit
+from asyncimg._body import Body
 from asyncimg._transport import ON_WIRE, Transport, _Wire
 from asyncimg.testing import Emulator, Fault, encode_png
 
@@ -68,7 +69,8 @@ async def test_the_stamp_waits_for_a_pooled_connection() -> None:
                 await transport.request(
                     "POST", emu.base_url + "/images/generations",
                     headers={"Authorization": f"Bearer {TEST_KEY}"},
-                    json_body={"prompt": "p", "model": "dall-e-2", "size": "256x256"},
+                    body=Body(b'{"prompt": "p", "model": "dall-e-2", "size": "256x256"}',
+                              "application/json"),
                     timeout=5.0,
                 )
             finally:
