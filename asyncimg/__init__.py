@@ -24,6 +24,7 @@ from ._exceptions import (
     ConflictError,
     ContentPolicyError,
     InternalServerError,
+    LimiterUnavailableError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -46,6 +47,7 @@ from ._models import (
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
+    from ._redis import RedisLimiter
     from ._sync import ImagesClient
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "InternalServerError",
     "Limiter",
     "LimiterStats",
+    "LimiterUnavailableError",
     "NotFoundError",
     "OutputTokensDetails",
     "PermissionDeniedError",
@@ -78,6 +81,7 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RedisLimiter",
     "ResponseTooLargeError",
     "UnprocessableEntityError",
     "Usage",
@@ -94,4 +98,9 @@ def __getattr__(name: str) -> _typing.Any:
 
         globals()["ImagesClient"] = ImagesClient
         return ImagesClient
+    if name == "RedisLimiter":  # the `redis` extra: imported only when asked for
+        from ._redis import RedisLimiter
+
+        globals()["RedisLimiter"] = RedisLimiter
+        return RedisLimiter
     raise AttributeError(f"module 'asyncimg' has no attribute {name!r}")

@@ -1,0 +1,320 @@
+-- asyncimg's shared rate limiter: a FIFO sliding window counted in images.
+--
+-- One script, one operation per call (ARGV[1]); every operation first tidies
+-- the state (expired sends, lapsed leases) by Redis's own clock, so the clocks
+-- of the hosts never matter. All times are milliseconds.
+--
+-- KEYS (one hash tag, so one cluster slot):
+--   1 st    hash: counters, the pause, the server's allowance
+--   2 win   zset: ticket -> when its images leave the window (sent, or lapsed)
+--   3 held  zset: ticket -> lease deadline (granted, not yet sent nor refunded)
+--   4 q     zset: ticket -> arrival number (the FIFO queue of waiters)
+--   5 ql    zset: ticket -> lease deadline of a waiter
+--   6 ep    hash: ticket -> the allowance epoch it was granted under
+-- ARGV: 1 op, 2 caller session, 3 limit (images), 4 window (per + margin),
+--       5 per, 6 lease, 7 wake channel, 8 now ('' = TIME; tests pass a fake
+--       time), 9... the operation's arguments.
+-- A ticket is "<session>:<sequence>:<images>".
+--
+-- Reply: {granted tickets, wait, mine, state}; wait is how long the queue's
+-- head must wait (-1: until something happens, which publishes), mine is 1
+-- when the head belongs to the caller and fits, state is the shared snapshot.
+
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+
+local st, win, held, q, ql, ep = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local op, sid = ARGV[1], ARGV[2]
+local limit, window, per, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+  tonumber(ARGV[6])
+local channel = ARGV[7]
+local now
+if ARGV[8] ~= '' then
+  now = tonumber(ARGV[8])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local FIELDS = {'used', 'held', 'qimg', 'seq', 'granted', 'refunded', 'sent', 'pauses',
+  'pause_until', 'epoch', 'allow', 'allow_until', 'allow_img', 'slimit'}
+local S = {}
+local raw = redis.call('HMGET', st, unpack(FIELDS))
+for i, f in ipairs(FIELDS) do
+  S[f] = tonumber(raw[i])
+end
+for i = 1, 10 do
+  S[FIELDS[i]] = S[FIELDS[i]] or 0
+end
+
+local function count(m)
+  return tonumber(string.match(m, ':(%d+)$'))
+end
+
+local function owner(m)
+  return string.match(m, '^([^:]+):')
+end
+
+local function cost(n)
+  if S.allow_img == 1 then return n end
+  return 1
+end
+
+local function head()
+  return redis.call('ZRANGE', q, 0, 0)[1]
+end
+
+local freed = false
+local head0 = head()
+
+-- The tidy-up: sends that left the window, leases that lapsed.
+local gone = redis.call('ZRANGEBYSCORE', win, '-inf', now)
+if #gone > 0 then
+  for _, m in ipairs(gone) do
+    local n = count(m)
+    S.used = S.used - n
+    if S.allow then S.allow = S.allow + cost(n) end
+  end
+  redis.call('ZREMRANGEBYSCORE', win, '-inf', now)
+  freed = true
+end
+-- A holder that stopped renewing its lease is gone; what it held may have been
+-- sent, so it counts as sent when the lease lapsed.
+local lapsed = redis.call('ZRANGEBYSCORE', held, '-inf', now, 'WITHSCORES')
+for i = 1, #lapsed, 2 do
+  local m, at = lapsed[i], tonumber(lapsed[i + 1])
+  local n = count(m)
+  S.held = S.held - n
+  S.sent = S.sent + n
+  redis.call('HDEL', ep, m)
+  if at + window > now then
+    redis.call('ZADD', win, at + window, m)
+  else
+    S.used = S.used - n
+    freed = true
+  end
+end
+if #lapsed > 0 then
+  redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
+end
+local dead = redis.call('ZRANGEBYSCORE', ql, '-inf', now)
+for _, m in ipairs(dead) do
+  if redis.call('ZREM', q, m) == 1 then
+    S.qimg = S.qimg - count(m)
+  end
+end
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', ql, '-inf', now)
+end
+if S.allow and now >= S.allow_until then
+  S.allow = nil
+  freed = true
+end
+
+local function fits(n)
+  if now < S.pause_until then return false end
+  if S.used + n > limit then return false end
+  return S.allow == nil or cost(n) <= S.allow
+end
+
+local function grant(m)
+  local n = count(m)
+  S.used = S.used + n
+  S.held = S.held + n
+  S.granted = S.granted + n
+  if S.allow then S.allow = S.allow - cost(n) end
+  redis.call('ZADD', held, now + lease, m)
+  redis.call('HSET', ep, m, S.epoch)
+end
+
+local function enqueue(m)
+  S.seq = S.seq + 1
+  redis.call('ZADD', q, S.seq, m)
+  redis.call('ZADD', ql, now + lease, m)
+  S.qimg = S.qimg + count(m)
+end
+
+local function unqueue(m)
+  redis.call('ZREM', q, m)
+  redis.call('ZREM', ql, m)
+  S.qimg = S.qimg - count(m)
+end
+
+-- Give back what ticket m holds (not sent); true if it held anything.
+local function release(m)
+  local n = count(m)
+  if redis.call('ZREM', held, m) == 1 then
+    S.used = S.used - n
+    S.held = S.held - n
+    S.refunded = S.refunded + n
+    if S.allow and tonumber(redis.call('HGET', ep, m)) == S.epoch then
+      S.allow = S.allow + cost(n)
+    end
+    redis.call('HDEL', ep, m)
+    return true
+  end
+  if redis.call('ZREM', win, m) == 1 then  -- its lease lapsed, but it was never sent
+    S.used = S.used - n
+    S.sent = S.sent - n
+    S.refunded = S.refunded + n
+    return true
+  end
+  return false
+end
+
+-- Serve the caller's tickets at the head of the queue while they fit.
+local function serve(out)
+  while true do
+    local m = head()
+    if m == nil or owner(m) ~= sid or not fits(count(m)) then return end
+    unqueue(m)
+    grant(m)
+    out[#out + 1] = m
+  end
+end
+
+local granted = {}
+local last = -1
+
+if op == 'acquire' then
+  local m = ARGV[9]
+  if redis.call('ZCARD', q) == 0 and fits(count(m)) then
+    grant(m)
+    granted[1] = m
+  else
+    enqueue(m)
+  end
+elseif op == 'take' then
+  -- ARGV[9] = how many held tickets follow; then the caller's waiting tickets
+  -- in its own order. Both leases are renewed; a waiting ticket the queue lost
+  -- (Redis restarted, or its lease lapsed) joins at the back again.
+  local nheld = tonumber(ARGV[9])
+  for i = 10, 9 + nheld do
+    redis.call('ZADD', held, 'XX', now + lease, ARGV[i])
+  end
+  for i = 10 + nheld, #ARGV do
+    local m = ARGV[i]
+    if redis.call('ZSCORE', q, m) then
+      redis.call('ZADD', ql, now + lease, m)
+    elseif redis.call('ZSCORE', held, m) or redis.call('ZSCORE', win, m) then
+      granted[#granted + 1] = m  -- granted, but the reply was lost
+    else
+      enqueue(m)
+    end
+  end
+  serve(granted)
+elseif op == 'release' then
+  local m = ARGV[9]
+  if redis.call('ZSCORE', q, m) then
+    unqueue(m)
+  elseif release(m) then
+    freed = true
+  end
+elseif op == 'stamp' then
+  local m = ARGV[9]
+  local n = count(m)
+  if redis.call('ZREM', held, m) == 1 then
+    S.held = S.held - n
+    redis.call('HDEL', ep, m)
+  elseif redis.call('ZSCORE', win, m) == false then
+    S.used = S.used + n  -- Redis lost it (restarted): count it again
+  else
+    S.sent = S.sent - n  -- its lapse counted it already
+  end
+  S.sent = S.sent + n
+  redis.call('ZADD', win, now + window, m)
+  freed = true  -- the head now has an expiry to wait for
+elseif op == 'pause' then
+  local until_ = now + tonumber(ARGV[9])
+  if until_ > S.pause_until then
+    if now >= S.pause_until then S.pauses = S.pauses + 1 end
+    S.pause_until = until_
+  end
+elseif op == 'observe' then
+  -- ARGV: 9 remaining, 10 reset (ms), 11 1 = images / 0 = requests, 12 limit (-1: none)
+  local remaining, reset = tonumber(ARGV[9]), tonumber(ARGV[10])
+  S.epoch = S.epoch + 1
+  if reset <= 0 then
+    S.allow = nil
+  else
+    S.allow = math.max(0, remaining)
+    S.allow_until = now + reset
+    S.allow_img = tonumber(ARGV[11])
+  end
+  if tonumber(ARGV[12]) >= 0 then S.slimit = tonumber(ARGV[12]) end
+  freed = true
+elseif op ~= 'stats' then
+  return redis.error_reply('asyncimg limiter: unknown operation ' .. op)
+end
+
+if op == 'take' or op == 'stats' then
+  -- The images stamped in the last `per`: their window ends after now + window - per.
+  last = 0
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', win, '(' .. (now + window - per), '+inf')) do
+    last = last + count(m)
+  end
+end
+
+-- When may the head be served, and whom to tell.
+local h = head()
+local wait, mine = -1, 0
+if h then
+  local n = count(h)
+  if fits(n) then
+    wait = 0
+    if owner(h) == sid then
+      mine = 1
+    elseif freed or h ~= head0 then
+      redis.call('PUBLISH', channel, owner(h))
+    end
+  else
+    local when = nil
+    if now < S.pause_until then
+      when = S.pause_until
+    else
+      local first = redis.call('ZRANGE', win, 0, 0, 'WITHSCORES')
+      if S.used + n > limit then
+        if first[2] then when = tonumber(first[2]) end
+      elseif S.allow then
+        when = S.allow_until
+        if first[2] then when = math.min(when, tonumber(first[2])) end
+      end
+    end
+    if when then wait = when - now end
+    if owner(h) == sid then
+      mine = 2
+    elseif freed or h ~= head0 then
+      redis.call('PUBLISH', channel, owner(h))  -- a new head, or news for it
+    end
+  end
+end
+
+-- Save, and let every key expire once everything in it has.
+local keep = window + lease + 10000
+if S.pause_until - now + lease > keep then keep = S.pause_until - now + lease end
+if S.allow and S.allow_until - now + lease > keep then keep = S.allow_until - now + lease end
+local save = {}
+for _, f in ipairs(FIELDS) do
+  if S[f] ~= nil then
+    save[#save + 1] = f
+    save[#save + 1] = S[f]
+  end
+end
+redis.call('HSET', st, unpack(save))
+if S.allow == nil then
+  redis.call('HDEL', st, 'allow')
+end
+for i = 1, 6 do
+  redis.call('PEXPIRE', KEYS[i], math.ceil(keep))
+end
+
+local allow, reset_in = -1, -1
+if S.allow then
+  allow = S.allow
+  reset_in = S.allow_until - now
+end
+return {granted, math.floor(wait), mine, {
+  S.granted, S.refunded, S.sent, redis.call('ZCARD', q), S.qimg, S.held, S.used - S.held,
+  limit - S.used, S.pauses, math.max(0, S.pause_until - now), allow, math.floor(reset_in),
+  S.slimit or -1, last}}
