@@ -232,8 +232,12 @@ class RedisLimiter:
         Raises:
             ValueError: an argument is out of range, or the URL is not a Redis URL.
         """
-        from redis.asyncio import Redis
-
+        try:
+            from redis.asyncio import Redis
+        except ImportError as exc:
+            raise ImportError(
+                "RedisLimiter needs redis-py: pip install 'asyncimg[redis]'"
+            ) from exc
         timeout = kwargs.get("timeout", 2.0)
         client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         limiter = cls(client, rate=rate, name=name, **kwargs)
@@ -325,11 +329,13 @@ class RedisLimiter:
     # -- beyond the protocol --
 
     async def fetch_stats(self) -> LimiterStats:
-        """The shared window now (one round trip).
+        """The shared window now, after what this process has told Redis has landed.
 
         Raises:
             LimiterUnavailableError: Redis did not answer in time.
         """
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.timeout)
         await self._call("stats")
         return self.stats()
 
