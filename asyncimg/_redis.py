@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
     from redis.commands.core import AsyncScript
 
-__all__ = ["RedisLimiter", "RedisPermit"]
+__all__ = ["RedisLimiter", "RedisPermit", "check_name"]
 
 logger = logging.getLogger("asyncimg")
 
@@ -66,6 +66,20 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _HELD = 0
 _STAMPED = 1
 _REFUNDED = 2
+
+
+def check_name(name: str) -> None:
+    """Check a shared budget's name: 1-100 letters, digits, ``.``, ``_``, ``-``.
+
+    It goes into Redis keys, so it must not be an API key (``sk-...``).
+
+    Raises:
+        ValueError: the name is not acceptable (the message does not repeat it).
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError("the name must be 1-100 letters, digits, '.', '_' or '-'")
+    if name.startswith("sk-"):
+        raise ValueError("the name looks like an API key; it is written into Redis keys")
 
 
 def _ms(seconds: float) -> int:
@@ -168,11 +182,7 @@ class RedisLimiter:
             raise ValueError(f"rate must be a RateLimit, not {rate!r}")
         if rate.burst is not None:
             raise ValueError("RedisLimiter does not support RateLimit(burst=...)")
-        if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("sk-"):
-            raise ValueError(
-                "name must be 1-100 letters, digits, '.', '_' or '-' (and not an API key), "
-                f"not {name!r}"
-            )
+        check_name(name)
         if not _NAME.fullmatch(prefix):
             raise ValueError(f"prefix must be letters, digits, '.', '_' or '-', not {prefix!r}")
         for label, value in (("lease", lease), ("timeout", timeout)):

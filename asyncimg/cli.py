@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import sys
 import time
@@ -26,12 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ._exceptions import APIError, AsyncImgError, ValidationError
-from ._limiter import Limiter, RateLimit
+from ._limiter import Limiter, RateLimit, RateLimiter
 from ._runner import ProgressSink
 from ._version import __version__
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
+    from ._redis import RedisLimiter
     from ._runner import BatchSummary, Record
 
 __all__ = ["main", "parse_rate"]
@@ -97,6 +99,15 @@ def _connection_options() -> argparse.ArgumentParser:
     g.add_argument(
         "--rate", type=_rate_arg, default=RateLimit(images=50, per=60.0), metavar="RATE",
         help="images per window: 50/min (default), 5/s, 20/2s, or off",
+    )
+    g.add_argument(
+        "--redis", metavar="URL", default=os.environ.get("ASYNCIMG_REDIS_URL"),
+        help="share --rate through this Redis with every process using the same "
+        "--limit-name (default $ASYNCIMG_REDIS_URL)",
+    )
+    g.add_argument(
+        "--limit-name", default="openai-images", metavar="NAME",
+        help="which shared budget (with --redis): one per organization and model family",
     )
     g.add_argument("--concurrency", type=_positive_int, default=16, help="requests in flight")
     g.add_argument("--max-retries", type=int, default=3, help="retries per request")
@@ -218,8 +229,12 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
     from ._client import AsyncImagesClient
 
-    limiter = Limiter(args.rate)
     async with contextlib.AsyncExitStack() as stack:
+        limiter: RateLimiter = Limiter(args.rate)
+        if args.redis:
+            shared = _redis_limiter(args)
+            stack.push_async_callback(shared.aclose)
+            limiter = shared
         base_url = args.base_url
         api_key = None
         if args.emulator:
@@ -236,6 +251,24 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
             timeout=args.timeout,
         )
         yield await stack.enter_async_context(client)
+
+
+def _redis_limiter(args: argparse.Namespace) -> RedisLimiter:
+    """The shared limiter of ``--redis`` and ``--limit-name``; UsageError when unusable."""
+    if args.rate is None:
+        raise UsageError("--redis: a shared limit needs a --rate (not off)")
+    from ._redis import RedisLimiter, check_name
+
+    try:
+        check_name(args.limit_name)
+    except ValueError as exc:
+        raise UsageError(f"--limit-name: {exc}") from None
+    try:
+        return RedisLimiter.from_url(args.redis, rate=args.rate, name=args.limit_name)
+    except ImportError as exc:
+        raise UsageError(f"--redis: {exc}") from None
+    except ValueError:  # never echo the URL: it may hold a password
+        raise UsageError("--redis: not a redis://, rediss:// or unix:// URL") from None
 
 
 async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -257,7 +257,9 @@ async def test_two_limiters_share_one_window(redis_server: RedisServer, name: st
         await b.aclose()
 
 
-async def test_a_refund_elsewhere_wakes_a_waiter_at_once(redis_server: RedisServer, name: str) -> None:
+async def test_a_refund_elsewhere_wakes_a_waiter_at_once(
+    redis_server: RedisServer, name: str
+) -> None:
     rate = RateLimit(1, 30.0)
     a = limiter(redis_server.url, name, rate, lease=3.0)  # renewals every 1 s: not what wakes
     b = limiter(redis_server.url, name, rate, lease=3.0)
@@ -296,7 +298,9 @@ async def test_a_cancelled_waiter_takes_nothing(redis_server: RedisServer, name:
         await b.aclose()
 
 
-async def test_a_pause_in_one_process_holds_the_others(redis_server: RedisServer, name: str) -> None:
+async def test_a_pause_in_one_process_holds_the_others(
+    redis_server: RedisServer, name: str
+) -> None:
     rate = RateLimit(10, 10.0)
     a, b = limiter(redis_server.url, name, rate), limiter(redis_server.url, name, rate)
     try:
