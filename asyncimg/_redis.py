@@ -43,7 +43,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -126,7 +126,7 @@ class RedisPermit:
         """
         if self._state == _HELD:
             self._state = _STAMPED
-            self._limiter._settle(self.ticket, "stamp")
+            self._limiter._settle("s", self.ticket)
         elif self._state == _REFUNDED:
             raise RuntimeError("a refunded permit cannot be stamped")
 
@@ -134,7 +134,7 @@ class RedisPermit:
         """Nothing was sent: give the images back at once. No-op once stamped or refunded."""
         if self._state == _HELD:
             self._state = _REFUNDED
-            self._limiter._settle(self.ticket, "release")
+            self._limiter._settle("r", self.ticket)
 
     def __repr__(self) -> str:
         state = ("held", "stamped", "refunded")[self._state]
@@ -218,14 +218,18 @@ class RedisLimiter:
         self._seq = 0
         self._waiters: dict[str, tuple[asyncio.Future[RedisPermit], int]] = {}
         self._held: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._submit: list[tuple[str, int, asyncio.Future[RedisPermit]]] = []
+        self._submitting: asyncio.Task[None] | None = None
+        self._pending: list[str] = []  # settlements not sent yet
+        self._settling: asyncio.Task[None] | None = None
+        self._told = 0  # settlements queued, ever
+        self._landed = 0  # settlements whose call has finished, ever
+        self._landing = asyncio.Event()  # set (and replaced) as each call finishes
+        self._pause_pending = False
         self._pump_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # an asyncio.Event binds to a loop on first use
         self._subscribed = asyncio.Event()
-        self._pausing: asyncio.Task[Any] | None = None
-        self._observe_next: list[Any] | None = None
-        self._observing = False
         self._local: Limiter | None = None
         self._local_until = -math.inf
         self._warned = False
@@ -300,27 +304,27 @@ class RedisLimiter:
             raise ValueError(f"a pause must be a finite number of seconds >= 0, not {seconds!r}")
         if self._local is not None:
             self._local.pause(seconds)
-        self._pausing = self._spawn(self._quietly(self._call("pause", _ms(seconds))))
+        self._pause_pending = True
+        self._tell(f"p:{_ms(seconds)}")
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         """Share what ``x-ratelimit-*`` response headers say with every process.
 
-        Returns at once; while one update is on its way only the latest waits.
+        Returns at once; it travels with this process's next settlement (only the
+        latest headers, if several arrive meanwhile).
         """
         if self._local is not None:
             self._local.observe_headers(headers)
         word = read_ratelimit_headers(headers)
         if word is None:
             return
-        self._observe_next = [
-            word.remaining,
-            _ms(word.reset),
-            1 if word.images else 0,
-            -1 if word.limit is None else word.limit,
-        ]
-        if not self._observing:
-            self._observing = True
-            self._spawn(self._observe())
+        limit = -1 if word.limit is None else word.limit
+        item = f"o:{word.remaining}:{_ms(word.reset)}:{int(word.images)}:{limit}"
+        for i, pending in enumerate(self._pending):
+            if pending[0] == "o":  # older news, not sent yet
+                self._pending[i] = item
+                return
+        self._tell(item)
 
     def stats(self) -> LimiterStats:
         """The shared window as of this process's last Redis round trip (at most
@@ -344,29 +348,27 @@ class RedisLimiter:
         Raises:
             LimiterUnavailableError: Redis did not answer in time.
         """
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=self.timeout)
+        await self._flushed()
         await self._call("stats")
         return self.stats()
 
     async def aclose(self) -> None:
-        """Stop the background tasks, fail the waiters, close what :meth:`from_url` opened."""
+        """Let stamps and refunds land (within ``timeout``), fail the waiters, stop the
+        background tasks, and close what :meth:`from_url` opened."""
         self._closed = True
-        for future, _n in self._waiters.values():
+        closed = LimiterUnavailableError("the limiter was closed")
+        waiting = [f for _t, _n, f in self._submit] + [f for f, _n in self._waiters.values()]
+        for future in waiting:
             if not future.done():
-                future.set_exception(LimiterUnavailableError("the limiter was closed"))
+                future.set_exception(closed)
+        self._submit.clear()
         self._waiters.clear()
-        for task in (self._pump_task, self._listen_task):
-            if task is not None:
-                task.cancel()
-        pending = [t for t in (self._pump_task, self._listen_task) if t is not None]
-        if self._tasks:  # stamps and refunds on their way: let them land
-            await asyncio.wait(set(self._tasks), timeout=self.timeout)
-        for task in self._tasks:
+        await self._flushed()
+        tasks = [t for t in (self._pump_task, self._listen_task, self._submitting,
+                             self._settling) if t is not None]
+        for task in tasks:
             task.cancel()
-        pending += list(self._tasks)
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._owns:
             await self._redis.aclose()
 
@@ -405,65 +407,114 @@ class RedisLimiter:
         return reply
 
     async def _acquire_shared(self, n: int) -> RedisPermit:
-        if self._pausing is not None and not self._pausing.done():
-            await asyncio.shield(self._pausing)
+        if self._pause_pending:  # a 429 of ours: let Redis hear of it first
+            await self._flushed()
         self._seq += 1
         ticket = f"{self._sid}:{self._seq}:{n}"
-        try:
-            reply = await self._call("acquire", ticket)
-        except BaseException:
-            # It may have reached Redis: take nothing.
-            self._settle(ticket, "release")
-            raise
-        if reply.granted:
-            return self._permit(ticket, n)
         future: asyncio.Future[RedisPermit] = asyncio.get_running_loop().create_future()
-        self._waiters[ticket] = (future, n)
-        self._start_pump(wake=reply.mine != 0)
+        self._submit.append((ticket, n, future))
+        if self._submitting is None:
+            self._submitting = asyncio.get_running_loop().create_task(self._submitter())
         try:
             return await future
         except asyncio.CancelledError:
             if future.cancelled():
-                if self._waiters.pop(ticket, None) is not None:
-                    self._settle(ticket, "release")
+                self._abandon(ticket)
             elif future.exception() is None:
                 future.result().refund()
             raise
+
+    def _abandon(self, ticket: str) -> None:
+        """A waiter was cancelled: its ticket takes nothing and leaves the queue."""
+        for i, (pending, _n, _f) in enumerate(self._submit):
+            if pending == ticket:  # not sent yet
+                del self._submit[i]
+                return
+        if self._waiters.pop(ticket, None) is not None:
+            self._settle("r", ticket)
+        # else on its way in a batch: the submitter gives it back when the reply comes
+
+    async def _submitter(self) -> None:
+        """Send new tickets, as many as have arrived, in one call at a time."""
+        try:
+            while self._submit:
+                batch, self._submit = self._submit, []
+                try:
+                    reply = await self._call("acquire", *(ticket for ticket, _n, _f in batch))
+                except LimiterUnavailableError as exc:
+                    for ticket, _n, future in batch:
+                        self._settle("r", ticket)  # it may have reached Redis: take nothing
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                granted = set(reply.granted)
+                queued = False
+                for ticket, n, future in batch:
+                    if ticket in granted:
+                        permit = self._permit(ticket, n)
+                        if future.done():  # cancelled meanwhile
+                            permit.refund()
+                        else:
+                            future.set_result(permit)
+                    elif future.done():
+                        self._settle("r", ticket)
+                    else:
+                        self._waiters[ticket] = (future, n)
+                        queued = True
+                if queued:
+                    self._start_pump(wake=reply.mine != 0)
+        finally:
+            self._submitting = None
 
     def _permit(self, ticket: str, n: int) -> RedisPermit:
         self._held.add(ticket)
         return RedisPermit(self, ticket, n)
 
-    def _settle(self, ticket: str, op: str) -> None:
-        """Tell Redis a ticket was sent (``stamp``) or gives back what it holds."""
+    def _settle(self, kind: str, ticket: str) -> None:
+        """Tell Redis a ticket was sent (``s``) or gives back what it holds (``r``)."""
         self._held.discard(ticket)
-        self._spawn(self._quietly(self._call(op, ticket)))
+        self._tell(f"{kind}:{ticket}")
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def _tell(self, item: str) -> None:
+        self._pending.append(item)
+        self._told += 1
+        if self._settling is None:
+            self._settling = asyncio.get_running_loop().create_task(self._settler())
 
-    async def _quietly(self, call: Coroutine[Any, Any, _Reply]) -> None:
+    async def _settler(self) -> None:
+        """Send stamps, refunds, pauses and headers, all that have piled up, in one call
+        at a time."""
         try:
-            reply = await call
-        except LimiterUnavailableError as exc:
-            if not self._warned:
-                self._warned = True
-                logger.warning("asyncimg shared limiter %r: %s", self.name, exc)
-            return
-        self._warned = False
-        if reply.mine == 1 and self._waiters:
-            self._start_pump(wake=True)
-
-    async def _observe(self) -> None:
-        try:
-            while self._observe_next is not None:
-                args, self._observe_next = self._observe_next, None
-                await self._quietly(self._call("observe", *args))
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    reply = await self._call("settle", *batch)
+                except LimiterUnavailableError as exc:
+                    if not self._warned:
+                        self._warned = True
+                        logger.warning("asyncimg shared limiter %r: %s", self.name, exc)
+                    continue
+                finally:
+                    self._pause_pending = any(item[0] == "p" for item in self._pending)
+                    self._landed += len(batch)
+                    self._landing.set()
+                    self._landing = asyncio.Event()
+                self._warned = False
+                if reply.mine == 1 and self._waiters:
+                    self._start_pump(wake=True)
         finally:
-            self._observing = False
+            self._settling = None
+
+    async def _flushed(self) -> None:
+        """Wait (at most ``timeout``) until what was told so far has been sent."""
+        target = self._told
+        deadline = time.monotonic() + self.timeout
+        while self._landed < target and self._settling is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._landing.wait(), left)
 
     def _fall_back(self) -> Limiter:
         if self._local is None:
@@ -547,9 +598,9 @@ class RedisLimiter:
                     if waiter is not None and not waiter[0].done():
                         waiter[0].set_result(self._permit(ticket, waiter[1]))
                     else:
-                        self._settle(ticket, "release")
+                        self._settle("r", ticket)
                 for ticket in set(asked) - set(reply.granted) - self._waiters.keys():
-                    self._settle(ticket, "release")  # cancelled meanwhile: leave the queue
+                    self._settle("r", ticket)  # cancelled meanwhile: leave the queue
                 if reply.mine == 1:
                     continue
                 delay = beat

@@ -105,7 +105,7 @@ async def test_fifo_a_small_request_does_not_overtake_a_big_one(lua: Lua) -> Non
     c = await lua("acquire", "c", 20, "c:1:1")
     assert c.granted == ()  # 2 images are free, but b came first
     assert state(c)["waiting"] == 2
-    await lua("stamp", "a", 30, "a:1:3")
+    await lua("settle", "a", 30, "s:a:1:3")
     b = await lua.take("b", 40, "b:1:3")
     assert b.granted == ()
     assert b.wait == pytest.approx(0.99)  # a's images leave at 30 + 1000
@@ -118,16 +118,30 @@ async def test_fifo_a_small_request_does_not_overtake_a_big_one(lua: Lua) -> Non
     }
 
 
+async def test_one_acquire_call_grants_in_order_then_queues_the_rest(lua: Lua) -> None:
+    reply = await lua("acquire", "a", 0, "a:1:2", "a:2:2", "a:3:2", "a:4:1")
+    assert reply.granted == ("a:1:2", "a:2:2")
+    assert (state(reply)["waiting"], state(reply)["waiting_images"]) == (2, 3)
+    assert reply.mine == 2  # a:4:1 would fit, but a:3:2 came first
+
+
+async def test_one_settle_call_applies_its_items_in_order(lua: Lua) -> None:
+    await lua("acquire", "a", 0, "a:1:2", "a:2:2")
+    s = state(await lua("settle", "a", 5, "s:a:1:2", "r:a:2:2", "o:1:3000:1:-1", "p:100"))
+    assert (s["sent"], s["refunded"], s["in_window"], s["held"]) == (2, 2, 2, 0)
+    assert (s["allow"], s["paused_ms"], s["pauses"]) == (1, 100, 1)
+
+
 async def test_the_window_counts_images_at_send_time(lua: Lua) -> None:
     await lua("acquire", "a", 0, "a:1:5")
-    await lua("stamp", "a", 200, "a:1:5")  # the window starts at the send, not the grant
+    await lua("settle", "a", 200, "s:a:1:5")  # the window starts at the send, not the grant
     assert (await lua("acquire", "b", 1199, "b:1:1")).granted == ()
     assert (await lua.take("b", 1200, "b:1:1")).granted == ("b:1:1",)
 
 
 async def test_a_dead_waiter_leaves_the_queue_after_its_lease(lua: Lua) -> None:
     await lua("acquire", "a", 0, "a:1:5")
-    await lua("stamp", "a", 0, "a:1:5")
+    await lua("settle", "a", 0, "s:a:1:5")
     await lua("acquire", "dead", 10, "dead:1:2")  # then never heard of again
     await lua("acquire", "e", 20, "e:1:1")
     assert state(await lua.take("e", 300, "e:1:1"))["waiting"] == 2
@@ -151,7 +165,7 @@ async def test_renewing_a_held_lease_keeps_it_held(lua: Lua) -> None:
     await lua("acquire", "a", 0, "a:1:2")
     await lua.take("a", 400, held=("a:1:2",))
     assert state(await lua("stats", "x", 800))["held"] == 2
-    await lua("release", "a", 850, "a:1:2")
+    await lua("settle", "a", 850, "r:a:1:2")
     s = state(await lua("stats", "x", 851))
     assert (s["held"], s["refunded"], s["available"]) == (0, 2, 5)
 
@@ -161,7 +175,7 @@ async def test_a_refund_comes_back_at_once_and_wakes_the_next_process(r: Any, lu
     await pubsub.subscribe(lua.channel)
     await lua("acquire", "a", 0, "a:1:5")
     await lua("acquire", "b", 1, "b:1:1")
-    await lua("release", "a", 2, "a:1:5")
+    await lua("settle", "a", 2, "r:a:1:5")
     message = None
     for _ in range(20):
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
@@ -177,27 +191,27 @@ async def test_a_cancelled_waiter_takes_nothing_and_unblocks_the_next(lua: Lua) 
     await lua("acquire", "a", 0, "a:1:4")
     await lua("acquire", "b", 1, "b:1:2")
     await lua("acquire", "c", 2, "c:1:1")
-    s = state(await lua("release", "b", 3, "b:1:2"))
+    s = state(await lua("settle", "b", 3, "r:b:1:2"))
     assert (s["waiting"], s["waiting_images"], s["refunded"]) == (1, 1, 0)
     assert (await lua.take("c", 4, "c:1:1")).granted == ("c:1:1",)
 
 
 async def test_a_pause_holds_everyone_until_it_ends(lua: Lua) -> None:
-    await lua("pause", "a", 0, 300)
+    await lua("settle", "a", 0, "p:300")
     b = await lua("acquire", "b", 10, "b:1:1")
     assert (b.granted, b.mine, b.wait) == ((), 2, pytest.approx(0.29))
-    await lua("pause", "c", 100, 50)  # ends sooner: changes nothing
-    s = state(await lua("pause", "c", 200, 200))  # a 429 meanwhile: extends, no new pause
+    await lua("settle", "c", 100, "p:50")  # ends sooner: changes nothing
+    s = state(await lua("settle", "c", 200, "p:200"))  # a 429 meanwhile: extends, no new pause
     assert (s["pauses"], s["paused_ms"]) == (1, 200)
     assert (await lua.take("b", 399, "b:1:1")).granted == ()
     assert (await lua.take("b", 400, "b:1:1")).granted == ("b:1:1",)
 
 
 async def test_the_servers_word_caps_grants_until_its_reset(lua: Lua) -> None:
-    s = state(await lua("observe", "a", 0, 1, 2000, 1, 50))
+    s = state(await lua("settle", "a", 0, "o:1:2000:1:50"))
     assert (s["allow"], s["reset_ms"], s["server_limit"]) == (1, 2000, 50)
     assert (await lua("acquire", "a", 0, "a:1:1")).granted == ("a:1:1",)
-    await lua("stamp", "a", 0, "a:1:1")
+    await lua("settle", "a", 0, "s:a:1:1")
     b = await lua("acquire", "b", 1, "b:1:1")
     assert b.granted == ()
     assert b.wait == pytest.approx(0.999)  # our own send leaves the window before the reset
@@ -208,7 +222,7 @@ async def test_after_redis_lost_its_state_waiters_rejoin_and_stamps_count(r: Any
     await lua("acquire", "a", 0, "a:1:5")
     await lua("acquire", "b", 1, "b:1:1")
     await r.flushall()  # a restart without persistence
-    await lua("stamp", "a", 2, "a:1:5")  # the send still counts
+    await lua("settle", "a", 2, "s:a:1:5")  # the send still counts
     b = await lua.take("b", 3, "b:1:1")
     assert b.granted == ()
     assert (state(b)["waiting"], state(b)["in_window"]) == (1, 5)
@@ -219,7 +233,7 @@ async def test_every_key_is_under_the_prefix_and_expires(r: Any, name: str) -> N
     lua = Lua(r, name)
     await lua("acquire", "a", "", "a:1:1")  # Redis's own clock
     await lua("acquire", "b", "", "b:1:5")
-    await lua("stamp", "a", "", "a:1:1")
+    await lua("settle", "a", "", "s:a:1:1")
     keys = [k.decode() for k in await r.keys(f"*{name}*")]
     assert keys
     assert all(k.startswith(f"asyncimg:{{{name}}}:") for k in keys)
@@ -255,6 +269,19 @@ async def test_two_limiters_share_one_window(redis_server: RedisServer, name: st
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_concurrent_acquires_share_round_trips(redis_server: RedisServer, name: str) -> None:
+    lim = limiter(redis_server.url, name, RateLimit(100, 10.0))
+    try:
+        permits = await asyncio.gather(*(lim.acquire(1) for _ in range(50)))
+        for permit in permits:
+            permit.stamp()
+        stats = await lim.fetch_stats()
+        assert (stats.granted, stats.sent) == (50, 50)
+        assert lim.round_trips <= 6  # batched: not 100 calls, nor 50 connections
+    finally:
+        await lim.aclose()
 
 
 async def test_a_refund_elsewhere_wakes_a_waiter_at_once(

@@ -1,6 +1,7 @@
 -- asyncimg's shared rate limiter: a FIFO sliding window counted in images.
 --
--- One script, one operation per call (ARGV[1]); every operation first tidies
+-- One script, one operation per call (ARGV[1]: acquire, take, settle, stats);
+-- every operation first tidies
 -- the state (expired sends, lapsed leases) by Redis's own clock, so the clocks
 -- of the hosts never matter. All times are milliseconds.
 --
@@ -174,16 +175,57 @@ local function serve(out)
   end
 end
 
+local function stamp(m)
+  local n = count(m)
+  if redis.call('ZREM', held, m) == 1 then
+    S.held = S.held - n
+    redis.call('HDEL', ep, m)
+  elseif redis.call('ZSCORE', win, m) == false then
+    S.used = S.used + n  -- Redis lost it (restarted): count it again
+  else
+    S.sent = S.sent - n  -- its lapse counted it already
+  end
+  S.sent = S.sent + n
+  redis.call('ZADD', win, now + window, m)
+  freed = true  -- the head now has an expiry to wait for
+end
+
+local function pause(ms)
+  local until_ = now + ms
+  if until_ > S.pause_until then
+    if now >= S.pause_until then S.pauses = S.pauses + 1 end
+    S.pause_until = until_
+  end
+end
+
+-- The server's word: at most `remaining` more until `reset` ms from now.
+local function observe(remaining, reset, images, server_limit)
+  S.epoch = S.epoch + 1
+  if reset <= 0 then
+    S.allow = nil
+  else
+    S.allow = math.max(0, remaining)
+    S.allow_until = now + reset
+    S.allow_img = images
+  end
+  if server_limit >= 0 then S.slimit = server_limit end
+  freed = true
+end
+
 local granted = {}
 local last = -1
 
 if op == 'acquire' then
-  local m = ARGV[9]
-  if redis.call('ZCARD', q) == 0 and fits(count(m)) then
-    grant(m)
-    granted[1] = m
-  else
-    enqueue(m)
+  -- ARGV[9...]: new tickets in the caller's order; granted while nobody waits and
+  -- they fit, queued from the first that does not.
+  for i = 9, #ARGV do
+    local m = ARGV[i]
+    if redis.call('ZCARD', q) == 0 and fits(count(m)) then
+      grant(m)
+      granted[#granted + 1] = m
+    else
+      enqueue(m)
+    end
   end
 elseif op == 'take' then
   -- ARGV[9] = how many held tickets follow; then the caller's waiting tickets
@@ -204,46 +246,29 @@ elseif op == 'take' then
     end
   end
   serve(granted)
-elseif op == 'release' then
-  local m = ARGV[9]
-  if redis.call('ZSCORE', q, m) then
-    unqueue(m)
-  elseif release(m) then
-    freed = true
+elseif op == 'settle' then
+  -- ARGV[9...], in order: "s:<ticket>" sent now, "r:<ticket>" give back (or leave
+  -- the queue), "p:<ms>" pause everyone, "o:<remaining>:<reset ms>:<1 images|0
+  -- requests>:<limit, -1 none>" the server's headers.
+  for i = 9, #ARGV do
+    local kind, rest = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 3)
+    if kind == 's' then
+      stamp(rest)
+    elseif kind == 'r' then
+      if redis.call('ZSCORE', q, rest) then
+        unqueue(rest)
+      elseif release(rest) then
+        freed = true
+      end
+    elseif kind == 'p' then
+      pause(tonumber(rest))
+    elseif kind == 'o' then
+      local a, b, c, d = string.match(rest, '^(%-?%d+):(%-?%d+):(%d):(%-?%d+)$')
+      observe(tonumber(a), tonumber(b), tonumber(c), tonumber(d))
+    else
+      return redis.error_reply('asyncimg limiter: unknown settlement ' .. ARGV[i])
+    end
   end
-elseif op == 'stamp' then
-  local m = ARGV[9]
-  local n = count(m)
-  if redis.call('ZREM', held, m) == 1 then
-    S.held = S.held - n
-    redis.call('HDEL', ep, m)
-  elseif redis.call('ZSCORE', win, m) == false then
-    S.used = S.used + n  -- Redis lost it (restarted): count it again
-  else
-    S.sent = S.sent - n  -- its lapse counted it already
-  end
-  S.sent = S.sent + n
-  redis.call('ZADD', win, now + window, m)
-  freed = true  -- the head now has an expiry to wait for
-elseif op == 'pause' then
-  local until_ = now + tonumber(ARGV[9])
-  if until_ > S.pause_until then
-    if now >= S.pause_until then S.pauses = S.pauses + 1 end
-    S.pause_until = until_
-  end
-elseif op == 'observe' then
-  -- ARGV: 9 remaining, 10 reset (ms), 11 1 = images / 0 = requests, 12 limit (-1: none)
-  local remaining, reset = tonumber(ARGV[9]), tonumber(ARGV[10])
-  S.epoch = S.epoch + 1
-  if reset <= 0 then
-    S.allow = nil
-  else
-    S.allow = math.max(0, remaining)
-    S.allow_until = now + reset
-    S.allow_img = tonumber(ARGV[11])
-  end
-  if tonumber(ARGV[12]) >= 0 then S.slimit = tonumber(ARGV[12]) end
-  freed = true
 elseif op ~= 'stats' then
   return redis.error_reply('asyncimg limiter: unknown operation ' .. op)
 end
