@@ -1,6 +1,6 @@
 """One image budget shared by several processes: RedisLimiter against the alternatives.
 
-    .venv/bin/python benchmarks/shared_limiter.py              # about 1 minute
+    .venv/bin/python benchmarks/shared_limiter.py              # about 2 minutes
     .venv/bin/python benchmarks/shared_limiter.py --requests 10   # a smoke run
 
 Part 1, the fleet: P processes (4) x concurrency (8) send one-image requests through
@@ -12,14 +12,16 @@ same limit (20 images per 2 s) with 429s. Three ways to limit the fleet:
 - ``limits``: the ``limits`` library's moving window on the same Redis (``hit``;
   when refused, sleep until ``get_window_stats`` says a slot frees), 20 per 2 s.
 
-Measured at the server: the fullest window, utilisation (images accepted over what
-the limit allows from the first arrival to the last + per), 429s. In the workers:
-Redis round trips per image, and acquire's wait (p50/p99).
+1a spreads the load evenly; 1b puts it all on one process, where a fixed share
+per process (rate/P) leaves most of the budget unused. Measured at the server: the
+fullest window, utilisation (images accepted over what the limit allows from the
+first arrival to the last + per), 429s. In the workers: Redis round trips per
+image, and acquire's wait (p50/p99).
 
 Part 2, 1,000 waiters: 4 processes x 250 waiters queue on one budget of 20 per 2 s
-(no HTTP); the latency of each Redis call while they wait (the enqueue and the take
-that grants) for RedisLimiter, and of ``hit`` for ``limits`` with 1,000 callers
-retrying.
+for two windows (no HTTP), then leave; the latency of each Redis call meanwhile
+(the enqueue, the take that grants, the settlement of stamps and refunds) for
+RedisLimiter, and of ``hit`` for ``limits`` with 1,000 callers retrying.
 
 Starts its own redis-server (from PATH) on a free port. Nothing here talks to any
 address but 127.0.0.1.
@@ -250,7 +252,8 @@ def run_group(mode: str, cfgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- the parts --------------------------------------------------------------------------
 
 
-def part_fleet(redis: RedisServer, requests: int, latency: float) -> list[dict[str, Any]]:
+def part_fleet(redis: RedisServer, requests: list[int], latency: float) -> list[dict[str, Any]]:
+    """One run per limiter; ``requests[i]`` is what process i sends."""
     rows = []
     kinds = (("redis", "asyncimg RedisLimiter"), ("local", f"local Limiter, rate/{PROCS}"),
              ("limits", "limits moving window"))
@@ -260,10 +263,9 @@ def part_fleet(redis: RedisServer, requests: int, latency: float) -> list[dict[s
         assert emu.stdin is not None
         base_url = emu.stdout.readline().strip()
         name = f"bench-{kind}-{os.getpid()}-{time.monotonic_ns()}"
-        cfg = {"kind": kind, "redis": redis.url, "name": name, "base_url": base_url,
-               "requests": requests}
+        cfg = {"kind": kind, "redis": redis.url, "name": name, "base_url": base_url}
         started = time.monotonic()
-        reports = run_group("--worker", [cfg] * PROCS)
+        reports = run_group("--worker", [cfg | {"requests": n} for n in requests])
         elapsed = time.monotonic() - started
         emu.stdin.close()
         server = json.loads(emu.stdout.read().strip().splitlines()[-1])
@@ -297,7 +299,7 @@ def part_waiters(redis: RedisServer, waiters: int) -> list[dict[str, Any]]:
         for r in reports:
             for op, values in r["calls"].items():
                 calls[op].extend(values)
-        for op in ("acquire", "take", "stamp", "hit"):
+        for op in ("acquire", "take", "settle", "hit"):
             if calls.get(op):
                 rows.append({"label": label, "op": op, "n": len(calls[op]),
                              "p50": pct(calls[op], 0.5), "p99": pct(calls[op], 0.99)})
@@ -312,22 +314,29 @@ def main() -> None:
     args = parser.parse_args()
     redis = RedisServer(os.environ.get("REDIS_SERVER", "redis-server"))
     redis.start()
+    uneven = [args.requests * PROCS // 3, 0, 0, 0]
     try:
-        fleet = part_fleet(redis, args.requests, args.latency)
+        even = part_fleet(redis, [args.requests] * PROCS, args.latency)
+        busy = part_fleet(redis, uneven, args.latency)
         waiting = part_waiters(redis, args.waiters)
     finally:
         redis.kill()
-    print(f"Part 1: {PROCS} processes x concurrency {CONCURRENCY}, {args.requests} one-image "
-          f"requests each, emulator limit {LIMIT}/{PER:g}s (latency {args.latency:g}s)\n")
-    print("| limiter | fullest window at the server | utilisation | 429s | done | "
-          "Redis round trips / image | acquire wait p50 / p99 | run |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in fleet:
-        print(f"| {r['label']} | {r['max_window']} (limit {LIMIT}) | {r['util']:.1%} | "
-              f"{r['429']} | {r['ok']} | {r['trips_per_image']:.2f} | "
-              f"{r['wait_p50'] * 1000:.0f} / {r['wait_p99'] * 1000:.0f} ms | "
-              f"{r['elapsed']:.1f} s |")
-    print(f"\nPart 2: {args.waiters} waiters over {PROCS} processes, one budget of "
+    for title, rows in (
+        (f"Part 1a: {PROCS} processes x concurrency {CONCURRENCY}, {args.requests} one-image "
+         f"requests each", even),
+        (f"Part 1b: uneven load, one process sends {uneven[0]}, the other three nothing", busy),
+    ):
+        print(f"{title}; emulator limit {LIMIT}/{PER:g}s (latency {args.latency:g}s)\n")
+        print("| limiter | fullest window at the server | utilisation | 429s | done | "
+              "Redis round trips / image | acquire wait p50 / p99 | run |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['label']} | {r['max_window']} (limit {LIMIT}) | {r['util']:.1%} | "
+                  f"{r['429']} | {r['ok']} | {r['trips_per_image']:.2f} | "
+                  f"{r['wait_p50'] * 1000:.0f} / {r['wait_p99'] * 1000:.0f} ms | "
+                  f"{r['elapsed']:.1f} s |")
+        print()
+    print(f"Part 2: {args.waiters} waiters over {PROCS} processes, one budget of "
           f"{LIMIT}/{PER:g}s; latency of each Redis call while they wait\n")
     print("| limiter | call | calls | p50 | p99 |")
     print("|---|---|---|---|---|")
