@@ -14,6 +14,11 @@ a TTL renewed on every write and lapsing once everything in it has expired:
 The channel ``{prefix}:{{name}}:wake`` carries the session id of a process whose
 waiter has reached the head of the queue.
 
+Round trips: new tickets go to Redis in batches, one call in flight at a time (an
+acquire with room and nobody waiting is one round trip); stamps, refunds, pauses and
+the latest ``x-ratelimit-*`` headers likewise, in a second stream of batches. So a
+process keeps a few connections however many of its calls wait.
+
 Waiting never polls: a process whose waiter heads the queue sleeps until the
 earliest moment it can fit (an image leaving the window, a pause ending) and is
 woken early through pub/sub when a refund, a send or another process's grant changes
@@ -226,6 +231,9 @@ class RedisLimiter:
         self._landed = 0  # settlements whose call has finished, ever
         self._landing = asyncio.Event()  # set (and replaced) as each call finishes
         self._pause_pending = False
+        self._acquiring = 0  # acquire calls of this process not yet returned
+        self._busy_since = 0.0
+        self._waited = 0.0
         self._pump_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # an asyncio.Event binds to a loop on first use
@@ -328,7 +336,8 @@ class RedisLimiter:
 
     def stats(self) -> LimiterStats:
         """The shared window as of this process's last Redis round trip (at most
-        ``lease / 3`` seconds old while it waits; see :meth:`fetch_stats`).
+        ``lease / 3`` seconds old while it waits; see :meth:`fetch_stats`); ``waited``
+        is this process's: seconds during which one of its acquires was under way.
 
         While on the local fallback, the local limiter's stats.
         """
@@ -407,6 +416,17 @@ class RedisLimiter:
         return reply
 
     async def _acquire_shared(self, n: int) -> RedisPermit:
+        if not self._acquiring:
+            self._busy_since = time.monotonic()
+        self._acquiring += 1
+        try:
+            return await self._acquire_ticket(n)
+        finally:
+            self._acquiring -= 1
+            if not self._acquiring:
+                self._waited += time.monotonic() - self._busy_since
+
+    async def _acquire_ticket(self, n: int) -> RedisPermit:
         if self._pause_pending:  # a 429 of ours: let Redis hear of it first
             await self._flushed()
         self._seq += 1
@@ -632,5 +652,5 @@ class RedisLimiter:
             server_limit=None if server_limit < 0 else server_limit,
             images_last_window=max(0, last),
             images_per_minute=per_minute,
-            waited=0.0,
+            waited=self._waited + (time.monotonic() - self._busy_since if self._acquiring else 0.0),
         )

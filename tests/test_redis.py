@@ -305,6 +305,26 @@ async def test_a_refund_elsewhere_wakes_a_waiter_at_once(
         await b.aclose()
 
 
+async def test_a_waiter_longer_than_its_lease_keeps_its_place(
+    redis_server: RedisServer, name: str
+) -> None:
+    rate = RateLimit(1, 1.0, margin=0.0)
+    a, b, c = (limiter(redis_server.url, name, rate, lease=0.45) for _ in range(3))
+    try:
+        (await a.acquire(1)).stamp()
+        first = asyncio.ensure_future(b.acquire(1))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(c.acquire(1))
+        permit = await asyncio.wait_for(first, 2.0)  # about 0.9 s: twice its lease
+        assert not second.done()  # renewed, so never sent to the back of the queue
+        assert b.stats().waited >= 0.7
+        permit.refund()
+        (await asyncio.wait_for(second, 0.5)).refund()
+    finally:
+        for lim in (a, b, c):
+            await lim.aclose()
+
+
 async def test_a_cancelled_waiter_takes_nothing(redis_server: RedisServer, name: str) -> None:
     rate = RateLimit(1, 30.0)
     a, b = limiter(redis_server.url, name, rate), limiter(redis_server.url, name, rate)
