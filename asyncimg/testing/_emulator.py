@@ -5,6 +5,8 @@ Endpoints (under ``base_url``, which ends in ``/v1``):
 * ``POST /v1/images/generations`` (JSON), ``POST /v1/images/edits`` and
   ``POST /v1/images/variations`` (multipart: ``image`` or ``image[]``,
   ``mask``, text fields);
+* ``/v1/files`` and ``/v1/batches``: the Files and Batch APIs, at a pace tests
+  set (:mod:`asyncimg.testing._batches`, ``Emulator.batches``);
 * ``GET /blobs/<name>.png?se=...`` serves ``url`` results. Like the API's
   blob store it is another origin (a second port, ``blob_base_url``) and needs
   no key. An expired url answers 403 with an Azure-like XML ``AuthenticationFailed``
@@ -55,6 +57,7 @@ from aiohttp import BodyPartReader, web
 from .._exceptions import ValidationError
 from .._files import ImageFile, sniff_mime
 from .._params import EditParams, Endpoint, GenerateParams, Params, from_wire
+from ._batches import BatchAPI
 from ._faults import Fault, path_matches
 from ._png import MAX_PIXELS, b64_png, make_png
 
@@ -450,6 +453,8 @@ class Emulator:
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._faults: list[list[Any]] = []  # [fault, uses left]
         self._blobs: dict[str, tuple[tuple[int, int, str, bool], float]] = {}
+        self.batches = BatchAPI(self._render_batch_line, self.clock)
+        """The Files and Batch APIs (:class:`BatchAPI`): set ``batches.pace`` to steer batches."""
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self._api_port: int | None = None
@@ -571,6 +576,7 @@ class Emulator:
         self._window.clear()
         self._faults.clear()
         self._blobs.clear()
+        self.batches.reset()
 
     def requests(
         self,
@@ -751,6 +757,10 @@ class Emulator:
         try:
             if request.path.startswith("/blobs/") and request.method in ("GET", "HEAD"):
                 return self._blob(request.path[len("/blobs/") :], arrived), fault
+            if request.path.startswith(("/v1/files", "/v1/batches")):
+                self._check_key(request)
+                status, body, content_type = await self.batches.handle(request)
+                return _Answer(status, body, {}, content_type), fault
             if endpoint is None:
                 _refuse(404, f"Invalid URL ({request.method} {request.path})")
             self._check_key(request)
@@ -903,6 +913,8 @@ class Emulator:
         files: Mapping[str, tuple[ImageFile, ...]],
         now: float,
         record: dict[str, Any],
+        *,
+        admit: bool = True,
     ) -> _Answer:
         try:
             params = from_wire(endpoint, fields, files)
@@ -915,7 +927,7 @@ class Emulator:
         width, height = _size_of(params.size)
         images = params.images
         record["images"] = images
-        headers = self._admit(images, now)
+        headers = self._admit(images, now) if admit else {}
         prompt: str = getattr(params, "prompt", "") or ""
         if CONTENT_POLICY_MARKER in prompt.lower():
             if gpt:
@@ -961,6 +973,15 @@ class Emulator:
             body["size"] = f"{width}x{height}"
             body["usage"] = self._usage(params, quality, width, height, images)
         return _Answer(200, json.dumps(body).encode(), headers)
+
+    def _render_batch_line(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
+        """Answer one Batch API line as its endpoint would, outside the images limit."""
+        record: dict[str, Any] = {}
+        try:
+            answer = self._answer(_ROUTES[path], body, {}, self.clock(), record, admit=False)
+        except _Refusal as refusal:
+            answer = refusal.answer
+        return answer.status, answer.body
 
     @staticmethod
     def _seed(params: Params) -> str:
