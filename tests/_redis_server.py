@@ -7,11 +7,13 @@ they fail: CI must never skip them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -74,3 +76,14 @@ def redis_server_binary() -> str:
         pytest.skip(message)
     pytest.importorskip("redis", reason="the redis extra is not installed")
     return binary
+
+
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    """A started server (see :func:`redis_server_binary` for when it skips), killed after."""
+    server = RedisServer(redis_server_binary())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ._redis_server import RedisServer, redis_server_binary
+from ._redis_server import RedisServer, running_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 EMU = ["--emulator", "--model", "dall-e-2", "--size", "256x256"]
@@ -28,12 +28,8 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(redis_server_binary())
-    server.start()
-    try:
+    with running_redis() as server:
         yield server
-    finally:
-        server.kill()
 
 
 def _keys(server: RedisServer) -> list[str]:

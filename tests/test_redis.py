@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,7 +29,7 @@ from asyncimg import (
 )
 from asyncimg.testing import Emulator
 
-from ._redis_server import RedisServer, redis_server_binary
+from ._redis_server import RedisServer, running_redis
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
@@ -39,12 +39,8 @@ from asyncimg._redis import _SCRIPT, RedisLimiter, _Reply  # noqa: E402
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
     """One redis-server for the module; each test uses its own limiter name."""
-    server = RedisServer(redis_server_binary())
-    server.start()
-    try:
+    with running_redis() as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
@@ -248,9 +244,28 @@ def limiter(url: str, name: str, rate: RateLimit, **kwargs: Any) -> RedisLimiter
     return RedisLimiter.from_url(url, rate=rate, name=name, **kwargs)
 
 
-async def test_two_limiters_share_one_window(redis_server: RedisServer, name: str) -> None:
+Shared = Callable[..., RedisLimiter]
+
+
+@pytest.fixture
+async def shared(
+    redis_server: RedisServer, name: str
+) -> AsyncIterator[Shared]:
+    """Makes limiters on one budget (this test's name); all closed at the end."""
+    made: list[RedisLimiter] = []
+
+    def make(rate: RateLimit, **kwargs: Any) -> RedisLimiter:
+        made.append(limiter(redis_server.url, name, rate, **kwargs))
+        return made[-1]
+
+    yield make
+    for lim in made:
+        await lim.aclose()
+
+
+async def test_two_limiters_share_one_window(shared: Shared) -> None:
     rate = RateLimit(4, 0.4, margin=0.05)
-    a, b = limiter(redis_server.url, name, rate), limiter(redis_server.url, name, rate)
+    a, b = shared(rate), shared(rate)
     loop = asyncio.get_running_loop()
     start = loop.time()
 
@@ -259,110 +274,81 @@ async def test_two_limiters_share_one_window(redis_server: RedisServer, name: st
         permit.stamp()
         return loop.time() - start
 
-    try:
-        times = sorted(await asyncio.gather(*(send(a if i % 2 else b) for i in range(8))))
-        assert max(times[:4]) < 0.3
-        assert min(times[4:]) >= 0.44
-        stats = await a.fetch_stats()
-        assert (stats.sent, stats.granted, stats.waiting, stats.in_window) == (8, 8, 0, 4)
-        assert stats.images_last_window == 4
-    finally:
-        await a.aclose()
-        await b.aclose()
+    times = sorted(await asyncio.gather(*(send(a if i % 2 else b) for i in range(8))))
+    assert max(times[:4]) < 0.3
+    assert min(times[4:]) >= 0.44
+    stats = await a.fetch_stats()
+    assert (stats.sent, stats.granted, stats.waiting, stats.in_window) == (8, 8, 0, 4)
+    assert stats.images_last_window == 4
 
 
-async def test_concurrent_acquires_share_round_trips(redis_server: RedisServer, name: str) -> None:
-    lim = limiter(redis_server.url, name, RateLimit(100, 10.0))
-    try:
-        permits = await asyncio.gather(*(lim.acquire(1) for _ in range(50)))
-        for permit in permits:
-            permit.stamp()
-        stats = await lim.fetch_stats()
-        assert (stats.granted, stats.sent) == (50, 50)
-        assert lim.round_trips <= 6  # batched: not 100 calls, nor 50 connections
-    finally:
-        await lim.aclose()
+async def test_concurrent_acquires_share_round_trips(shared: Shared) -> None:
+    lim = shared(RateLimit(100, 10.0))
+    permits = await asyncio.gather(*(lim.acquire(1) for _ in range(50)))
+    for permit in permits:
+        permit.stamp()
+    stats = await lim.fetch_stats()
+    assert (stats.granted, stats.sent) == (50, 50)
+    assert lim.round_trips <= 6  # batched: not 100 calls, nor 50 connections
 
 
-async def test_a_refund_elsewhere_wakes_a_waiter_at_once(
-    redis_server: RedisServer, name: str
-) -> None:
+async def test_a_refund_elsewhere_wakes_a_waiter_at_once(shared: Shared) -> None:
     rate = RateLimit(1, 30.0)
-    a = limiter(redis_server.url, name, rate, lease=3.0)  # renewals every 1 s: not what wakes
-    b = limiter(redis_server.url, name, rate, lease=3.0)
-    try:
-        held = await a.acquire(1)
-        waiter = asyncio.ensure_future(b.acquire(1))
-        await asyncio.sleep(0.1)
-        assert not waiter.done()
-        started = time.monotonic()
-        held.refund()
-        permit = await asyncio.wait_for(waiter, 0.5)
-        assert time.monotonic() - started < 0.3
-        permit.refund()
-    finally:
-        await a.aclose()
-        await b.aclose()
+    a = shared(rate, lease=3.0)  # renewals every 1 s: not what wakes
+    b = shared(rate, lease=3.0)
+    held = await a.acquire(1)
+    waiter = asyncio.ensure_future(b.acquire(1))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    started = time.monotonic()
+    held.refund()
+    permit = await asyncio.wait_for(waiter, 0.5)
+    assert time.monotonic() - started < 0.3
+    permit.refund()
 
 
-async def test_a_waiter_longer_than_its_lease_keeps_its_place(
-    redis_server: RedisServer, name: str
-) -> None:
+async def test_a_waiter_longer_than_its_lease_keeps_its_place(shared: Shared) -> None:
     rate = RateLimit(1, 1.0, margin=0.0)
-    a, b, c = (limiter(redis_server.url, name, rate, lease=0.45) for _ in range(3))
-    try:
-        (await a.acquire(1)).stamp()
-        first = asyncio.ensure_future(b.acquire(1))
-        await asyncio.sleep(0.1)
-        second = asyncio.ensure_future(c.acquire(1))
-        permit = await asyncio.wait_for(first, 2.0)  # about 0.9 s: twice its lease
-        assert not second.done()  # renewed, so never sent to the back of the queue
-        assert b.stats().waited >= 0.7
-        permit.refund()
-        (await asyncio.wait_for(second, 0.5)).refund()
-    finally:
-        for lim in (a, b, c):
-            await lim.aclose()
+    a, b, c = (shared(rate, lease=0.45) for _ in range(3))
+    (await a.acquire(1)).stamp()
+    first = asyncio.ensure_future(b.acquire(1))
+    await asyncio.sleep(0.1)
+    second = asyncio.ensure_future(c.acquire(1))
+    permit = await asyncio.wait_for(first, 2.0)  # about 0.9 s: twice its lease
+    assert not second.done()  # renewed, so never sent to the back of the queue
+    assert b.stats().waited >= 0.7
+    permit.refund()
+    (await asyncio.wait_for(second, 0.5)).refund()
 
 
-async def test_a_cancelled_waiter_takes_nothing(redis_server: RedisServer, name: str) -> None:
+async def test_a_cancelled_waiter_takes_nothing(shared: Shared) -> None:
     rate = RateLimit(1, 30.0)
-    a, b = limiter(redis_server.url, name, rate), limiter(redis_server.url, name, rate)
-    try:
-        held = await a.acquire(1)
-        waiter = asyncio.ensure_future(b.acquire(1))
-        await asyncio.sleep(0.05)
-        waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiter
-        held.refund()
-        permit = await asyncio.wait_for(a.acquire(1), 0.5)  # nobody stands in the queue
-        stats = await a.fetch_stats()
-        assert (stats.waiting, stats.granted, stats.refunded, stats.held) == (0, 2, 1, 1)
-        permit.refund()
-    finally:
-        await a.aclose()
-        await b.aclose()
+    a, b = shared(rate), shared(rate)
+    held = await a.acquire(1)
+    waiter = asyncio.ensure_future(b.acquire(1))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
+    held.refund()
+    permit = await asyncio.wait_for(a.acquire(1), 0.5)  # nobody stands in the queue
+    stats = await a.fetch_stats()
+    assert (stats.waiting, stats.granted, stats.refunded, stats.held) == (0, 2, 1, 1)
+    permit.refund()
 
 
-async def test_a_pause_in_one_process_holds_the_others(
-    redis_server: RedisServer, name: str
-) -> None:
+async def test_a_pause_in_one_process_holds_the_others(shared: Shared) -> None:
     rate = RateLimit(10, 10.0)
-    a, b = limiter(redis_server.url, name, rate), limiter(redis_server.url, name, rate)
-    try:
-        started = time.monotonic()
-        a.pause(0.3)  # a 429's Retry-After
-        await a.acquire(1)  # a's own next acquire waits until Redis has the pause
-        assert time.monotonic() - started >= 0.28
-        a.pause(0.3)
-        await asyncio.sleep(0.05)  # the pause has reached Redis
-        await b.acquire(1)
-        assert time.monotonic() - started >= 0.58
-        assert (await b.fetch_stats()).pauses == 2
-    finally:
-        await a.aclose()
-        await b.aclose()
+    a, b = shared(rate), shared(rate)
+    started = time.monotonic()
+    a.pause(0.3)  # a 429's Retry-After
+    await a.acquire(1)  # a's own next acquire waits until Redis has the pause
+    assert time.monotonic() - started >= 0.28
+    a.pause(0.3)
+    await asyncio.sleep(0.05)  # the pause has reached Redis
+    await b.acquire(1)
+    assert time.monotonic() - started >= 0.58
+    assert (await b.fetch_stats()).pauses == 2
 
 
 async def test_the_client_goes_through_the_shared_limiter(

@@ -21,7 +21,7 @@ import pytest
 
 from asyncimg.testing import Emulator
 
-from ._redis_server import RedisServer, redis_server_binary
+from ._redis_server import RedisServer, running_redis
 
 pytest.importorskip("redis")
 
@@ -31,12 +31,9 @@ LIMIT, PER = 20, 2.0
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(redis_server_binary())
-    server.start()
-    try:
+    """A server of the test's own: some tests kill it."""
+    with running_redis() as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
