@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -463,3 +465,22 @@ def test_import_asyncimg_never_imports_redis() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+async def test_the_readme_fastapi_recipe_runs(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("fastapi")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    (code,) = [c for c in re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+               if "RedisLimiter.from_url" in c and "FastAPI" in c]
+    async with Emulator(api_key="sk-recipe") as emu:
+        monkeypatch.setenv("REDIS_URL", redis_server.url)
+        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-recipe")
+        app: dict[str, Any] = {}
+        exec(compile(code, "README.md", "exec"), app)
+        async with app["lifespan"](app["app"]):  # what each gunicorn worker runs
+            answer = await app["draw"]("a lantern")
+        assert answer["url"].startswith("http://127.0.0.1:")
+        assert len(emu.requests("generate")) == 1
