@@ -467,13 +467,22 @@ def test_import_asyncimg_never_imports_redis() -> None:
     assert done.returncode == 0, done.stderr
 
 
-async def test_the_readme_fastapi_recipe_runs(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture
+def recipe() -> str:
+    """The README's FastAPI + gunicorn recipe."""
     pytest.importorskip("fastapi")
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
-    (code,) = [c for c in re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    (code,) = [c for c in re.findall(r"```python\n(.*?)```", README.read_text("utf-8"), re.DOTALL)
                if "RedisLimiter.from_url" in c and "FastAPI" in c]
+    return code
+
+
+async def test_the_readme_fastapi_recipe_runs(
+    recipe: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = recipe
     async with Emulator(api_key="sk-recipe") as emu:
         monkeypatch.setenv("REDIS_URL", redis_server.url)
         monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
