@@ -608,7 +608,8 @@ class RedisLimiter:
                 try:
                     reply = await self._call("take", len(held), *held, *asked)
                 except LimiterUnavailableError as exc:
-                    for future, _n in self._waiters.values():
+                    for ticket, (future, _n) in self._waiters.items():
+                        self._settle("r", ticket)  # granted, maybe, the reply lost: take nothing
                         if not future.done():
                             future.set_exception(exc)
                     self._waiters.clear()
