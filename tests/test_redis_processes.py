@@ -2,6 +2,11 @@
 enforces the same limit: the server never sees more than 20 in a window, the fleet
 uses >= 90 % of the budget, nobody meets a 429; then a worker is SIGKILLed, Redis
 is killed, and Redis restarts, mid-run.
+
+The workers' margin is 0.1 s, not the default 1 % of per (20 ms): on a loaded CI
+machine a request, or the in-process emulator's handler, can be that late, and a
+20 ms margin then lets the server count 21 in its window. That is the margin's
+job (the README says so for short windows), not the shared limiter's.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ async def main() -> None:
     retries = int(flags[flags.index("--retries") + 1]) if "--retries" in flags else 0
     again = "--again-on-unavailable" in flags
     limiter = RedisLimiter.from_url(
-        redis_url, rate=RateLimit(20, 2.0), name=name, lease=lease, timeout=0.5
+        redis_url, rate=RateLimit(20, 2.0, margin=0.1), name=name, lease=lease, timeout=0.5
     )
     errors: collections.Counter[str] = collections.Counter()
     ok = 0
