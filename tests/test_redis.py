@@ -31,7 +31,7 @@ from asyncimg import (
 )
 from asyncimg.testing import Emulator
 
-from ._redis_server import RedisServer, running_redis
+from ._redis_server import RedisServer, redis_server_binary, running_redis
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
@@ -441,6 +441,24 @@ async def test_the_local_fallback_is_opt_in_warns_once_and_keeps_a_share(
     assert len(warnings) == 1
     assert lim.stats().in_window == 2
     await lim.aclose()
+
+
+async def test_after_the_fallback_the_limiter_goes_back_to_redis(name: str) -> None:
+    server = RedisServer(redis_server_binary())  # its port is free: nothing listens yet
+    lim = limiter(server.url, name, RateLimit(4, 30.0), timeout=0.2, lease=0.3,
+                  on_unavailable="local", local_share=0.5)
+    try:
+        (await lim.acquire(1)).stamp()
+        assert lim.round_trips == 0  # the local share
+        server.start()
+        await asyncio.sleep(0.35)  # the fallback lasts `lease` seconds
+        before = lim.round_trips
+        (await lim.acquire(1)).stamp()
+        assert lim.round_trips == before + 1
+        assert (await lim.fetch_stats()).in_window == 1  # the shared window again
+    finally:
+        await lim.aclose()
+        server.kill()
 
 
 def test_the_local_fallback_needs_a_share() -> None:
