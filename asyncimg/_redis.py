@@ -24,10 +24,12 @@ earliest moment it can fit (an image leaving the window, a pause ending) and is
 woken early through pub/sub when a refund, a send or another process's grant changes
 that. Other processes sleep until told.
 
-Crashes: a process renews the leases of its waiters and held permits every
-``lease / 3`` seconds. A killed process's waiters leave the queue at most ``lease``
-seconds after its last renewal; its held permits count as sent when their lease
-lapses (they may have reached the server), so they come back ``per + margin`` later.
+Crashes: while a process has waiters it renews their leases, and those of its
+permits not yet stamped, every ``lease / 3`` seconds; a permit must be stamped or
+refunded within ``lease`` seconds of its grant otherwise (the client does it at
+once). A killed process's waiters leave the queue at most ``lease`` seconds after
+its last renewal; its unstamped permits count as sent when their lease lapses (they
+may have reached the server), so they come back ``per + margin`` later.
 
 Redis down or slow: ``acquire`` raises :class:`LimiterUnavailableError` within
 ``timeout`` seconds (a waiter already queued: within ``lease / 3 + timeout``), having
