@@ -368,11 +368,17 @@ class RedisLimiter:
         background tasks, and close what :meth:`from_url` opened."""
         self._closed = True
         closed = LimiterUnavailableError("the limiter was closed")
-        waiting = [f for _t, _n, f in self._submit] + [f for f, _n in self._waiters.values()]
-        for future in waiting:
+        for _ticket, _n, future in self._submit:  # not sent: nothing to give back
             if not future.done():
                 future.set_exception(closed)
         self._submit.clear()
+        if self._submitting is not None:  # its batch comes back, to be given back
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._submitting), self.timeout)
+        for ticket, (future, _n) in self._waiters.items():
+            self._settle("r", ticket)  # leave the queue now, not when the lease lapses
+            if not future.done():
+                future.set_exception(closed)
         self._waiters.clear()
         await self._flushed()
         tasks = [t for t in (self._pump_task, self._listen_task, self._submitting,
@@ -472,7 +478,11 @@ class RedisLimiter:
                 granted = set(reply.granted)
                 queued = False
                 for ticket, n, future in batch:
-                    if ticket in granted:
+                    if self._closed:
+                        self._settle("r", ticket)
+                        if not future.done():
+                            future.set_exception(LimiterUnavailableError("the limiter was closed"))
+                    elif ticket in granted:
                         permit = self._permit(ticket, n)
                         if future.done():  # cancelled meanwhile
                             permit.refund()

@@ -353,6 +353,19 @@ async def test_a_pause_in_one_process_holds_the_others(shared: Shared) -> None:
     assert (await b.fetch_stats()).pauses == 2
 
 
+async def test_aclose_leaves_no_task_and_fails_the_waiters(shared: Shared) -> None:
+    lim = shared(RateLimit(1, 30.0))
+    before = asyncio.all_tasks()
+    (await lim.acquire(1)).stamp()
+    waiter = asyncio.ensure_future(lim.acquire(1))  # starts the pump and the listener
+    await asyncio.sleep(0.1)
+    await lim.aclose()
+    with pytest.raises(LimiterUnavailableError, match="closed"):
+        await waiter
+    assert asyncio.all_tasks() == before
+    assert (await shared(RateLimit(1, 30.0)).fetch_stats()).waiting == 0  # it left the queue
+
+
 async def test_the_client_goes_through_the_shared_limiter(
     redis_server: RedisServer, name: str
 ) -> None:
