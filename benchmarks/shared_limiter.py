@@ -23,6 +23,9 @@ for two windows (no HTTP), then leave; the latency of each Redis call meanwhile
 (the enqueue, the take that grants, the settlement of stamps and refunds) for
 RedisLimiter, and of ``hit`` for ``limits`` with 1,000 callers retrying.
 
+Part 3, the fast path: 500 acquires one after the other with room to spare, each
+stamped: what a call costs when nothing waits (local, RedisLimiter, limits).
+
 Starts its own redis-server (from PATH) on a free port. Nothing here talks to any
 address but 127.0.0.1.
 """
@@ -306,6 +309,34 @@ def part_waiters(redis: RedisServer, waiters: int) -> list[dict[str, Any]]:
     return rows
 
 
+async def part_fast_path(redis: RedisServer, calls: int = 500) -> list[dict[str, Any]]:
+    """One acquire at a time with room and nobody waiting: what each call costs."""
+    from asyncimg import Limiter, RateLimit, RedisLimiter
+
+    rows = []
+    name = f"bench-fast-{os.getpid()}-{time.monotonic_ns()}"
+    kinds: list[tuple[str, Any]] = [
+        ("local Limiter", Limiter(RateLimit(10**6, PER))),
+        ("asyncimg RedisLimiter",
+         RedisLimiter.from_url(redis.url, rate=RateLimit(10**6, PER), name=name)),
+        ("limits moving window", LimitsLimiter(redis.url, name + "-limits")),
+    ]
+    for label, lim in kinds:
+        if isinstance(lim, LimitsLimiter):
+            lim.item = type(lim.item)(10**6, int(PER))
+        took = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            permit = await lim.acquire(1)
+            took.append(time.perf_counter() - started)
+            permit.stamp()
+            await asyncio.sleep(0)  # let a stamp go out, as between real requests
+        if hasattr(lim, "aclose"):
+            await lim.aclose()
+        rows.append({"label": label, "p50": pct(took, 0.5), "p99": pct(took, 0.99)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=30, help="requests per process")
@@ -319,6 +350,7 @@ def main() -> None:
         even = part_fleet(redis, [args.requests] * PROCS, args.latency)
         busy = part_fleet(redis, uneven, args.latency)
         waiting = part_waiters(redis, args.waiters)
+        fast = asyncio.run(part_fast_path(redis))
     finally:
         redis.kill()
     for title, rows in (
@@ -343,6 +375,11 @@ def main() -> None:
     for r in waiting:
         print(f"| {r['label']} | {r['op']} | {r['n']} | {r['p50'] * 1000:.2f} ms | "
               f"{r['p99'] * 1000:.2f} ms |")
+    print("\nPart 3: one acquire at a time, with room and nobody waiting (500 calls)\n")
+    print("| limiter | acquire p50 | p99 |")
+    print("|---|---|---|")
+    for r in fast:
+        print(f"| {r['label']} | {r['p50'] * 1e6:.0f} µs | {r['p99'] * 1e6:.0f} µs |")
     version = subprocess.run([redis.binary, "--version"], capture_output=True, text=True)
     print(f"\n{version.stdout.split()[2]} (redis-server), python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs")
