@@ -10,7 +10,8 @@ clock, so the hosts' clocks never matter.
 Keys, all under ``{prefix}:{{name}}:`` (one hash tag, so one cluster slot), each with
 a TTL renewed on every write and lapsing once everything in it has expired:
 ``st`` (counters), ``win`` (sent images and when they leave the window), ``held``
-(granted, not yet sent), ``q`` and ``ql`` (the waiting queue and its leases), ``ep``.
+(granted, not yet sent), ``q`` and ``ql`` (the waiting queue and its leases), ``ep``,
+``sub`` (the burst window of ``RateLimit(burst=...)``).
 The channel ``{prefix}:{{name}}:wake`` carries the session id of a process whose
 waiter has reached the head of the queue.
 
@@ -93,6 +94,13 @@ def _ms(seconds: float) -> int:
     return math.ceil(seconds * 1000)
 
 
+def _burst(rate: RateLimit) -> tuple[int, int]:
+    """The burst window as the script takes it: (images, ms), (0, 0) for none."""
+    if rate.burst is None or rate.burst >= rate.images:
+        return 0, 0
+    return rate.burst, _ms(rate.window * rate.burst / rate.images)
+
+
 @attrs.frozen
 class _Reply:
     granted: tuple[str, ...]
@@ -153,8 +161,8 @@ class RedisLimiter:
 
     Args:
         redis: a ``redis.asyncio.Redis`` the caller owns (and closes).
-        rate: the budget; every process sharing ``name`` must give the same one.
-            ``burst`` is not supported.
+        rate: the budget (``burst`` included); every process sharing ``name``
+            must give the same one.
         name: which budget this is: one per organization (or project) and model
             family, e.g. ``"org-acme-images"``. Letters, digits, ``.``, ``_``, ``-``;
             it is written into Redis keys, so never put a secret (an API key) in it.
@@ -187,8 +195,6 @@ class RedisLimiter:
     ) -> None:
         if not isinstance(rate, RateLimit):
             raise ValueError(f"rate must be a RateLimit, not {rate!r}")
-        if rate.burst is not None:
-            raise ValueError("RedisLimiter does not support RateLimit(burst=...)")
         check_name(name)
         if not _NAME.fullmatch(prefix):
             raise ValueError(f"prefix must be letters, digits, '.', '_' or '-', not {prefix!r}")
@@ -210,7 +216,7 @@ class RedisLimiter:
         self._redis = redis
         self._owns = False
         base = f"{prefix}:{{{name}}}:"
-        self._keys = [base + k for k in ("st", "win", "held", "q", "ql", "ep")]
+        self._keys = [base + k for k in ("st", "win", "held", "q", "ql", "ep", "sub")]
         self._channel = base + "wake"
         self._sid = secrets.token_hex(8)
         self._fixed: list[str | int] = [
@@ -219,6 +225,7 @@ class RedisLimiter:
             _ms(rate.window),
             _ms(rate.per),
             _ms(self.lease),
+            *_burst(rate),
             self._channel,
         ]
         self._script: AsyncScript = redis.register_script(_SCRIPT)

@@ -65,18 +65,20 @@ LIMIT, WINDOW, PER, LEASE = 5, 1000, 900, 500
 
 
 class Lua:
-    """The limiter's script for a budget of 5 images per 900 ms (+100 ms margin)."""
+    """The limiter's script for a budget of 5 images per 900 ms (+100 ms margin);
+    ``burst`` 2 adds a window of 400 ms holding at most 2."""
 
-    def __init__(self, r: Any, name: str) -> None:
+    def __init__(self, r: Any, name: str, burst: int = 0) -> None:
         self.script = r.register_script(_SCRIPT)
         base = f"asyncimg:{{{name}}}:"
-        self.keys = [base + k for k in ("st", "win", "held", "q", "ql", "ep")]
+        self.keys = [base + k for k in ("st", "win", "held", "q", "ql", "ep", "sub")]
         self.channel = base + "wake"
+        self.burst = (burst, WINDOW * burst // LIMIT)
 
     async def __call__(self, op: str, sid: str, now: int, *args: Any) -> _Reply:
         raw = await self.script(
             keys=self.keys,
-            args=[op, sid, LIMIT, WINDOW, PER, LEASE, self.channel, now, *args],
+            args=[op, sid, LIMIT, WINDOW, PER, LEASE, *self.burst, self.channel, now, *args],
         )
         return _Reply.from_redis(raw)
 
@@ -216,6 +218,21 @@ async def test_the_servers_word_caps_grants_until_its_reset(lua: Lua) -> None:
     assert (await lua.take("b", 1000, "b:1:1")).granted == ("b:1:1",)
 
 
+async def test_a_burst_spreads_the_budget(r: Any, name: str) -> None:
+    lua = Lua(r, name, burst=2)
+    assert (await lua("acquire", "a", 0, "a:1:2")).granted == ("a:1:2",)
+    b = await lua("acquire", "b", 1, "b:1:1")
+    assert b.granted == ()  # 3 of 5 are free, but the burst window holds 2
+    await lua("settle", "a", 10, "s:a:1:2")
+    b = await lua.take("b", 20, "b:1:1")
+    assert (b.granted, b.wait) == ((), pytest.approx(0.39))  # 10 + 400 ms
+    assert (await lua.take("b", 410, "b:1:1")).granted == ("b:1:1",)
+    await lua("settle", "b", 410, "s:b:1:1")
+    big = await lua("acquire", "c", 1000, "c:1:3")  # larger than the burst: sent alone
+    assert big.granted == ()  # a's 2 are still in the window until 1010
+    assert (await lua.take("c", 1010, "c:1:3")).granted == ("c:1:3",)  # b's burst ended at 810
+
+
 async def test_after_redis_lost_its_state_waiters_rejoin_and_stamps_count(r: Any, lua: Lua) -> None:
     await lua("acquire", "a", 0, "a:1:5")
     await lua("acquire", "b", 1, "b:1:1")
@@ -282,6 +299,21 @@ async def test_two_limiters_share_one_window(shared: Shared) -> None:
     stats = await a.fetch_stats()
     assert (stats.sent, stats.granted, stats.waiting, stats.in_window) == (8, 8, 0, 4)
     assert stats.images_last_window == 4
+
+
+async def test_a_burst_is_spread_across_processes(shared: Shared) -> None:
+    rate = RateLimit(4, 0.4, margin=0.0, burst=2)  # at most 2 in any 0.2 s
+    a, b = shared(rate), shared(rate)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def send(lim: RedisLimiter) -> float:
+        (await lim.acquire(1)).stamp()
+        return loop.time() - start
+
+    times = sorted(await asyncio.gather(*(send(a if i % 2 else b) for i in range(4))))
+    assert max(times[:2]) < 0.15
+    assert min(times[2:]) >= 0.19
 
 
 async def test_concurrent_acquires_share_round_trips(shared: Shared) -> None:

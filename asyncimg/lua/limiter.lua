@@ -12,9 +12,11 @@
 --   4 q     zset: ticket -> arrival number (the FIFO queue of waiters)
 --   5 ql    zset: ticket -> lease deadline of a waiter
 --   6 ep    hash: ticket -> the allowance epoch it was granted under
+--   7 sub   zset: ticket -> when its images leave the burst window
 -- ARGV: 1 op, 2 caller session, 3 limit (images), 4 window (per + margin),
---       5 per, 6 lease, 7 wake channel, 8 now ('' = TIME; tests pass a fake
---       time), 9... the operation's arguments.
+--       5 per, 6 lease, 7 burst (0: none), 8 the burst window, 9 wake channel,
+--       10 now ('' = TIME; tests pass a fake time), 11... the operation's
+--       arguments.
 -- A ticket is "<session>:<sequence>:<images>".
 --
 -- Reply: {granted tickets, wait, mine, state}; wait is how long the queue's
@@ -25,27 +27,29 @@ if redis.replicate_commands then
   redis.replicate_commands()
 end
 
-local st, win, held, q, ql, ep = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local st, win, held, q, ql, ep, sub = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6],
+  KEYS[7]
 local op, sid = ARGV[1], ARGV[2]
 local limit, window, per, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
   tonumber(ARGV[6])
-local channel = ARGV[7]
+local burst, subspan = tonumber(ARGV[7]), tonumber(ARGV[8])
+local channel = ARGV[9]
 local now
-if ARGV[8] ~= '' then
-  now = tonumber(ARGV[8])
+if ARGV[10] ~= '' then
+  now = tonumber(ARGV[10])
 else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 local FIELDS = {'used', 'held', 'qimg', 'seq', 'granted', 'refunded', 'sent', 'pauses',
-  'pause_until', 'epoch', 'allow', 'allow_until', 'allow_img', 'slimit'}
+  'pause_until', 'epoch', 'sub_used', 'allow', 'allow_until', 'allow_img', 'slimit'}
 local S = {}
 local raw = redis.call('HMGET', st, unpack(FIELDS))
 for i, f in ipairs(FIELDS) do
   S[f] = tonumber(raw[i])
 end
-for i = 1, 10 do
+for i = 1, 11 do
   S[FIELDS[i]] = S[FIELDS[i]] or 0
 end
 
@@ -80,6 +84,16 @@ if #gone > 0 then
   redis.call('ZREMRANGEBYSCORE', win, '-inf', now)
   freed = true
 end
+if burst > 0 then
+  local out = redis.call('ZRANGEBYSCORE', sub, '-inf', now)
+  for _, m in ipairs(out) do
+    S.sub_used = S.sub_used - count(m)
+  end
+  if #out > 0 then
+    redis.call('ZREMRANGEBYSCORE', sub, '-inf', now)
+    freed = true
+  end
+end
 -- A holder that stopped renewing its lease is gone; what it held may have been
 -- sent, so it counts as sent when the lease lapsed.
 local lapsed = redis.call('ZRANGEBYSCORE', held, '-inf', now, 'WITHSCORES')
@@ -94,6 +108,14 @@ for i = 1, #lapsed, 2 do
   else
     S.used = S.used - n
     freed = true
+  end
+  if burst > 0 then
+    if at + subspan > now then
+      redis.call('ZADD', sub, at + subspan, m)
+    else
+      S.sub_used = S.sub_used - n
+      freed = true
+    end
   end
 end
 if #lapsed > 0 then
@@ -116,6 +138,8 @@ end
 local function fits(n)
   if now < S.pause_until then return false end
   if S.used + n > limit then return false end
+  -- The burst window; a request larger than the burst goes alone in it.
+  if burst > 0 and S.sub_used > 0 and S.sub_used + n > burst then return false end
   return S.allow == nil or cost(n) <= S.allow
 end
 
@@ -124,6 +148,7 @@ local function grant(m)
   S.used = S.used + n
   S.held = S.held + n
   S.granted = S.granted + n
+  if burst > 0 then S.sub_used = S.sub_used + n end
   if S.allow then S.allow = S.allow - cost(n) end
   redis.call('ZADD', held, now + lease, m)
   redis.call('HSET', ep, m, S.epoch)
@@ -149,6 +174,7 @@ local function release(m)
     S.used = S.used - n
     S.held = S.held - n
     S.refunded = S.refunded + n
+    if burst > 0 then S.sub_used = S.sub_used - n end
     if S.allow and tonumber(redis.call('HGET', ep, m)) == S.epoch then
       S.allow = S.allow + cost(n)
     end
@@ -159,6 +185,7 @@ local function release(m)
     S.used = S.used - n
     S.sent = S.sent - n
     S.refunded = S.refunded + n
+    if burst > 0 and redis.call('ZREM', sub, m) == 1 then S.sub_used = S.sub_used - n end
     return true
   end
   return false
@@ -177,7 +204,11 @@ end
 
 local function stamp(m)
   local n = count(m)
-  if redis.call('ZREM', held, m) == 1 then
+  local was_held = redis.call('ZREM', held, m) == 1
+  if burst > 0 and redis.call('ZADD', sub, now + subspan, m) == 1 and not was_held then
+    S.sub_used = S.sub_used + n  -- counted again, as in the window below
+  end
+  if was_held then
     S.held = S.held - n
     redis.call('HDEL', ep, m)
   elseif redis.call('ZSCORE', win, m) == false then
@@ -216,9 +247,9 @@ local granted = {}
 local last = -1
 
 if op == 'acquire' then
-  -- ARGV[9...]: new tickets in the caller's order; granted while nobody waits and
+  -- ARGV[11...]: new tickets in the caller's order; granted while nobody waits and
   -- they fit, queued from the first that does not.
-  for i = 9, #ARGV do
+  for i = 11, #ARGV do
     local m = ARGV[i]
     if redis.call('ZCARD', q) == 0 and fits(count(m)) then
       grant(m)
@@ -228,14 +259,14 @@ if op == 'acquire' then
     end
   end
 elseif op == 'take' then
-  -- ARGV[9] = how many held tickets follow; then the caller's waiting tickets
+  -- ARGV[11] = how many held tickets follow; then the caller's waiting tickets
   -- in its own order. Both leases are renewed; a waiting ticket the queue lost
   -- (Redis restarted, or its lease lapsed) joins at the back again.
-  local nheld = tonumber(ARGV[9])
-  for i = 10, 9 + nheld do
+  local nheld = tonumber(ARGV[11])
+  for i = 12, 11 + nheld do
     redis.call('ZADD', held, 'XX', now + lease, ARGV[i])
   end
-  for i = 10 + nheld, #ARGV do
+  for i = 12 + nheld, #ARGV do
     local m = ARGV[i]
     if redis.call('ZSCORE', q, m) then
       redis.call('ZADD', ql, now + lease, m)
@@ -247,10 +278,10 @@ elseif op == 'take' then
   end
   serve(granted)
 elseif op == 'settle' then
-  -- ARGV[9...], in order: "s:<ticket>" sent now, "r:<ticket>" give back (or leave
+  -- ARGV[11...], in order: "s:<ticket>" sent now, "r:<ticket>" give back (or leave
   -- the queue), "p:<ms>" pause everyone, "o:<remaining>:<reset ms>:<1 images|0
   -- requests>:<limit, -1 none>" the server's headers.
-  for i = 9, #ARGV do
+  for i = 11, #ARGV do
     local kind, rest = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 3)
     if kind == 's' then
       stamp(rest)
@@ -295,15 +326,22 @@ if h then
     end
   else
     local when = nil
+    local function sooner(t)
+      if t and (when == nil or t < when) then when = t end
+    end
+    local function first(key)  -- the earliest expiry in a zset, or nil
+      local f = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if f[2] then return tonumber(f[2]) end
+      return nil
+    end
     if now < S.pause_until then
       when = S.pause_until
     else
-      local first = redis.call('ZRANGE', win, 0, 0, 'WITHSCORES')
-      if S.used + n > limit then
-        if first[2] then when = tonumber(first[2]) end
-      elseif S.allow then
-        when = S.allow_until
-        if first[2] then when = math.min(when, tonumber(first[2])) end
+      if S.used + n > limit then sooner(first(win)) end
+      if burst > 0 and S.sub_used > 0 and S.sub_used + n > burst then sooner(first(sub)) end
+      if S.allow and cost(n) > S.allow then
+        sooner(S.allow_until)
+        sooner(first(win))  -- an expiry gives back to the allowance too
       end
     end
     if when then wait = when - now end
@@ -330,7 +368,7 @@ redis.call('HSET', st, unpack(save))
 if S.allow == nil then
   redis.call('HDEL', st, 'allow')
 end
-for i = 1, 6 do
+for i = 1, 7 do
   redis.call('PEXPIRE', KEYS[i], math.ceil(keep))
 end
 
