@@ -35,6 +35,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._files import ImageFile, ImageInput
+from ._keywords import EditKeywords, GenerateKeywords, RequestOptions, VariationKeywords
 from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter
 from ._models import (
     BatchItem,
@@ -45,6 +46,13 @@ from ._models import (
     PromptSource,
     PromptSpec,
     Usage,
+)
+from ._stream import (
+    CompletedImageEvent,
+    ImageStream,
+    ImageStreamEvent,
+    PartialImageEvent,
+    UnknownEvent,
 )
 from ._version import __version__
 
@@ -67,11 +75,16 @@ __all__ = [
     "BatchJob",
     "BatchRequestError",
     "BatchResult",
+    "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
+    "EditKeywords",
+    "GenerateKeywords",
     "Image",
     "ImageFile",
     "ImageInput",
+    "ImageStream",
+    "ImageStreamEvent",
     "ImagesClient",
     "ImagesResponse",
     "InputTokensDetails",
@@ -81,6 +94,7 @@ __all__ = [
     "LimiterUnavailableError",
     "NotFoundError",
     "OutputTokensDetails",
+    "PartialImageEvent",
     "PermissionDeniedError",
     "PromptSource",
     "PromptSpec",
@@ -88,10 +102,13 @@ __all__ = [
     "RateLimitError",
     "RateLimiter",
     "RedisLimiter",
+    "RequestOptions",
     "ResponseTooLargeError",
+    "UnknownEvent",
     "UnprocessableEntityError",
     "Usage",
     "ValidationError",
+    "VariationKeywords",
     "__version__",
     "batch_line",
     "submit_batch",

@@ -362,7 +362,7 @@ def read_ratelimit_headers(headers: Mapping[str, str]) -> ServerAllowance | None
     for key, value in headers.items():
         lowered = key.lower()
         if lowered.startswith("x-ratelimit-"):
-            found[lowered] = value
+            found.setdefault(lowered, value)  # a repeated header: the first value
     if not found:
         return None
     for unit in ("images", "requests"):

@@ -4,7 +4,9 @@ Endpoints (under ``base_url``, which ends in ``/v1``):
 
 * ``POST /v1/images/generations`` (JSON), ``POST /v1/images/edits`` and
   ``POST /v1/images/variations`` (multipart: ``image`` or ``image[]``,
-  ``mask``, text fields);
+  ``mask``, text fields); with ``stream: true`` (GPT image models) a generation
+  or an edit answers server-sent events: partial images, then the completed
+  one (:mod:`asyncimg.testing._streaming`, ``Fault.drop_stream``);
 * ``/v1/files`` and ``/v1/batches``: the Files and Batch APIs, at a pace tests
   set (:mod:`asyncimg.testing._batches`, ``Emulator.batches``);
 * ``GET /blobs/<name>.png?se=...`` serves ``url`` results. Like the API's
@@ -59,7 +61,9 @@ from .._files import ImageFile, sniff_mime
 from .._params import EditParams, Endpoint, GenerateParams, Params, from_wire
 from ._batches import BatchAPI
 from ._faults import Fault, path_matches
+from ._headers import HeaderStyle, styled_headers
 from ._png import MAX_PIXELS, b64_png, make_png
+from ._streaming import sse_events, write_events
 
 __all__ = [
     "CONTENT_POLICY_MARKER",
@@ -225,6 +229,8 @@ class JournalEntry:
     fault: str | None = None
     images: int = 0
     """Images the request asked for (0 when it was not a valid images request)."""
+    events: int | None = None
+    """Server-sent events written (None: not a streamed answer)."""
 
 
 class Journal(Sequence[JournalEntry]):
@@ -288,6 +294,8 @@ class _Answer:
     body: bytes
     headers: dict[str, str] = attrs.field(factory=dict)
     content_type: str = "application/json"
+    events: tuple[bytes, ...] | None = None
+    """A streamed answer's server-sent events (``body`` is then empty)."""
 
 
 class _Refusal(Exception):
@@ -418,6 +426,10 @@ class Emulator:
         clock: a ``() -> float`` in seconds for url expiry, the rate window,
             ``arrivals`` and the journal (``time.monotonic`` by default); inject
             one to test expiry without sleeping.
+        header_style: how response headers are written (see
+            :mod:`asyncimg.testing._headers`): ``"openai"`` (lower case, with
+            ``retry-after-ms``), ``"canonical"`` (capitalised names,
+            ``Retry-After`` alone) or ``"http-date"`` (``Retry-After`` as a date).
 
     Attributes (for tests): ``journal`` (:class:`Journal`), ``arrivals``
     (``(time, images)`` of every request that passed the limit), ``latency``,
@@ -426,7 +438,8 @@ class Emulator:
     :meth:`reset`.
 
     Raises:
-        TypeError, ValueError: ``images_per_minute`` cannot be read.
+        TypeError, ValueError: ``images_per_minute`` cannot be read, or
+            ``header_style`` is unknown.
     """
 
     def __init__(
@@ -439,7 +452,10 @@ class Emulator:
         url_ttl: float = 3600.0,
         latency: float = 0.0,
         clock: Callable[[], float] | None = None,
+        header_style: HeaderStyle = "openai",
     ) -> None:
+        styled_headers({}, header_style, 0.0)  # refuses an unknown style now
+        self.header_style: HeaderStyle = header_style
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -710,10 +726,20 @@ class Emulator:
         if kind == "delay":
             assert fault is not None
             await self._sleep(fault.seconds)
+        if answer.events is not None:
+            stream = web.StreamResponse(status=answer.status, headers=answer.headers)
+            stream.content_type = answer.content_type
+            try:
+                await stream.prepare(request)
+                record["status"] = answer.status
+                await write_events(request, stream, answer.events, fault, record, self._sleep)
+            except ConnectionError:
+                pass  # the client went away
+            return stream
         body = answer.body
         if kind == "truncated":
             body = body[: len(body) // 2]
-        headers = dict(answer.headers)
+        headers = styled_headers(answer.headers, self.header_style, time.time())
         if not any(name.lower() == "content-type" for name in headers):
             headers["Content-Type"] = answer.content_type
         if kind not in ("drop_mid_body", "trickle"):
@@ -920,10 +946,11 @@ class Emulator:
             params = from_wire(endpoint, fields, files)
         except ValidationError as exc:
             _refuse(400, str(exc), param=exc.param)
-        if params.extra_body.get("stream") not in (None, False, "false"):
-            _refuse(400, "The emulator does not support stream=true.", param="stream")
         model = _effective_model(endpoint, params)
         gpt = _is_gpt(model)
+        stream = getattr(params, "stream", None)
+        if stream and not gpt:
+            _refuse(400, "Streaming is only supported for the GPT image models.", param="stream")
         width, height = _size_of(params.size)
         images = params.images
         record["images"] = images
@@ -972,6 +999,12 @@ class Emulator:
             body["quality"] = quality
             body["size"] = f"{width}x{height}"
             body["usage"] = self._usage(params, quality, width, height, images)
+        if stream:
+            partials = getattr(params, "partial_images", None) or 0
+            events = sse_events(
+                body, endpoint=endpoint, partial_images=partials, created_at=body["created"]
+            )
+            return _Answer(200, b"", headers, "text/event-stream", events)
         return _Answer(200, json.dumps(body).encode(), headers)
 
     def _render_batch_line(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
