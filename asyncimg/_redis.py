@@ -539,7 +539,7 @@ class RedisLimiter:
                     self._landing.set()
                     self._landing = asyncio.Event()
                 self._warned = False
-                if reply.mine == 1 and self._waiters:
+                if reply.mine and self._waiters:  # our head fits, or has a new time to wait
                     self._start_pump(wake=True)
         finally:
             self._settling = None

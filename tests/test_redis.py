@@ -341,6 +341,20 @@ async def test_a_refund_elsewhere_wakes_a_waiter_at_once(shared: Shared) -> None
     permit.refund()
 
 
+async def test_a_waiter_behind_its_own_unsent_permits_wakes_when_they_are_sent(
+    shared: Shared,
+) -> None:
+    lim = shared(RateLimit(2, 0.3, margin=0.0), lease=3.0)  # renewals every 1 s
+    first, second = await lim.acquire(1), await lim.acquire(1)
+    waiter = asyncio.ensure_future(lim.acquire(1))  # no expiry to wait for yet
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    first.stamp()
+    second.stamp()
+    (await asyncio.wait_for(waiter, 2.0)).refund()
+    assert 0.25 <= time.monotonic() - started < 0.6  # the stamps' window, not a renewal
+
+
 async def test_a_waiter_longer_than_its_lease_keeps_its_place(shared: Shared) -> None:
     rate = RateLimit(1, 1.0, margin=0.0)
     a, b, c = (shared(rate, lease=0.45) for _ in range(3))
