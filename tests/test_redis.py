@@ -233,6 +233,14 @@ async def test_a_burst_spreads_the_budget(r: Any, name: str) -> None:
     assert (await lua.take("c", 1010, "c:1:3")).granted == ("c:1:3",)  # b's burst ended at 810
 
 
+async def test_a_lapsed_permit_stays_in_the_burst_window_too(r: Any, name: str) -> None:
+    lua = Lua(r, name, burst=2)
+    await lua("acquire", "dead", 0, "dead:1:2")  # never stamped: lapses at 500
+    assert (await lua("acquire", "b", 600, "b:1:1")).granted == ()
+    assert (await lua.take("b", 899, "b:1:1")).granted == ()
+    assert (await lua.take("b", 900, "b:1:1")).granted == ("b:1:1",)  # 500 + 400
+
+
 async def test_after_redis_lost_its_state_waiters_rejoin_and_stamps_count(r: Any, lua: Lua) -> None:
     await lua("acquire", "a", 0, "a:1:5")
     await lua("acquire", "b", 1, "b:1:1")

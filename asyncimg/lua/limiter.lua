@@ -96,6 +96,14 @@ if burst > 0 then
 end
 -- A holder that stopped renewing its lease is gone; what it held may have been
 -- sent, so it counts as sent when the lease lapsed.
+local function linger(key, span, field, m, n, at)  -- sent at `at`: in key until at + span
+  if at + span > now then
+    redis.call('ZADD', key, at + span, m)
+  else
+    S[field] = S[field] - n
+    freed = true
+  end
+end
 local lapsed = redis.call('ZRANGEBYSCORE', held, '-inf', now, 'WITHSCORES')
 for i = 1, #lapsed, 2 do
   local m, at = lapsed[i], tonumber(lapsed[i + 1])
@@ -103,20 +111,8 @@ for i = 1, #lapsed, 2 do
   S.held = S.held - n
   S.sent = S.sent + n
   redis.call('HDEL', ep, m)
-  if at + window > now then
-    redis.call('ZADD', win, at + window, m)
-  else
-    S.used = S.used - n
-    freed = true
-  end
-  if burst > 0 then
-    if at + subspan > now then
-      redis.call('ZADD', sub, at + subspan, m)
-    else
-      S.sub_used = S.sub_used - n
-      freed = true
-    end
-  end
+  linger(win, window, 'used', m, n, at)
+  if burst > 0 then linger(sub, subspan, 'sub_used', m, n, at) end
 end
 if #lapsed > 0 then
   redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
