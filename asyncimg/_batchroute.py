@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
@@ -59,6 +59,7 @@ from ._runner import (
     read_entries,
     usage_fields,
 )
+from ._textinput import TextLines
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
@@ -359,7 +360,7 @@ class _Run:
 
 async def run_via_batch_api(
     client: AsyncImagesClient,
-    open_input: Callable[[], IO[str]],
+    open_input: Callable[[], TextLines],
     fmt: str,
     directory: str | os.PathLike[str],
     *,

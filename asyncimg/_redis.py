@@ -663,7 +663,7 @@ class RedisLimiter:
             waiting_images=waiting_images,
             held=held,
             in_window=in_window,
-            in_flight=held + in_window,
+            in_use=held + in_window,
             available=available,
             pauses=pauses,
             paused_for=max(0.0, paused_ms / 1000 - elapsed),

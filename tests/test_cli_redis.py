@@ -90,3 +90,15 @@ def test_bad_shared_limit_flags_are_usage_errors(
     assert f"error: {flag}" in run.stderr
     assert "hunter2" not in run.stderr
     assert "sk-proj-secret" not in run.stderr
+
+
+def test_a_batch_stops_when_the_shared_limit_is_out_of_reach(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(20)))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = _cli("batch", str(prompts), "-o", str(tmp_path / "out"), *EMU,
+               "--redis", f"redis://127.0.0.1:{port}/0")
+    assert run.returncode == 3, run.stderr  # fatal: every item would fail the same way
+    assert "check --redis" in run.stderr
