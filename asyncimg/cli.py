@@ -75,9 +75,8 @@ EXIT_SIGTERM = 143
 _EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
 _EXIT_HELP = (
     "exit status: 0 all succeeded, 1 some items failed, 2 usage error (nothing sent), "
-    "3 stopped by a fatal error (401, 403, 404, 429 quota, --redis out of reach), "
-    "4 aborted by a local "
-    "failure (a full disk), 130 Ctrl-C, 143 SIGTERM"
+    "3 stopped by a fatal API error (401, 403, 404, 429 quota) or --redis out of reach, "
+    "4 aborted by a local failure (a full disk), 130 Ctrl-C, 143 SIGTERM"
 )
 # The option a user typed, by the parameter its value became.
 _FLAGS = {
