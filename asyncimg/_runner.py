@@ -80,6 +80,7 @@ __all__ = [
     "check_batch_params",
     "estimate_eta",
     "open_text",
+    "public_url",
     "read_entries",
     "run_batch",
 ]
@@ -685,7 +686,7 @@ async def run_batch(
     sink = progress or ProgressSink()
     control = control or BatchControl()
     manifest = Manifest(
-        folder, retry_failed=retry_failed, server=server or _public_url(client.base_url)
+        folder, retry_failed=retry_failed, server=server or public_url(client.base_url)
     )
     try:
         await anyio.to_thread.run_sync(manifest.open)
@@ -766,7 +767,7 @@ async def run_batch(
         manifest.close()
 
 
-def _public_url(url: str) -> str:
+def public_url(url: str) -> str:
     """``url`` without credentials or a query: what may be written to disk."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""

@@ -516,6 +516,7 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for signum in _EXIT_SIGNAL:
             loop.add_signal_handler(signum, on_signal, signum)
         try:
+            server = "the emulator (--emulator)" if args.emulator else None
             if args.via == "batch-api":
                 from ._batchroute import run_via_batch_api
 
@@ -529,6 +530,8 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     poll_interval=args.poll_interval,
                     completion_window=args.completion_window,
                     progress=progress,
+                    server=server,
+                    control=control,
                 )
             else:
                 summary = await run_batch(
@@ -540,7 +543,7 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     retry_failed=args.retry_failed,
                     count_first=args.prompts != "-",
                     progress=progress,
-                    server="the emulator (--emulator)" if args.emulator else None,
+                    server=server,
                     control=control,
                 )
         except ValidationError as exc:
