@@ -75,8 +75,10 @@ __all__ = [
     "RateLimit",
     "RateLimiter",
     "RatePermit",
+    "ServerAllowance",
     "Timer",
     "parse_duration",
+    "read_ratelimit_headers",
 ]
 
 
@@ -344,6 +346,58 @@ def parse_duration(text: str) -> float:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     return total
+
+
+# -- the server's word -----------------------------------------------------------------
+
+
+@attrs.frozen
+class ServerAllowance:
+    """What a response's ``x-ratelimit-*`` headers say.
+
+    Attributes:
+        remaining: how many more the server allows before ``reset``.
+        reset: seconds until the server's count resets (0: no constraint).
+        images: True when counted in images, False when in requests.
+        limit: the server's ``x-ratelimit-limit-*``, if it sent one.
+    """
+
+    remaining: int
+    reset: float
+    images: bool
+    limit: int | None
+
+
+def read_ratelimit_headers(headers: Mapping[str, str]) -> ServerAllowance | None:
+    """Read ``x-ratelimit-remaining-images`` with ``x-ratelimit-reset-images``
+    (else the ``-requests`` pair) from response headers, case-insensitively.
+
+    Returns None when neither pair is complete and well-formed. Never raises.
+    """
+    found: dict[str, str] = {}
+    for key, value in headers.items():
+        lowered = key.lower()
+        if lowered.startswith("x-ratelimit-"):
+            found.setdefault(lowered, value)  # a repeated header: the first value
+    if not found:
+        return None
+    for unit in ("images", "requests"):
+        raw_remaining = found.get("x-ratelimit-remaining-" + unit)
+        raw_reset = found.get("x-ratelimit-reset-" + unit)
+        if raw_remaining is None or raw_reset is None:
+            continue
+        try:
+            remaining = int(float(raw_remaining.strip()))
+            reset = parse_duration(raw_reset)
+        except (ValueError, OverflowError):
+            continue
+        limit: int | None = None
+        raw_limit = found.get("x-ratelimit-limit-" + unit)
+        if raw_limit is not None:
+            with contextlib.suppress(ValueError, OverflowError):
+                limit = int(float(raw_limit.strip()))
+        return ServerAllowance(remaining, reset, unit == "images", limit)
+    return None
 
 
 # -- permits and stats ------------------------------------------------------------------
@@ -684,38 +738,21 @@ class Limiter:
         """
         if self.rate is None:
             return
-        found: dict[str, str] = {}
-        for key, value in headers.items():
-            lowered = key.lower()
-            if lowered.startswith("x-ratelimit-"):
-                found.setdefault(lowered, value)  # a repeated header: the first value
-        if not found:
+        word = read_ratelimit_headers(headers)
+        if word is None:
             return
-        for unit in ("images", "requests"):
-            raw_remaining = found.get("x-ratelimit-remaining-" + unit)
-            raw_reset = found.get("x-ratelimit-reset-" + unit)
-            if raw_remaining is None or raw_reset is None:
-                continue
-            try:
-                remaining = int(float(raw_remaining.strip()))
-                reset = parse_duration(raw_reset)
-            except (ValueError, OverflowError):
-                continue
-            raw_limit = found.get("x-ratelimit-limit-" + unit)
-            if raw_limit is not None:
-                with contextlib.suppress(ValueError, OverflowError):
-                    self._server_limit = int(float(raw_limit.strip()))
-            now = self._clock.now()
-            self._allow_epoch += 1
-            if reset <= 0:
-                self._allow = None
-            else:
-                self._allow = max(0, remaining)
-                self._allow_until = now + reset
-                self._allow_images = unit == "images"
-            if self._n_waiting:
-                self._drain()
-            return
+        if word.limit is not None:
+            self._server_limit = word.limit
+        now = self._clock.now()
+        self._allow_epoch += 1
+        if word.reset <= 0:
+            self._allow = None
+        else:
+            self._allow = max(0, word.remaining)
+            self._allow_until = now + word.reset
+            self._allow_images = word.images
+        if self._n_waiting:
+            self._drain()
 
     def stats(self) -> LimiterStats:
         """A snapshot of the counters (see :class:`LimiterStats`)."""

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ._control import fatal_error
 from ._exceptions import APIError, AsyncImgError, ValidationError
 from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
-from ._limiter import Limiter, RateLimit
+from ._limiter import Limiter, RateLimit, RateLimiter
 from ._runner import ProgressSink
 from ._serve import add_serve_options, positive_int, serve_from_args
 from ._version import __version__
@@ -60,6 +60,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
     from ._control import BatchControl
+    from ._redis import RedisLimiter
     from ._runner import BatchSummary, Record
 
 __all__ = ["main", "parse_rate"]
@@ -74,8 +75,8 @@ EXIT_SIGTERM = 143
 _EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
 _EXIT_HELP = (
     "exit status: 0 all succeeded, 1 some items failed, 2 usage error (nothing sent), "
-    "3 stopped by a fatal API error (401, 403, 404, 429 quota), 4 aborted by a local "
-    "failure (a full disk), 130 Ctrl-C, 143 SIGTERM"
+    "3 stopped by a fatal API error (401, 403, 404, 429 quota) or --redis out of reach, "
+    "4 aborted by a local failure (a full disk), 130 Ctrl-C, 143 SIGTERM"
 )
 # The option a user typed, by the parameter its value became.
 _FLAGS = {
@@ -162,6 +163,15 @@ def _connection_options() -> argparse.ArgumentParser:
     g.add_argument(
         "--rate", type=_rate_arg, default=RateLimit(images=50, per=60.0), metavar="RATE",
         help="images per window: 50/min (default), 5/s, 20/2s, or off",
+    )
+    g.add_argument(
+        "--redis", metavar="URL", default=os.environ.get("ASYNCIMG_REDIS_URL"),
+        help="share --rate through this Redis with every process using the same "
+        "--limit-name (default $ASYNCIMG_REDIS_URL)",
+    )
+    g.add_argument(
+        "--limit-name", default="openai-images", metavar="NAME",
+        help="which shared budget (with --redis): one per organization and model family",
     )
     g.add_argument(
         "--concurrency", type=positive_int, default=None,
@@ -353,8 +363,12 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
     from ._client import AsyncImagesClient
 
-    limiter = Limiter(args.rate)
     async with contextlib.AsyncExitStack() as stack:
+        limiter: RateLimiter = Limiter(args.rate)
+        if args.redis:
+            shared = _redis_limiter(args)
+            stack.push_async_callback(shared.aclose)
+            limiter = shared
         base_url = args.base_url
         api_key = None
         if args.emulator:
@@ -371,6 +385,24 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
             timeout=args.timeout,
         )
         yield await stack.enter_async_context(client)
+
+
+def _redis_limiter(args: argparse.Namespace) -> RedisLimiter:
+    """The shared limiter of ``--redis`` and ``--limit-name``; UsageError when unusable."""
+    if args.rate is None:
+        raise UsageError("--redis: a shared limit needs a --rate (not off)")
+    from ._redis import RedisLimiter, check_name
+
+    try:
+        check_name(args.limit_name)
+    except ValueError as exc:
+        raise UsageError(f"--limit-name: {exc}") from None
+    try:
+        return RedisLimiter.from_url(args.redis, rate=args.rate, name=args.limit_name)
+    except ImportError as exc:
+        raise UsageError(f"--redis: {exc}") from None
+    except ValueError:  # never echo the URL: it may hold a password
+        raise UsageError("--redis: not a redis://, rediss:// or unix:// URL") from None
 
 
 async def _streamed(
