@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import codecs
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -520,36 +521,26 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for signum in _EXIT_SIGNAL:
             loop.add_signal_handler(signum, on_signal, signum)
         try:
-            server = "the emulator (--emulator)" if args.emulator else None
             if args.via == "batch-api":
                 from ._batchroute import run_via_batch_api
 
-                summary = await run_via_batch_api(
-                    client,
-                    open_text(args.prompts, args.encoding),
-                    fmt,
-                    args.output,
-                    params=_params(args),
-                    retry_failed=args.retry_failed,
-                    poll_interval=args.poll_interval,
+                route = functools.partial(
+                    run_via_batch_api, poll_interval=args.poll_interval,
                     completion_window=args.completion_window,
-                    progress=progress,
-                    server=server,
-                    control=control,
                 )
             else:
-                summary = await run_batch(
-                    client,
-                    open_text(args.prompts, args.encoding),
-                    fmt,
-                    args.output,
-                    params=_params(args),
-                    retry_failed=args.retry_failed,
-                    count_first=args.prompts != "-",
-                    progress=progress,
-                    server=server,
-                    control=control,
-                )
+                route = functools.partial(run_batch, count_first=args.prompts != "-")
+            summary = await route(
+                client,
+                open_text(args.prompts, args.encoding),
+                fmt,
+                args.output,
+                params=_params(args),
+                retry_failed=args.retry_failed,
+                progress=progress,
+                server="the emulator (--emulator)" if args.emulator else None,
+                control=control,
+            )
         except ValidationError as exc:
             raise UsageError(_flag_message(exc)) from None
         except InputError as exc:
