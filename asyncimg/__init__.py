@@ -26,6 +26,7 @@ from ._exceptions import (
     ConflictError,
     ContentPolicyError,
     InternalServerError,
+    LimiterUnavailableError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -56,6 +57,7 @@ from ._stream import (
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
+    from ._redis import RedisLimiter
     from ._sync import ImagesClient
 
 __all__ = [
@@ -89,6 +91,7 @@ __all__ = [
     "InternalServerError",
     "Limiter",
     "LimiterStats",
+    "LimiterUnavailableError",
     "NotFoundError",
     "OutputTokensDetails",
     "PartialImageEvent",
@@ -98,6 +101,7 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RedisLimiter",
     "RequestOptions",
     "ResponseTooLargeError",
     "UnknownEvent",
@@ -119,4 +123,9 @@ def __getattr__(name: str) -> _typing.Any:
 
         globals()["ImagesClient"] = ImagesClient
         return ImagesClient
+    if name == "RedisLimiter":  # the `redis` extra: imported only when asked for
+        from ._redis import RedisLimiter
+
+        globals()["RedisLimiter"] = RedisLimiter
+        return RedisLimiter
     raise AttributeError(f"module 'asyncimg' has no attribute {name!r}")
