@@ -43,6 +43,7 @@ from ._models import (
     PromptSpec,
     Usage,
 )
+from ._refs import ImageRef
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
@@ -64,6 +65,7 @@ __all__ = [
     "Image",
     "ImageFile",
     "ImageInput",
+    "ImageRef",
     "ImagesClient",
     "ImagesResponse",
     "InputTokensDetails",

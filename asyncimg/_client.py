@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import inspect
 import logging
 import os
 import platform
@@ -26,11 +27,25 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 
+from ._azure import azure_options
+from ._config import (
+    ProxyConfig,
+    QueryValue,
+    SSLOption,
+    check_headers,
+    check_query,
+    merge_headers,
+    redact_url,
+    request_url,
+    split_base_url,
+    ssl_context,
+)
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
-from ._params import EditParams, GenerateParams, Params, VariationParams
+from ._params import EditParams, GenerateParams, JsonEditParams, Params, VariationParams
+from ._refs import ImageRef, by_reference, load_ref, load_refs
 from ._retry import RetryPolicy, count_attempt, decide
 from ._transport import RawResponse, Transport, without_query
 from ._version import __version__
@@ -48,6 +63,10 @@ DEFAULT_RATE_LIMIT: Final = RateLimit(images=50, per=60.0)
 DEFAULT_MAX_RESPONSE_BYTES: Final = 512 * 1024 * 1024
 
 _T = TypeVar("_T")
+_C = TypeVar("_C", bound="AsyncImagesClient")
+
+TokenProvider = Callable[[], str | Awaitable[str]]
+"""A sync or async callable returning a bearer token (an Entra ID token for Azure)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 _DASHES = re.compile(r"-{2,}")
@@ -85,6 +104,22 @@ class AsyncImagesClient:
         max_retries: retries after the first attempt (per call: ``max_retries=``).
         timeout: seconds for one attempt (per call: ``timeout=``).
         max_response_bytes: a larger response body is refused unread.
+        default_headers: headers sent with every request (they replace the
+            client's own of the same name); per call: ``extra_headers=``.
+        default_query: query parameters added to every request's URL (a
+            ``base_url`` may carry its own query too); per call: ``extra_query=``.
+        token_provider: a sync or async callable returning a bearer token,
+            asked again for every request (``Authorization: Bearer``; instead of
+            ``api_key``); a sync one runs in a worker thread.
+        proxy: an ``http(s)://[user:password@]host:port`` proxy for every request;
+            without it ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and
+            ``NO_PROXY`` are honoured, as read when the client is made.
+        ssl: an ``ssl.SSLContext``, or the path of a CA bundle (file or
+            directory) to trust instead of the system's; by default the system's
+            CAs, or ``$SSL_CERT_FILE``/``$SSL_CERT_DIR`` when set.
+        http_session: your own ``aiohttp.ClientSession`` to send through (its
+            connector, proxy and TLS settings are then yours); the client never
+            closes it. Not with ``proxy``/``ssl``.
 
     Raises:
         ValidationError: an argument is invalid, or no API key is set for the official API.
@@ -104,6 +139,12 @@ class AsyncImagesClient:
         max_retries: int = 3,
         timeout: float | None = 600.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, QueryValue] | None = None,
+        token_provider: TokenProvider | None = None,
+        proxy: str | None = None,
+        ssl: SSLOption = None,
+        http_session: aiohttp.ClientSession | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
@@ -115,10 +156,24 @@ class AsyncImagesClient:
             raise ValidationError("max_retries", "max_retries must be an integer >= 0")
         if timeout is not None and timeout <= 0:
             raise ValidationError("timeout", "timeout must be a positive number of seconds")
-        if not api_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
+        if token_provider is not None and not callable(token_provider):
+            raise ValidationError("token_provider", "token_provider must be a callable")
+        if not api_key and token_provider is None and base_url.rstrip("/") == DEFAULT_BASE_URL:
             raise ValidationError(
                 "api_key", "no API key: pass api_key= or set OPENAI_API_KEY"
             )
+        if http_session is not None and (proxy is not None or ssl is not None):
+            raise ValidationError(
+                "http_session",
+                "http_session= brings its own connection settings: configure the proxy and "
+                "TLS on that session, not with proxy= or ssl=",
+            )
+        if http_session is not None and not isinstance(http_session, aiohttp.ClientSession):
+            raise ValidationError("http_session", "http_session must be an aiohttp.ClientSession")
+        self._base, self._base_query = split_base_url(base_url)
+        self._default_query = check_query(default_query, "default_query")
+        self._token_provider = token_provider
+        proxies = ProxyConfig.build(proxy)
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_concurrency = max_concurrency
@@ -133,7 +188,9 @@ class AsyncImagesClient:
             headers["OpenAI-Organization"] = organization
         if project:
             headers["OpenAI-Project"] = project
-        self._headers: Mapping[str, str] = headers
+        self._headers: Mapping[str, str] = merge_headers(
+            headers, check_headers(default_headers, "default_headers")
+        )
         self._gate: asyncio.Semaphore | None = None
         user_agent = (
             f"asyncimg/{__version__} aiohttp/{aiohttp.__version__} "
@@ -143,11 +200,50 @@ class AsyncImagesClient:
             max_connections=max_concurrency + 4,
             max_response_bytes=max_response_bytes,
             user_agent=user_agent,
+            proxies=proxies,
+            ssl=None if ssl is None else ssl_context(ssl),
+            session=http_session,
+        )
+
+    @classmethod
+    def azure(
+        cls: type[_C],
+        *,
+        endpoint: str | None = None,
+        deployment: str | None = None,
+        api_version: str | None = None,
+        api_key: str | None = None,
+        token_provider: TokenProvider | None = None,
+        **options: Any,
+    ) -> _C:
+        """A client for an Azure OpenAI resource (the official SDK's ``AzureOpenAI``).
+
+        Requests go to ``{endpoint}/openai/deployments/{deployment}/images/...``
+        with ``?api-version=``; without ``deployment`` each call's ``model``
+        names the deployment. The key goes as ``api-key``; ``token_provider``
+        (a sync or async callable returning an Entra ID token) instead gives
+        ``Authorization: Bearer``, asked again for every request. Left out:
+        ``$AZURE_OPENAI_ENDPOINT``, ``$AZURE_OPENAI_API_KEY``,
+        ``$OPENAI_API_VERSION``. ``options`` are the other client arguments.
+
+        Raises:
+            ValidationError: the endpoint, the version or a credential is missing,
+                or an argument is invalid.
+        """
+        return cls(
+            **azure_options(
+                endpoint=endpoint,
+                deployment=deployment,
+                api_version=api_version,
+                api_key=api_key,
+                token_provider=token_provider,
+                options=options,
+            )
         )
 
     def __repr__(self) -> str:
         return (
-            f"AsyncImagesClient(base_url={self.base_url!r}, model={self.model!r}, "
+            f"AsyncImagesClient(base_url={redact_url(self.base_url)!r}, model={self.model!r}, "
             f"max_concurrency={self.max_concurrency})"
         )
 
@@ -185,14 +281,18 @@ class AsyncImagesClient:
         style: str | None = None,
         user: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, QueryValue] | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
     ) -> ImagesResponse:
         """Create images from a prompt (``POST /images/generations``).
 
         Every parameter of the API is a keyword; None is not sent. ``extra_body``
-        adds parameters this version does not know; ``timeout`` and
-        ``max_retries`` override the client's for this call.
+        adds parameters this version does not know, ``extra_headers`` and
+        ``extra_query`` headers and query parameters (over the client's
+        defaults); ``timeout`` and ``max_retries`` override the client's for
+        this call.
 
         Raises:
             ValidationError: a parameter breaks the model's rules (nothing sent).
@@ -214,14 +314,14 @@ class AsyncImagesClient:
             user=user,
             extra_body=extra_body,
         )
-        return await self._call(params, timeout, max_retries)
+        return await self._call(params, timeout, max_retries, extra_headers, extra_query)
 
     async def edit(
         self,
-        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        image: ImageInput | ImageFile | ImageRef | Sequence[ImageInput | ImageFile | ImageRef],
         prompt: str,
         *,
-        mask: ImageInput | ImageFile | None = None,
+        mask: ImageInput | ImageFile | ImageRef | None = None,
         model: str | None = None,
         n: int | None = None,
         size: str | None = None,
@@ -231,29 +331,69 @@ class AsyncImagesClient:
         output_compression: int | None = None,
         background: str | None = None,
         input_fidelity: str | None = None,
+        moderation: str | None = None,
         user: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, QueryValue] | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
     ) -> ImagesResponse:
         """Edit or extend one image, or up to 16 for the GPT image models (``POST /images/edits``).
 
         ``image`` is a path, bytes, a binary file, a ``(filename, bytes[, mime])``
-        tuple, or a list of those; ``mask`` likewise (a PNG whose transparent
-        areas mark what to edit).
+        tuple, an :class:`~asyncimg.ImageRef`, or a list of those; ``mask``
+        likewise (a PNG whose transparent areas mark what to edit).
+
+        When the image, one of the images or the mask is an ImageRef (a URL or
+        a file id), the edit is sent as JSON, the GPT image models' form, and
+        local images in the same call travel in it as ``data:`` URLs;
+        ``moderation`` is taken only by such an edit, ``response_format`` never.
+        Otherwise the files are uploaded as multipart form data.
 
         Raises:
             ValidationError: an image or a parameter breaks the model's rules.
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        images = await load_images(image, "image")
-        mask_file = None if mask is None else await load_image(mask, "mask")
+        model = model if model is not None else self.model
+        if by_reference(image, mask):
+            if response_format is not None:
+                raise ValidationError(
+                    "response_format",
+                    "response_format is not taken by an edit of images by reference (ImageRef); "
+                    "the GPT image models always return b64_json",
+                )
+            json_params = JsonEditParams.build(
+                image_refs=await load_refs(image, "image"),
+                prompt=prompt,
+                mask=None if mask is None else await load_ref(mask, "mask"),
+                model=model,
+                n=n,
+                size=size,
+                quality=quality,
+                output_format=output_format,
+                output_compression=output_compression,
+                background=background,
+                input_fidelity=input_fidelity,
+                moderation=moderation,
+                user=user,
+                extra_body=extra_body,
+            )
+            return await self._call(json_params, timeout, max_retries, extra_headers, extra_query)
+        if moderation is not None:
+            raise ValidationError(
+                "moderation",
+                "moderation is taken only by an edit of images by reference (ImageRef, sent "
+                "as JSON), not by an upload of files",
+            )
+        images = await load_images(image, "image")  # type: ignore[arg-type]
+        mask_file = None if mask is None else await load_image(mask, "mask")  # type: ignore[arg-type]
         params = EditParams.build(
             image=images,
             prompt=prompt,
             mask=mask_file,
-            model=model if model is not None else self.model,
+            model=model,
             n=n,
             size=size,
             quality=quality,
@@ -265,7 +405,7 @@ class AsyncImagesClient:
             user=user,
             extra_body=extra_body,
         )
-        return await self._call(params, timeout, max_retries)
+        return await self._call(params, timeout, max_retries, extra_headers, extra_query)
 
     async def create_variation(
         self,
@@ -277,6 +417,8 @@ class AsyncImagesClient:
         response_format: str | None = None,
         user: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, QueryValue] | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
     ) -> ImagesResponse:
@@ -296,7 +438,7 @@ class AsyncImagesClient:
             user=user,
             extra_body=extra_body,
         )
-        return await self._call(params, timeout, max_retries)
+        return await self._call(params, timeout, max_retries, extra_headers, extra_query)
 
     def generate_many(
         self,
@@ -340,7 +482,7 @@ class AsyncImagesClient:
                 "the image has neither b64_json nor url", status_code=200
             )
         url = image.url
-        headers = self._headers if _origin(url) == self._origin else {}
+        headers = await self._request_headers({}) if _origin(url) == self._origin else {}
         return await self._with_retries(
             lambda: self._transport.request(
                 "GET", url, headers=headers, timeout=timeout or self.timeout
@@ -384,6 +526,31 @@ class AsyncImagesClient:
 
     # -- the engine --------------------------------------------------------------------
 
+    async def _request_headers(self, extra: Mapping[str, str]) -> Mapping[str, str]:
+        """The client's headers, a fresh bearer token when a provider is set, then ``extra``.
+
+        Raises:
+            ValidationError: the token provider gave no token (nothing is sent).
+        """
+        provider = self._token_provider
+        if provider is None:
+            return merge_headers(self._headers, extra) if extra else self._headers
+        if inspect.iscoroutinefunction(provider) or inspect.iscoroutinefunction(
+            getattr(provider, "__call__", None)  # noqa: B004 - an async callable object
+        ):
+            token = await provider()  # type: ignore[misc]
+        else:
+            from anyio import to_thread  # on first use: `import asyncimg` stays light
+
+            token = await to_thread.run_sync(provider)
+            if inspect.isawaitable(token):
+                token = await token
+        if not isinstance(token, str) or not token:
+            raise ValidationError(
+                "token_provider", f"token_provider returned {type(token).__name__}, not a token"
+            )
+        return merge_headers(self._headers, {"Authorization": f"Bearer {token}"}, extra)
+
     def _get_gate(self) -> asyncio.Semaphore:
         # asyncio's semaphore: anyio's always yields to the loop once per acquire.
         gate = self._gate
@@ -392,18 +559,32 @@ class AsyncImagesClient:
         return gate
 
     async def _call(
-        self, params: Params, timeout: float | None, max_retries: int | None
+        self,
+        params: Params,
+        timeout: float | None,
+        max_retries: int | None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, QueryValue] | None = None,
     ) -> ImagesResponse:
-        url = self.base_url + params.path
-        json_body = params.to_json() if isinstance(params, GenerateParams) else None
-        form = None if isinstance(params, GenerateParams) else params.to_form()
+        url = request_url(
+            self._base,
+            params.path,
+            self._base_query,
+            self._default_query,
+            check_query(extra_query, "extra_query"),
+            model=params.model,
+        )
+        extra = check_headers(extra_headers, "extra_headers")
+        as_json = isinstance(params, (GenerateParams, JsonEditParams))
+        json_body = params.to_json() if as_json else None  # type: ignore[union-attr]
+        form = None if as_json else params.to_form()  # type: ignore[union-attr]
         attempt_timeout = timeout if timeout is not None else self.timeout
 
         async def attempt() -> RawResponse:
             return await self._transport.request(
                 "POST",
                 url,
-                headers=self._headers,
+                headers=await self._request_headers(extra),
                 json_body=json_body,
                 form=form,
                 timeout=attempt_timeout,

@@ -348,6 +348,19 @@ def _iterating(
     return method
 
 
+def _constructor(make: Callable[P, AsyncImagesClient]) -> Callable[P, ImagesClient]:
+    """An ImagesClient factory from an AsyncImagesClient one (``azure``): same arguments."""
+
+    @functools.wraps(make)
+    def build(*args: P.args, **kwargs: P.kwargs) -> ImagesClient:
+        client = ImagesClient.__new__(ImagesClient)
+        client._start(make, *args, **kwargs)
+        return client
+
+    build.__qualname__ = f"ImagesClient.{make.__name__}"
+    return build
+
+
 def _same_arguments(
     source: Callable[Concatenate[Any, P], None],
 ) -> Callable[[Callable[Concatenate[S, ...], None]], Callable[Concatenate[S, P], None]]:
@@ -385,15 +398,21 @@ class ImagesClient:
 
     @_same_arguments(AsyncImagesClient.__init__)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._start(AsyncImagesClient, *args, **kwargs)
+
+    def _start(self, make: Callable[..., AsyncImagesClient], *args: Any, **kwargs: Any) -> None:
+        """Start the portal and make the async client on it with ``make(*args, **kwargs)``."""
         runner = _Runner()
         try:
-            client = runner.sync(AsyncImagesClient, *args, **kwargs)
+            client = runner.sync(make, *args, **kwargs)
         except BaseException:
             runner.close(None)
             raise
         self._runner = runner
         self._async = client
         self._finalizer = weakref.finalize(self, runner.close, client)
+
+    azure = staticmethod(_constructor(AsyncImagesClient.azure))
 
     generate = _blocking(AsyncImagesClient.generate)
     edit = _blocking(AsyncImagesClient.edit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ import aiohttp
 import attrs
 from multidict import CIMultiDictProxy
 
+from ._config import ProxyConfig, ssl_context
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
@@ -69,6 +71,17 @@ def map_transport_errors(what: str, timeout: float | None) -> Iterator[None]:
         yield
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise APITimeoutError(f"{what} timed out after {timeout} s") from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        cause = exc.certificate_error
+        reason = getattr(cause, "verify_message", None) or str(cause)
+        raise APIConnectionError(
+            f"{what}: the server's TLS certificate is not trusted ({reason}); pass ssl= "
+            "an ssl.SSLContext or the CA bundle to trust, or set SSL_CERT_FILE"
+        ) from exc
+    except aiohttp.ClientProxyConnectionError as exc:
+        raise APIConnectionError(
+            f"{what}: cannot connect to the proxy {exc.host}:{exc.port}: {exc.os_error}"
+        ) from None
     except aiohttp.ClientConnectorError as exc:
         raise APIConnectionError(f"{what}: cannot connect: {exc.os_error}") from exc
     except aiohttp.ServerDisconnectedError as exc:
@@ -167,16 +180,35 @@ class Transport:
         max_connections: the connection pool's size.
         max_response_bytes: a body larger than this is refused, unread.
         user_agent: the ``User-Agent`` header of every request.
+        proxies: which proxy each URL goes through (none by default).
+        ssl: the TLS context; None for :func:`~asyncimg._config.ssl_context`'s
+            default, made with the session.
+        session: a caller's session to send through instead of one of our own;
+            it is never closed here.
     """
 
-    __slots__ = ("_buffer", "_closed", "_loop", "_max_connections", "_max_response_bytes",
-                 "_session", "_timeouts", "_user_agent")
+    __slots__ = ("_buffer", "_closed", "_external", "_loop", "_max_connections",
+                 "_max_response_bytes", "_proxies", "_proxy_of", "_session", "_ssl",
+                 "_timeouts", "_user_agent")
 
-    def __init__(self, *, max_connections: int, max_response_bytes: int, user_agent: str) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        max_response_bytes: int,
+        user_agent: str,
+        proxies: ProxyConfig | None = None,
+        ssl: ssl.SSLContext | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self._max_connections = max_connections
         self._max_response_bytes = max_response_bytes
         self._user_agent = user_agent
-        self._session: aiohttp.ClientSession | None = None
+        self._proxies = proxies or ProxyConfig()
+        self._proxy_of: dict[str, str | None] = {}
+        self._ssl = ssl
+        self._external = session is not None
+        self._session: aiohttp.ClientSession | None = session
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
         self._buffer = bytearray()
@@ -192,9 +224,15 @@ class Transport:
         if self._closed:
             raise RuntimeError("the client is closed")
         session = self._session
+        if self._external:
+            assert session is not None
+            return session
         if session is None:
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections, ttl_dns_cache=300, enable_cleanup_closed=False
+                limit=self._max_connections,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=False,
+                ssl=self._ssl if self._ssl is not None else ssl_context(None),
             )
             session = aiohttp.ClientSession(
                 connector=connector,
@@ -250,10 +288,19 @@ class Transport:
                 data.add_field(name, value)
             for name, file in form.files:
                 data.add_field(name, file.data, filename=file.filename, content_type=file.mime)
+        if self._external:
+            send_headers.setdefault("User-Agent", self._user_agent)
         what = f"{method} {without_query(url)}"
+        proxy = self._proxy(url)
         with map_transport_errors(what, timeout):
             async with self.session.request(
-                method, url, data=data, headers=send_headers, timeout=self._timeout(timeout)
+                method,
+                url,
+                data=data,
+                headers=send_headers,
+                timeout=self._timeout(timeout),
+                proxy=proxy,
+                raise_for_status=False,
             ) as resp:
                 chunks, size = await self._read(resp)
                 status, resp_headers = resp.status, resp.headers
@@ -316,9 +363,19 @@ class Transport:
             chunks.append(chunk)
         return chunks, size
 
+    def _proxy(self, url: str) -> str | None:
+        origin = url.split("/", 3)[:3]
+        key = "/".join(origin)
+        try:
+            return self._proxy_of[key]
+        except KeyError:
+            proxy = self._proxy_of[key] = self._proxies.for_url(key)
+            return proxy
+
     async def aclose(self) -> None:
-        """Close the session and its connections; later requests raise RuntimeError."""
+        """Close our session and its connections (never a caller's); later requests
+        raise RuntimeError."""
         self._closed = True
         session, self._session = self._session, None
-        if session is not None:
+        if session is not None and not self._external:
             await session.close()

@@ -5,6 +5,11 @@ Endpoints (under ``base_url``, which ends in ``/v1``):
 * ``POST /v1/images/generations`` (JSON), ``POST /v1/images/edits`` and
   ``POST /v1/images/variations`` (multipart: ``image`` or ``image[]``,
   ``mask``, text fields);
+* ``POST /v1/images/edits`` as ``application/json`` too: images by reference
+  (``images: [{"image_url"} | {"file_id"}]``, see :mod:`._refs`);
+* with ``azure=True``, the Azure OpenAI paths instead
+  (``/openai/deployments/<name>/images/...?api-version=``, key as ``api-key``,
+  see :mod:`._azure`);
 * ``GET /blobs/<name>.png?se=...`` serves ``url`` results. Like the API's
   blob store it is another origin (a second port, ``blob_base_url``) and needs
   no key. An expired url answers 403 with an Azure-like XML ``AuthenticationFailed``
@@ -54,9 +59,11 @@ from aiohttp import BodyPartReader, web
 
 from .._exceptions import ValidationError
 from .._files import ImageFile, sniff_mime
-from .._params import EditParams, Endpoint, GenerateParams, Params, from_wire
+from .._params import EditParams, Endpoint, GenerateParams, JsonEditParams, Params, from_wire
+from ._azure import azure_content_filter, azure_refusal, azure_route
 from ._faults import Fault, path_matches
 from ._png import MAX_PIXELS, b64_png, make_png
+from ._refs import RefError, RefResolver
 
 __all__ = [
     "CONTENT_POLICY_MARKER",
@@ -363,7 +370,7 @@ def _effective_model(endpoint: Endpoint, params: Params) -> str:
         return _GPT_DEFAULT
     if getattr(params, "style", None) is not None:
         return "dall-e-3"
-    if params.response_format is not None:
+    if getattr(params, "response_format", None) is not None:
         return "dall-e-2"
     return _GPT_DEFAULT if endpoint == "edit" else "dall-e-2"
 
@@ -415,6 +422,8 @@ class Emulator:
         clock: a ``() -> float`` in seconds for url expiry, the rate window,
             ``arrivals`` and the journal (``time.monotonic`` by default); inject
             one to test expiry without sleeping.
+        azure: serve the Azure OpenAI paths under :attr:`endpoint` instead of
+            ``/v1``, checking ``api-version`` and the key as ``api-key``.
 
     Attributes (for tests): ``journal`` (:class:`Journal`), ``arrivals``
     (``(time, images)`` of every request that passed the limit), ``latency``,
@@ -436,8 +445,10 @@ class Emulator:
         url_ttl: float = 3600.0,
         latency: float = 0.0,
         clock: Callable[[], float] | None = None,
+        azure: bool = False,
     ) -> None:
         self.api_key = api_key
+        self.azure = azure
         self.host = host
         self.port = port
         self.rate_limit: tuple[int, float] | None = _parse_rate(images_per_minute)
@@ -454,6 +465,7 @@ class Emulator:
         self._closing = asyncio.Event()
         self._api_port: int | None = None
         self._blob_port: int | None = None
+        self._refs = RefResolver(self._own_blob)
 
     def __repr__(self) -> str:
         state = self.base_url if self._runner is not None else "not started"
@@ -471,6 +483,15 @@ class Emulator:
         if self._api_port is None:
             raise RuntimeError("the emulator is not started")
         return f"http://{self._url_host}:{self._api_port}/v1"
+
+    @property
+    def endpoint(self) -> str:
+        """The origin, ``http://HOST:PORT``: an Azure mode emulator's ``endpoint=``.
+
+        Raises:
+            RuntimeError: the emulator is not started.
+        """
+        return self.base_url[: -len("/v1")]
 
     @property
     def blob_base_url(self) -> str:
@@ -560,6 +581,13 @@ class Emulator:
         """The faults still queued (each once, however many uses it has left)."""
         return [fault for fault, _left in self._faults]
 
+    def add_file(self, data: bytes, filename: str = "upload.png") -> str:
+        """Keep ``data`` as if uploaded with the Files API; returns its ``file_id``.
+
+        A JSON edit may then name it as ``ImageRef(file_id=...)``.
+        """
+        return self._refs.add_file(data, filename)
+
     def clear_faults(self) -> None:
         """Forget every queued fault."""
         self._faults.clear()
@@ -648,7 +676,7 @@ class Emulator:
         try:
             answer, fault = await self._judge(request, arrived, record)
             record["fault"] = fault.kind if fault is not None else None
-            if request.path.startswith("/v1/"):
+            if request.path.startswith(("/v1/", "/openai/")):
                 for name, value in self._rate_headers(arrived).items():
                     answer.headers.setdefault(name, value)
             answer.headers["x-request-id"] = request_id
@@ -736,7 +764,7 @@ class Emulator:
         self, request: web.Request, arrived: float, record: dict[str, Any]
     ) -> tuple[_Answer, Fault | None]:
         """Read the request into ``record`` and decide the answer (and the fault, if any)."""
-        endpoint = _ROUTES.get(request.path) if request.method == "POST" else None
+        endpoint = self._endpoint_of(request.path) if request.method == "POST" else None
         fields: dict[str, Any] = {}
         files: dict[str, tuple[ImageFile, ...]] = {}
         read_error: _Answer | None = None
@@ -756,7 +784,8 @@ class Emulator:
             self._check_key(request)
             if read_error is not None:
                 return read_error, fault
-            return self._answer(endpoint, fields, files, arrived, record), fault
+            as_json = endpoint == "edit" and record["json"] is not None
+            return self._answer(endpoint, fields, files, arrived, record, as_json=as_json), fault
         except _Refusal as refusal:
             return refusal.answer, fault
 
@@ -764,7 +793,7 @@ class Emulator:
         self, request: web.Request, endpoint: Endpoint, record: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, tuple[ImageFile, ...]]]:
         content_type = request.content_type
-        if endpoint == "generate":
+        if endpoint == "generate" or (endpoint == "edit" and content_type == "application/json"):
             raw = await request.read()
             if content_type != "application/json":
                 _refuse(
@@ -785,7 +814,7 @@ class Emulator:
             _refuse(
                 400,
                 f"Invalid Content-Type header ({content_type or 'none'}), expected "
-                "multipart/form-data (the emulator does not take JSON image references).",
+                "multipart/form-data or application/json.",
             )
         fields: dict[str, Any] = {}
         found: dict[str, list[ImageFile]] = {}
@@ -812,7 +841,19 @@ class Emulator:
         record["files"] = tuple(uploads)
         return fields, {k: tuple(v) for k, v in found.items()}
 
+    def _endpoint_of(self, path: str) -> Endpoint | None:
+        if self.azure:
+            route = azure_route(path)
+            return None if route is None else route[1]
+        return _ROUTES.get(path)
+
     def _check_key(self, request: web.Request) -> None:
+        if self.azure:
+            refusal = azure_refusal(request.headers, request.query, self.api_key)
+            if refusal is not None:
+                status, body = refusal
+                raise _Refusal(_Answer(status, json.dumps(body).encode()))
+            return
         if self.api_key is None:
             return
         header = request.headers.get("Authorization", "")
@@ -835,6 +876,14 @@ class Emulator:
                 "https://platform.openai.com/account/api-keys.",
                 code="invalid_api_key",
             )
+
+    def _own_blob(self, url: str) -> bytes | None:
+        """A url result's bytes for a JSON edit; b"" when expired or unknown; None if not ours."""
+        prefix = f"{self.blob_base_url}/blobs/"
+        if not url.startswith(prefix):
+            return None
+        answer = self._blob(url[len(prefix) :].split("?", 1)[0], self.clock())
+        return answer.body if answer.status == 200 else b""
 
     def _blob(self, name: str, now: float) -> _Answer:
         stored = self._blobs.get(name)
@@ -903,11 +952,14 @@ class Emulator:
         files: Mapping[str, tuple[ImageFile, ...]],
         now: float,
         record: dict[str, Any],
+        *,
+        as_json: bool = False,
     ) -> _Answer:
         try:
-            params = from_wire(endpoint, fields, files)
+            params = from_wire(endpoint, fields, files, as_json=as_json)
         except ValidationError as exc:
             _refuse(400, str(exc), param=exc.param)
+        inputs = self._inputs(params)
         if params.extra_body.get("stream") not in (None, False, "false"):
             _refuse(400, "The emulator does not support stream=true.", param="stream")
         model = _effective_model(endpoint, params)
@@ -918,6 +970,9 @@ class Emulator:
         headers = self._admit(images, now)
         prompt: str = getattr(params, "prompt", "") or ""
         if CONTENT_POLICY_MARKER in prompt.lower():
+            if self.azure:
+                refusal = json.dumps(azure_content_filter(prompt)).encode()
+                raise _Refusal(_Answer(400, refusal, headers))
             if gpt:
                 _refuse(
                     400,
@@ -935,10 +990,10 @@ class Emulator:
                 code="content_policy_violation",
                 headers=headers,
             )
-        seed = self._seed(params)
+        seed = self._seed(params, inputs)
         background = getattr(params, "background", None) or params.extra_body.get("background")
         alpha = gpt and background == "transparent"
-        as_url = not gpt and params.response_format != "b64_json"
+        as_url = not gpt and getattr(params, "response_format", None) != "b64_json"
         data: list[dict[str, Any]] = []
         for index in range(images):
             item_seed = f"{seed}#{index}"
@@ -959,26 +1014,49 @@ class Emulator:
             body["output_format"] = output_format
             body["quality"] = quality
             body["size"] = f"{width}x{height}"
-            body["usage"] = self._usage(params, quality, width, height, images)
+            body["usage"] = self._usage(params, inputs, quality, width, height, images)
         return _Answer(200, json.dumps(body).encode(), headers)
 
+    def _inputs(self, params: Params) -> tuple[ImageFile, ...]:
+        """The input images (not the mask) of an edit or variation; a JSON edit's fetched.
+
+        Raises:
+            _Refusal: a reference (or a JSON edit's mask) cannot be used.
+        """
+        if isinstance(params, GenerateParams):
+            return ()
+        if not isinstance(params, JsonEditParams):
+            return params.image
+        try:
+            files = tuple(
+                self._refs.resolve(ref, f"images[{i}]") for i, ref in enumerate(params.image_refs)
+            )
+            if params.mask is not None:
+                self._refs.resolve(params.mask, "mask")
+        except RefError as exc:
+            _refuse(400, exc.message, param=exc.param, code=exc.code)
+        return files
+
     @staticmethod
-    def _seed(params: Params) -> str:
+    def _seed(params: Params, inputs: tuple[ImageFile, ...]) -> str:
         if isinstance(params, GenerateParams):
             return params.prompt
-        digest = hashlib.sha256(b"".join(f.data for f in params.image)).hexdigest()[:16]
-        if isinstance(params, EditParams):
+        digest = hashlib.sha256(b"".join(f.data for f in inputs)).hexdigest()[:16]
+        if isinstance(params, (EditParams, JsonEditParams)):
             return f"edit:{digest}:{params.prompt}"
         return f"variation:{digest}"
 
     @staticmethod
     def _usage(
-        params: Params, quality: str, width: int, height: int, images: int
+        params: Params,
+        inputs: tuple[ImageFile, ...],
+        quality: str,
+        width: int,
+        height: int,
+        images: int,
     ) -> dict[str, Any]:
         text = _text_tokens(getattr(params, "prompt", "") or "")
-        image_in = 0
-        if not isinstance(params, GenerateParams):
-            image_in = 194 * len(params.image) + (194 if getattr(params, "mask", None) else 0)
+        image_in = 194 * len(inputs) + (194 if getattr(params, "mask", None) else 0)
         per_image = math.ceil(_OUTPUT_TOKENS[quality] * width * height / (1024 * 1024))
         output = per_image * images
         return {
