@@ -200,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="the key to expect (default: any)")
     serve.add_argument("--images-per-minute", type=int, help="answer 429 above this")
     serve.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    serve.add_argument(
+        "--azure",
+        action="store_true",
+        help="serve Azure OpenAI paths (/openai/deployments/NAME/images/...?api-version=), "
+        "the key as api-key",
+    )
     return parser
 
 
@@ -475,7 +481,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(
         args.host, args.port, api_key=args.api_key,
-        images_per_minute=args.images_per_minute, latency=args.latency,
+        images_per_minute=args.images_per_minute, latency=args.latency, azure=args.azure,
     )
     return EXIT_OK
 

@@ -24,6 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--url-ttl", type=float, default=3600.0, help="seconds a url result stays valid"
     )
+    parser.add_argument(
+        "--azure", action="store_true", help="serve the Azure OpenAI paths (key as api-key)"
+    )
     args = parser.parse_args(argv)
     serve(
         args.host,
@@ -32,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         images_per_minute=args.images_per_minute,
         latency=args.latency,
         url_ttl=args.url_ttl,
+        azure=args.azure,
     )
     return 0
 

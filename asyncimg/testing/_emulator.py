@@ -1098,6 +1098,14 @@ def serve(host: str = "127.0.0.1", port: int = 8089, **emulator_options: Any) ->
     """
 
     def ready(emu: Emulator) -> None:
+        if emu.azure:
+            print(
+                f"asyncimg emulator (Azure OpenAI) listening on {emu.endpoint}: "
+                f"{emu.endpoint}/openai/deployments/NAME/images/...?api-version=... "
+                "(Ctrl-C to stop)",
+                flush=True,
+            )
+            return
         print(f"asyncimg emulator listening on {emu.base_url} (Ctrl-C to stop)", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
