@@ -134,7 +134,9 @@ def test_from_wire_reads_a_json_edit_as_the_client_wrote_it() -> None:
 # ------------------------------------------------------ client + emulator
 
 
-async def test_a_json_edit_by_data_url_and_file_id(emu: Emulator, client: AsyncImagesClient) -> None:
+async def test_a_json_edit_by_data_url_and_file_id(
+    emu: Emulator, client: AsyncImagesClient
+) -> None:
     file_id = emu.add_file(make_png(64, 64, "uploaded"), "up.png")
     mask_id = emu.add_file(make_png(64, 64, "mask", alpha=True), "mask.png")
     r = await client.edit(
