@@ -243,7 +243,8 @@ class AsyncImagesClient:
 
     def __repr__(self) -> str:
         return (
-            f"AsyncImagesClient(base_url={redact_url(self.base_url)!r}, model={self.model!r}, "
+            f"AsyncImagesClient(base_url={redact_url(without_query(self.base_url))!r}, "
+            f"model={self.model!r}, "
             f"max_concurrency={self.max_concurrency})"
         )
 

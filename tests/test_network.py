@@ -179,6 +179,7 @@ async def test_default_and_extra_headers_and_query(emu: Emulator) -> None:
         default_headers={"X-Gateway": "from-client", "X-Team": "imaging"},
         default_query={"team": "a", "tag": "client"},
     ) as client:
+        assert "gateway-key" not in repr(client)  # a base URL's query may hold a secret
         await client.generate("p", extra_headers={"x-gateway": "from-call"},
                               extra_query={"tag": "call"})
         await client.edit(make_png(8, 8, "e", alpha=True), "p", extra_query={"e": "1"})
