@@ -357,7 +357,20 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        model = model if model is not None else self.model
+        common: dict[str, Any] = {
+            "prompt": prompt,
+            "model": model if model is not None else self.model,
+            "n": n,
+            "size": size,
+            "quality": quality,
+            "output_format": output_format,
+            "output_compression": output_compression,
+            "background": background,
+            "input_fidelity": input_fidelity,
+            "user": user,
+            "extra_body": extra_body,
+        }
+        params: EditParams | JsonEditParams
         if by_reference(image, mask):
             if response_format is not None:
                 raise ValidationError(
@@ -365,47 +378,25 @@ class AsyncImagesClient:
                     "response_format is not taken by an edit of images by reference (ImageRef); "
                     "the GPT image models always return b64_json",
                 )
-            json_params = JsonEditParams.build(
+            params = JsonEditParams.build(
                 image_refs=await load_refs(image, "image"),
-                prompt=prompt,
                 mask=None if mask is None else await load_ref(mask, "mask"),
-                model=model,
-                n=n,
-                size=size,
-                quality=quality,
-                output_format=output_format,
-                output_compression=output_compression,
-                background=background,
-                input_fidelity=input_fidelity,
                 moderation=moderation,
-                user=user,
-                extra_body=extra_body,
+                **common,
             )
-            return await self._call(json_params, timeout, max_retries, extra_headers, extra_query)
-        if moderation is not None:
-            raise ValidationError(
-                "moderation",
-                "moderation is taken only by an edit of images by reference (ImageRef, sent "
-                "as JSON), not by an upload of files",
+        else:
+            if moderation is not None:
+                raise ValidationError(
+                    "moderation",
+                    "moderation is taken only by an edit of images by reference (ImageRef, "
+                    "sent as JSON), not by an upload of files",
+                )
+            params = EditParams.build(
+                image=await load_images(image, "image"),  # type: ignore[arg-type]
+                mask=None if mask is None else await load_image(mask, "mask"),  # type: ignore[arg-type]
+                response_format=response_format,
+                **common,
             )
-        images = await load_images(image, "image")  # type: ignore[arg-type]
-        mask_file = None if mask is None else await load_image(mask, "mask")  # type: ignore[arg-type]
-        params = EditParams.build(
-            image=images,
-            prompt=prompt,
-            mask=mask_file,
-            model=model,
-            n=n,
-            size=size,
-            quality=quality,
-            response_format=response_format,
-            output_format=output_format,
-            output_compression=output_compression,
-            background=background,
-            input_fidelity=input_fidelity,
-            user=user,
-            extra_body=extra_body,
-        )
         return await self._call(params, timeout, max_retries, extra_headers, extra_query)
 
     async def create_variation(
@@ -537,7 +528,7 @@ class AsyncImagesClient:
         if provider is None:
             return merge_headers(self._headers, extra) if extra else self._headers
         if inspect.iscoroutinefunction(provider) or inspect.iscoroutinefunction(
-            getattr(provider, "__call__", None)  # noqa: B004 - an async callable object
+            getattr(provider, "__call__", None)  # an object whose __call__ is async
         ):
             token = await provider()  # type: ignore[misc]
         else:

@@ -208,8 +208,9 @@ class UploadedFile:
 class JournalEntry:
     """One request the emulator received, and what it answered.
 
-    ``headers`` has ``Authorization`` masked (:func:`mask_key`); ``json`` is a
-    generation's decoded body (None otherwise or when it was not JSON);
+    ``headers`` has ``Authorization`` and ``api-key`` masked (:func:`mask_key`);
+    ``json`` is the decoded body of a generation or a JSON edit (None otherwise
+    or when it was not JSON);
     ``fields`` are a form's text fields; ``status`` is None when no status was
     sent (a dropped connection, or the client went away first); ``fault`` names
     the scripted fault applied, if any; ``time`` is the emulator's clock at
