@@ -528,7 +528,7 @@ class AsyncImagesClient:
         if provider is None:
             return merge_headers(self._headers, extra) if extra else self._headers
         if inspect.iscoroutinefunction(provider) or inspect.iscoroutinefunction(
-            getattr(provider, "__call__", None)  # an object whose __call__ is async
+            type(provider).__call__  # an object whose __call__ is async
         ):
             token = await provider()  # type: ignore[misc]
         else:

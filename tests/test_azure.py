@@ -146,7 +146,7 @@ async def test_without_a_deployment_the_model_names_it(fake: FakeAzure) -> None:
     assert [s["path"] for s in fake.seen] == ["/openai/deployments/gpt-image-1/images/generations"]
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["sync", "async", "async object"])
 async def test_a_token_provider_is_asked_for_every_request(fake: FakeAzure, kind: str) -> None:
     calls: list[int] = []
 
@@ -158,7 +158,11 @@ async def test_a_token_provider_is_asked_for_every_request(fake: FakeAzure, kind
         await asyncio.sleep(0)
         return sync_provider()
 
-    provider = sync_provider if kind == "sync" else async_provider
+    class Credential:
+        async def __call__(self) -> str:
+            return sync_provider()
+
+    provider = {"sync": sync_provider, "async": async_provider, "async object": Credential()}[kind]
     async with AsyncImagesClient.azure(
         endpoint=fake.url, deployment="d", api_version=VERSION, token_provider=provider,
         rate_limit=None,
