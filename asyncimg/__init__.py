@@ -11,6 +11,7 @@
 
 import typing as _typing
 
+from ._batchapi import Batch, BatchJob, BatchResult, batch_line, submit_batch
 from ._client import AsyncImagesClient
 from ._exceptions import (
     APIConnectionError,
@@ -21,6 +22,7 @@ from ._exceptions import (
     AsyncImgError,
     AuthenticationError,
     BadRequestError,
+    BatchRequestError,
     ConflictError,
     ContentPolicyError,
     InternalServerError,
@@ -59,7 +61,11 @@ __all__ = [
     "AsyncImgError",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
     "BatchItem",
+    "BatchJob",
+    "BatchRequestError",
+    "BatchResult",
     "ConflictError",
     "ContentPolicyError",
     "Image",
@@ -85,6 +91,8 @@ __all__ = [
     "Usage",
     "ValidationError",
     "__version__",
+    "batch_line",
+    "submit_batch",
 ]
 
 

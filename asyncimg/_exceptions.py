@@ -19,6 +19,8 @@ Names follow the official ``openai`` SDK, so that code switching over keeps its
         │   ├── UnprocessableEntityError          422
         │   ├── RateLimitError                    429
         │   └── InternalServerError               >= 500
+        ├── BatchRequestError        a Batch API request that was never run (expired,
+        │                             cancelled): ``code`` says why
         ├── APIResponseValidationError  a 2xx whose body is not an images response
         │   └── ResponseTooLargeError    the body is over the client's size cap
         └── APIConnectionError       no answer: refused, reset, dropped, too large
@@ -44,6 +46,7 @@ __all__ = [
     "AsyncImgError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchRequestError",
     "ConflictError",
     "ContentPolicyError",
     "InternalServerError",
@@ -80,6 +83,18 @@ class APIError(AsyncImgError):
         super().__init__(message)
         self.message = message
         self.request_id = request_id
+
+
+class BatchRequestError(APIError):
+    """A request of a Batch API job that was never run: ``code`` says why.
+
+    ``batch_expired`` (the completion window ran out) or ``batch_cancelled``; a
+    request that ran and failed is the :class:`APIStatusError` of its status instead.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class APIStatusError(APIError):

@@ -248,7 +248,7 @@ class Record:
 def error_fields(exc: BaseException) -> dict[str, Any]:
     """The manifest's ``error`` object: type, code, status, param, message."""
     status = exc.status_code if isinstance(exc, APIStatusError) else None
-    code = exc.code if isinstance(exc, APIStatusError) else None
+    code = getattr(exc, "code", None)
     param = getattr(exc, "param", None)
     message = getattr(exc, "message", None) or str(exc)
     return {
@@ -411,6 +411,11 @@ class BatchSummary:
     waited: float = 0.0
     failures: list[Record] = attrs.field(factory=list)
     max_failures_kept: int = 50
+    tokens: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(("input", "output",
+                                                                           "total"), 0))
+    """Usage tokens the server reported for the images saved (input, output, total)."""
+    batch: Any = None
+    """The Batch API route: what the last poll of the current batch said."""
 
     @property
     def done(self) -> int:

@@ -3,6 +3,8 @@
 ::
 
     asyncimg batch PROMPTS -o DIR      many prompts, resumable, with a manifest
+                       --via batch-api   ... handed to OpenAI's Batch API
+    asyncimg batches status|cancel DIR the Batch API batches of DIR
     asyncimg generate PROMPT           one generation
     asyncimg edit IMAGE PROMPT         one edit (--mask M)
     asyncimg variation IMAGE           variations of an image
@@ -75,6 +77,16 @@ def _rate_arg(text: str) -> RateLimit | None:
         return parse_rate(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -171,6 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run items that failed in an earlier run again (default: yes)",
     )
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
+    route = batch.add_argument_group("the Batch API route")
+    route.add_argument(
+        "--via", choices=("direct", "batch-api"), default="direct",
+        help="direct: call the images endpoint under --rate (default); batch-api: hand the "
+        "items to OpenAI's Batch API (within 24 h, half the price, its own limits)",
+    )
+    route.add_argument(
+        "--poll-interval", type=_seconds, default=60.0, metavar="SECONDS",
+        help="with --via batch-api: seconds between polls of the batch (default 60)",
+    )
+    route.add_argument(
+        "--completion-window", default="24h", choices=("24h",),
+        help="with --via batch-api: the batch's completion window",
+    )
 
     generate = sub.add_parser(
         "generate", parents=[_image_options(), conn], help="generate images for one prompt"
@@ -193,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     variation.add_argument("image", metavar="IMAGE")
     variation.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
+
+    batches = sub.add_parser(
+        "batches", help="the Batch API batches of an output directory",
+        description="Look at or cancel the Batch API batches recorded in DIR by "
+        "`asyncimg batch --via batch-api`.",
+    )
+    batches_sub = batches.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (("status", "show each batch's status and counts"),
+                         ("cancel", "cancel the batches still running")):
+        one = batches_sub.add_parser(action, parents=[conn], help=text)
+        one.add_argument("output", metavar="DIR")
 
     serve = sub.add_parser("serve", help="run the emulator until Ctrl-C")
     serve.add_argument("--host", default="127.0.0.1")
@@ -279,16 +316,31 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         progress = _Rich(err) if _isatty(err) else _Plain(err)
     async with _client(args) as client:
         try:
-            summary = await run_batch(
-                client,
-                open_text(args.prompts),
-                fmt,
-                args.output,
-                params=_params(args),
-                retry_failed=args.retry_failed,
-                count_first=args.prompts != "-",
-                progress=progress,
-            )
+            if args.via == "batch-api":
+                from ._batchroute import run_via_batch_api
+
+                summary = await run_via_batch_api(
+                    client,
+                    open_text(args.prompts),
+                    fmt,
+                    args.output,
+                    params=_params(args),
+                    retry_failed=args.retry_failed,
+                    poll_interval=args.poll_interval,
+                    completion_window=args.completion_window,
+                    progress=progress,
+                )
+            else:
+                summary = await run_batch(
+                    client,
+                    open_text(args.prompts),
+                    fmt,
+                    args.output,
+                    params=_params(args),
+                    retry_failed=args.retry_failed,
+                    count_first=args.prompts != "-",
+                    progress=progress,
+                )
         except (InputError, ValidationError) as exc:
             raise UsageError(str(exc)) from None
     if not quiet:
@@ -296,6 +348,28 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     elif summary.failed:
         _print_failures(summary, err)
     return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+async def _batches(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from ._batchroute import batches_status, cancel_batches
+
+    async with _client(args) as client:
+        if args.action == "cancel":
+            for cancelled in await cancel_batches(client, args.output):
+                print(f"{cancelled.id}: {cancelled.status}", file=out)
+            return EXIT_OK
+        jobs = await batches_status(client, args.output)
+    if not jobs:
+        print(f"no Batch API batches recorded in {args.output}", file=err)
+    for job, batch in jobs:
+        if batch is None:
+            print(f"{job.filename}: not created yet ({job.lines} requests)", file=out)
+            continue
+        counts = batch.request_counts
+        collected = ", results saved" if job.collected else ""
+        print(f"{batch.id}: {batch.status}, {counts.completed}/{counts.total} completed, "
+              f"{counts.failed} failed{collected}", file=out)
+    return EXIT_OK
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -331,6 +405,7 @@ class _Plain(ProgressSink):
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self._last = time.monotonic()
+        self._last_batch: str | None = None
 
     def _status(self, s: BatchSummary) -> str:
         total = "?" if s.total is None else str(s.total)
@@ -357,7 +432,23 @@ class _Plain(ProgressSink):
             line = f"{head} FAILED {_error_text(record)}"
         print(line, file=self.stream, flush=True)
 
+    def _batch_line(self, s: BatchSummary) -> str | None:
+        """A line for each new state of the Batch API route's batch (None: nothing new)."""
+        batch = s.batch
+        if batch is None:
+            return None
+        counts = batch.request_counts
+        line = (f"batch {batch.id}: {batch.status}, {counts.completed}/{counts.total} "
+                f"completed, {counts.failed} failed")
+        if line == self._last_batch:
+            return None
+        self._last_batch = line
+        return line
+
     def tick(self, s: BatchSummary) -> None:
+        line = self._batch_line(s)
+        if line is not None:
+            print(line, file=self.stream, flush=True)
         now = time.monotonic()
         if now - self._last >= 10.0:
             self._last = now
@@ -417,6 +508,9 @@ class _Rich(_Plain):
         self._update(s, advance=1)
 
     def tick(self, s: BatchSummary) -> None:
+        line = self._batch_line(s)
+        if line is not None:
+            self.progress.console.print(line, highlight=False)
         self._update(s)
 
     def stop(self, s: BatchSummary) -> None:
@@ -443,6 +537,8 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
         ("time", _duration(s.elapsed)),
         ("images/min", f"{s.images_per_minute:.1f}"),
         ("waited on the rate limit", _duration(s.waited)),
+        *([("usage tokens (in/out/total)",
+            "{input}/{output}/{total}".format(**s.tokens))] if s.tokens["total"] else []),
         ("images in", str(out_dir)),
         ("manifest", str(out_dir / "manifest.jsonl")),
     ]
@@ -496,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "batch" and args.prompts != "-" and not Path(args.prompts).is_file():
             raise UsageError(f"no such file: {args.prompts}")
-        runner = _batch if args.command == "batch" else _single
+        runner = {"batch": _batch, "batches": _batches}.get(args.command, _single)
         return asyncio.run(runner(args, out, err))
     except UsageError as exc:
         print(f"asyncimg: error: {exc}", file=err)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 
+import aiohttp
 import anyio.from_thread
 import pytest
 
@@ -160,6 +161,33 @@ async def test_a_json_edit_by_data_url_and_file_id(
     assert sent.json["mask"] == {"file_id": mask_id}
     assert sent.json["moderation"] == "low"
     assert sent.files == ()
+
+
+async def test_a_file_uploaded_to_the_files_api_is_an_edit_s_file_id(
+    emu: Emulator, client: AsyncImagesClient
+) -> None:
+    form = aiohttp.FormData()
+    form.add_field("purpose", "vision")
+    form.add_field("file", make_png(32, 32, "upload"), filename="photo.png")
+    async with aiohttp.ClientSession() as session, session.post(
+        emu.base_url + "/files", data=form, headers={"Authorization": f"Bearer {TEST_KEY}"}
+    ) as resp:
+        assert resp.status == 200
+        file_id = (await resp.json())["id"]
+    r = await client.edit(ImageRef(file_id=file_id), "p", model="gpt-image-1")
+    assert r.data[0].b64_json
+
+
+async def test_a_batch_of_json_edits(emu: Emulator, client: AsyncImagesClient) -> None:
+    from asyncimg._batchapi import batch_line, submit_batch
+
+    body = JsonEditParams.build(
+        image_refs=(ImageRef(url=DATA_URL),), prompt="a hat", model="gpt-image-1"
+    ).to_json()
+    job = await submit_batch(client, [batch_line("e-0", "edit", body)], endpoint="edit")
+    await job.wait(poll_interval=0)
+    (result,) = [r async for r in job.results()]
+    assert result.ok, result.error
 
 
 async def test_local_files_beside_refs_travel_as_data_urls(

@@ -15,6 +15,7 @@ users get the ``emulator`` fixture with
 ``pytest_plugins = ["asyncimg.testing.pytest_plugin"]``.
 """
 
+from ._batches import BatchAPI, BatchPace
 from ._emulator import (
     CONTENT_POLICY_MARKER,
     Emulator,
@@ -30,6 +31,8 @@ from ._png import encode_png, make_png
 
 __all__ = [
     "CONTENT_POLICY_MARKER",
+    "BatchAPI",
+    "BatchPace",
     "Emulator",
     "Fault",
     "FaultKind",

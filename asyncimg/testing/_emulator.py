@@ -10,6 +10,8 @@ Endpoints (under ``base_url``, which ends in ``/v1``):
 * with ``azure=True``, the Azure OpenAI paths instead
   (``/openai/deployments/<name>/images/...?api-version=``, key as ``api-key``,
   see :mod:`._azure`);
+* ``/v1/files`` and ``/v1/batches``: the Files and Batch APIs, at a pace tests
+  set (:mod:`asyncimg.testing._batches`, ``Emulator.batches``);
 * ``GET /blobs/<name>.png?se=...`` serves ``url`` results. Like the API's
   blob store it is another origin (a second port, ``blob_base_url``) and needs
   no key. An expired url answers 403 with an Azure-like XML ``AuthenticationFailed``
@@ -61,6 +63,7 @@ from .._exceptions import ValidationError
 from .._files import ImageFile, sniff_mime
 from .._params import EditParams, Endpoint, GenerateParams, JsonEditParams, Params, from_wire
 from ._azure import azure_content_filter, azure_refusal, azure_route
+from ._batches import BatchAPI
 from ._faults import Fault, path_matches
 from ._png import MAX_PIXELS, b64_png, make_png
 from ._refs import RefError, RefResolver
@@ -462,11 +465,13 @@ class Emulator:
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._faults: list[list[Any]] = []  # [fault, uses left]
         self._blobs: dict[str, tuple[tuple[int, int, str, bool], float]] = {}
+        self.batches = BatchAPI(self._render_batch_line, self.clock)
+        """The Files and Batch APIs (:class:`BatchAPI`): set ``batches.pace`` to steer batches."""
+        self._refs = RefResolver(self._own_blob, self.batches.file_data)
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self._api_port: int | None = None
         self._blob_port: int | None = None
-        self._refs = RefResolver(self._own_blob)
 
     def __repr__(self) -> str:
         state = self.base_url if self._runner is not None else "not started"
@@ -582,12 +587,12 @@ class Emulator:
         """The faults still queued (each once, however many uses it has left)."""
         return [fault for fault, _left in self._faults]
 
-    def add_file(self, data: bytes, filename: str = "upload.png") -> str:
-        """Keep ``data`` as if uploaded with the Files API; returns its ``file_id``.
+    def add_file(self, data: bytes, filename: str = "upload.png", purpose: str = "vision") -> str:
+        """Keep ``data`` as if uploaded with ``POST /v1/files``; returns its ``file_id``.
 
         A JSON edit may then name it as ``ImageRef(file_id=...)``.
         """
-        return self._refs.add_file(data, filename)
+        return self.batches.add_file(data, filename, purpose)
 
     def clear_faults(self) -> None:
         """Forget every queued fault."""
@@ -600,6 +605,7 @@ class Emulator:
         self._window.clear()
         self._faults.clear()
         self._blobs.clear()
+        self.batches.reset()
 
     def requests(
         self,
@@ -780,6 +786,10 @@ class Emulator:
         try:
             if request.path.startswith("/blobs/") and request.method in ("GET", "HEAD"):
                 return self._blob(request.path[len("/blobs/") :], arrived), fault
+            if request.path.startswith(("/v1/files", "/v1/batches")):
+                self._check_key(request)
+                status, body, content_type = await self.batches.handle(request)
+                return _Answer(status, body, {}, content_type), fault
             if endpoint is None:
                 _refuse(404, f"Invalid URL ({request.method} {request.path})")
             self._check_key(request)
@@ -955,6 +965,7 @@ class Emulator:
         record: dict[str, Any],
         *,
         as_json: bool = False,
+        admit: bool = True,
     ) -> _Answer:
         try:
             params = from_wire(endpoint, fields, files, as_json=as_json)
@@ -968,7 +979,7 @@ class Emulator:
         width, height = _size_of(params.size)
         images = params.images
         record["images"] = images
-        headers = self._admit(images, now)
+        headers = self._admit(images, now) if admit else {}
         prompt: str = getattr(params, "prompt", "") or ""
         if CONTENT_POLICY_MARKER in prompt.lower():
             if self.azure:
@@ -1037,6 +1048,17 @@ class Emulator:
         except RefError as exc:
             _refuse(400, exc.message, param=exc.param, code=exc.code)
         return files
+
+    def _render_batch_line(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
+        """Answer one Batch API line as its endpoint would, outside the images limit."""
+        record: dict[str, Any] = {}
+        try:
+            endpoint = _ROUTES[path]
+            answer = self._answer(endpoint, body, {}, self.clock(), record, admit=False,
+                                  as_json=endpoint == "edit")  # a batch's edits are JSON edits
+        except _Refusal as refusal:
+            answer = refusal.answer
+        return answer.status, answer.body
 
     @staticmethod
     def _seed(params: Params, inputs: tuple[ImageFile, ...]) -> str:

@@ -5,16 +5,15 @@ An edit sent as ``application/json`` names its images by reference
 each into bytes: a ``data:`` URL is decoded; a URL of the emulator's own blob
 store is read from it (an expired or unknown one cannot be downloaded); any
 other URL cannot be fetched (the emulator has no network) and is answered as
-the API answers a URL it cannot download; a ``file_id`` must name a file added
-with :meth:`RefResolver.add_file` (``Emulator.add_file``), else it is the
-API's unknown-file error.
+the API answers a URL it cannot download; a ``file_id`` must name a file
+uploaded to the emulator's Files API (``POST /v1/files``, or
+``Emulator.add_file``), else it is the API's unknown-file error.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import secrets
 from collections.abc import Callable
 
 import attrs
@@ -40,23 +39,18 @@ def _shown(url: str) -> str:
     return url if len(url) <= 100 else f"{url[:80]}..."
 
 
-@attrs.define
+@attrs.frozen
 class RefResolver:
-    """Files "uploaded" for ``file_id`` references, and the lookup of each reference.
+    """How each reference is looked up.
 
     ``own_blob(url)`` gives the bytes of one of the emulator's url results,
     ``b""`` for one of its urls that is expired or unknown, and None for a URL
-    that is not the emulator's.
+    that is not the emulator's; ``uploaded(file_id)`` the bytes of an uploaded
+    file, or None.
     """
 
     own_blob: Callable[[str], bytes | None]
-    files: dict[str, ImageFile] = attrs.field(factory=dict)
-
-    def add_file(self, data: bytes, filename: str = "upload.png") -> str:
-        """Keep ``data`` as an uploaded file; returns its id (``file-...``)."""
-        file_id = f"file-{secrets.token_hex(12)}"
-        self.files[file_id] = ImageFile.from_bytes(data, filename)
-        return file_id
+    uploaded: Callable[[str], bytes | None]
 
     def resolve(self, ref: ImageRef, param: str) -> ImageFile:
         """The image a reference names.
@@ -65,12 +59,12 @@ class RefResolver:
             RefError: it cannot be fetched, decoded, found, or is not an image.
         """
         if ref.file_id is not None:
-            file = self.files.get(ref.file_id)
-            if file is None:
+            data = self.uploaded(ref.file_id)
+            if data is None:
                 raise RefError(
                     f"No such File object: {ref.file_id}", f"{param}.file_id", "invalid_file_id"
                 )
-            return self._checked(file, param, f"file {ref.file_id}")
+            return self._checked(ImageFile.from_bytes(data), param, f"file {ref.file_id}")
         url = ref.url or ""
         if url[:5].lower() == "data:":
             payload = url.partition(",")[2]
