@@ -310,3 +310,28 @@ def test_serve_azure_from_the_command_line() -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+async def test_the_official_sdk_s_azure_client_against_the_emulator(azure_emu: Emulator) -> None:
+    import openai
+
+    async with openai.AsyncAzureOpenAI(
+        azure_endpoint=azure_emu.endpoint, azure_deployment="img", api_version=VERSION,
+        api_key=AZURE_KEY, max_retries=0,
+    ) as sdk:
+        generated = await sdk.images.generate(prompt="a lantern", model="gpt-image-1")
+        assert generated.data is not None
+        assert generated.data[0].b64_json
+        edited = await sdk.images.edit(
+            image=("in.png", make_png(64, 64, "in", alpha=True), "image/png"),
+            prompt="add a moon", model="gpt-image-1",
+        )
+        assert edited.data is not None
+        assert edited.data[0].b64_json
+        with pytest.raises(openai.BadRequestError) as info:
+            await sdk.images.generate(prompt=CONTENT_POLICY_MARKER, model="gpt-image-1")
+        assert info.value.code == "contentFilter"
+    paths = [e.path for e in azure_emu.journal]
+    assert paths == ["/openai/deployments/img/images/generations",
+                     "/openai/deployments/img/images/edits",
+                     "/openai/deployments/img/images/generations"]
