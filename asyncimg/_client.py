@@ -567,9 +567,12 @@ class AsyncImagesClient:
             model=params.model,
         )
         extra = check_headers(extra_headers, "extra_headers")
-        as_json = isinstance(params, (GenerateParams, JsonEditParams))
-        json_body = params.to_json() if as_json else None  # type: ignore[union-attr]
-        form = None if as_json else params.to_form()  # type: ignore[union-attr]
+        json_body: dict[str, Any] | None = None
+        form = None
+        if isinstance(params, (GenerateParams, JsonEditParams)):
+            json_body = params.to_json()
+        else:
+            form = params.to_form()
         attempt_timeout = timeout if timeout is not None else self.timeout
 
         async def attempt() -> RawResponse:

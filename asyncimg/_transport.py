@@ -77,7 +77,7 @@ def map_transport_errors(what: str, timeout: float | None) -> Iterator[None]:
         raise APIConnectionError(
             f"{what}: the server's TLS certificate is not trusted ({reason}); pass ssl= "
             "an ssl.SSLContext or the CA bundle to trust, or set SSL_CERT_FILE"
-        ) from exc
+        ) from cause  # not aiohttp's error: its connection key holds any proxy credentials
     except aiohttp.ClientProxyConnectionError as exc:
         raise APIConnectionError(
             f"{what}: cannot connect to the proxy {exc.host}:{exc.port}: {exc.os_error}"

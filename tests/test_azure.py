@@ -335,3 +335,12 @@ async def test_the_official_sdk_s_azure_client_against_the_emulator(azure_emu: E
     assert paths == ["/openai/deployments/img/images/generations",
                      "/openai/deployments/img/images/edits",
                      "/openai/deployments/img/images/generations"]
+
+
+def test_the_blocking_azure_has_the_async_signature_and_doc() -> None:
+    import inspect
+
+    from asyncimg import ImagesClient
+
+    assert inspect.signature(ImagesClient.azure) == inspect.signature(AsyncImagesClient.azure)
+    assert ImagesClient.azure.__doc__ == AsyncImagesClient.azure.__doc__

@@ -314,7 +314,7 @@ async def test_an_untrusted_certificate_is_a_connection_error_naming_the_cause(
     assert "certificate" in message
     assert "not trusted" in message
     assert "ssl=" in message
-    assert isinstance(info.value.__cause__, aiohttp.ClientConnectorCertificateError)
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
 
 
 def test_a_bad_ssl_option_is_refused_at_once(tmp_path: Path) -> None:
