@@ -288,8 +288,8 @@ class Transport:
                 data.add_field(name, value)
             for name, file in form.files:
                 data.add_field(name, file.data, filename=file.filename, content_type=file.mime)
-        if self._external:
-            send_headers.setdefault("User-Agent", self._user_agent)
+        if self._external and not any(k.lower() == "user-agent" for k in send_headers):
+            send_headers["User-Agent"] = self._user_agent
         what = f"{method} {without_query(url)}"
         proxy = self._proxy(url)
         with map_transport_errors(what, timeout):

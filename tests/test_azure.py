@@ -97,7 +97,7 @@ def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_paths_query_and_the_key_as_api_key(
-    fake: FakeAzure, monkeypatch: pytest.MonkeyPatch
+    fake: FakeAzure, monkeypatch: pytest.MonkeyPatch, log_lines: list[str]
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-must-not-go-to-azure")
     async with AsyncImagesClient.azure(
@@ -120,6 +120,7 @@ async def test_paths_query_and_the_key_as_api_key(
         assert "Authorization" not in seen["headers"]
     assert fake.seen[1]["headers"]["Content-Type"].startswith("multipart/form-data")
     assert json.loads(fake.seen[2]["body"])["images"] == [{"file_id": "file-1"}]
+    assert not [line for line in log_lines if AZURE_KEY in line]
 
 
 async def test_the_sdk_s_environment_variables(

@@ -333,8 +333,12 @@ async def test_a_callers_session_is_used_and_never_closed(emu: Emulator) -> None
         assert not session.closed
         async with session.get(emu.blob_base_url + "/blobs/none.png") as r:
             assert r.status == 404  # still usable
-    sent = emu.requests("generate")[0]
-    assert sent.headers["User-Agent"].startswith("asyncimg/")
+        async with client_for(emu.base_url, http_session=session,
+                              default_headers={"user-agent": "my-app/1"}) as client:
+            await client.generate("p")
+    first, second = emu.requests("generate")
+    assert first.headers["User-Agent"].startswith("asyncimg/")
+    assert CIMultiDict(second.headers).getall("User-Agent") == ["my-app/1"]
     with pytest.raises(ValidationError) as info:
         client_for(emu.base_url, http_session=session, proxy="http://127.0.0.1:1")
     assert info.value.param == "http_session"
