@@ -244,6 +244,8 @@ def _check_extra_body(params: Params) -> None:
         for a in attrs.fields(type(params))
         if a.name not in _NOT_NAMED and getattr(params, a.name) is not None
     }
+    if "image_refs" in named:
+        named.add("images")  # a JSON edit's image references go out as `images`
     for key in params.extra_body:
         if key in named:
             raise ValidationError(

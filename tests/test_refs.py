@@ -107,6 +107,9 @@ def test_json_edit_body_and_its_rules() -> None:
     with pytest.raises(ValidationError) as info:
         JsonEditParams.build(image_refs=refs, prompt="p", model="gpt-image-1", moderation="off")
     assert info.value.param == "moderation"
+    with pytest.raises(ValidationError, match="extra_body repeats") as info:
+        JsonEditParams.build(image_refs=refs, prompt="p", extra_body={"images": []})
+    assert info.value.param == "images"
     # A model the table does not know (a compatible server) is not refused.
     JsonEditParams.build(image_refs=refs * 16, prompt="p", model="my-model")
 
