@@ -20,9 +20,10 @@ test: lint
 # The main job, offline: a batch against the embedded emulator, rate-limited to
 # 8 images per 2 s so the limiter is seen at work. Two prompts fail on purpose;
 # their exit status (1) is the expected result here. Run it again to see a resume.
+# It ends by writing the report page, out/index.html, and printing its path.
 demo: $(STAMP)
 	$(VENV)/bin/asyncimg batch examples/prompts.txt -o out --emulator --emulator-latency 0.2 \
-		--model dall-e-2 --size 256x256 --rate 8/2s; test $$? -le 1
+		--model dall-e-2 --size 256x256 --rate 8/2s --report; test $$? -le 1
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -57,6 +57,7 @@ from ._runner import (
     Record,
     error_fields,
     read_entries,
+    usage_fields,
 )
 
 if TYPE_CHECKING:
@@ -352,7 +353,8 @@ class _Run:
         return Record(entry.id, entry.line, entry.prompt, entry.params, "ok",
                       files=tuple(p.name for p in paths), images=len(paths),
                       request_id=response.request_id, revised_prompt=revised, attempts=1,
-                      seconds=time.monotonic() - started)
+                      seconds=time.monotonic() - started,
+                      usage=None if usage is None else usage_fields(usage))
 
 
 async def run_via_batch_api(

@@ -46,7 +46,7 @@ from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
 from ._params import EditParams, GenerateParams, JsonEditParams, Params, VariationParams
 from ._refs import ImageRef, by_reference, load_ref, load_refs
-from ._retry import RetryPolicy, count_attempt, decide
+from ._retry import RetryPolicy, count_attempt, count_status, decide
 from ._transport import RawResponse, Transport, without_query
 from ._version import __version__
 
@@ -619,6 +619,7 @@ class AsyncImagesClient:
             except APIError as exc:
                 decision = decide(exc, attempt, policy, now=time.time())
                 status = getattr(exc, "status_code", None)
+                count_status(status)
                 logger.debug(
                     "%s attempt %d: %s %s (request id %s)",
                     what, attempt, status or type(exc).__name__, exc.message, exc.request_id,
@@ -644,7 +645,7 @@ class AsyncImagesClient:
             # is granted, so no budget sits idle waiting for a slot and a pause
             # that begins meanwhile holds back every request not yet sent.
             permit = await self.limiter.acquire(images)
-            count_attempt()
+            count_attempt(images)
             try:
                 permit.stamp()
                 raw = await send()

@@ -18,6 +18,11 @@ Exactly-once results, at-least-once requests:
 
 A kill between the images and the line costs one repeated request: the rerun
 writes the same file names again.
+
+Each run also appends one line to ``DIR/runs.jsonl`` when it ends (interrupted
+or not): its start and end times, the configured rate, the time waited on the
+limiter, its counts. With the manifest's send times (``sent``) that is what
+``asyncimg report`` draws its rate chart from.
 """
 
 from __future__ import annotations
@@ -41,13 +46,18 @@ import attrs
 
 from ._batch import BatchIterator, generate_keywords, make_item
 from ._exceptions import APIStatusError, AsyncImgError, ValidationError
+from ._limiter import LimiterStats, RateLimit
+from ._retry import ATTEMPT_LOG, AttemptLog
+from ._version import __version__
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
+    from ._models import Usage
 
 __all__ = [
     "INPUT_FORMATS",
     "MANIFEST_NAME",
+    "RUNS_NAME",
     "BatchSummary",
     "Entry",
     "InputError",
@@ -59,6 +69,7 @@ __all__ = [
 ]
 
 MANIFEST_NAME: Final = "manifest.jsonl"
+RUNS_NAME: Final = "runs.jsonl"
 LOCK_NAME: Final = ".asyncimg.lock"
 INPUT_FORMATS: Final = ("txt", "jsonl", "csv")
 # Parameters that do not change the images, so not part of an item's id.
@@ -204,7 +215,12 @@ def detect_format(path: str, given: str | None) -> str:
 
 @attrs.frozen
 class Record:
-    """One finished item: what becomes a manifest line."""
+    """One finished item: what becomes a manifest line.
+
+    ``sent`` holds ``(time.time(), images)`` for each attempt, taken when its
+    images were granted by the limiter; ``rate_limited`` counts its attempts
+    answered 429; ``usage`` is the server's token usage, when it sent one.
+    """
 
     id: str
     line: int
@@ -218,6 +234,9 @@ class Record:
     revised_prompt: str | None = None
     attempts: int | None = None
     seconds: float = 0.0
+    sent: tuple[tuple[float, int], ...] = ()
+    rate_limited: int = 0
+    usage: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -238,6 +257,9 @@ class Record:
             "revised_prompt": self.revised_prompt,
             "attempts": self.attempts,
             "seconds": round(self.seconds, 3),
+            "sent": [{"at": round(at, 3), "images": n} for at, n in self.sent],
+            "rate_limited": self.rate_limited,
+            "usage": None if self.usage is None else dict(self.usage),
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="milliseconds"
             ),
@@ -409,6 +431,7 @@ class BatchSummary:
     started: float = attrs.field(factory=time.monotonic)
     elapsed: float = 0.0
     waited: float = 0.0
+    rate_limited: int = 0
     failures: list[Record] = attrs.field(factory=list)
     max_failures_kept: int = 50
     tokens: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(("input", "output",
@@ -502,6 +525,8 @@ async def run_batch(
 
             total = await anyio.to_thread.run_sync(count)
         summary = BatchSummary(total=total)
+        wall_start = time.time()
+        before = client.limiter.stats()
         stream = open_input()
         try:
             entries = _skip_done(read_entries(stream, fmt, params), manifest.done, summary)
@@ -522,6 +547,7 @@ async def run_batch(
                 tg.start_soon(ticker)
                 async for record in batch:
                     await anyio.to_thread.run_sync(manifest.append, record)
+                    summary.rate_limited += record.rate_limited
                     if record.ok:
                         summary.ok += 1
                         summary.images += len(record.files)
@@ -535,10 +561,47 @@ async def run_batch(
         finally:
             stream.close()
             summary.elapsed = time.monotonic() - summary.started
+            _append_run(folder, client, params, summary, wall_start, before)
             sink.stop(summary)
         return summary
     finally:
         manifest.close()
+
+
+def _append_run(
+    folder: Path,
+    client: AsyncImagesClient,
+    params: Mapping[str, Any],
+    summary: BatchSummary,
+    wall_start: float,
+    before: LimiterStats,
+) -> None:
+    """Append this run's line to ``runs.jsonl`` (a few hundred bytes, once: on the loop)."""
+    after = client.limiter.stats()
+    rate = getattr(client.limiter, "rate", None)
+    line = {
+        "started_at": round(wall_start, 3),
+        "finished_at": round(time.time(), 3),
+        "seconds": round(summary.elapsed, 3),
+        "rate": None if not isinstance(rate, RateLimit) else {
+            "images": rate.images, "per": rate.per, "margin": rate.margin, "burst": rate.burst,
+        },
+        "concurrency": client.max_concurrency,
+        "params": dict(params),
+        "total": summary.total,
+        "ok": summary.ok,
+        "failed": summary.failed,
+        "skipped": summary.skipped,
+        "images": summary.images,
+        "waited": round(after.waited - before.waited, 3),
+        "pauses": after.pauses - before.pauses,
+        "rate_limited": summary.rate_limited,
+        "version": __version__,
+    }
+    with open(folder / RUNS_NAME, "ab") as f:
+        f.write((json.dumps(line, ensure_ascii=False, default=str) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 async def _run_entry(
@@ -548,8 +611,13 @@ async def _run_entry(
     allowed: frozenset[str],
     folder: Path,
 ) -> Record:
+    log = AttemptLog()
+
     def record(**fields: Any) -> Record:
-        return Record(entry.id, entry.line, entry.prompt, entry.params, **fields)
+        return Record(
+            entry.id, entry.line, entry.prompt, entry.params,
+            sent=tuple(log.sent), rate_limited=log.rate_limited, **fields,
+        )
 
     if entry.problem is not None:
         return record(
@@ -559,7 +627,13 @@ async def _run_entry(
             attempts=0,
         )
     started = time.monotonic()
-    item = await make_item(client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed)
+    token = ATTEMPT_LOG.set(log)
+    try:
+        item = await make_item(
+            client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed
+        )
+    finally:
+        ATTEMPT_LOG.reset(token)
     if item.response is None:
         assert item.error is not None
         return record(
@@ -583,7 +657,13 @@ async def _run_entry(
         revised_prompt=revised,
         attempts=item.attempts,
         seconds=time.monotonic() - started,
+        usage=None if response.usage is None else usage_fields(response.usage),
     )
+
+
+def usage_fields(usage: Usage) -> dict[str, Any]:
+    """The manifest's ``usage`` object: the token counts the server sent (None left out)."""
+    return attrs.asdict(usage, filter=lambda a, v: a.name != "extra" and v is not None)
 
 
 def open_text(path: str) -> Callable[[], IO[str]]:

@@ -9,6 +9,7 @@
     asyncimg edit IMAGE PROMPT         one edit (--mask M)
     asyncimg variation IMAGE           variations of an image
     asyncimg serve                     run the emulator
+    asyncimg report DIR                DIR/index.html: gallery, failures, rate chart
 
 Exit status: 0 all succeeded, 1 something failed, 2 a usage error. rich draws the
 progress bar and the summary when standard error is a terminal; it is imported
@@ -183,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run items that failed in an earlier run again (default: yes)",
     )
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
+    batch.add_argument(
+        "--report", action="store_true",
+        help="write DIR/index.html (see `asyncimg report`) at the end and print its path",
+)
     route = batch.add_argument_group("the Batch API route")
     route.add_argument(
         "--via", choices=("direct", "batch-api"), default="direct",
@@ -219,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     variation.add_argument("image", metavar="IMAGE")
     variation.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
+
+    report = sub.add_parser(
+        "report", help="write DIR/index.html: a gallery, the failures and a rate chart",
+        description="Write DIR/index.html from DIR/manifest.jsonl: a card per item "
+        "(failures with their error), filters and a search, the summary and a chart "
+        "of the images sent per window against the rate limit. One file plus "
+        "thumbnails in DIR/.thumbs (made when Pillow, the `images` extra, is installed); "
+        "it works from file:// with no network. Prints the page's path.",
+    )
+    report.add_argument("directory", metavar="DIR", help="the -o DIR of a batch")
+    report.add_argument(
+        "--no-thumbnails", dest="thumbnails", action="store_false",
+        help="show the images themselves, scaled by the browser",
+    )
 
     batches = sub.add_parser(
         "batches", help="the Batch API batches of an output directory",
@@ -347,7 +366,21 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _print_summary(summary, args, out, rich=isinstance(progress, _Rich))
     elif summary.failed:
         _print_failures(summary, err)
+    if args.report:
+        _report(args.output, thumbnails=True, out=out)
     return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def _report(directory: str, *, thumbnails: bool, out: TextIO) -> int:
+    from ._report import write_report
+    from ._runner import InputError
+
+    try:
+        path = write_report(directory, thumbnails=thumbnails)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    print(path, file=out)
+    return EXIT_OK
 
 
 async def _batches(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -590,6 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "report":
+            return _report(args.directory, thumbnails=args.thumbnails, out=out)
         if args.command == "batch" and args.prompts != "-" and not Path(args.prompts).is_file():
             raise UsageError(f"no such file: {args.prompts}")
         runner = {"batch": _batch, "batches": _batches}.get(args.command, _single)

@@ -1,0 +1,791 @@
+"""The static report page of a batch directory: ``asyncimg report DIR`` -> ``DIR/index.html``.
+
+Built from ``manifest.jsonl`` (and ``runs.jsonl`` when the runner wrote one), with
+nothing but the standard library (Pillow, when installed, makes the thumbnails):
+
+* the summary: items done and failed, images, wall time, images/min, time waited
+  on the limiter, 429s, usage tokens when the server reported them;
+* a rate chart per run (the last five): the images sent in the trailing window of
+  the configured rate over the run's time, as inline SVG, with the limit drawn as
+  a line; the manifest's send times (``sent``) place each image;
+* a gallery: a card per item, failed items with their error, filters for done and
+  failed, a search over the prompts. The items travel as JSON inside the page and a
+  few lines of plain JavaScript draw one page of cards at a time, so a 10,000-item
+  report opens as fast as a 60-item one; images load lazily.
+
+One self-contained file plus the thumbnails in ``DIR/.thumbs/``: no network, no
+CDN, relative links only, so the page works from ``file://`` and when the
+directory is moved. Every text is escaped (``html.escape`` on the page, ``textContent``
+in the script, and ``<``, ``>``, ``&`` escaped inside the embedded JSON).
+
+A manifest written by an older version (no ``sent``, no ``runs.jsonl``) still
+renders: the chart then places each image at its finish time minus its duration
+and draws no limit line, and says so.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import html
+import json
+import math
+import os
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from ._runner import MANIFEST_NAME, RUNS_NAME, InputError
+
+__all__ = [
+    "REPORT_NAME",
+    "THUMBS_DIR",
+    "Item",
+    "Run",
+    "chart_svg",
+    "make_thumbnails",
+    "read_items",
+    "read_runs",
+    "render",
+    "window_peaks",
+    "write_report",
+]
+
+REPORT_NAME: Final = "index.html"
+THUMBS_DIR: Final = ".thumbs"
+THUMB_SIZE: Final = 256
+PAGE_SIZE: Final = 60
+CHARTED_RUNS: Final = 5
+_BROWSER_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
+
+
+# -- reading the directory --------------------------------------------------------------
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _epoch(iso: Any) -> float | None:
+    if not isinstance(iso, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+@attrs.frozen
+class Item:
+    """One manifest line as the report reads it (every field but ``id`` may be missing)."""
+
+    id: str
+    line: int
+    prompt: str
+    params: Mapping[str, Any]
+    ok: bool
+    files: tuple[str, ...]
+    error: Mapping[str, Any] | None
+    request_id: str | None
+    revised_prompt: str | None
+    attempts: int | None
+    seconds: float
+    sent: tuple[tuple[float, int], ...]
+    rate_limited: int
+    usage: Mapping[str, Any] | None
+    finished_at: float | None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Item:
+        """Build from a decoded manifest line (missing or odd fields get defaults)."""
+        sent: list[tuple[float, int]] = []
+        for entry in obj.get("sent") or ():
+            if isinstance(entry, Mapping):
+                at = _float(entry.get("at"))
+                if at is not None:
+                    sent.append((at, max(1, _int(entry.get("images")))))
+        params = obj.get("params")
+        error = obj.get("error")
+        usage = obj.get("usage")
+        attempts = obj.get("attempts")
+        return cls(
+            id=str(obj["id"]),
+            line=_int(obj.get("line")),
+            prompt=str(obj.get("prompt") or ""),
+            params=params if isinstance(params, Mapping) else {},
+            ok=obj.get("status") == "ok",
+            files=tuple(str(f) for f in obj.get("files") or () if isinstance(f, str)),
+            error=error if isinstance(error, Mapping) else None,
+            request_id=_text(obj.get("request_id")),
+            revised_prompt=_text(obj.get("revised_prompt")),
+            attempts=attempts if isinstance(attempts, int) else None,
+            seconds=_float(obj.get("seconds")) or 0.0,
+            sent=tuple(sent),
+            rate_limited=_int(obj.get("rate_limited")),
+            usage=usage if isinstance(usage, Mapping) else None,
+            finished_at=_epoch(obj.get("finished_at")),
+        )
+
+    @property
+    def send_times(self) -> tuple[tuple[float, int], ...]:
+        """When its images were sent; for an older manifest, its finish time minus its seconds."""
+        if self.sent:
+            return self.sent
+        if self.finished_at is None or not self.ok:
+            return ()
+        return ((self.finished_at - self.seconds, max(1, len(self.files))),)
+
+
+@attrs.frozen
+class Run:
+    """One line of ``runs.jsonl``: a run of ``asyncimg batch`` in this directory."""
+
+    started_at: float
+    finished_at: float
+    seconds: float
+    rate: tuple[int, float] | None
+    params: Mapping[str, Any]
+    images: int
+    waited: float
+    rate_limited: int
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Run | None:
+        """Build from a decoded line; None when it has no start or end time."""
+        start, end = _float(obj.get("started_at")), _float(obj.get("finished_at"))
+        if start is None or end is None:
+            return None
+        raw = obj.get("rate")
+        rate = None
+        if isinstance(raw, Mapping):
+            images, per = _int(raw.get("images")), _float(raw.get("per"))
+            if images > 0 and per is not None and per > 0:
+                rate = (images, per)
+        params = obj.get("params")
+        return cls(
+            started_at=start,
+            finished_at=max(start, end),
+            seconds=_float(obj.get("seconds")) or max(0.0, end - start),
+            rate=rate,
+            params=params if isinstance(params, Mapping) else {},
+            images=_int(obj.get("images")),
+            waited=_float(obj.get("waited")) or 0.0,
+            rate_limited=_int(obj.get("rate_limited")),
+        )
+
+
+def _json_lines(path: Path) -> Iterable[Mapping[str, Any]]:
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                continue  # a torn last line
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(obj, Mapping):
+                yield obj
+
+
+def read_items(directory: Path) -> list[Item]:
+    """The items of ``directory``'s manifest, in input order (the latest line of an id wins).
+
+    Raises:
+        InputError: there is no manifest.
+    """
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"no {MANIFEST_NAME} in {directory}: is it the -o DIR of a batch?")
+    latest: dict[str, Item] = {}
+    for obj in _json_lines(path):
+        if isinstance(obj.get("id"), str):
+            latest[obj["id"]] = Item.from_json(obj)
+    return sorted(latest.values(), key=lambda item: item.line)
+
+
+def read_runs(directory: Path) -> list[Run]:
+    """The runs recorded in ``runs.jsonl``, oldest first (none for an older version)."""
+    path = directory / RUNS_NAME
+    if not path.is_file():
+        return []
+    runs = (Run.from_json(obj) for obj in _json_lines(path))
+    return sorted((run for run in runs if run is not None), key=lambda run: run.started_at)
+
+
+# -- thumbnails ---------------------------------------------------------------------------
+
+
+def make_thumbnails(directory: Path, names: Sequence[str]) -> dict[str, str] | None:
+    """Small copies of the images ``names`` in ``directory/.thumbs/``, made with Pillow.
+
+    Returns the relative path to show for each name: its thumbnail, or the image
+    itself when it is already small (or Pillow cannot read it). A thumbnail newer
+    than its image is reused. Returns None when Pillow is not installed (the
+    ``images`` extra): the page then shows the images scaled by the browser.
+    """
+    try:
+        from PIL import Image, features
+    except ImportError:
+        return None
+    suffix = ".webp" if features.check("webp") else ".png"
+    folder = directory / THUMBS_DIR
+
+    def one(name: str) -> tuple[str, str]:
+        source = directory / name
+        thumb = folder / (Path(name).stem + suffix)
+        relative = f"{THUMBS_DIR}/{thumb.name}"
+        try:
+            if thumb.stat().st_mtime >= source.stat().st_mtime:
+                return name, relative
+        except OSError:
+            pass
+        try:
+            with Image.open(source) as img:
+                if max(img.size) <= THUMB_SIZE and img.format in _BROWSER_FORMATS:
+                    return name, name
+                img.thumbnail((THUMB_SIZE, THUMB_SIZE))
+                if img.mode not in ("RGB", "RGBA"):
+                    img = img.convert("RGBA")
+                folder.mkdir(exist_ok=True)
+                part = thumb.with_name(f".{thumb.name}.part")
+                img.save(part, format=suffix[1:].upper(), quality=80, method=0)
+            os.replace(part, thumb)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return name, name
+        return name, relative
+
+    workers = min(4, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return dict(pool.map(one, names))
+
+
+# -- the rate chart -------------------------------------------------------------------
+
+
+def window_peaks(
+    sends: Iterable[tuple[float, int]], start: float, end: float, window: float, columns: int
+) -> list[int]:
+    """The most images sent in any trailing ``window`` seconds, for each of ``columns`` slices.
+
+    Column ``c`` covers ``[start + c*w, start + (c+1)*w)`` with ``w = (end - start) / columns``;
+    its value is the highest count of images sent in ``(t - window, t]`` for a ``t`` in it.
+    An image sent at ``t`` counts from ``t`` until just before ``t + window``, as in the
+    limiter. Pure.
+    """
+    span = max(end - start, 1e-9)
+    width = span / columns
+    changes: dict[float, int] = {}
+    for at, n in sends:
+        changes[at] = changes.get(at, 0) + n
+        changes[at + window] = changes.get(at + window, 0) - n
+    peaks = [0] * columns
+    count = 0
+    column = -1  # the columns up to this one hold what was seen so far
+    for at in sorted(changes):
+        here = min(columns - 1, math.floor((at - start) / width)) if at >= start else -1
+        if here > column:
+            for c in range(max(column, 0), here):
+                peaks[c] = max(peaks[c], count)
+            if at > start + here * width:  # the column's start came before this change
+                peaks[here] = max(peaks[here], count)
+            column = here
+        count += changes[at]
+        if here >= 0:
+            peaks[here] = max(peaks[here], count)
+    for c in range(max(column, 0), columns):
+        peaks[c] = max(peaks[c], count)
+    return peaks
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        digits = 2 if seconds < 1 else 1 if seconds < 10 else 0
+        return f"{seconds:.{digits}f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _nice_step(top: float, ticks: int = 4) -> float:
+    raw = max(top / ticks, 1e-9)
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    factor = next(f for f in (1.0, 2.0, 5.0, 10.0) if raw <= f * magnitude * 1.000001)
+    return max(1.0, factor * magnitude)
+
+
+def chart_svg(
+    sends: Sequence[tuple[float, int]],
+    start: float,
+    end: float,
+    rate: tuple[int, float] | None,
+    *,
+    title: str,
+    width: int = 920,
+    height: int = 220,
+) -> str:
+    """An inline SVG: images in the trailing window over ``[start, end]``, the limit as a line.
+
+    ``rate`` is ``(images, per)``; without one, the window is 60 s and no line is drawn. Pure.
+    """
+    left, right, top, bottom = 48, 16, 30, 28
+    plot_w, plot_h = width - left - right, height - top - bottom
+    columns = max(1, min(plot_w, 600))
+    window = rate[1] if rate else 60.0
+    end = max(end, start + 1e-3)
+    peaks = window_peaks(sends, start, end, window, columns)
+    peak = max(peaks, default=0)
+    limit = rate[0] if rate else None
+    y_top = max(peak, limit or 0, 1) * 1.15
+    step = _nice_step(y_top)
+
+    def y(value: float) -> float:
+        return top + plot_h - value / y_top * plot_h
+
+    col_w = plot_w / columns
+    path = [f"M{left:.1f},{y(0):.1f}"]
+    for c, count in enumerate(peaks):
+        if c == 0 or count != peaks[c - 1]:
+            path.append(f"H{left + c * col_w:.1f}V{y(count):.1f}")
+    path.append(f"H{left + plot_w:.1f}")
+    line = "".join(path)
+    area = f"{line}V{y(0):.1f}Z"
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{html.escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+        f'<text class="title" x="{left}" y="18">{html.escape(title)}</text>',
+    ]
+    tick = 0.0
+    while tick <= y_top:
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{left + plot_w}" '
+            f'y1="{y(tick):.1f}" y2="{y(tick):.1f}"/>'
+            f'<text class="tick" x="{left - 6}" y="{y(tick) + 4:.1f}" '
+            f'text-anchor="end">{tick:g}</text>'
+        )
+        tick += step
+    span = end - start
+    digits = 2 if span < 1 else 1 if span < 10 else 0
+    for i in range(6):
+        x = left + plot_w * i / 5
+        at = span * i / 5
+        label = f"{at:.{digits}f} s" if span < 60 else _duration(at)
+        parts.append(
+            f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="middle">'
+            f"{html.escape(label)}</text>"
+        )
+    parts.append(f'<path class="area" d="{area}"/><path class="series" d="{line}"/>')
+    if limit is not None:
+        parts.append(
+            f'<line class="limit" x1="{left}" x2="{left + plot_w}" '
+            f'y1="{y(limit):.1f}" y2="{y(limit):.1f}"/>'
+            f'<text class="limit-label" x="{left + plot_w - 4}" y="{y(limit) - 5:.1f}" '
+            f'text-anchor="end">limit {limit}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# -- the page -------------------------------------------------------------------------
+
+
+def _url(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _present(directory: Path, name: str) -> bool:
+    """A plain file name (no directory part: links never leave the directory) that exists."""
+    return name == Path(name).name and name not in ("", ".", "..") and (
+        directory / name
+    ).is_file()
+
+
+def _when(epoch: float) -> str:
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _rate_text(rate: tuple[int, float] | None) -> str:
+    if rate is None:
+        return "off"
+    images, per = rate
+    unit = "min" if per == 60 else f"{per:g} s"
+    return f"{images} images / {unit}"
+
+
+def _usage_totals(items: Iterable[Item]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for item in items:
+        for key in ("input_tokens", "output_tokens", "total_tokens"):
+            value = (item.usage or {}).get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def _summary(items: Sequence[Item], runs: Sequence[Run]) -> list[tuple[str, str]]:
+    done = sum(item.ok for item in items)
+    images = sum(len(item.files) for item in items if item.ok)
+    if runs:
+        wall = sum(run.seconds for run in runs)
+        made = sum(run.images for run in runs) or images
+        waited = _duration(sum(run.waited for run in runs))
+        limited = sum(run.rate_limited for run in runs)
+    else:
+        times = [t for item in items for t, _ in item.send_times]
+        ends = [item.finished_at for item in items if item.finished_at is not None]
+        wall = max(ends) - min(times) if times and ends else 0.0
+        made, waited = images, "not recorded"
+        limited = sum(item.rate_limited for item in items)
+    tiles = [
+        ("items", f"{len(items):,}"),
+        ("done", f"{done:,}"),
+        ("failed", f"{len(items) - done:,}"),
+        ("images", f"{images:,}"),
+        ("wall time", _duration(wall)),
+        ("images/min", f"{made * 60 / wall:,.1f}" if wall > 0 else "-"),
+        ("waited on the limiter", waited),
+        ("429s", f"{limited:,}"),
+    ]
+    for key, value in _usage_totals(items).items():
+        tiles.append((key.replace("_", " "), f"{value:,}"))
+    if len(runs) > 1:
+        tiles.append(("runs", str(len(runs))))
+    return tiles
+
+
+def _charts(items: Sequence[Item], runs: Sequence[Run]) -> list[str]:
+    sends = sorted(s for item in items for s in item.send_times)
+    if not runs:
+        if not sends:
+            return []
+        ends = [item.finished_at for item in items if item.finished_at is not None]
+        end = max([*ends, sends[-1][0]])
+        return [
+            chart_svg(
+                sends, sends[0][0], end, None,
+                title="images per 60 s at each item's start (approximate: no send times or "
+                "rate were recorded, by an older version or the Batch API route)",
+            )
+        ]
+    charts = []
+    first = max(0, len(runs) - CHARTED_RUNS)
+    for number, run in enumerate(runs[first:], first + 1):
+        mine = [s for s in sends if run.started_at - 1 <= s[0] <= run.finished_at]
+        window = run.rate[1] if run.rate else 60.0
+        peak = window_peaks(mine, run.started_at, run.finished_at, window, 1)[0]
+        title = (
+            f"run {number}, {_when(run.started_at)}: images sent in any {window:g} s "
+            f"(rate limit {_rate_text(run.rate)}), peak {peak}"
+        )
+        charts.append(chart_svg(mine, run.started_at, run.finished_at, run.rate, title=title))
+    return charts
+
+
+def _card_data(item: Item, shown: Mapping[str, str] | None, directory: Path) -> dict[str, Any]:
+    card: dict[str, Any] = {"id": item.id, "line": item.line, "prompt": item.prompt}
+    if item.params:
+        card["params"] = {str(k): str(v) for k, v in item.params.items()}
+    if item.ok:
+        images = []
+        for name in item.files:
+            if not _present(directory, name):
+                images.append({"missing": name})
+                continue
+            thumb = shown.get(name, name) if shown is not None else name
+            images.append({"full": _url(name), "thumb": "/".join(map(_url, thumb.split("/")))})
+        card["images"] = images
+    else:
+        error = item.error or {}
+        card["error"] = {
+            key: str(error[key])
+            for key in ("type", "code", "status", "param", "message")
+            if error.get(key) is not None
+        }
+    for key, value in (
+        ("revised", item.revised_prompt),
+        ("request_id", item.request_id),
+        ("attempts", item.attempts),
+        ("rate_limited", item.rate_limited or None),
+    ):
+        if value is not None:
+            card[key] = value
+    card["seconds"] = round(item.seconds, 2)
+    return card
+
+
+def _script_json(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def render(
+    items: Sequence[Item],
+    runs: Sequence[Run],
+    shown: Mapping[str, str] | None,
+    directory: Path,
+) -> str:
+    """The page: summary, charts and the gallery's data and script. Pure but for file checks.
+
+    ``shown`` maps an image's file name to the relative path to display (its
+    thumbnail); None shows every image itself.
+    """
+    name = html.escape(directory.resolve().name or str(directory))
+    tiles = "".join(
+        f'<div class="tile"><div class="v">{html.escape(v)}</div>'
+        f'<div class="k">{html.escape(k)}</div></div>'
+        for k, v in _summary(items, runs)
+    )
+    details = ""
+    if runs:
+        last = runs[-1]
+        params = ", ".join(f"{k}={v}" for k, v in last.params.items()) or "server defaults"
+        details = (
+            f"<p class=\"meta\">last run {html.escape(_when(last.started_at))}, "
+            f"rate limit {html.escape(_rate_text(last.rate))}, parameters {html.escape(params)}</p>"
+        )
+    charts = "".join(_charts(items, runs)) or '<p class="meta">no images were sent</p>'
+    cards = [_card_data(item, shown, directory) for item in items]
+    failed = sum(not item.ok for item in items)
+    return _PAGE.format(
+        title=name,
+        details=details,
+        tiles=tiles,
+        charts=charts,
+        all=len(items),
+        done=len(items) - failed,
+        failed=failed,
+        data=_script_json(cards),
+        page_size=PAGE_SIZE,
+        style=_STYLE,
+        script=_SCRIPT,
+    )
+
+
+def write_report(directory: str | os.PathLike[str], *, thumbnails: bool = True) -> Path:
+    """Write ``directory/index.html`` (and thumbnails) for a batch directory; returns its path.
+
+    Args:
+        directory: the ``-o DIR`` of ``asyncimg batch``.
+        thumbnails: make thumbnails with Pillow when it is installed.
+
+    Raises:
+        InputError: ``directory`` holds no manifest.
+        OSError: the page cannot be written.
+    """
+    folder = Path(directory)
+    items = read_items(folder)
+    runs = read_runs(folder)
+    shown = None
+    if thumbnails:
+        names = [n for item in items if item.ok for n in item.files if _present(folder, n)]
+        shown = make_thumbnails(folder, names)
+    page = render(items, runs, shown, folder)
+    target = folder / REPORT_NAME
+    part = folder / f".{REPORT_NAME}.part"
+    part.write_text(page, encoding="utf-8")
+    os.replace(part, target)
+    return target
+
+
+_STYLE = """
+:root{--bg:#f6f7f9;--card:#fff;--ink:#1d2330;--mute:#667085;--line:#e4e7ec;--blue:#2f6fed;
+--red:#d92d20;--green:#12a150}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+background:var(--bg);color:var(--ink)}
+header{padding:20px 28px 8px}h1{font-size:20px;margin:0 0 4px}
+.meta{color:var(--mute);margin:4px 0}
+main{padding:0 28px 40px}
+.tiles{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0 18px}
+.tile{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:10px 14px;
+min-width:120px}
+.tile .v{font-size:20px;font-weight:600}.tile .k{color:var(--mute);font-size:12px}
+.charts{display:grid;gap:12px;margin-bottom:18px}
+.chart{background:var(--card);border:1px solid var(--line);border-radius:10px;width:100%;
+max-width:920px;height:auto}
+.chart .title{font-size:13px;font-weight:600;fill:var(--ink)}
+.chart .tick{font-size:11px;fill:var(--mute)}.chart .grid{stroke:var(--line)}
+.chart .series{fill:none;stroke:var(--blue);stroke-width:1.5}
+.chart .area{fill:var(--blue);opacity:.12}
+.chart .limit{stroke:var(--red);stroke-width:1.5;stroke-dasharray:6 4}
+.chart .limit-label{font-size:11px;fill:var(--red)}
+.bar{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin:10px 0 14px;
+position:sticky;top:0;background:var(--bg);padding:8px 0;z-index:1}
+.bar button{border:1px solid var(--line);background:var(--card);border-radius:999px;
+padding:5px 12px;cursor:pointer;font:inherit}
+.bar button.on{background:var(--ink);color:#fff;border-color:var(--ink)}
+.bar input{flex:1;min-width:200px;max-width:420px;padding:6px 10px;border:1px solid var(--line);
+border-radius:8px;font:inherit}
+.pager{margin-left:auto;color:var(--mute)}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:14px}
+.card{background:var(--card);border:1px solid var(--line);border-radius:12px;overflow:hidden;
+display:flex;flex-direction:column}
+.card.failed{border-color:#f5b5ae}
+.imgs{display:grid;grid-template-columns:repeat(var(--cols,1),1fr);grid-auto-rows:1fr;gap:2px;
+aspect-ratio:1;background:#eef0f3}
+.imgs a{display:block;min-height:0}
+.imgs img{width:100%;height:100%;object-fit:contain;display:block}
+.ph{display:flex;align-items:center;justify-content:center;text-align:center;
+padding:12px;color:var(--red);background:#fdf1f0;font-weight:600}
+.body{padding:10px 12px;display:flex;flex-direction:column;gap:6px}
+.prompt{display:-webkit-box;-webkit-line-clamp:4;-webkit-box-orient:vertical;overflow:hidden;
+overflow-wrap:anywhere}
+.revised{color:var(--mute);font-style:italic;overflow-wrap:anywhere}
+.chips{display:flex;flex-wrap:wrap;gap:4px}
+.chip{background:#eef2ff;color:#3346a8;border-radius:6px;padding:1px 6px;font-size:12px}
+.err{color:var(--red);overflow-wrap:anywhere}.err b{display:block}
+.small{color:var(--mute);font-size:12px;overflow-wrap:anywhere}
+.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
+.badge{display:inline-block;border-radius:6px;padding:0 6px;font-size:12px;font-weight:600}
+.badge.ok{background:#e7f6ec;color:var(--green)}.badge.failed{background:#fdecea;color:var(--red)}
+nav.pages{display:flex;gap:8px;justify-content:center;margin:18px 0}
+nav.pages button{border:1px solid var(--line);background:var(--card);border-radius:8px;
+padding:6px 14px;cursor:pointer;font:inherit}
+nav.pages button:disabled{opacity:.4;cursor:default}
+.empty{color:var(--mute);padding:30px;text-align:center}
+"""
+
+_SCRIPT = """
+"use strict";
+const ITEMS = JSON.parse(document.getElementById("items").textContent);
+const PAGE = Number(document.getElementById("gallery").dataset.pageSize);
+const grid = document.getElementById("gallery");
+const pager = document.getElementById("pager");
+let shown = ITEMS, page = 0, status = "all", query = "";
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function card(it) {
+  const c = el("article", it.error ? "card failed" : "card");
+  c.dataset.id = it.id;
+  const imgs = el("div", "imgs");
+  if (it.error) {
+    imgs.append(el("div", "ph", it.error.type || "failed"));
+  } else {
+    imgs.style.setProperty("--cols", Math.ceil(Math.sqrt(it.images.length)) || 1);
+    for (const im of it.images) {
+      if (im.missing) { imgs.append(el("div", "ph", "missing: " + im.missing)); continue; }
+      const a = el("a"); a.href = im.full;
+      const img = el("img"); img.loading = "lazy"; img.decoding = "async";
+      img.alt = it.prompt; img.src = im.thumb;
+      a.append(img); imgs.append(a);
+    }
+  }
+  const b = el("div", "body");
+  const head = el("div", "small");
+  head.append(el("span", "badge " + (it.error ? "failed" : "ok"), it.error ? "failed" : "done"),
+              " line " + it.line + " \\u00b7 " + it.seconds + " s" +
+              (it.attempts != null ? " \\u00b7 " + it.attempts + " attempt" +
+               (it.attempts === 1 ? "" : "s") : "") +
+              (it.rate_limited ? " \\u00b7 " + it.rate_limited + " \\u00d7 429" : ""));
+  b.append(head);
+  const p = el("div", "prompt", it.prompt); p.title = it.prompt; b.append(p);
+  if (it.revised) b.append(el("div", "revised", "revised: " + it.revised));
+  if (it.params) {
+    const chips = el("div", "chips");
+    for (const [k, v] of Object.entries(it.params)) chips.append(el("span", "chip", k + " " + v));
+    b.append(chips);
+  }
+  if (it.error) {
+    const e = it.error, box = el("div", "err");
+    box.append(el("b", "", [e.type, e.code, e.status].filter(Boolean).join(" \\u00b7 ")),
+               e.message || "");
+    if (e.param) box.append(el("div", "small", "param: " + e.param));
+    b.append(box);
+  }
+  b.append(el("div", "small mono", it.id + (it.request_id ? " \\u00b7 " + it.request_id : "")));
+  c.append(imgs, b);
+  return c;
+}
+function draw() {
+  const pages = Math.max(1, Math.ceil(shown.length / PAGE));
+  page = Math.min(page, pages - 1);
+  const slice = shown.slice(page * PAGE, (page + 1) * PAGE);
+  grid.replaceChildren(...slice.map(card));
+  if (!slice.length) grid.append(el("div", "empty", "nothing matches"));
+  pager.textContent = shown.length + " of " + ITEMS.length + " items \\u00b7 page " +
+    (page + 1) + " of " + pages;
+  for (const nav of document.querySelectorAll("nav.pages")) {
+    nav.querySelector(".prev").disabled = page === 0;
+    nav.querySelector(".next").disabled = page >= pages - 1;
+  }
+  document.body.dataset.rendered = String(slice.length);
+}
+function apply() {
+  const q = query.toLowerCase();
+  shown = ITEMS.filter(it => (status === "all" || (status === "failed") === !!it.error) &&
+    (!q || (it.prompt + " " + (it.revised || "") + " " + it.id + " " +
+            (it.error ? it.error.message || "" : "")).toLowerCase().includes(q)));
+  page = 0;
+  draw();
+}
+for (const btn of document.querySelectorAll("[data-status]")) {
+  btn.addEventListener("click", () => {
+    status = btn.dataset.status;
+    for (const other of document.querySelectorAll("[data-status]"))
+      other.classList.toggle("on", other === btn);
+    apply();
+  });
+}
+document.getElementById("search").addEventListener("input", e => {
+  query = e.target.value;
+  apply();
+});
+function turn(by) {
+  page += by;
+  draw();
+  scrollTo(0, grid.offsetTop - 60);
+}
+for (const nav of document.querySelectorAll("nav.pages")) {
+  nav.querySelector(".prev").addEventListener("click", () => turn(-1));
+  nav.querySelector(".next").addEventListener("click", () => turn(1));
+}
+draw();
+performance.mark("asyncimg-rendered");
+"""
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self';
+ style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>asyncimg report: {title}</title>
+<style>{style}</style></head>
+<body>
+<header><h1>asyncimg batch: {title}</h1>{details}</header>
+<main>
+<section class="tiles" id="summary">{tiles}</section>
+<section class="charts" id="charts">{charts}</section>
+<div class="bar">
+<button data-status="all" class="on">all {all}</button>
+<button data-status="done">done {done}</button>
+<button data-status="failed">failed {failed}</button>
+<input id="search" type="search" placeholder="search prompts, ids, errors" aria-label="search">
+<span class="pager" id="pager"></span>
+</div>
+<noscript><p class="empty">The gallery is drawn by the page's own script: allow JavaScript
+for this file to see the cards.</p></noscript>
+<section class="gallery" id="gallery" data-page-size="{page_size}"></section>
+<nav class="pages"><button class="prev">previous</button><button class="next">next</button></nav>
+</main>
+<script type="application/json" id="items">{data}</script>
+<script>{script}</script>
+</body></html>
+"""

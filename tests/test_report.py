@@ -1,0 +1,324 @@
+"""`asyncimg report`: the page's data, escaping, old manifests, and the page in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asyncimg import AsyncImagesClient
+from asyncimg._report import (
+    REPORT_NAME,
+    THUMBS_DIR,
+    Item,
+    make_thumbnails,
+    read_items,
+    window_peaks,
+    write_report,
+)
+from asyncimg._runner import MANIFEST_NAME, RUNS_NAME, open_text, run_batch
+from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
+
+from .browser import Browser, find_chromium
+from .conftest import TEST_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTILE = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    return subprocess.run(
+        [sys.executable, "-m", "asyncimg", *args], cwd=ROOT, capture_output=True, text=True,
+        env=env, timeout=120,
+    )
+
+
+def _prompts(path: Path) -> int:
+    lines = [
+        {"prompt": f"a small painting of lighthouse number {i}"} for i in range(6)
+    ] + [
+        {"prompt": "two foxes, larger", "size": "512x512", "n": 2},
+        {"prompt": "a larger heron", "size": "512x512"},
+        {"prompt": f"a cathedral {HOSTILE}"},
+        {"prompt": f"this one is {CONTENT_POLICY_MARKER}"},
+        {"prompt": "x" * 1200},  # too long for dall-e-2: a ValidationError item
+        {"prompt": "a calm lake & <b>bold</b> mountains"},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return len(lines)
+
+
+@pytest.fixture(scope="module")
+def batch_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """A batch run by the CLI with ``--report``: 12 items, 2 failed, thumbnails for 3 images."""
+    base = tmp_path_factory.mktemp("report")
+    count = _prompts(base / "p.jsonl")
+    out = base / "out"
+    proc = _cli(
+        "batch", str(base / "p.jsonl"), "-o", str(out), "--emulator", "--model", "dall-e-2",
+        "--size", "256x256", "--rate", "600/min", "--report",
+    )
+    assert proc.returncode == 1, proc.stderr  # two items fail on purpose
+    assert proc.stdout.strip().splitlines()[-1] == str(out / REPORT_NAME)
+    return out, count
+
+
+# -- what the runner records ----------------------------------------------------------
+
+
+def test_the_batch_records_send_times_and_the_run(batch_dir: tuple[Path, int]) -> None:
+    out, count = batch_dir
+    lines = [json.loads(x) for x in (out / MANIFEST_NAME).read_text().splitlines()]
+    assert len(lines) == count
+    done = [x for x in lines if x["status"] == "ok"]
+    assert all(len(x["sent"]) == x["attempts"] == 1 for x in done)
+    assert {x["sent"][0]["images"] for x in done} == {1, 2}
+    assert all(x["rate_limited"] == 0 for x in lines)
+    (run,) = [json.loads(x) for x in (out / RUNS_NAME).read_text().splitlines()]
+    assert run["rate"] == {"images": 600, "per": 60.0, "margin": 0.6, "burst": None}
+    assert (run["ok"], run["failed"], run["images"]) == (10, 2, 11)
+    assert run["started_at"] <= min(x["sent"][0]["at"] for x in done) <= run["finished_at"]
+
+
+async def test_429s_and_every_attempt_are_recorded(emu: Emulator, tmp_path: Path) -> None:
+    src = tmp_path / "p.txt"
+    src.write_text("only one\n")
+    emu.add_fault(Fault.status(429, retry_after=0.05, times=1))
+    async with AsyncImagesClient(
+        api_key=TEST_KEY, base_url=emu.base_url, max_retries=2,
+    ) as client:
+        summary = await run_batch(
+            client, open_text(str(src)), "txt", tmp_path / "out",
+            params={"model": "dall-e-2", "size": "256x256"},
+        )
+    assert summary.rate_limited == 1
+    (line,) = [json.loads(x) for x in (tmp_path / "out" / MANIFEST_NAME).read_text().splitlines()]
+    assert line["status"] == "ok"
+    assert line["rate_limited"] == 1
+    assert line["attempts"] == 2
+    assert [s["images"] for s in line["sent"]] == [1, 1]
+    assert line["sent"][0]["at"] < line["sent"][1]["at"]
+    (run,) = [json.loads(x) for x in (tmp_path / "out" / RUNS_NAME).read_text().splitlines()]
+    assert run["rate_limited"] == 1
+    assert run["pauses"] == 1
+
+
+async def test_usage_is_recorded_and_summed(emu: Emulator, tmp_path: Path) -> None:
+    src = tmp_path / "p.txt"
+    src.write_text("one\ntwo\n")
+    async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url) as client:
+        await run_batch(
+            client, open_text(str(src)), "txt", tmp_path,
+            params={"model": "gpt-image-1", "size": "1024x1024", "quality": "low"},
+        )
+    items = read_items(tmp_path)
+    assert all(item.usage and item.usage["total_tokens"] > 0 for item in items)
+    total = sum(item.usage["total_tokens"] for item in items if item.usage)
+    page = write_report(tmp_path).read_text()
+    assert f'<div class="v">{total:,}</div><div class="k">total tokens</div>' in page
+
+
+# -- the page, pure parts -------------------------------------------------------------
+
+
+def test_window_peaks_is_the_trailing_window_count() -> None:
+    sends = [(0.0, 4), (1.0, 4), (2.0, 3), (2.5, 1)]
+    # Window 2 s over [0, 4): at 2.0 the first 4 have left: 4 + 3 = 7; at 2.5: 8;
+    # at 3.0 the second 4 leave (an image counts in [t, t + 2)).
+    assert window_peaks(sends, 0.0, 4.0, 2.0, 4) == [4, 8, 8, 4]
+    assert window_peaks(sends, 0.0, 4.0, 2.0, 8) == [4, 4, 8, 8, 7, 8, 4, 4]
+    assert window_peaks(sends, 0.0, 4.0, 2.0, 1) == [8]
+    assert window_peaks([], 0.0, 1.0, 2.0, 3) == [0, 0, 0]
+    # A send before the start still fills its window.
+    assert window_peaks([(-1.0, 5)], 0.0, 2.0, 2.0, 2) == [5, 0]
+
+
+def test_a_manifest_of_an_older_version_renders(tmp_path: Path) -> None:
+    old = {
+        "id": "abc", "line": 1, "prompt": "old & <i>new</i>", "params": {"size": "256x256"},
+        "status": "ok", "files": ["abc-0.png"], "error": None, "request_id": "req_1",
+        "revised_prompt": None, "attempts": 1, "seconds": 1.5,
+        "finished_at": "2025-01-01T10:00:00.000+00:00",
+    }
+    failed = {"id": "def", "line": 2, "prompt": "p", "status": "failed",
+              "error": {"type": "BadRequestError", "message": "no"}}
+    outside = {"id": "ghi", "line": 3, "prompt": "q", "status": "ok",
+               "files": ["../secret.png", "/etc/passwd"]}
+    (tmp_path / "abc-0.png").write_bytes(b"not really a png")
+    (tmp_path / MANIFEST_NAME).write_text(
+        "".join(json.dumps(x) + "\n" for x in (old, failed, outside)) + "torn {"
+    )
+    proc = _cli("report", str(tmp_path), "--no-thumbnails")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{tmp_path / REPORT_NAME}\n"
+    page = (tmp_path / REPORT_NAME).read_text()
+    assert "approximate: no send times or rate were recorded, by an older version" in page
+    assert '<div class="v">not recorded</div><div class="k">waited on the limiter</div>' in page
+    items = read_items(tmp_path)
+    assert [i.id for i in items] == ["abc", "def", "ghi"]
+    assert '{"missing":"../secret.png"},{"missing":"/etc/passwd"}' in page  # never linked
+    assert items[0].send_times[0][0] == pytest.approx(items[0].finished_at - 1.5)  # type: ignore[operator]
+    assert "old & <i>" not in page  # escaped in the JSON too
+
+
+def test_every_text_is_escaped(batch_dir: tuple[Path, int]) -> None:
+    out, _ = batch_dir
+    page = (out / REPORT_NAME).read_text()
+    assert "<script>document" not in page
+    assert "<img src=x" not in page
+    assert "<b>bold</b>" not in page
+    # Two script elements of our own, and nothing links outside the directory.
+    assert page.count("<script") == 2
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in page
+
+
+def test_thumbnails_are_made_only_for_large_images(batch_dir: tuple[Path, int]) -> None:
+    out, _ = batch_dir
+    thumbs = sorted(p.name for p in (out / THUMBS_DIR).iterdir())
+    larger = [i for i in read_items(out) if i.params.get("size") == "512x512"]
+    assert thumbs == sorted(Path(f).stem + ".webp" for i in larger for f in i.files)
+    from PIL import Image
+
+    for name in thumbs:
+        with Image.open(out / THUMBS_DIR / name) as img:
+            assert max(img.size) == 256
+
+
+def test_without_pillow_the_page_shows_the_images(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from asyncimg.testing._png import make_png
+
+    (tmp_path / "big-0.png").write_bytes(make_png(512, 512))
+    line = {"id": "big", "line": 1, "prompt": "p", "status": "ok", "files": ["big-0.png"]}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(line) + "\n")
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    assert make_thumbnails(tmp_path, ["big-0.png"]) is None
+    page = write_report(tmp_path).read_text()
+    assert '"images":[{"full":"big-0.png","thumb":"big-0.png"}]' in page
+    assert not (tmp_path / THUMBS_DIR).exists()
+
+
+def test_report_of_a_directory_without_manifest_is_a_usage_error(tmp_path: Path) -> None:
+    proc = _cli("report", str(tmp_path))
+    assert proc.returncode == 2
+    assert "no manifest.jsonl" in proc.stderr
+
+
+def test_item_from_json_tolerates_odd_fields() -> None:
+    item = Item.from_json({"id": "x", "sent": [{"at": "soon"}, 3, {"at": 5.0}], "line": "2",
+                           "attempts": "many", "seconds": float("nan"), "usage": []})
+    assert (item.sent, item.line, item.attempts, item.seconds, item.usage) == (
+        ((5.0, 1),), 0, None, 0.0, None
+    )
+
+
+# -- the page in a real browser -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Chromium's executable; the browser tests skip without it (never on CI)."""
+    found = find_chromium()
+    if found is None:
+        reason = "no Chromium on PATH: install Debian's chromium package to run the browser tests"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: .ci/run installs it)")
+        pytest.skip(reason)
+    return found
+
+
+_CHECK = """(async () => {
+  const imgs = [...document.querySelectorAll('#gallery img')];
+  for (const img of imgs) { img.loading = 'eager'; }
+  await Promise.all(imgs.map(img => img.decode().catch(() => null)));
+  const series = document.querySelector('#charts path.series');
+  return {
+    cards: document.querySelectorAll('#gallery .card').length,
+    failedCards: document.querySelectorAll('#gallery .card.failed').length,
+    images: imgs.length,
+    decoded: imgs.filter(img => img.complete && img.naturalWidth > 0).length,
+    prompts: [...document.querySelectorAll('#gallery .prompt')].map(p => p.textContent),
+    chartWidth: series ? series.getBBox().width : 0,
+    chartSteps: series ? (series.getAttribute('d').match(/V/g) || []).length : 0,
+    limitLines: document.querySelectorAll('#charts line.limit').length,
+    title: document.title,
+  };
+})()"""
+
+_FAILED = """(() => {
+  document.querySelector('[data-status=failed]').click();
+  const cards = [...document.querySelectorAll('#gallery .card')];
+  return {cards: cards.length, failed: cards.filter(c => c.classList.contains('failed')).length,
+          errors: cards.map(c => c.querySelector('.err b').textContent)};
+})()"""
+
+_SEARCH = """(() => {
+  document.querySelector('[data-status=all]').click();
+  const box = document.getElementById('search');
+  box.value = 'HERON';
+  box.dispatchEvent(new Event('input'));
+  return [...document.querySelectorAll('#gallery .prompt')].map(p => p.textContent);
+})()"""
+
+
+async def test_the_page_in_chromium(
+    chromium: str, batch_dir: tuple[Path, int], tmp_path: Path
+) -> None:
+    out, count = batch_dir
+    async with Browser(chromium) as browser:
+        await browser.open((out / REPORT_NAME).resolve().as_uri())
+        seen = await browser.evaluate(_CHECK)
+        await browser.screenshot(tmp_path / "report.png")
+        assert seen["cards"] == count
+        assert seen["failedCards"] == 2
+        assert seen["images"] == 11  # ten done items, one of them with n=2
+        assert seen["decoded"] == seen["images"]
+        assert f"a cathedral {HOSTILE}" in seen["prompts"]  # shown as text, not run
+        assert "a calm lake & <b>bold</b> mountains" in seen["prompts"]
+        assert seen["title"] != "pwned"
+        assert seen["chartWidth"] > 500
+        assert seen["chartSteps"] >= 2
+        assert seen["limitLines"] == 1
+        failed = await browser.evaluate(_FAILED)
+        assert failed["cards"] == failed["failed"] == 2
+        assert sorted(failed["errors"]) == [
+            "ContentPolicyError · content_policy_violation · 400", "ValidationError",
+        ]
+        assert await browser.evaluate(_SEARCH) == ["a larger heron"]
+        assert browser.errors == []
+
+
+async def test_a_long_report_is_paged_in_chromium(chromium: str, tmp_path: Path) -> None:
+    from asyncimg.testing._png import make_png
+
+    lines = []
+    for i in range(130):
+        name = f"item{i}-0.png"
+        (tmp_path / name).write_bytes(make_png(64, 64, seed=str(i)))
+        lines.append(json.dumps({
+            "id": f"item{i}", "line": i + 1, "prompt": f"prompt {i}", "status": "ok",
+            "files": [name], "sent": [{"at": 1000.0 + i / 10, "images": 1}], "seconds": 0.1,
+        }))
+    (tmp_path / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+    write_report(tmp_path, thumbnails=False)
+    async with Browser(chromium) as browser:
+        await browser.open((tmp_path / REPORT_NAME).as_uri())
+        seen = set()
+        for _ in range(3):
+            page = await browser.evaluate(
+                "[...document.querySelectorAll('#gallery .prompt')].map(p => p.textContent)"
+            )
+            assert len(page) <= 60
+            seen.update(page)
+            await browser.evaluate("document.querySelector('nav.pages .next').click()")
+        assert seen == {f"prompt {i}" for i in range(130)}
+        pager = await browser.evaluate("document.getElementById('pager').textContent")
+        assert pager == "130 of 130 items · page 3 of 3"
+        assert browser.errors == []
