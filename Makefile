@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(VENV)/bin/ruff check asyncimg tests benchmarks
 	$(VENV)/bin/mypy --strict asyncimg
+	$(VENV)/bin/mypy --strict tests/typing
 
 test: lint
 	$(PY) -m pytest -q

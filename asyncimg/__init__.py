@@ -34,6 +34,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._files import ImageFile, ImageInput
+from ._keywords import EditKeywords, GenerateKeywords, RequestOptions, VariationKeywords
 from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter
 from ._models import (
     BatchItem,
@@ -46,6 +47,13 @@ from ._models import (
     Usage,
 )
 from ._refs import ImageRef
+from ._stream import (
+    CompletedImageEvent,
+    ImageStream,
+    ImageStreamEvent,
+    PartialImageEvent,
+    UnknownEvent,
+)
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
@@ -66,12 +74,17 @@ __all__ = [
     "BatchJob",
     "BatchRequestError",
     "BatchResult",
+    "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
+    "EditKeywords",
+    "GenerateKeywords",
     "Image",
     "ImageFile",
     "ImageInput",
     "ImageRef",
+    "ImageStream",
+    "ImageStreamEvent",
     "ImagesClient",
     "ImagesResponse",
     "InputTokensDetails",
@@ -80,16 +93,20 @@ __all__ = [
     "LimiterStats",
     "NotFoundError",
     "OutputTokensDetails",
+    "PartialImageEvent",
     "PermissionDeniedError",
     "PromptSource",
     "PromptSpec",
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RequestOptions",
     "ResponseTooLargeError",
+    "UnknownEvent",
     "UnprocessableEntityError",
     "Usage",
     "ValidationError",
+    "VariationKeywords",
     "__version__",
     "batch_line",
     "submit_batch",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import math
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
@@ -33,6 +32,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import AsyncImgError, ValidationError
+from ._keywords import GENERATE_KEYWORDS
 from ._models import BatchItem, PromptSource, PromptSpec
 from ._retry import ATTEMPTS
 
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchIterator",
-    "generate_keywords",
     "generate_many",
     "make_item",
 ]
@@ -49,20 +48,10 @@ __all__ = [
 _S = TypeVar("_S")
 _T = TypeVar("_T")
 
-_NOT_PARAMS = frozenset({"self", "prompt"})
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 # Tasks of running drivers: the event loop keeps only weak references.
 _DRIVERS: set[asyncio.Task[None]] = set()
-
-
-def generate_keywords(client: AsyncImagesClient) -> frozenset[str]:
-    """The keyword parameters ``client.generate`` takes (``prompt`` excluded)."""
-    return frozenset(
-        name
-        for name, p in inspect.signature(client.generate).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _NOT_PARAMS
-    )
 
 
 def _split_spec(spec: object, allowed: frozenset[str]) -> tuple[str, Mapping[str, Any]]:
@@ -340,7 +329,7 @@ def generate_many(
             (``param`` is its name), or ``prompts`` is not an iterable of prompts.
     """
     params = dict(params or {})
-    allowed = generate_keywords(client)
+    allowed = GENERATE_KEYWORDS
     for key in params:
         if key == "prompt":
             raise ValidationError("prompt", "the prompts come from `prompts`, not from params")

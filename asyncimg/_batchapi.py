@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from ._body import encode_json
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -306,15 +307,19 @@ async def _request(
     max_retries: int | None = None,
 ) -> RawResponse:
     url = client.base_url + path
+    policy = client._policy(max_retries)
+    body = encode_json(json_body, {}) if json_body is not None else None
+    if form is not None:
+        body = form.encode()
 
     def send() -> Awaitable[RawResponse]:
         return client._transport.request(
-            method, url, headers=client._headers, json_body=json_body, form=form,
+            method, url, headers=client._headers, body=body,
             timeout=client.timeout, decode_json=False,
         )
 
     return await client._with_retries(
-        send, _raw, images=0, max_retries=max_retries, what=f"{method} {path}"
+        send, _raw, images=0, policy=policy, what=f"{method} {path}"
     )
 
 

@@ -11,23 +11,27 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import inspect
+import itertools
 import logging
 import os
 import platform
 import re
-import tempfile
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
 
 from ._azure import azure_options
+from ._body import Body
+from ._checks import check_header_value, check_int, check_seconds
 from ._config import (
     ProxyConfig,
     QueryValue,
@@ -42,11 +46,14 @@ from ._config import (
 )
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
+from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
+from ._offloop import OFF_LOOP_BYTES, off_loop
 from ._params import EditParams, GenerateParams, JsonEditParams, Params, VariationParams
-from ._refs import ImageRef, by_reference, load_ref, load_refs
+from ._refs import EditImages, by_reference, load_ref, load_refs
 from ._retry import RetryPolicy, count_attempt, count_status, decide
+from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 from ._transport import RawResponse, Transport, without_query
 from ._version import __version__
 
@@ -61,6 +68,9 @@ DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 DEFAULT_RATE_LIMIT: Final = RateLimit(images=50, per=60.0)
 """The API's default for image models: 50 images per minute."""
 DEFAULT_MAX_RESPONSE_BYTES: Final = 512 * 1024 * 1024
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+"""Seconds to open a connection, as the official SDK: a host that drops packets
+costs seconds, not a whole attempt's timeout."""
 
 _T = TypeVar("_T")
 _C = TypeVar("_C", bound="AsyncImagesClient")
@@ -70,6 +80,7 @@ TokenProvider = Callable[[], str | Awaitable[str]]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 _DASHES = re.compile(r"-{2,}")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")  # no space or control character in a URL
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -102,7 +113,9 @@ class AsyncImagesClient:
         limiter: a limiter to share between clients (overrides ``rate_limit``).
         max_concurrency: requests in flight at once.
         max_retries: retries after the first attempt (per call: ``max_retries=``).
-        timeout: seconds for one attempt (per call: ``timeout=``).
+        timeout: seconds for one attempt (per call: ``timeout=``); None: no limit.
+        connect_timeout: seconds to open a connection, within ``timeout``
+            (default 5, as the official SDK); None: no limit of its own.
         max_response_bytes: a larger response body is refused unread.
         default_headers: headers sent with every request (they replace the
             client's own of the same name); per call: ``extra_headers=``.
@@ -118,8 +131,9 @@ class AsyncImagesClient:
             directory) to trust instead of the system's; by default the system's
             CAs, or ``$SSL_CERT_FILE``/``$SSL_CERT_DIR`` when set.
         http_session: your own ``aiohttp.ClientSession`` to send through (its
-            connector, proxy and TLS settings are then yours); the client never
-            closes it. Not with ``proxy``/``ssl``.
+            connector, proxy and TLS settings are then yours; made on the loop
+            that runs this async client); the client never closes it. Not with
+            ``proxy``/``ssl``.
 
     Raises:
         ValidationError: an argument is invalid, or no API key is set for the official API.
@@ -138,6 +152,7 @@ class AsyncImagesClient:
         max_concurrency: int = 16,
         max_retries: int = 3,
         timeout: float | None = 600.0,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         default_headers: Mapping[str, str] | None = None,
         default_query: Mapping[str, QueryValue] | None = None,
@@ -150,17 +165,26 @@ class AsyncImagesClient:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         organization = organization or os.environ.get("OPENAI_ORG_ID")
         project = project or os.environ.get("OPENAI_PROJECT_ID")
-        if not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ValidationError("max_concurrency", "max_concurrency must be an integer >= 1")
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ValidationError("max_retries", "max_retries must be an integer >= 0")
-        if timeout is not None and timeout <= 0:
-            raise ValidationError("timeout", "timeout must be a positive number of seconds")
+        check_int("max_concurrency", max_concurrency, 1)
+        check_int("max_retries", max_retries, 0)
+        check_int("max_response_bytes", max_response_bytes, 1)
+        check_seconds("timeout", timeout, none_ok=True)
+        check_seconds("connect_timeout", connect_timeout, none_ok=True)
         if token_provider is not None and not callable(token_provider):
             raise ValidationError("token_provider", "token_provider must be a callable")
         if not api_key and token_provider is None and base_url.rstrip("/") == DEFAULT_BASE_URL:
             raise ValidationError(
                 "api_key", "no API key: pass api_key= or set OPENAI_API_KEY"
+            )
+        try:
+            scheme, host, _port = _origin(base_url)
+        except ValueError:  # a port out of range
+            scheme, host = "", ""
+        if scheme not in ("http", "https") or not host or _CONTROL.search(base_url):
+            raise ValidationError(
+                "base_url",
+                f"base_url {redact_url(without_query(base_url))!r} is not an http:// or "
+                "https:// URL",
             )
         if http_session is not None and (proxy is not None or ssl is not None):
             raise ValidationError(
@@ -183,11 +207,11 @@ class AsyncImagesClient:
         self._origin = _origin(self.base_url)
         headers = {}
         if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
+            headers["Authorization"] = f"Bearer {check_header_value('api_key', api_key)}"
         if organization:
-            headers["OpenAI-Organization"] = organization
+            headers["OpenAI-Organization"] = check_header_value("organization", organization)
         if project:
-            headers["OpenAI-Project"] = project
+            headers["OpenAI-Project"] = check_header_value("project", project)
         self._headers: Mapping[str, str] = merge_headers(
             headers, check_headers(default_headers, "default_headers")
         )
@@ -200,6 +224,7 @@ class AsyncImagesClient:
             max_connections=max_concurrency + 4,
             max_response_bytes=max_response_bytes,
             user_agent=user_agent,
+            connect_timeout=connect_timeout,
             proxies=proxies,
             ssl=None if ssl is None else ssl_context(ssl),
             session=http_session,
@@ -244,8 +269,7 @@ class AsyncImagesClient:
     def __repr__(self) -> str:
         return (
             f"AsyncImagesClient(base_url={redact_url(without_query(self.base_url))!r}, "
-            f"model={self.model!r}, "
-            f"max_concurrency={self.max_concurrency})"
+            f"model={self.model!r}, max_concurrency={self.max_concurrency})"
         )
 
     async def __aenter__(self) -> AsyncImagesClient:
@@ -264,87 +288,94 @@ class AsyncImagesClient:
         """Close the HTTP session and its connections. Safe to call twice."""
         await self._transport.aclose()
 
+    async def close(self) -> None:
+        """The same as :meth:`aclose`: the official SDK's name for it."""
+        await self.aclose()
+
     # -- the three calls ---------------------------------------------------------------
 
+    @overload
+    async def generate(
+        self, prompt: str, *, stream: Literal[True], **kwargs: Unpack[GenerateKeywords]
+    ) -> ImageStream: ...
+    @overload
     async def generate(
         self,
         prompt: str,
         *,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        quality: str | None = None,
-        response_format: str | None = None,
-        output_format: str | None = None,
-        output_compression: int | None = None,
-        background: str | None = None,
-        moderation: str | None = None,
-        style: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_query: Mapping[str, QueryValue] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-    ) -> ImagesResponse:
+        stream: Literal[False] | None = None,
+        **kwargs: Unpack[GenerateKeywords],
+    ) -> ImagesResponse: ...
+    @overload
+    async def generate(
+        self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+    ) -> ImagesResponse | ImageStream: ...
+    async def generate(
+        self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+    ) -> ImagesResponse | ImageStream:
         """Create images from a prompt (``POST /images/generations``).
 
         Every parameter of the API is a keyword; None is not sent. ``extra_body``
         adds parameters this version does not know, ``extra_headers`` and
         ``extra_query`` headers and query parameters (over the client's
         defaults); ``timeout`` and ``max_retries`` override the client's for
-        this call.
+        this call. ``stream=True``
+        (GPT image models) returns an :class:`~asyncimg.ImageStream` of
+        ``partial_images`` partial images and then the final one, once its
+        first event has arrived.
 
         Raises:
             ValidationError: a parameter breaks the model's rules (nothing sent).
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        params = GenerateParams.build(
-            prompt=prompt,
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            quality=quality,
-            response_format=response_format,
-            output_format=output_format,
-            output_compression=output_compression,
-            background=background,
-            moderation=moderation,
-            style=style,
-            user=user,
-            extra_body=extra_body,
-        )
-        return await self._call(params, timeout, max_retries, extra_headers, extra_query)
+        fields, options = self._fields(kwargs)
+        params = GenerateParams.build(prompt=prompt, stream=stream, **fields)
+        if params.stream:
+            return await self._stream(params, options)
+        return await self._call(params, options)
 
+    @overload
     async def edit(
         self,
-        image: ImageInput | ImageFile | ImageRef | Sequence[ImageInput | ImageFile | ImageRef],
+        image: EditImages,
         prompt: str,
         *,
-        mask: ImageInput | ImageFile | ImageRef | None = None,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        quality: str | None = None,
-        response_format: str | None = None,
-        output_format: str | None = None,
-        output_compression: int | None = None,
-        background: str | None = None,
-        input_fidelity: str | None = None,
-        moderation: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_query: Mapping[str, QueryValue] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-    ) -> ImagesResponse:
+        stream: Literal[True],
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImageStream: ...
+    @overload
+    async def edit(
+        self,
+        image: EditImages,
+        prompt: str,
+        *,
+        stream: Literal[False] | None = None,
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImagesResponse: ...
+    @overload
+    async def edit(
+        self,
+        image: EditImages,
+        prompt: str,
+        *,
+        stream: bool | None = None,
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImagesResponse | ImageStream: ...
+    async def edit(
+        self,
+        image: EditImages,
+        prompt: str,
+        *,
+        stream: bool | None = None,
+        **kwargs: Unpack[EditKeywords],
+    ) -> ImagesResponse | ImageStream:
         """Edit or extend one image, or up to 16 for the GPT image models (``POST /images/edits``).
 
         ``image`` is a path, bytes, a binary file, a ``(filename, bytes[, mime])``
         tuple, an :class:`~asyncimg.ImageRef`, or a list of those; ``mask``
         likewise (a PNG whose transparent areas mark what to edit).
+        ``stream=True`` as for :meth:`generate`.
 
         When the image, one of the images or the mask is an ImageRef (a URL or
         a file id), the edit is sent as JSON, the GPT image models' form, and
@@ -357,22 +388,12 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        common: dict[str, Any] = {
-            "prompt": prompt,
-            "model": model if model is not None else self.model,
-            "n": n,
-            "size": size,
-            "quality": quality,
-            "output_format": output_format,
-            "output_compression": output_compression,
-            "background": background,
-            "input_fidelity": input_fidelity,
-            "user": user,
-            "extra_body": extra_body,
-        }
+        fields, options = self._fields(kwargs)
+        mask = fields.pop("mask", None)
+        moderation = fields.pop("moderation", None)
         params: EditParams | JsonEditParams
         if by_reference(image, mask):
-            if response_format is not None:
+            if fields.pop("response_format", None) is not None:
                 raise ValidationError(
                     "response_format",
                     "response_format is not taken by an edit of images by reference (ImageRef); "
@@ -381,8 +402,7 @@ class AsyncImagesClient:
             params = JsonEditParams.build(
                 image_refs=await load_refs(image, "image"),
                 mask=None if mask is None else await load_ref(mask, "mask"),
-                moderation=moderation,
-                **common,
+                prompt=prompt, moderation=moderation, stream=stream, **fields
             )
         else:
             if moderation is not None:
@@ -391,28 +411,19 @@ class AsyncImagesClient:
                     "moderation is taken only by an edit of images by reference (ImageRef, "
                     "sent as JSON), not by an upload of files",
                 )
-            params = EditParams.build(
-                image=await load_images(image, "image"),  # type: ignore[arg-type]
-                mask=None if mask is None else await load_image(mask, "mask"),  # type: ignore[arg-type]
-                response_format=response_format,
-                **common,
+            images = await load_images(image, "image")  # type: ignore[arg-type]
+            mask_file = None if mask is None else await load_image(mask, "mask")
+            params = await _build(
+                EditParams,
+                _bytes_of((*images, mask_file)),
+                image=images, prompt=prompt, mask=mask_file, stream=stream, **fields
             )
-        return await self._call(params, timeout, max_retries, extra_headers, extra_query)
+        if params.stream:
+            return await self._stream(params, options)
+        return await self._call(params, options)
 
     async def create_variation(
-        self,
-        image: ImageInput | ImageFile,
-        *,
-        model: str | None = None,
-        n: int | None = None,
-        size: str | None = None,
-        response_format: str | None = None,
-        user: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_query: Mapping[str, QueryValue] | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
+        self, image: ImageInput | ImageFile, **kwargs: Unpack[VariationKeywords]
     ) -> ImagesResponse:
         """Create variations of an image (``POST /images/variations``, dall-e-2).
 
@@ -421,16 +432,10 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        params = VariationParams.build(
-            image=(await load_image(image, "image"),),
-            model=model if model is not None else self.model,
-            n=n,
-            size=size,
-            response_format=response_format,
-            user=user,
-            extra_body=extra_body,
-        )
-        return await self._call(params, timeout, max_retries, extra_headers, extra_query)
+        fields, options = self._fields(kwargs)
+        file = await load_image(image, "image")
+        params = await _build(VariationParams, _bytes_of((file,)), image=(file,), **fields)
+        return await self._call(params, options)
 
     def generate_many(
         self,
@@ -438,7 +443,7 @@ class AsyncImagesClient:
         prompts: PromptSource,
         *,
         ordered: bool = False,
-        **params: Any,
+        **params: Unpack[GenerateKeywords],
     ) -> AsyncIterator[BatchItem]:
         """Generate images for many prompts, at most ``max_concurrency`` at once.
 
@@ -460,14 +465,21 @@ class AsyncImagesClient:
     async def download(self, image: Image, *, timeout: float | None = None) -> bytes:
         """The bytes of one result: ``b64_json`` decoded, or ``url`` fetched with retries.
 
-        The API key is sent only to a URL on the API's own origin.
+        The API key is sent only to a URL on the API's own origin. A download
+        takes nothing from the rate limit, and its retries wait on their own
+        (the server's wait, else backoff): a 429 from a file host never pauses
+        the image calls.
 
         Raises:
+            ValidationError: ``timeout`` is not a positive number of seconds.
             APIResponseValidationError: the base64 does not decode, or the image has neither.
             APIStatusError: the URL answered an error (403 once it has expired).
             APIConnectionError: no usable answer after the retries.
         """
+        check_seconds("timeout", timeout, none_ok=True)
         if image.b64_json is not None:
+            if len(image.b64_json) > OFF_LOOP_BYTES:
+                return await off_loop(decode_b64, image)
             return decode_b64(image)
         if image.url is None:
             raise APIResponseValidationError(
@@ -475,13 +487,14 @@ class AsyncImagesClient:
             )
         url = image.url
         headers = await self._request_headers({}) if _origin(url) == self._origin else {}
+        attempt_timeout = timeout if timeout is not None else self.timeout
         return await self._with_retries(
             lambda: self._transport.request(
-                "GET", url, headers=headers, timeout=timeout or self.timeout
+                "GET", url, headers=headers, timeout=attempt_timeout
             ),
             _body,
             images=0,
-            max_retries=None,
+            policy=self.retry_policy,
             what=f"GET {without_query(url)}",
         )
 
@@ -491,13 +504,18 @@ class AsyncImagesClient:
         directory: str | os.PathLike[str],
         *,
         stem: str | None = None,
+        overwrite: bool = False,
     ) -> list[Path]:
         """Write every image of ``response`` into ``directory``; returns the paths.
 
         Files are named ``{stem}-{i}.{ext}`` (the extension from the bytes; the
-        stem defaults to the request id or the creation time and is made safe so
-        that it cannot leave the directory). Each file is written to a temporary
-        name and renamed, so a reader never sees a half-written image.
+        stem defaults to the request id, else ``image-{created}-{random}``, and
+        is made safe so that it cannot leave the directory). An existing file
+        is never replaced: a taken name gets ``-1``, ``-2``, ... before its
+        extension; with ``overwrite=True`` it is replaced instead (the batch
+        runner does so for an item it redoes). Each file is written under a
+        temporary name and linked into place, so a reader never sees a
+        half-written image; its mode follows the umask, as ``open()`` would.
 
         Raises:
             APIResponseValidationError, APIStatusError, APIConnectionError: as :meth:`download`.
@@ -506,17 +524,64 @@ class AsyncImagesClient:
         from anyio import to_thread  # on first use: `import asyncimg` stays light
 
         folder = Path(directory)
-        base = safe_stem(stem or response.request_id or f"image-{response.created or 0}")
+        default = f"image-{response.created or 0}-{secrets.token_hex(4)}"
+        base = safe_stem(stem or response.request_id or default)
         paths = []
         for i, image in enumerate(response.data):
             data = await self.download(image)
             ext = EXTENSIONS.get(sniff_mime(data) or "", response.output_format or "png")
-            path = folder / f"{base}-{i}.{ext}"
-            await to_thread.run_sync(write_atomic, path, data)
-            paths.append(path)
+            paths.append(
+                await to_thread.run_sync(write_new, folder, f"{base}-{i}", ext, data, overwrite)
+            )
         return paths
 
+    async def save_event(
+        self,
+        event: PartialImageEvent | CompletedImageEvent,
+        directory: str | os.PathLike[str],
+        *,
+        stem: str | None = None,
+    ) -> Path:
+        """Write the image of one streamed event into ``directory``; returns the path.
+
+        A partial image is named ``{stem}-partial-{i}.{ext}``, the final one
+        ``{stem}-0.{ext}`` (as :meth:`save` names it); the stem defaults to the
+        stream's request id. Written atomically, like :meth:`save`.
+
+        Raises:
+            APIResponseValidationError: the event's base64 does not decode.
+            OSError: the directory cannot be written.
+        """
+        from anyio import to_thread  # on first use: `import asyncimg` stays light
+
+        data = decode_b64(Image(b64_json=event.b64_json))
+        base = safe_stem(stem or event.request_id or f"image-{event.created_at or 0}")
+        ext = EXTENSIONS.get(sniff_mime(data) or "", event.output_format or "png")
+        if isinstance(event, PartialImageEvent):
+            name = f"{base}-partial-{event.partial_image_index or 0}.{ext}"
+        else:
+            name = f"{base}-0.{ext}"
+        path = Path(directory) / name
+        await to_thread.run_sync(write_atomic, path, data)
+        return path
+
     # -- the engine --------------------------------------------------------------------
+
+    def _fields(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], _CallOptions]:
+        """A call's keywords split into the request's fields and the call's options.
+
+        The client's model stands in for a missing one.
+        """
+        fields = dict(kwargs)
+        options = _CallOptions(
+            timeout=fields.pop("timeout", None),
+            max_retries=fields.pop("max_retries", None),
+            extra_headers=fields.pop("extra_headers", None),
+            extra_query=fields.pop("extra_query", None),
+        )
+        if fields.get("model") is None:
+            fields["model"] = self.model
+        return fields, options
 
     async def _request_headers(self, extra: Mapping[str, str]) -> Mapping[str, str]:
         """The client's headers, a fresh bearer token when a provider is set, then ``extra``.
@@ -543,6 +608,28 @@ class AsyncImagesClient:
             )
         return merge_headers(self._headers, {"Authorization": f"Bearer {token}"}, extra)
 
+    def _prepare(
+        self, params: Params, options: _CallOptions
+    ) -> tuple[RetryPolicy, float | None, str, Mapping[str, str]]:
+        """Check a call's options (before any budget is taken): its retry policy,
+        its attempt timeout, its URL and its extra headers.
+
+        Raises:
+            ValidationError: an option is invalid, or no deployment can be named.
+        """
+        policy = self._policy(options.max_retries)
+        check_seconds("timeout", options.timeout, none_ok=True)
+        attempt_timeout = options.timeout if options.timeout is not None else self.timeout
+        url = request_url(
+            self._base,
+            params.path,
+            self._base_query,
+            self._default_query,
+            check_query(options.extra_query, "extra_query"),
+            model=params.model,
+        )
+        return policy, attempt_timeout, url, check_headers(options.extra_headers, "extra_headers")
+
     def _get_gate(self) -> asyncio.Semaphore:
         # asyncio's semaphore: anyio's always yields to the loop once per acquire.
         gate = self._gate
@@ -550,45 +637,58 @@ class AsyncImagesClient:
             gate = self._gate = asyncio.Semaphore(self.max_concurrency)
         return gate
 
-    async def _call(
-        self,
-        params: Params,
-        timeout: float | None,
-        max_retries: int | None,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_query: Mapping[str, QueryValue] | None = None,
-    ) -> ImagesResponse:
-        url = request_url(
-            self._base,
-            params.path,
-            self._base_query,
-            self._default_query,
-            check_query(extra_query, "extra_query"),
-            model=params.model,
-        )
-        extra = check_headers(extra_headers, "extra_headers")
-        json_body: dict[str, Any] | None = None
-        form = None
-        if isinstance(params, (GenerateParams, JsonEditParams)):
-            json_body = params.to_json()
-        else:
-            form = params.to_form()
-        attempt_timeout = timeout if timeout is not None else self.timeout
+    async def _call(self, params: Params, options: _CallOptions) -> ImagesResponse:
+        # Everything that can be refused is refused here, before any budget is taken:
+        # the retry count, the timeout, the URL, the headers and the whole body as bytes.
+        policy, attempt_timeout, url, extra = self._prepare(params, options)
+        body = await _encode(params)
 
         async def attempt() -> RawResponse:
             return await self._transport.request(
                 "POST",
                 url,
                 headers=await self._request_headers(extra),
-                json_body=json_body,
-                form=form,
+                body=body,
                 timeout=attempt_timeout,
                 decode_json=True,
             )
 
         return await self._with_retries(
-            attempt, parse_images_response, images=params.images, max_retries=max_retries,
+            attempt, parse_images_response, images=params.images, policy=policy,
             what=f"POST {params.path}",
+        )
+
+    def _policy(self, max_retries: int | None) -> RetryPolicy:
+        if max_retries is None:
+            return self.retry_policy
+        check_int("max_retries", max_retries, 0)
+        return attrs.evolve(self.retry_policy, max_retries=max_retries)
+
+    async def _stream(
+        self, params: GenerateParams | EditParams | JsonEditParams, options: _CallOptions
+    ) -> ImageStream:
+        """Open a stream and wait for its first event; retried until that event has come."""
+        policy, attempt_timeout, url, extra = self._prepare(params, options)
+        body = await _encode(params)
+        opened: list[ImageStream] = []
+
+        async def attempt() -> RawResponse:
+            response = await self._transport.open_stream(
+                url, headers=await self._request_headers(extra), body=body,
+                timeout=attempt_timeout,
+            )
+            stream = ImageStream(
+                response, timeout=attempt_timeout, what=f"POST {params.path}",
+                kind="image_generation" if isinstance(params, GenerateParams) else "image_edit",
+                max_event_bytes=self._transport.max_response_bytes,
+            )
+            await stream.prime()
+            opened.append(stream)
+            return RawResponse(stream.status, stream.headers)
+
+        return await self._with_retries(
+            attempt, lambda _: opened.pop(), images=params.images, policy=policy,
+            what=f"POST {params.path} (stream)",
         )
 
     async def _with_retries(
@@ -597,14 +697,9 @@ class AsyncImagesClient:
         parse: Callable[[RawResponse], _T],
         *,
         images: int,
-        max_retries: int | None,
+        policy: RetryPolicy,
         what: str,
     ) -> _T:
-        policy = self.retry_policy
-        if max_retries is not None:
-            if not isinstance(max_retries, int) or max_retries < 0:
-                raise ValidationError("max_retries", "max_retries must be an integer >= 0")
-            policy = attrs.evolve(policy, max_retries=max_retries)
         attempt = 0
         while True:
             attempt += 1
@@ -630,9 +725,9 @@ class AsyncImagesClient:
                     "%s: retrying after attempt %d (%s) in %.2fs",
                     what, attempt, decision.reason, decision.wait,
                 )
-                if decision.pause_all:
+                if decision.pause_all and images > 0:
                     self.limiter.pause(decision.wait)
-                else:
+                else:  # a download's 429 is its host's, not the image budget's
                     await asyncio.sleep(decision.wait)
 
     async def _attempt(
@@ -660,6 +755,16 @@ class AsyncImagesClient:
             return raw
 
 
+@attrs.frozen
+class _CallOptions:
+    """What a call takes besides the API's parameters (``RequestOptions`` less ``extra_body``)."""
+
+    timeout: float | None = None
+    max_retries: int | None = None
+    extra_headers: Mapping[str, str] | None = None
+    extra_query: Mapping[str, QueryValue] | None = None
+
+
 def parse_images_response(raw: RawResponse) -> ImagesResponse:
     """Turn a successful, decoded response into an :class:`ImagesResponse`.
 
@@ -673,15 +778,29 @@ def _body(raw: RawResponse) -> bytes:
     return raw.body
 
 
+_B64_PIECE: Final = 1 << 20
+"""Base64 is decoded in pieces of this many characters (a multiple of 4): binascii
+holds the GIL for a whole call, so one 20 MB call in a worker thread would stall
+the event loop for its ~80 ms; between pieces the loop gets its turn."""
+
+
 def decode_b64(image: Image, index: int | None = None) -> bytes:
-    """Decode an image's ``b64_json``.
+    """Decode an image's ``b64_json`` (strictly: base64 characters and final padding only).
 
     Raises:
         APIResponseValidationError: the text is not valid base64.
     """
     text = image.b64_json or ""
     try:
-        return base64.b64decode(text, validate=True)
+        if len(text) <= _B64_PIECE:
+            return base64.b64decode(text, validate=True)
+        pieces = []
+        for start in range(0, len(text), _B64_PIECE):
+            piece = text[start : start + _B64_PIECE]
+            if start + _B64_PIECE < len(text) and "=" in piece:
+                raise ValueError("padding before the end")
+            pieces.append(base64.b64decode(piece, validate=True))
+        return b"".join(pieces)
     except (binascii.Error, ValueError):
         name = "image" if index is None else f"image {index}"
         raise APIResponseValidationError(
@@ -689,22 +808,96 @@ def decode_b64(image: Image, index: int | None = None) -> bytes:
         ) from None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory.
-
-    Raises:
-        OSError: the file cannot be written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
+    """``data`` in a new temporary file of ``folder``, flushed (mode 0o666 less the umask)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{stem}.{secrets.token_hex(6)}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed over it (replacing it).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    tmp = _write_temp(path.parent, path.name, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
+
+def write_new(folder: Path, stem: str, ext: str, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``folder/{stem}.{ext}``, or ``{stem}-1.{ext}``, ... if taken.
+
+    The bytes go to a temporary file in the same directory (created with mode
+    0o666, so the umask applies), are flushed to disk, then hard-linked to the
+    first free name: an existing file is never replaced (unless ``overwrite``:
+    then it is renamed over ``{stem}.{ext}``), and a reader never sees a
+    partial image. Returns the path written.
+
+    Raises:
+        OSError: the file cannot be written (or the file system has no hard links).
+    """
+    if overwrite:
+        path = folder / f"{stem}.{ext}"
+        write_atomic(path, data)
+        return path
+    tmp = _write_temp(folder, stem, data)
+    try:
+        for n in itertools.count():
+            path = folder / (f"{stem}.{ext}" if n == 0 else f"{stem}-{n}.{ext}")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                continue
+            return path
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+async def _off_loop(fn: Callable[[], _T], size: int) -> _T:
+    """``fn()``, in a worker thread when it handles more than OFF_LOOP_BYTES."""
+    return fn() if size <= OFF_LOOP_BYTES else await off_loop(fn)
+
+
+async def _encode(params: Params) -> Body:
+    """The body of ``params`` as bytes (off the loop for a large upload).
+
+    Raises:
+        ValidationError: a value cannot be sent.
+    """
+    if isinstance(params, JsonEditParams):  # images by reference: data URLs are the bulk
+        refs = (*params.image_refs, params.mask)
+        size = sum(len(ref.url or "") for ref in refs if ref is not None)
+    else:
+        size = _bytes_of((*getattr(params, "image", ()), getattr(params, "mask", None)))
+    return await _off_loop(params.encode, size)
+
+
+_FP = TypeVar("_FP", EditParams, VariationParams)
+
+
+async def _build(cls: type[_FP], upload_bytes: int, /, **kwargs: Any) -> _FP:
+    """``cls.build(**kwargs)``: checking large uploads (inflating a PNG) runs off the loop."""
+    return await _off_loop(functools.partial(cls.build, **kwargs), upload_bytes)
+
+
+def _bytes_of(files: Iterable[ImageFile | None]) -> int:
+    """The bytes an upload of ``files`` carries (None: no mask)."""
+    return sum(len(f.data) for f in files if f is not None)

@@ -28,7 +28,7 @@ Names follow the official ``openai`` SDK, so that code switching over keeps its
 
 Turning a status and a body into the right class is :func:`error_from_response`,
 a pure function. Turning aiohttp's exceptions into these happens in one place,
-``asyncimg._transport.map_transport_errors``.
+``asyncimg._transport.transport_error``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = [
     "APIConnectionError",
@@ -56,8 +58,19 @@ __all__ = [
     "ResponseTooLargeError",
     "UnprocessableEntityError",
     "ValidationError",
+    "as_headers",
     "error_from_response",
 ]
+
+
+def as_headers(headers: Mapping[str, str] | None) -> CIMultiDictProxy[str]:
+    """Headers as a read-only case-insensitive multidict (every value of a repeated name kept).
+
+    aiohttp's own headers are returned as they are; a plain mapping is copied.
+    """
+    if isinstance(headers, CIMultiDictProxy):
+        return headers
+    return CIMultiDictProxy(CIMultiDict(headers or {}))
 
 
 class AsyncImgError(Exception):
@@ -101,7 +114,9 @@ class APIStatusError(APIError):
     """The server answered with a status of 400 or above.
 
     Carries ``status_code``, ``message``, ``type``, ``param``, ``code``,
-    ``request_id`` and the decoded ``body`` (a dict for a JSON body, else text).
+    ``request_id``, the decoded ``body`` (a dict for a JSON body, else text) and
+    the response's ``headers``, case-insensitive (``headers["Retry-After"]`` and
+    ``headers["retry-after"]`` are the same).
     """
 
     def __init__(
@@ -122,7 +137,7 @@ class APIStatusError(APIError):
         self.param = param
         self.code = code
         self.body = body
-        self.headers: Mapping[str, str] = dict(headers or {})
+        self.headers: CIMultiDictProxy[str] = as_headers(headers)
 
     def __str__(self) -> str:
         parts = [f"{self.status_code}"]

@@ -8,8 +8,11 @@ JPEG, WebP) are read here without Pillow.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import struct
+import zlib
 from collections.abc import Sequence
 from typing import IO, Union
 
@@ -19,12 +22,14 @@ from ._exceptions import ValidationError
 
 __all__ = [
     "EXTENSIONS",
+    "MAX_PNG_EDGE",
     "ImageFile",
     "ImageInfo",
     "ImageInput",
     "image_info",
     "load_image",
     "load_images",
+    "png_problem",
     "sniff_mime",
 ]
 
@@ -81,6 +86,102 @@ def _png_info(data: bytes) -> ImageInfo | None:
             break
         pos += 12 + length
     return ImageInfo("png", width, height, has_alpha)
+
+
+MAX_PNG_EDGE = 16384
+"""The widest and tallest PNG accepted as an input: far above what an image model
+takes, far below the 2^31-1 a header may claim."""
+
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+_INFLATE_STEP = 1 << 20
+
+
+def _scanline_bytes(width: int, height: int, bits: int, interlaced: bool) -> int:
+    """How many bytes the image data inflates to: each row, plus its filter byte."""
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        cols = -(-(width - x0) // dx) if width > x0 else 0
+        rows = -(-(height - y0) // dy) if height > y0 else 0
+        if cols and rows:
+            total += rows * (1 + (cols * bits + 7) // 8)
+    return total
+
+
+def png_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a well-formed PNG, or None when it is (pure, no Pillow).
+
+    Checks the chunk structure (every CRC, IHDR first and sane, PLTE where the
+    colour type needs it, the IDAT chunks together, IEND present) and inflates
+    the image data to check it is exactly what the header's size implies, which
+    catches a truncated file, garbage data and a header that claims more
+    pixels than there are. Sides above :data:`MAX_PNG_EDGE` are refused unread.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return "it does not start with the PNG signature"
+    view = memoryview(data)  # slices of it copy nothing
+    pos, n = len(_PNG_SIGNATURE), len(data)
+    expected = 0
+    inflater = zlib.decompressobj()
+    inflated = 0
+    seen: list[bytes] = []
+    colour_type = -1
+    while True:
+        if pos + 12 > n:
+            return "it is truncated (no IEND chunk)"
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 8 + length
+        if length > 0x7FFFFFFF or end + 4 > n:
+            return f"it is truncated inside the {kind!r} chunk"
+        body = view[pos + 8 : end]
+        (crc,) = struct.unpack(">I", data[end : end + 4])
+        if zlib.crc32(body, zlib.crc32(kind)) != crc:
+            return f"the CRC of the {kind.decode('latin-1')!r} chunk is wrong"
+        pos = end + 4
+        if not seen and kind != b"IHDR":
+            return "its first chunk is not IHDR"
+        if kind == b"IHDR":
+            if seen or length != 13:
+                return "its IHDR chunk is repeated or malformed"
+            width, height, depth, colour_type, method, filt, interlace = struct.unpack(
+                ">IIBBBBB", body
+            )
+            if not (0 < width <= MAX_PNG_EDGE and 0 < height <= MAX_PNG_EDGE):
+                return (
+                    f"its header says {width}x{height}; each side must be 1..{MAX_PNG_EDGE}"
+                )
+            if depth not in _DEPTHS.get(colour_type, ()) or method or filt or interlace > 1:
+                return "its IHDR chunk holds an invalid colour type or bit depth"
+            bits = _CHANNELS[colour_type] * depth
+            expected = _scanline_bytes(width, height, bits, interlace == 1)
+        elif kind == b"IDAT":
+            if seen[-1] != b"IDAT" and b"IDAT" in seen:
+                return "its IDAT chunks are not consecutive"
+            if colour_type == 3 and b"PLTE" not in seen:
+                return "a palette image without a PLTE chunk before its data"
+            try:
+                chunk: bytes | memoryview = body
+                while chunk:
+                    inflated += len(inflater.decompress(chunk, _INFLATE_STEP))
+                    if inflated > expected:
+                        return "its image data is larger than its header says"
+                    chunk = inflater.unconsumed_tail
+            except zlib.error:
+                return "its image data is corrupt"
+        elif kind == b"IEND":
+            break
+        seen.append(kind)
+    if b"IDAT" not in seen:
+        return "it has no image data (IDAT)"
+    if not inflater.eof or inflated != expected:
+        return (
+            f"its image data holds {inflated} bytes where its "
+            f"{width}x{height} header needs {expected}"
+        )
+    return None
 
 
 # Start-of-frame markers (they carry the size): SOF0-3, 5-7, 9-11, 13-15;
@@ -179,11 +280,14 @@ def _read_path(path: str) -> bytes:
 async def load_image(value: ImageInput | ImageFile, param: str = "image") -> ImageFile:
     """Turn one image input into an :class:`ImageFile`.
 
-    Paths are read in a worker thread so that the event loop never blocks.
+    Paths and file objects (other than ``BytesIO``) are read in a worker
+    thread so that the event loop never blocks; a file object is read from its
+    current position, as the official SDK does.
 
     Raises:
         ValidationError: the value is of no accepted kind, a path cannot be read,
-            or a file object gives text instead of bytes.
+            a file object is closed, in text mode, or positioned past the
+            image's start.
     """
     if isinstance(value, ImageFile):
         return value
@@ -214,19 +318,54 @@ async def load_image(value: ImageInput | ImageFile, param: str = "image") -> Ima
         )
     read = getattr(value, "read", None)
     if callable(read):
-        data = read()
-        if not isinstance(data, (bytes, bytearray)):
-            raise ValidationError(
-                param, f"{param}: the file object gave {_describe(data)}, not bytes; open it 'rb'"
-            )
-        name = getattr(value, "name", None)
-        filename = os.path.basename(name) if isinstance(name, str) else None
-        return ImageFile.from_bytes(bytes(data), filename)
+        return await _load_file_object(value, param)
     raise ValidationError(
         param,
         f"{param}: expected a path, bytes, a binary file or a (filename, bytes) tuple, "
         f"got {_describe(value)}",
     )
+
+
+def _read_file_object(value: object, param: str) -> tuple[bytes, int]:
+    """Read a file object from its current position, as the official SDK does."""
+    if getattr(value, "closed", False):
+        raise ValidationError(param, f"{param}: the file object is closed")
+    if isinstance(value, io.TextIOBase) or "b" not in getattr(value, "mode", "b"):
+        raise ValidationError(param, f"{param}: the file is open in text mode; open it 'rb'")
+    position = 0
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        position = value.tell()  # type: ignore[attr-defined]
+    try:
+        data = value.read()  # type: ignore[attr-defined]
+    except UnicodeDecodeError:
+        raise ValidationError(
+            param, f"{param}: the file gave text, not bytes; open it 'rb'"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ValidationError(param, f"{param}: cannot read the file object: {exc}") from None
+    if not isinstance(data, (bytes, bytearray)):
+        raise ValidationError(
+            param, f"{param}: the file object gave {_describe(data)}, not bytes; open it 'rb'"
+        )
+    return bytes(data), position
+
+
+async def _load_file_object(value: object, param: str) -> ImageFile:
+    if isinstance(value, io.BytesIO):
+        data, position = _read_file_object(value, param)  # in memory: nothing blocks
+    else:
+        from anyio import to_thread  # on first use: `import asyncimg` stays light
+
+        data, position = await to_thread.run_sync(_read_file_object, value, param)
+    if position and sniff_mime(data) is None:
+        raise ValidationError(
+            param,
+            f"{param}: read from the file object's position {position}, and the bytes "
+            "there are not a PNG, JPEG or WebP image; seek(0) first?",
+        )
+    name = getattr(value, "name", None)
+    filename = os.path.basename(name) if isinstance(name, str) else None
+    return ImageFile.from_bytes(data, filename)
 
 
 def _is_file_tuple(value: object) -> bool:

@@ -648,7 +648,7 @@ class Limiter:
         for key, value in headers.items():
             lowered = key.lower()
             if lowered.startswith("x-ratelimit-"):
-                found[lowered] = value
+                found.setdefault(lowered, value)  # a repeated header: the first value
         if not found:
             return
         for unit in ("images", "requests"):

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import attrs
 from attrs.validators import and_, deep_iterable, ge, instance_of, le, optional
 
+from ._body import Body, encode_form, encode_json
 from ._exceptions import ValidationError
 from ._files import ImageFile
 from ._refs import ImageRef
@@ -51,6 +52,8 @@ _opt_n = optional(and_(instance_of(int), _not_bool, ge(1)))
 _opt_compression = optional(and_(instance_of(int), _not_bool, ge(0), le(100)))
 _images = deep_iterable(instance_of(ImageFile), instance_of(tuple))
 _refs = deep_iterable(instance_of(ImageRef), instance_of(tuple))
+_opt_bool = optional(instance_of(bool))
+_opt_partials = optional(and_(instance_of(int), _not_bool, ge(0), le(3)))
 
 
 @attrs.frozen
@@ -59,6 +62,24 @@ class Form:
 
     fields: tuple[tuple[str, str], ...]
     files: tuple[tuple[str, ImageFile], ...]
+
+    def encode(
+        self, params: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None
+    ) -> Body:
+        """The ``multipart/form-data`` body as bytes.
+
+        ``params`` names the parameter of each file in an error (default: its
+        field name); ``extra`` holds the fields that came from ``extra_body``.
+
+        Raises:
+            ValidationError: a name, file name or text cannot be sent (see :func:`encode_form`).
+        """
+        names = params if params is not None else [name for name, _ in self.files]
+        files = tuple(
+            (param, name, file.filename, file.data, file.mime)
+            for param, (name, file) in zip(names, self.files, strict=True)
+        )
+        return encode_form(self.fields, files, extra or {})
 
 
 def _wire_text(value: object) -> str:
@@ -170,10 +191,20 @@ class GenerateParams(_Base):
     background: str | None = attrs.field(default=None, validator=_opt_str)
     style: str | None = attrs.field(default=None, validator=_opt_str)
     user: str | None = attrs.field(default=None, validator=_opt_str)
+    stream: bool | None = attrs.field(default=None, validator=_opt_bool)
+    partial_images: int | None = attrs.field(default=None, validator=_opt_partials)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body: every parameter that is not None, then ``extra_body``."""
         return self._values()
+
+    def encode(self) -> Body:
+        """The body as bytes, ready to send.
+
+        Raises:
+            ValidationError: a value cannot be sent as JSON (see :func:`encode_json`).
+        """
+        return encode_json(self.to_json(), self.extra_body)
 
 
 @attrs.frozen(kw_only=True)
@@ -189,6 +220,23 @@ class _FormParams(_Base):
             files.append(("mask", mask))
         fields = tuple((k, _wire_text(v)) for k, v in self._values().items())
         return Form(fields, tuple(files))
+
+    def encode(self) -> Body:
+        """The multipart body as bytes, ready to send.
+
+        Raises:
+            ValidationError: a value or a file name cannot be sent (see :func:`encode_form`).
+        """
+        try:
+            form = self.to_form()
+        except (TypeError, ValueError) as exc:
+            raise ValidationError("extra_body", f"extra_body: cannot be sent: {exc}") from None
+        several = len(self.image) > 1
+        params = [
+            name if name == "mask" or not several else f"image[{i}]"
+            for i, (name, _) in enumerate(form.files)
+        ]
+        return form.encode(params, self.extra_body)
 
 
 @attrs.frozen(kw_only=True)
@@ -210,6 +258,8 @@ class EditParams(_FormParams):
     background: str | None = attrs.field(default=None, validator=_opt_str)
     input_fidelity: str | None = attrs.field(default=None, validator=_opt_str)
     user: str | None = attrs.field(default=None, validator=_opt_str)
+    stream: bool | None = attrs.field(default=None, validator=_opt_bool)
+    partial_images: int | None = attrs.field(default=None, validator=_opt_partials)
 
 
 @attrs.frozen(kw_only=True)
@@ -247,6 +297,8 @@ class JsonEditParams(_Base):
     input_fidelity: str | None = attrs.field(default=None, validator=_opt_str)
     moderation: str | None = attrs.field(default=None, validator=_opt_str)
     user: str | None = attrs.field(default=None, validator=_opt_str)
+    stream: bool | None = attrs.field(default=None, validator=_opt_bool)
+    partial_images: int | None = attrs.field(default=None, validator=_opt_partials)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body: ``images``, ``mask``, every parameter that is not None, ``extra_body``."""
@@ -256,13 +308,22 @@ class JsonEditParams(_Base):
         out.update(self._values())
         return out
 
+    def encode(self) -> Body:
+        """The body as bytes, ready to send (see :func:`encode_json`)."""
+        return encode_json(self.to_json(), self.extra_body)
+
 
 Params = GenerateParams | EditParams | VariationParams | JsonEditParams
 
-_INT_FIELDS = frozenset({"n", "output_compression"})
+_INT_FIELDS = frozenset({"n", "output_compression", "partial_images"})
+_BOOLS: Mapping[str, bool] = {"true": True, "false": False}
 
 
 def _from_form_value(name: str, value: str) -> object:
+    if name == "stream":
+        if value.lower() not in _BOOLS:
+            raise ValidationError(name, f"{name} must be true or false, not {value!r}")
+        return _BOOLS[value.lower()]
     if name in _INT_FIELDS:
         try:
             return int(value)

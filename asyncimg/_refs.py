@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit
 
 import attrs
@@ -19,12 +19,27 @@ import attrs
 from ._exceptions import ValidationError
 from ._files import ImageFile, ImageInput, _is_file_tuple, load_image, sniff_mime
 
-__all__ = ["MAX_IMAGE_URL_LENGTH", "ImageRef", "by_reference", "load_ref", "load_refs"]
+__all__ = [
+    "MAX_IMAGE_URL_LENGTH",
+    "EditImages",
+    "ImageRef",
+    "MaskImage",
+    "by_reference",
+    "load_ref",
+    "load_refs",
+]
 
 MAX_IMAGE_URL_LENGTH: Final = 20_971_520
 """The longest ``image_url`` the API takes (the spec's ``maxLength``), data URLs included."""
 
 _KNOWN_MIMES = frozenset({"image/png", "image/jpeg", "image/webp"})
+
+EditImages: TypeAlias = (
+    "ImageInput | ImageFile | ImageRef | Sequence[ImageInput | ImageFile | ImageRef]"
+)
+"""What ``edit`` takes as its image: one image (a local one or a reference) or a list."""
+MaskImage: TypeAlias = "ImageInput | ImageFile | ImageRef"
+"""What ``edit`` takes as its mask."""
 
 
 def _short(url: str | None) -> str:
@@ -131,10 +146,7 @@ def by_reference(image: object, mask: object = None) -> bool:
     return isinstance(image, ImageRef) or isinstance(mask, ImageRef)
 
 
-async def load_refs(
-    value: ImageInput | ImageFile | ImageRef | Sequence[ImageInput | ImageFile | ImageRef],
-    param: str = "image",
-) -> tuple[ImageRef, ...]:
+async def load_refs(value: EditImages, param: str = "image") -> tuple[ImageRef, ...]:
     """One image or a list of them as references; local images become ``data:`` URLs.
 
     Raises:
@@ -148,7 +160,7 @@ async def load_refs(
     return (await load_ref(value, param),)  # type: ignore[arg-type]
 
 
-async def load_ref(value: ImageInput | ImageFile | ImageRef, param: str) -> ImageRef:
+async def load_ref(value: MaskImage, param: str) -> ImageRef:
     """One image (a mask) as a reference; a local one becomes a ``data:`` URL.
 
     Raises:

@@ -44,8 +44,9 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._batch import BatchIterator, generate_keywords, make_item
+from ._batch import BatchIterator, make_item
 from ._exceptions import APIStatusError, AsyncImgError, ValidationError
+from ._keywords import GENERATE_KEYWORDS
 from ._limiter import LimiterStats, RateLimit
 from ._retry import ATTEMPT_LOG, AttemptLog
 from ._version import __version__
@@ -505,7 +506,7 @@ async def run_batch(
         OSError: the directory cannot be written.
     """
     params = dict(params or {})
-    allowed = generate_keywords(client)
+    allowed = GENERATE_KEYWORDS
     for key in params:
         if key not in allowed:
             raise ValidationError(key, f"generate() takes no parameter {key!r}")
@@ -642,7 +643,7 @@ async def _run_entry(
         )
     response = item.response
     try:
-        paths = await client.save(response, folder, stem=entry.id)
+        paths = await client.save(response, folder, stem=entry.id, overwrite=True)
     except AsyncImgError as exc:
         return record(
             status="failed", error=error_fields(exc), request_id=response.request_id,

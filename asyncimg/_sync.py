@@ -5,6 +5,10 @@ a daemon thread named ``asyncimg-portal``) and one :class:`AsyncImagesClient`
 created on that loop. Every blocking method is a one-line forward made by
 :func:`_blocking` (and :func:`_iterating` for ``generate_many``), so no method
 body exists twice and the signatures seen by IDEs and mypy are the async ones.
+A call that returns an :class:`~asyncimg.ImageStream` (``stream=True``) returns
+its events as a plain iterator, driven on the portal like ``generate_many``'s;
+only the overloads of ``generate`` and ``edit`` are written out, for mypy, since
+their return types differ from the async ones.
 
 - Threads: any number of threads may call one client at once; the calls all run
   on the portal's loop, so one limiter and one connection pool govern them all.
@@ -19,6 +23,7 @@ body exists twice and the signatures seen by IDEs and mypy are the async ones.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -27,7 +32,17 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Final,
+    Literal,
+    ParamSpec,
+    TypeVar,
+    cast,
+    overload,
+)
 
 import anyio
 from anyio.abc import TaskStatus
@@ -35,9 +50,16 @@ from anyio.from_thread import start_blocking_portal
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._client import AsyncImagesClient
+from ._stream import ImageStream
 
 if TYPE_CHECKING:
-    from ._limiter import RateLimiter
+    from collections.abc import Mapping
+
+    from ._keywords import EditKeywords, GenerateKeywords, Unpack
+    from ._limiter import LimiterStats, RateLimiter, RatePermit
+    from ._models import ImagesResponse
+    from ._refs import EditImages
+    from ._stream import ImageStreamEvent
 
 __all__ = ["ImagesClient"]
 
@@ -285,6 +307,7 @@ async def _drive(
                             reply.set_exception(exc)
                             break
                         reply.set_result(item)
+                        del item  # a streamed image's base64 goes with its event
         finally:
             await _aclose(iterator)
     finally:
@@ -320,6 +343,85 @@ def _wait(future: Future[Any]) -> None:
         pass
 
 
+class _OnTheLoop:
+    """Runs plain calls of the limiter on the portal's loop, from whatever thread calls."""
+
+    __slots__ = ("_runner",)
+
+    def __init__(self, runner: _Runner) -> None:
+        self._runner = runner
+
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        runner = self._runner
+        if runner.closed or threading.get_ident() == runner.loop_thread:
+            return fn(*args, **kwargs)  # on the loop already, or no loop left to race with
+        return runner.sync(fn, *args, **kwargs)
+
+
+class _ThreadSafePermit:
+    """A permit from :class:`_ThreadSafeLimiter`; stamping and refunding run on the loop."""
+
+    __slots__ = ("_loop", "_permit")
+
+    def __init__(self, loop: _OnTheLoop, permit: RatePermit) -> None:
+        self._loop = loop
+        self._permit = permit
+
+    @property
+    def images(self) -> int:
+        """The images this permit holds."""
+        return self._permit.images
+
+    def stamp(self) -> None:
+        """The request is being sent now: its images' window starts."""
+        self._loop.call(self._permit.stamp)
+
+    def refund(self) -> None:
+        """Nothing was sent: give the images back at once (no-op once stamped)."""
+        self._loop.call(self._permit.refund)
+
+
+class _ThreadSafeLimiter:
+    """The limiter of an :class:`ImagesClient`, safe to use from any thread.
+
+    The limiter itself lives on the portal's loop and is not thread-safe (its
+    state is read and changed by the calls running there); each method here
+    runs there, so ``stats()`` from the caller's thread sees a consistent
+    snapshot and ``pause()`` changes nothing behind the loop's back.
+    """
+
+    __slots__ = ("_limiter", "_loop", "_runner")
+
+    def __init__(self, runner: _Runner, limiter: RateLimiter) -> None:
+        self._runner = runner
+        self._loop = _OnTheLoop(runner)
+        self._limiter = limiter
+
+    async def acquire(self, images: int) -> RatePermit:
+        """Wait for (FIFO) and take a permit for ``images`` images, on the client's loop."""
+        runner = self._runner
+        if threading.get_ident() == runner.loop_thread:
+            return await self._limiter.acquire(images)
+        runner.check()
+        future = runner.portal.start_task_soon(self._limiter.acquire, images)
+        return _ThreadSafePermit(self._loop, await asyncio.wrap_future(future))
+
+    def pause(self, seconds: float) -> None:
+        """Grant nothing to anyone for ``seconds`` (merged with a pause in progress)."""
+        self._loop.call(self._limiter.pause, seconds)
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        """Learn from a response's ``x-ratelimit-*`` headers."""
+        self._loop.call(self._limiter.observe_headers, dict(headers))
+
+    def stats(self) -> LimiterStats:
+        """A snapshot for monitoring, taken on the client's loop."""
+        return self._loop.call(self._limiter.stats)
+
+    def __repr__(self) -> str:
+        return f"<thread-safe {self._limiter!r}>"
+
+
 def _blocking(
     fn: Callable[Concatenate[AsyncImagesClient, P], Awaitable[T]],
 ) -> Callable[Concatenate[ImagesClient, P], T]:
@@ -327,7 +429,11 @@ def _blocking(
 
     @functools.wraps(fn)
     def method(self: ImagesClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._runner.run(functools.partial(fn, self._async, *args, **kwargs))
+        result = self._runner.run(functools.partial(fn, self._async, *args, **kwargs))
+        if isinstance(result, ImageStream):  # stream=True: its events, as a plain iterator
+            stream = result
+            return cast(T, self._runner.iterate(lambda: stream, owner=self))
+        return result
 
     method.__qualname__ = f"ImagesClient.{fn.__name__}"
     return method
@@ -410,21 +516,83 @@ class ImagesClient:
             raise
         self._runner = runner
         self._async = client
+        self._limiter = _ThreadSafeLimiter(runner, client.limiter)
         self._finalizer = weakref.finalize(self, runner.close, client)
 
     azure = staticmethod(_constructor(AsyncImagesClient.azure))
 
-    generate = _blocking(AsyncImagesClient.generate)
-    edit = _blocking(AsyncImagesClient.edit)
+    if TYPE_CHECKING:  # the overloads of the async calls, blocking; a stream is an iterator
+
+        @overload
+        def generate(
+            self, prompt: str, *, stream: Literal[True], **kwargs: Unpack[GenerateKeywords]
+        ) -> Iterator[ImageStreamEvent]: ...
+        @overload
+        def generate(
+            self,
+            prompt: str,
+            *,
+            stream: Literal[False] | None = None,
+            **kwargs: Unpack[GenerateKeywords],
+        ) -> ImagesResponse: ...
+        @overload
+        def generate(
+            self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
+        def generate(
+            self, prompt: str, *, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
+        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
+        @overload
+        def edit(
+            self,
+            image: EditImages,
+            prompt: str,
+            *,
+            stream: Literal[True],
+            **kwargs: Unpack[EditKeywords],
+        ) -> Iterator[ImageStreamEvent]: ...
+        @overload
+        def edit(
+            self,
+            image: EditImages,
+            prompt: str,
+            *,
+            stream: Literal[False] | None = None,
+            **kwargs: Unpack[EditKeywords],
+        ) -> ImagesResponse: ...
+        @overload
+        def edit(
+            self,
+            image: EditImages,
+            prompt: str,
+            *,
+            stream: bool | None = None,
+            **kwargs: Unpack[EditKeywords],
+        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
+        def edit(
+            self,
+            image: EditImages,
+            prompt: str,
+            *,
+            stream: bool | None = None,
+            **kwargs: Unpack[EditKeywords],
+        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
+    else:
+        generate = _blocking(AsyncImagesClient.generate)
+        edit = _blocking(AsyncImagesClient.edit)
     create_variation = _blocking(AsyncImagesClient.create_variation)
     download = _blocking(AsyncImagesClient.download)
     save = _blocking(AsyncImagesClient.save)
+    save_event = _blocking(AsyncImagesClient.save_event)
     generate_many = _iterating(AsyncImagesClient.generate_many)
 
     @property
     def limiter(self) -> RateLimiter:
-        """The rate limiter every call of this client (from every thread) goes through."""
-        return self._async.limiter
+        """The rate limiter every call of this client (from every thread) goes through.
+
+        Safe from any thread: each of its methods runs on the client's loop.
+        """
+        return self._limiter
 
     @property
     def base_url(self) -> str:

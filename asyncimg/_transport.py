@@ -3,13 +3,15 @@
 The :class:`Transport` owns one ``aiohttp.ClientSession``, created on the
 running loop the first time it is needed and closed by :meth:`Transport.aclose`.
 Every aiohttp, asyncio and OS error is translated in one place,
-:func:`map_transport_errors`, most specific first, with ``raise ... from exc``.
+:func:`transport_error`, most specific first, into an error that does not chain
+back to aiohttp's (which holds the request headers, the API key among them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import ssl
 from collections.abc import Iterator, Mapping
@@ -19,6 +21,7 @@ import aiohttp
 import attrs
 from multidict import CIMultiDictProxy
 
+from ._body import Body
 from ._config import ProxyConfig, ssl_context
 from ._exceptions import (
     APIConnectionError,
@@ -27,13 +30,14 @@ from ._exceptions import (
     ResponseTooLargeError,
     error_from_response,
 )
-from ._params import Form
+from ._offloop import OFF_LOOP_BYTES, off_loop
 
 __all__ = [
     "RawResponse",
     "Transport",
     "loads_images_json",
     "map_transport_errors",
+    "transport_error",
     "without_query",
 ]
 
@@ -59,40 +63,60 @@ def without_query(url: str) -> str:
     return url.split("?", 1)[0].split("#", 1)[0]
 
 
+_TRANSPORT_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError, OSError)
+"""What aiohttp, asyncio and the OS raise while sending; :func:`transport_error` maps them."""
+
+
+def transport_error(exc: BaseException, what: str, timeout: float | None) -> APIConnectionError:
+    """The asyncimg error for an aiohttp/asyncio/OS error raised while sending (pure).
+
+    The caller raises the result outside its ``except`` block, so that neither
+    ``__cause__`` nor ``__context__`` leads back to aiohttp's exception: those
+    hold the request (``ClientResponseError.request_info.headers`` holds the
+    API key, a connection key may hold proxy credentials). What they said is in
+    the message instead.
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return APITimeoutError(f"{what}: connecting timed out")
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return APITimeoutError(f"{what} timed out after {timeout} s")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cause = exc.certificate_error
+        reason = getattr(cause, "verify_message", None) or str(cause)
+        return APIConnectionError(
+            f"{what}: the server's TLS certificate is not trusted ({reason}); pass ssl= "
+            "an ssl.SSLContext or the CA bundle to trust, or set SSL_CERT_FILE"
+        )
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return APIConnectionError(
+            f"{what}: cannot connect to the proxy {exc.host}:{exc.port}: {exc.os_error}"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return APIConnectionError(f"{what}: cannot connect: {exc.os_error}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return APIConnectionError(f"{what}: the server closed the connection")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return APIConnectionError(f"{what}: the response body broke off")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return APIConnectionError(f"{what}: bad response: {exc.status} {exc.message}")
+    return APIConnectionError(f"{what}: {type(exc).__name__}: {exc}")
+
+
 @contextlib.contextmanager
 def map_transport_errors(what: str, timeout: float | None) -> Iterator[None]:
-    """Translate aiohttp/asyncio/OS errors raised inside the block into asyncimg's.
+    """Translate errors raised while reading a response already open (a stream's events).
+
+    Those errors (a timeout, a body that broke off) carry no request; a request
+    itself is sent with :func:`transport_error` raised outside the ``except``
+    block, so that its error does not even have a ``__context__``.
 
     Raises:
-        APITimeoutError: the attempt ran out of time.
-        APIConnectionError: the connection failed, was dropped or the body broke off.
+        APITimeoutError, APIConnectionError: as :func:`transport_error`.
     """
     try:
         yield
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise APITimeoutError(f"{what} timed out after {timeout} s") from exc
-    except aiohttp.ClientConnectorCertificateError as exc:
-        cause = exc.certificate_error
-        reason = getattr(cause, "verify_message", None) or str(cause)
-        raise APIConnectionError(
-            f"{what}: the server's TLS certificate is not trusted ({reason}); pass ssl= "
-            "an ssl.SSLContext or the CA bundle to trust, or set SSL_CERT_FILE"
-        ) from cause  # not aiohttp's error: its connection key holds any proxy credentials
-    except aiohttp.ClientProxyConnectionError as exc:
-        raise APIConnectionError(
-            f"{what}: cannot connect to the proxy {exc.host}:{exc.port}: {exc.os_error}"
-        ) from None
-    except aiohttp.ClientConnectorError as exc:
-        raise APIConnectionError(f"{what}: cannot connect: {exc.os_error}") from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise APIConnectionError(f"{what}: the server closed the connection") from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise APIConnectionError(f"{what}: the response body broke off") from exc
-    except aiohttp.ClientResponseError as exc:
-        # Not chained: its request_info holds the request's headers, the key among them.
-        raise APIConnectionError(f"{what}: bad response: {exc.status} {exc.message}") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise APIConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except _TRANSPORT_ERRORS as exc:
+        raise transport_error(exc, what, timeout) from None
 
 
 _B64_KEY = b'"b64_json"'
@@ -169,6 +193,45 @@ def loads_images_json(body: bytes | bytearray, size: int | None = None) -> Any:
     return obj
 
 
+def _parse(
+    buf: bytes | bytearray, size: int, status: int, headers: CIMultiDictProxy[str]
+) -> object:
+    try:
+        return loads_images_json(buf, size)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIResponseValidationError(
+            f"the {status} response is not valid JSON ({size} bytes): {exc}",
+            status_code=status,
+            request_id=headers.get("x-request-id"),
+        ) from None
+
+
+def _decode_joined(
+    chunks: list[bytes], size: int, status: int, headers: CIMultiDictProxy[str]
+) -> object:
+    """Join and decode a large body: run in a worker thread, so no shared buffer."""
+    return _parse(b"".join(chunks), size, status, headers)
+
+
+_ONE_WRITE = 1024 * 1024
+"""A request body up to this size is handed to aiohttp as bytes, a larger one as a stream."""
+
+
+def _encode(
+    headers: Mapping[str, str], body: Body | None
+) -> tuple[bytes | io.BytesIO | None, dict[str, str]]:
+    """What aiohttp sends for ``body`` (already encoded), and the headers to send with it.
+
+    aiohttp writes bytes in one piece (and warns above 1 MiB); a BytesIO over the
+    same buffer (no copy) is written in chunks.
+    """
+    send_headers = dict(headers)
+    if body is None:
+        return None, send_headers
+    send_headers["Content-Type"] = body.content_type
+    data = body.data if len(body.data) <= _ONE_WRITE else io.BytesIO(body.data)
+    return data, send_headers
+
 _KEPT_BUFFER = 64 * 1024 * 1024
 """The largest decode buffer a transport keeps between responses."""
 
@@ -180,6 +243,8 @@ class Transport:
         max_connections: the connection pool's size.
         max_response_bytes: a body larger than this is refused, unread.
         user_agent: the ``User-Agent`` header of every request.
+        connect_timeout: seconds to open a TCP connection (None: no limit of its own).
+        off_loop_bytes: a JSON body larger than this is decoded in a worker thread.
         proxies: which proxy each URL goes through (none by default).
         ssl: the TLS context; None for :func:`~asyncimg._config.ssl_context`'s
             default, made with the session.
@@ -187,9 +252,9 @@ class Transport:
             it is never closed here.
     """
 
-    __slots__ = ("_buffer", "_closed", "_external", "_loop", "_max_connections",
-                 "_max_response_bytes", "_proxies", "_proxy_of", "_session", "_ssl",
-                 "_timeouts", "_user_agent")
+    __slots__ = ("_buffer", "_closed", "_connect_timeout", "_external", "_loop",
+                 "_max_connections", "_max_response_bytes", "_off_loop_bytes", "_proxies",
+                 "_proxy_of", "_session", "_ssl", "_timeouts", "_user_agent")
 
     def __init__(
         self,
@@ -197,22 +262,31 @@ class Transport:
         max_connections: int,
         max_response_bytes: int,
         user_agent: str,
+        connect_timeout: float | None = None,
+        off_loop_bytes: float = OFF_LOOP_BYTES,
         proxies: ProxyConfig | None = None,
         ssl: ssl.SSLContext | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self._max_connections = max_connections
-        self._max_response_bytes = max_response_bytes
-        self._user_agent = user_agent
         self._proxies = proxies or ProxyConfig()
         self._proxy_of: dict[str, str | None] = {}
         self._ssl = ssl
         self._external = session is not None
+        self._connect_timeout = connect_timeout
+        self._off_loop_bytes = off_loop_bytes
+        self._max_connections = max_connections
+        self._max_response_bytes = max_response_bytes
+        self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = session
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
         self._buffer = bytearray()
         self._closed = False
+
+    @property
+    def max_response_bytes(self) -> int:
+        """The largest body accepted (for a stream: the largest event)."""
+        return self._max_response_bytes
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -252,7 +326,9 @@ class Transport:
     def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(seconds)
         if timeout is None:
-            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
+            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(
+                total=seconds, sock_connect=self._connect_timeout
+            )
         return timeout
 
     async def request(
@@ -261,15 +337,15 @@ class Transport:
         url: str,
         *,
         headers: Mapping[str, str],
-        json_body: Mapping[str, Any] | None = None,
-        form: Form | None = None,
+        body: Body | None = None,
         timeout: float | None,
         decode_json: bool = False,
     ) -> RawResponse:
-        """Send one request and read the whole response.
+        """Send one request (its body already encoded) and read the whole response.
 
-        With ``decode_json`` a successful body is decoded (in a reused buffer)
-        into ``RawResponse.json`` instead of being kept as bytes.
+        With ``decode_json`` a successful body is decoded into ``RawResponse.json``
+        instead of being kept as bytes: in a reused buffer on the loop, or, above
+        ``off_loop_bytes``, in a worker thread so that the loop keeps running.
 
         Raises:
             APIStatusError: (a subclass of it) the status is 400 or above.
@@ -277,42 +353,37 @@ class Transport:
             ResponseTooLargeError: the body is larger than ``max_response_bytes``.
             APITimeoutError, APIConnectionError: no usable answer.
         """
-        data: aiohttp.FormData | bytes | None = None
-        send_headers = dict(headers)
-        if json_body is not None:
-            data = json.dumps(json_body).encode()
-            send_headers["Content-Type"] = "application/json"
-        elif form is not None:
-            data = aiohttp.FormData(quote_fields=False)
-            for name, value in form.fields:
-                data.add_field(name, value)
-            for name, file in form.files:
-                data.add_field(name, file.data, filename=file.filename, content_type=file.mime)
-        if self._external and not any(k.lower() == "user-agent" for k in send_headers):
-            send_headers["User-Agent"] = self._user_agent
+        data, send_headers = self._encode(headers, body)
         what = f"{method} {without_query(url)}"
-        proxy = self._proxy(url)
-        with map_transport_errors(what, timeout):
+        error = None
+        try:
             async with self.session.request(
                 method,
                 url,
                 data=data,
                 headers=send_headers,
                 timeout=self._timeout(timeout),
-                proxy=proxy,
+                proxy=self._proxy(url),
                 raise_for_status=False,
             ) as resp:
                 chunks, size = await self._read(resp)
                 status, resp_headers = resp.status, resp.headers
+        except _TRANSPORT_ERRORS as exc:
+            error = transport_error(exc, what, timeout)
+        if error is not None:
+            raise error  # outside the except block: no __context__ back to aiohttp
         if status >= 400 or not decode_json:
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             if status >= 400:
                 raise error_from_response(
-                    status, body, resp_headers, request_id=resp_headers.get("x-request-id")
+                    status, raw, resp_headers, request_id=resp_headers.get("x-request-id")
                 )
-            return RawResponse(status, resp_headers, body)
-        return RawResponse(status, resp_headers, json=self._decode(chunks, size, status,
-                                                                   resp_headers))
+            return RawResponse(status, resp_headers, raw)
+        if size > self._off_loop_bytes:
+            decoded = await off_loop(_decode_joined, chunks, size, status, resp_headers)
+        else:
+            decoded = self._decode(chunks, size, status, resp_headers)
+        return RawResponse(status, resp_headers, json=decoded)
 
     def _decode(
         self, chunks: list[bytes], size: int, status: int, headers: CIMultiDictProxy[str]
@@ -332,14 +403,7 @@ class Transport:
             end = pos + len(chunk)
             buf[pos:end] = chunk
             pos = end
-        try:
-            return loads_images_json(buf, size)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise APIResponseValidationError(
-                f"the {status} response is not valid JSON ({size} bytes): {exc}",
-                status_code=status,
-                request_id=headers.get("x-request-id"),
-            ) from None
+        return _parse(buf, size, status, headers)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> tuple[list[bytes], int]:
         cap = self._max_response_bytes
@@ -363,9 +427,64 @@ class Transport:
             chunks.append(chunk)
         return chunks, size
 
+    async def open_stream(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: Body | None = None,
+        timeout: float | None,
+    ) -> aiohttp.ClientResponse:
+        """POST a streaming request; the open response, its body unread.
+
+        ``timeout`` bounds connecting and each wait for data, not the whole
+        stream. The caller closes the response.
+
+        Raises:
+            APIStatusError: (a subclass of it) the status is 400 or above.
+            APITimeoutError, APIConnectionError: no usable answer.
+        """
+        data, send_headers = self._encode(headers, body)
+        send_headers["Accept"] = "text/event-stream"
+        what = f"POST {without_query(url)}"
+        stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout, sock_read=timeout, sock_connect=self._connect_timeout
+        )
+        error = None
+        try:
+            resp = await self.session.request(
+                "POST",
+                url,
+                data=data,
+                headers=send_headers,
+                timeout=stream_timeout,
+                proxy=self._proxy(url),
+                raise_for_status=False,
+            )
+            if resp.status < 400:
+                return resp
+            try:
+                chunks, _ = await self._read(resp)
+            finally:
+                resp.release()
+        except _TRANSPORT_ERRORS as exc:
+            error = transport_error(exc, what, timeout)
+        if error is not None:
+            raise error  # outside the except block: no __context__ back to aiohttp
+        raise error_from_response(
+            resp.status, b"".join(chunks), resp.headers, request_id=resp.headers.get("x-request-id")
+        )
+
+    def _encode(
+        self, headers: Mapping[str, str], body: Body | None
+    ) -> tuple[bytes | io.BytesIO | None, dict[str, str]]:
+        data, send_headers = _encode(headers, body)
+        if self._external and not any(k.lower() == "user-agent" for k in send_headers):
+            send_headers["User-Agent"] = self._user_agent  # our session's default, not theirs
+        return data, send_headers
+
     def _proxy(self, url: str) -> str | None:
-        origin = url.split("/", 3)[:3]
-        key = "/".join(origin)
+        key = "/".join(url.split("/", 3)[:3])  # the origin: scheme://host:port
         try:
             return self._proxy_of[key]
         except KeyError:

@@ -10,7 +10,9 @@ Two layers of checks:
   positive integers; ``output_compression`` is within 0..100; an edit has at
   most 16 input images and a variation exactly one; every uploaded image and
   mask is PNG, JPEG or WebP (the only formats the protocol knows and that the
-  client can label with a MIME type); and ``extra_body`` does not repeat a
+  client can label with a MIME type), and a PNG is well formed
+  (:func:`asyncimg._files.png_problem`: chunks, CRCs, data that fits its
+  header); and ``extra_body`` does not repeat a
   parameter that was also passed by name.
 * **Model rules** (:data:`MODEL_RULES`, one :class:`ModelRules` per model name)
   add everything the spec states per model: prompt length, ``n``, sizes,
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, NoReturn
 import attrs
 
 from ._exceptions import ValidationError
-from ._files import ImageFile, ImageInfo, sniff_mime
+from ._files import ImageFile, ImageInfo, png_problem, sniff_mime
 
 if TYPE_CHECKING:
     from ._params import Endpoint, Params
@@ -56,7 +58,7 @@ _FORMAT_OF_MIME: Mapping[str, str] = {
     "image/webp": "webp",
 }
 _RESPONSE_FORMATS = ("url", "b64_json")
-_SIZE_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
+_SIZE_RE = re.compile(r"([0-9]+)x([0-9]+)")  # fullmatch: "1536x864\n" is no size
 _ENDPOINT_NAMES: Mapping[str, str] = {
     "generate": "generations",
     "edit": "edits",
@@ -112,7 +114,12 @@ class ModelRules:
     response_formats: tuple[str, ...] | None
     output_formats: tuple[str, ...] | None = None
     compression_formats: tuple[str, ...] | None = None
-    """The output formats ``output_compression`` applies to (None: not supported)."""
+    """The output formats ``output_compression`` may be sent with (None: not supported).
+
+    For the GPT image models that is every format, png included: the spec says
+    compression applies to jpeg and webp, yet its own example edit sends
+    ``output_format="png", output_compression=100`` (100 is the default), so a
+    rule refusing png would refuse what the API accepts."""
     backgrounds: tuple[str, ...] | None = None
     transparent_formats: tuple[str, ...] = ("png", "webp")
     """The output formats that can carry ``background='transparent'``."""
@@ -134,6 +141,8 @@ class ModelRules:
     """The mask must have the dimensions of the (first) input image."""
     json_edits: bool = False
     """Edits by reference (:class:`~asyncimg.ImageRef`, sent as JSON) are accepted."""
+    streams: bool = False
+    """The model takes ``stream`` and ``partial_images``."""
 
 
 _GPT_NOTE = "GPT image models always return b64_json"
@@ -152,7 +161,7 @@ def _gpt(name: str, *, free_sizes: bool = False, fidelity: bool = True) -> Model
         response_formats=None,
         response_format_note=_GPT_NOTE,
         output_formats=("png", "jpeg", "webp"),
-        compression_formats=("jpeg", "webp"),
+        compression_formats=("png", "jpeg", "webp"),
         backgrounds=("transparent", "opaque", "auto"),
         moderations=("low", "auto"),
         input_fidelities=("high", "low") if fidelity else None,
@@ -160,6 +169,7 @@ def _gpt(name: str, *, free_sizes: bool = False, fidelity: bool = True) -> Model
         input_formats=("png", "webp", "jpeg"),
         max_image_bytes=50 * _MIB,
         json_edits=True,
+        streams=True,
     )
 
 
@@ -223,7 +233,7 @@ def _one_of(values: tuple[str, ...]) -> str:
 
 
 def _parse_size(size: str) -> tuple[int, int] | None:
-    found = _SIZE_RE.match(size)
+    found = _SIZE_RE.fullmatch(size)
     if found is None:
         return None
     width, height = int(found.group(1)), int(found.group(2))
@@ -256,6 +266,10 @@ def _check_extra_body(params: Params) -> None:
 
 def _check_universal(params: Params) -> None:
     _check_extra_body(params)
+    if "stream" in params.extra_body:
+        raise ValidationError(
+            "stream", "pass stream=True to the call (it returns an ImageStream), not in extra_body"
+        )
     model = params.model
     if model is not None and not model.strip():
         raise ValidationError("model", "model is empty; pass None to let the server choose")
@@ -346,10 +360,14 @@ def _check_images_universal(images: tuple[ImageFile, ...], endpoint: Endpoint) -
 def _check_known_format(param: str, image: ImageFile) -> None:
     if not image.data:
         raise ValidationError(param, f"{param}: {image.filename!r} is empty (0 bytes)")
-    if _format_of(image) is None:
+    found = _format_of(image)
+    if found is None:
         raise ValidationError(
             param, f"{param}: {image.filename!r} is not a PNG, JPEG or WebP image"
         )
+    problem = png_problem(image.data) if found == "png" else None
+    if problem is not None:
+        raise ValidationError(param, f"{param}: {image.filename!r} is not a valid PNG: {problem}")
 
 
 # ---------------------------------------------------------------- per model
@@ -363,6 +381,8 @@ _WHO_TAKES: Mapping[str, str] = {
     "moderation": _GPT_ONLY,
     "input_fidelity": "only GPT image models other than gpt-image-1-mini take it",
     "style": "only dall-e-3 takes it",
+    "stream": "only the GPT image models stream",
+    "partial_images": "only the GPT image models stream",
 }
 
 
@@ -420,6 +440,11 @@ def _check_model(params: Params, rules: ModelRules) -> None:
         allowed = "only n=1" if rules.n_max == 1 else f"n from 1 to {rules.n_max}"
         raise ValidationError("n", f"n={params.n} is too many; {rules.name} allows {allowed}")
     _check_size(params.size, rules)
+    if not rules.streams:
+        for name in ("stream", "partial_images"):
+            value = getattr(params, name, None)
+            if value is not None and value is not False:
+                _refuse_unsupported(name, value, rules, _WHO_TAKES[name])
     _check_choice("quality", getattr(params, "quality", None), rules.qualities, rules)
     response_format: str | None = getattr(params, "response_format", None)
     if response_format is not None and rules.response_formats is None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ._exceptions import APIError, AsyncImgError, ValidationError
+from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
 from ._limiter import Limiter, RateLimit
 from ._runner import ProgressSink
 from ._version import __version__
@@ -147,10 +148,24 @@ def _image_options(*, style: bool = True, gpt: bool = True) -> argparse.Argument
     return common
 
 
-_PARAM_NAMES = (
-    "model", "n", "size", "quality", "response_format", "output_format", "output_compression",
-    "background", "moderation", "style", "user", "input_fidelity",
-)
+_PARAM_NAMES = {
+    "batch": GENERATE_KEYWORDS - OPTIONS,
+    "generate": GENERATE_KEYWORDS - OPTIONS,
+    "edit": EDIT_KEYWORDS - OPTIONS,
+    "variation": VARIATION_KEYWORDS - OPTIONS,
+}
+
+
+def _stream_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("streaming (GPT image models)")
+    g.add_argument(
+        "--stream", action="store_true",
+        help="stream: write each partial image as it arrives, then the final one",
+    )
+    g.add_argument(
+        "--partial-images", type=int, metavar="0-3",
+        help="partial images before the final one (with --stream)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("prompt", metavar="PROMPT")
     generate.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
+    _stream_options(generate)
 
     edit = sub.add_parser(
         "edit", parents=[_image_options(style=False), conn], help="edit an image"
@@ -217,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--mask", metavar="M", help="a PNG whose transparent areas mark the edit")
     edit.add_argument("--input-fidelity", choices=("high", "low"))
     edit.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
+    _stream_options(edit)
 
     variation = sub.add_parser(
         "variation", parents=[_image_options(style=False, gpt=False), conn],
@@ -268,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     return {
         name: getattr(args, name)
-        for name in _PARAM_NAMES
+        for name in sorted(_PARAM_NAMES[args.command])
         if getattr(args, name, None) is not None
     }
 
@@ -300,14 +317,44 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
         yield await stack.enter_async_context(client)
 
 
+async def _streamed(
+    client: AsyncImagesClient, args: argparse.Namespace, params: dict[str, Any], err: TextIO
+) -> list[Path]:
+    """Stream one generation or edit, writing each image as its event arrives."""
+    from ._stream import CompletedImageEvent, PartialImageEvent
+
+    if args.command == "generate":
+        stream = await client.generate(args.prompt, stream=True, **params)
+    else:
+        stream = await client.edit(args.image, args.prompt, stream=True, **params)
+    total = params.get("partial_images") or 0
+    paths = []
+    async with stream:
+        async for event in stream:
+            if isinstance(event, PartialImageEvent):
+                path = await client.save_event(event, args.output)
+                index = (event.partial_image_index or 0) + 1
+                print(f"partial {index}/{total}: {path}", file=err, flush=True)
+            elif isinstance(event, CompletedImageEvent):
+                paths.append(await client.save_event(event, args.output))
+                print(f"completed: {paths[-1]}", file=err, flush=True)
+    return paths
+
+
 async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     params = _params(args)
+    if params.get("partial_images") is not None and not args.stream:
+        raise UsageError("--partial-images needs --stream")
     async with _client(args) as client:
         try:
+            if getattr(args, "stream", False):
+                for path in await _streamed(client, args, params, err):
+                    print(path, file=out)
+                return EXIT_OK
             if args.command == "generate":
                 response = await client.generate(args.prompt, **params)
             elif args.command == "edit":
-                response = await client.edit(args.image, args.prompt, mask=args.mask, **params)
+                response = await client.edit(args.image, args.prompt, **params)
             else:
                 response = await client.create_variation(args.image, **params)
             paths = await client.save(response, args.output)

@@ -137,3 +137,97 @@ def test_sigkill_and_rerun_is_exactly_once(tmp_path: Path) -> None:
     images = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
     assert images == sorted(f for x in lines for f in x["files"])  # type: ignore[attr-defined]
     assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+
+
+def test_generate_and_edit_stream_their_partials_then_the_final(tmp_path: Path) -> None:
+    gpt = ["--emulator", "--model", "gpt-image-1", "--size", "1024x1024"]
+    run = _cli("generate", "a lantern", *gpt, "--stream", "--partial-images", "2",
+               "-o", str(tmp_path / "gen"))
+    assert run.returncode == 0, run.stderr
+    names = sorted(p.name for p in (tmp_path / "gen").iterdir())
+    stem = names[0].rsplit("-", 1)[0]
+    assert names == [f"{stem}-0.png", f"{stem}-partial-0.png", f"{stem}-partial-1.png"]
+    assert run.stdout.split() == [str(tmp_path / "gen" / f"{stem}-0.png")]
+    assert "partial 1/2" in run.stderr
+    assert "partial 2/2" in run.stderr
+    assert run.stderr.index("partial 2/2") < run.stderr.index("completed")
+
+    image = tmp_path / "in.png"
+    from asyncimg.testing import make_png
+
+    image.write_bytes(make_png(64, 64, "in"))
+    run = _cli("edit", str(image), "add a moon", *gpt, "--stream", "--partial-images", "1",
+               "-o", str(tmp_path / "edit"))
+    assert run.returncode == 0, run.stderr
+    assert len(list((tmp_path / "edit").iterdir())) == 2
+
+
+def test_stream_flags_are_checked_before_sending(tmp_path: Path) -> None:
+    run = _cli("generate", "a", "--emulator", "--partial-images", "2", "-o", str(tmp_path))
+    assert run.returncode == 2
+    assert "--partial-images needs --stream" in run.stderr
+    run = _cli("generate", "a", *EMU, "--stream", "-o", str(tmp_path))
+    assert run.returncode == 2
+    assert "stream" in run.stderr
+    run = _cli("generate", "a", "--emulator", "--model", "gpt-image-1", "--stream",
+               "--partial-images", "5", "-o", str(tmp_path))
+    assert run.returncode == 2
+    assert "partial_images" in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_sdk_streams_from_asyncimg_serve(tmp_path: Path) -> None:
+    import openai
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncimg", "serve", "--port", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        base_url = line.split(" on ", 1)[1].split()[0]
+        with openai.OpenAI(base_url=base_url, api_key="sk-any", max_retries=0) as sdk:
+            events = list(sdk.images.generate(
+                prompt="a lantern", model="gpt-image-1", stream=True, partial_images=1
+            ))
+            assert [e.type for e in events] == [
+                "image_generation.partial_image", "image_generation.completed"
+            ]
+            from asyncimg.testing import make_png
+
+            edits = sdk.images.edit(
+                image=("in.png", make_png(32, 32, "in"), "image/png"), prompt="a moon",
+                model="gpt-image-1", stream=True,
+            )
+            assert [e.type for e in edits] == ["image_edit.completed"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def test_each_partial_is_written_as_it_arrives(tmp_path: Path) -> None:
+    import asyncio
+
+    from asyncimg.testing import Emulator, Fault
+
+    out = tmp_path / "out"
+    async with Emulator() as emu:
+        emu.add_fault(Fault.trickle(0.4))  # 3 events, 0.4 s apart
+        env = {**os.environ, "OPENAI_API_KEY": "sk-any"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "asyncimg", "generate", "a lantern", "--base-url",
+            emu.base_url, "--model", "gpt-image-1", "--stream", "--partial-images", "2",
+            "-o", str(out), cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        for _ in range(1500):  # up to 30 s for the interpreter to start
+            if list(out.glob("*-partial-0.png")):
+                break
+            await asyncio.sleep(0.02)
+        seen = sorted(p.name.split("-", 1)[1] for p in out.glob("*.png"))
+        assert await proc.wait() == 0
+    assert seen == ["partial-0.png"], "the first partial is on disk before the rest arrive"
+    assert len(list(out.glob("*.png"))) == 3

@@ -822,3 +822,14 @@ async def test_waited_is_wall_time_with_anyone_waiting() -> None:
     assert limiter.stats().waiting == 0
     clock.advance(5.0)  # nobody waits: the figure stands still
     assert limiter.stats().waited == 11.0
+
+
+async def test_a_repeated_header_counts_its_first_value_as_everywhere_else() -> None:
+    from multidict import CIMultiDict
+
+    limiter, _clock = make(images=10)
+    limiter.observe_headers(CIMultiDict([
+        ("X-RateLimit-Remaining-Images", "2"), ("x-ratelimit-remaining-images", "9"),
+        ("X-RATELIMIT-RESET-IMAGES", "1m0s"),
+    ]))
+    assert limiter.stats().server_remaining == 2

@@ -191,3 +191,26 @@ def test_sync_sdk_once() -> None:
         if isinstance(loop, asyncio.AbstractEventLoop) and stop is not None:
             loop.call_soon_threadsafe(stop.set)
         thread.join(10)
+
+
+async def test_the_sdk_streams_generations_and_edits(emulator: Emulator) -> None:  # noqa: F811
+    async with sdk(emulator) as client:
+        stream = await client.images.generate(
+            prompt="a lantern", model="gpt-image-1", stream=True, partial_images=2
+        )
+        events = [event async for event in stream]
+        assert [e.type for e in events] == [
+            "image_generation.partial_image", "image_generation.partial_image",
+            "image_generation.completed",
+        ]
+        assert events[1].partial_image_index == 1  # type: ignore[union-attr]
+        assert events[-1].usage.output_tokens > 0  # type: ignore[union-attr]
+        assert size_of(events[-1].b64_json) == (1024, 1024)
+
+        edits = await client.images.edit(
+            image=("in.png", make_png(64, 64, "in"), "image/png"), prompt="a moon",
+            model="gpt-image-1", stream=True, partial_images=1,
+        )
+        assert [e.type async for e in edits] == [
+            "image_edit.partial_image", "image_edit.completed"
+        ]

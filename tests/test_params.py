@@ -109,12 +109,12 @@ def test_to_json_keeps_every_given_parameter() -> None:
 
 def test_to_json_merges_extra_body() -> None:
     params = GenerateParams.build(
-        prompt="cat", n=1, extra_body={"stream": True, "partial_images": 2, "seed": {"a": 1}}
+        prompt="cat", n=1, extra_body={"steps": 30, "partial_images": 2, "seed": {"a": 1}}
     )
     assert params.to_json() == {
         "prompt": "cat",
         "n": 1,
-        "stream": True,
+        "steps": 30,
         "partial_images": 2,
         "seed": {"a": 1},
     }
@@ -340,8 +340,8 @@ def test_variation_to_form_then_from_wire_round_trips(kwargs: dict[str, Any]) ->
 
 
 def test_from_wire_puts_unknown_names_in_extra_body() -> None:
-    params = from_wire("generate", {"prompt": "c", "stream": False, "partial_images": 1})
-    assert params.extra_body == {"stream": False, "partial_images": 1}
+    params = from_wire("generate", {"prompt": "c", "steps": False, "seed": 1})
+    assert params.extra_body == {"steps": False, "seed": 1}
 
 
 @pytest.mark.parametrize(

@@ -273,3 +273,20 @@ def emu_thread_url() -> Iterator[str]:
             yield emulator.base_url
         finally:
             portal.call(emulator.close)
+
+
+async def test_a_json_edit_streams_with_the_call_s_headers_and_query(
+    emu: Emulator, client: AsyncImagesClient
+) -> None:
+    stream = await client.edit(
+        ImageRef(url=DATA_URL), "add a moon", model="gpt-image-1", stream=True,
+        partial_images=1, extra_headers={"X-Trace": "t1"}, extra_query={"q": "1"},
+    )
+    async with stream:
+        events = [event async for event in stream]
+    assert [event.type for event in events] == ["image_edit.partial_image", "image_edit.completed"]
+    sent = emu.requests("edit")[-1]
+    assert sent.json["stream"] is True
+    assert sent.json["images"] == [{"image_url": DATA_URL}]
+    assert sent.headers["X-Trace"] == "t1"
+    assert sent.query == {"q": "1"}

@@ -33,6 +33,7 @@ from asyncimg import (
     RateLimit,
     ValidationError,
 )
+from asyncimg._limiter import Limiter
 from asyncimg._sync import ImagesClient
 from asyncimg.testing import Emulator
 
@@ -103,7 +104,8 @@ def png_rgba(side: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "name", ["generate", "edit", "create_variation", "download", "save", "generate_many"]
+    "name",
+    ["generate", "edit", "create_variation", "download", "save", "save_event", "generate_many"],
 )
 def test_methods_have_the_async_signatures_and_docs(name: str) -> None:
     sync_method = getattr(ImagesClient, name)
@@ -121,7 +123,7 @@ def test_constructor_has_the_async_signature() -> None:
 def test_properties_forward(client: ImagesClient, server: Emulator) -> None:
     assert client.base_url == server.base_url.rstrip("/")
     assert client.model is None
-    assert client.limiter is client._async.limiter
+    assert client.limiter.stats() == client._async.limiter.stats()
     assert "ImagesClient(" in repr(client)
 
 
@@ -413,3 +415,122 @@ def test_unclosed_client_exits_cleanly(server: Emulator, mode: list[str]) -> Non
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
     assert proc.stderr == ""
+
+
+class SpyLimiter(Limiter):
+    """A Limiter that records the thread each of its plain methods runs on."""
+
+    def __init__(self, rate: RateLimit) -> None:
+        super().__init__(rate)
+        self.threads: set[int] = set()
+
+    def stats(self) -> Any:
+        self.threads.add(threading.get_ident())
+        return super().stats()
+
+    def pause(self, seconds: float) -> None:
+        self.threads.add(threading.get_ident())
+        super().pause(seconds)
+
+
+def test_the_limiter_is_used_on_the_clients_loop_from_any_thread(server: Emulator) -> None:
+    """stats() and pause() called from other threads run on the portal's loop, while calls run."""
+    spy = SpyLimiter(RateLimit(images=1000, per=60.0))
+    with ImagesClient(api_key=TEST_KEY, base_url=server.base_url, limiter=spy) as c:
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def calls() -> None:
+            try:
+                for i in range(20):
+                    c.generate(f"busy {i}", size="256x256")
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=calls)
+        worker.start()
+        snapshots = []
+        while not done.is_set():
+            snapshots.append(c.limiter.stats())
+            c.limiter.pause(0.0)
+        worker.join()
+        assert not errors
+        assert snapshots
+        assert spy.threads == {c._runner.loop_thread}
+        assert c.limiter.stats().sent == 20
+
+
+def test_the_limiter_can_be_awaited_from_another_loop(server: Emulator) -> None:
+    import asyncio
+
+    with ImagesClient(api_key=TEST_KEY, base_url=server.base_url,
+                      rate_limit=RateLimit(images=10, per=60.0)) as c:
+        async def take() -> None:
+            permit = await c.limiter.acquire(3)
+            assert permit.images == 3
+            permit.refund()
+
+        asyncio.run(take())
+        stats = c.limiter.stats()
+        assert (stats.granted, stats.refunded, stats.held) == (3, 3, 0)
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+
+def test_a_stream_is_a_plain_iterator_of_the_same_events(
+    client: ImagesClient, server: Emulator, tmp_path: Path
+) -> None:
+    from asyncimg import CompletedImageEvent, PartialImageEvent
+
+    events = client.generate("a lantern", model="gpt-image-1", stream=True, partial_images=2)
+    assert not hasattr(events, "__anext__")
+    got = list(events)
+    assert [type(e) for e in got] == [PartialImageEvent, PartialImageEvent, CompletedImageEvent]
+    paths = [client.save_event(e, tmp_path) for e in got]  # type: ignore[arg-type]
+    assert [p.name.split("-", 1)[1] for p in paths] == ["partial-0.png", "partial-1.png", "0.png"]
+    from asyncimg.testing import make_png
+
+    edited = client.edit(make_png(32, 32, "x"), "a moon", model="gpt-image-1", stream=True)
+    assert [e.type for e in edited] == ["image_edit.completed"]
+    assert_released(client)
+
+
+def test_leaving_a_blocking_stream_early_closes_it(client: ImagesClient, server: Emulator) -> None:
+    from asyncimg.testing import Fault
+
+    server.add_fault(Fault.trickle(0.3))
+    started = time.monotonic()
+    for _event in client.generate("a", model="gpt-image-1", stream=True, partial_images=3):
+        break
+    deadline = time.monotonic() + 2
+    while not server.requests() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.requests()[0].events == 1
+    assert time.monotonic() - started < 0.9
+    assert_released(client)
+
+
+def test_a_blocking_streams_partial_is_freed_while_the_next_is_awaited(
+    client: ImagesClient, server: Emulator
+) -> None:
+    import weakref
+
+    from asyncimg import PartialImageEvent
+    from asyncimg.testing import Fault
+
+    server.add_fault(Fault.trickle(0.3))
+    events = client.generate("a", model="gpt-image-1", stream=True, partial_images=2)
+    first = next(events)
+    assert isinstance(first, PartialImageEvent)
+    ref = weakref.ref(first)
+    del first
+    waiting = threading.Thread(target=next, args=(events,))
+    waiting.start()
+    time.sleep(0.1)
+    gc.collect()
+    assert ref() is None, "the consumed partial is still held while the stream waits"
+    waiting.join()
+    events.close()  # type: ignore[attr-defined]

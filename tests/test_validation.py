@@ -346,7 +346,6 @@ def test_values_in_extra_body_are_not_checked(model: str | None) -> None:
         "background": "nope",
         "moderation": "x",
         "response_format": "gif",
-        "stream": True,
         "partial_images": 9,
     }
     params = gen(model=model, extra_body=extra)
@@ -831,19 +830,24 @@ def test_gpt_other_output_formats_are_refused(model: str, value: str) -> None:
 
 @pytest.mark.parametrize("model", GPT)
 @pytest.mark.parametrize("make", [gen, edit])
-@pytest.mark.parametrize("fmt", ["jpeg", "webp", None])
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "png", None])
 @pytest.mark.parametrize("value", [0, 50, 100])
-def test_gpt_output_compression_with_jpeg_webp_or_default(
+def test_gpt_output_compression_with_any_output_format(
     model: str, make: Any, fmt: str | None, value: int
 ) -> None:
     make(model=model, output_format=fmt, output_compression=value)
 
 
-@pytest.mark.parametrize("model", GPT)
-@pytest.mark.parametrize("make", [gen, edit])
-def test_gpt_output_compression_with_explicit_png_is_refused(model: str, make: Any) -> None:
-    with refused("output_compression", "applies only to output_format jpeg or webp, not 'png'"):
-        make(model=model, output_format="png", output_compression=80)
+def test_the_specs_own_json_edit_example_is_accepted() -> None:
+    """gpt-image-1.5, output_format png, output_compression 100 (the documented default)."""
+    edit(model="gpt-image-1.5", output_format="png", output_compression=100)
+
+
+@pytest.mark.parametrize("size", ["1536x864\n", "1536x864 ", " 1536x864", "1536x864\r\n"])
+@pytest.mark.parametrize("model", ["gpt-image-2", None, "my-sd-xl"])
+def test_a_size_with_trailing_text_is_refused(size: str, model: str | None) -> None:
+    with refused("size", "size"):
+        gen(model=model, size=size)
 
 
 @pytest.mark.parametrize("model", GPT)
@@ -933,3 +937,10 @@ def test_every_message_names_the_parameter_the_value_and_the_rule(
 def test_validation_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="dall-e-2"):
         gen(model="dall-e-2", size="300x300")
+
+
+def test_dall_e_2_edits_an_rgb_image_with_a_mask() -> None:
+    """Documented: only an edit *without* a mask needs transparency (see the README)."""
+    edit(RGB, model="dall-e-2", mask=RGBA)
+    with refused("image", "no transparency"):
+        edit(RGB, model="dall-e-2")

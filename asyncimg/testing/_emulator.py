@@ -4,7 +4,9 @@ Endpoints (under ``base_url``, which ends in ``/v1``):
 
 * ``POST /v1/images/generations`` (JSON), ``POST /v1/images/edits`` and
   ``POST /v1/images/variations`` (multipart: ``image`` or ``image[]``,
-  ``mask``, text fields);
+  ``mask``, text fields); with ``stream: true`` (GPT image models) a generation
+  or an edit answers server-sent events: partial images, then the completed
+  one (:mod:`asyncimg.testing._streaming`, ``Fault.drop_stream``);
 * ``POST /v1/images/edits`` as ``application/json`` too: images by reference
   (``images: [{"image_url"} | {"file_id"}]``, see :mod:`._refs`);
 * with ``azure=True``, the Azure OpenAI paths instead
@@ -65,8 +67,10 @@ from .._params import EditParams, Endpoint, GenerateParams, JsonEditParams, Para
 from ._azure import azure_content_filter, azure_refusal, azure_route
 from ._batches import BatchAPI
 from ._faults import Fault, path_matches
+from ._headers import HeaderStyle, styled_headers
 from ._png import MAX_PIXELS, b64_png, make_png
 from ._refs import RefError, RefResolver
+from ._streaming import sse_events, write_events
 
 __all__ = [
     "CONTENT_POLICY_MARKER",
@@ -233,6 +237,8 @@ class JournalEntry:
     fault: str | None = None
     images: int = 0
     """Images the request asked for (0 when it was not a valid images request)."""
+    events: int | None = None
+    """Server-sent events written (None: not a streamed answer)."""
 
 
 class Journal(Sequence[JournalEntry]):
@@ -296,6 +302,8 @@ class _Answer:
     body: bytes
     headers: dict[str, str] = attrs.field(factory=dict)
     content_type: str = "application/json"
+    events: tuple[bytes, ...] | None = None
+    """A streamed answer's server-sent events (``body`` is then empty)."""
 
 
 class _Refusal(Exception):
@@ -428,6 +436,10 @@ class Emulator:
             one to test expiry without sleeping.
         azure: serve the Azure OpenAI paths under :attr:`endpoint` instead of
             ``/v1``, checking ``api-version`` and the key as ``api-key``.
+        header_style: how response headers are written (see
+            :mod:`asyncimg.testing._headers`): ``"openai"`` (lower case, with
+            ``retry-after-ms``), ``"canonical"`` (capitalised names,
+            ``Retry-After`` alone) or ``"http-date"`` (``Retry-After`` as a date).
 
     Attributes (for tests): ``journal`` (:class:`Journal`), ``arrivals``
     (``(time, images)`` of every request that passed the limit), ``latency``,
@@ -436,7 +448,8 @@ class Emulator:
     :meth:`reset`.
 
     Raises:
-        TypeError, ValueError: ``images_per_minute`` cannot be read.
+        TypeError, ValueError: ``images_per_minute`` cannot be read, or
+            ``header_style`` is unknown.
     """
 
     def __init__(
@@ -450,7 +463,10 @@ class Emulator:
         latency: float = 0.0,
         clock: Callable[[], float] | None = None,
         azure: bool = False,
+        header_style: HeaderStyle = "openai",
     ) -> None:
+        styled_headers({}, header_style, 0.0)  # refuses an unknown style now
+        self.header_style: HeaderStyle = header_style
         self.api_key = api_key
         self.azure = azure
         self.host = host
@@ -739,10 +755,20 @@ class Emulator:
         if kind == "delay":
             assert fault is not None
             await self._sleep(fault.seconds)
+        if answer.events is not None:
+            stream = web.StreamResponse(status=answer.status, headers=answer.headers)
+            stream.content_type = answer.content_type
+            try:
+                await stream.prepare(request)
+                record["status"] = answer.status
+                await write_events(request, stream, answer.events, fault, record, self._sleep)
+            except ConnectionError:
+                pass  # the client went away
+            return stream
         body = answer.body
         if kind == "truncated":
             body = body[: len(body) // 2]
-        headers = dict(answer.headers)
+        headers = styled_headers(answer.headers, self.header_style, time.time())
         if not any(name.lower() == "content-type" for name in headers):
             headers["Content-Type"] = answer.content_type
         if kind not in ("drop_mid_body", "trickle"):
@@ -972,10 +998,11 @@ class Emulator:
         except ValidationError as exc:
             _refuse(400, str(exc), param=exc.param)
         inputs = self._inputs(params)
-        if params.extra_body.get("stream") not in (None, False, "false"):
-            _refuse(400, "The emulator does not support stream=true.", param="stream")
         model = _effective_model(endpoint, params)
         gpt = _is_gpt(model)
+        stream = getattr(params, "stream", None)
+        if stream and not gpt:
+            _refuse(400, "Streaming is only supported for the GPT image models.", param="stream")
         width, height = _size_of(params.size)
         images = params.images
         record["images"] = images
@@ -1027,6 +1054,12 @@ class Emulator:
             body["quality"] = quality
             body["size"] = f"{width}x{height}"
             body["usage"] = self._usage(params, inputs, quality, width, height, images)
+        if stream:
+            partials = getattr(params, "partial_images", None) or 0
+            events = sse_events(
+                body, endpoint=endpoint, partial_images=partials, created_at=body["created"]
+            )
+            return _Answer(200, b"", headers, "text/event-stream", events)
         return _Answer(200, json.dumps(body).encode(), headers)
 
     def _inputs(self, params: Params) -> tuple[ImageFile, ...]:

@@ -15,7 +15,9 @@ requests, then it is gone.
                             (its Content-Length is that of the cut body)
 ``Fault.delay(s)``          answer normally, ``s`` seconds late
 ``Fault.trickle(s, k)``     send the headers, then the body in ``k`` chunks,
-                            ``s`` seconds apart
+                            ``s`` seconds apart (a stream: each event ``s`` late)
+``Fault.drop_stream(k)``    a streamed answer: close the connection after
+                            ``k`` events
 ==========================  ====================================================
 
 ``status``, ``html`` and ``drop`` replace the answer (the request is not
@@ -33,7 +35,9 @@ from attrs.validators import ge, in_, instance_of, optional
 
 __all__ = ["ENDPOINT_PATHS", "Fault", "FaultKind", "path_matches"]
 
-FaultKind = Literal["status", "drop", "drop_mid_body", "truncated", "delay", "trickle"]
+FaultKind = Literal[
+    "status", "drop", "drop_mid_body", "truncated", "delay", "trickle", "drop_stream"
+]
 
 ENDPOINT_PATHS: Mapping[str, str] = {
     "generate": "/v1/images/generations",
@@ -78,13 +82,16 @@ class Fault:
         message: the ``error.message`` (a default per status otherwise).
         should_retry: sent as ``x-should-retry: true/false`` when not None.
         seconds: the wait of ``delay``, or between chunks of ``trickle``.
-        chunks: how many pieces ``trickle`` sends the body in.
+        chunks: how many pieces ``trickle`` sends the body in; the events
+            ``drop_stream`` sends before it closes.
         times: how many requests the fault applies to.
         path: which requests it applies to (see :func:`path_matches`).
     """
 
     kind: FaultKind = attrs.field(
-        validator=in_(("status", "drop", "drop_mid_body", "truncated", "delay", "trickle"))
+        validator=in_(
+            ("status", "drop", "drop_mid_body", "truncated", "delay", "trickle", "drop_stream")
+        )
     )
     status_code: int = attrs.field(default=500, validator=[instance_of(int), ge(100)])
     body: Mapping[str, Any] | str | bytes | None = None
@@ -95,7 +102,7 @@ class Fault:
     message: str | None = None
     should_retry: bool | None = None
     seconds: float = attrs.field(default=0.0, validator=ge(0))
-    chunks: int = attrs.field(default=1, validator=[instance_of(int), ge(1)])
+    chunks: int = attrs.field(default=1, validator=[instance_of(int), ge(0)])
     times: int = attrs.field(default=1, validator=[instance_of(int), ge(1)])
     path: str | None = None
 
@@ -204,3 +211,12 @@ class Fault:
             ValueError: a negative wait or fewer than one chunk.
         """
         return cls(kind="trickle", seconds=seconds_per_chunk, chunks=chunks, times=times, path=path)
+
+    @classmethod
+    def drop_stream(cls, after: int, *, times: int = 1, path: str | None = None) -> Fault:
+        """A streamed answer: send ``after`` events, then close the connection.
+
+        Raises:
+            ValueError: ``after`` is negative.
+        """
+        return cls(kind="drop_stream", chunks=after, times=times, path=path)
