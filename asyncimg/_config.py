@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import ssl as _ssl
 import urllib.request
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import attrs
 from multidict import CIMultiDict
 
+from ._checks import check_header_value
 from ._exceptions import ValidationError
 
 __all__ = [
@@ -47,13 +49,16 @@ QueryValue: TypeAlias = "str | int | float | bool"
 SSLOption: TypeAlias = "_ssl.SSLContext | str | os.PathLike[str] | None"
 
 MODEL_PLACEHOLDER = "{model}"
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+"""An HTTP header name (RFC 9110's token)."""
 
 
 def check_headers(value: object, param: str) -> dict[str, str]:
     """A mapping of header names to string values, checked.
 
     Raises:
-        ValidationError: not a mapping of str to str, or a value holds a line break.
+        ValidationError: not a mapping of header names to strings, or a value an
+            HTTP header cannot carry (see :func:`~asyncimg._checks.check_header_value`).
     """
     if value is None:
         return {}
@@ -61,12 +66,14 @@ def check_headers(value: object, param: str) -> dict[str, str]:
         raise ValidationError(param, f"{param} must be a mapping of header names to strings")
     out: dict[str, str] = {}
     for name, text in value.items():
-        if not isinstance(name, str) or not name or not isinstance(text, str):
+        if not isinstance(name, str) or not _TOKEN.match(name) or not isinstance(text, str):
             raise ValidationError(
-                param, f"{param}: header {name!r} must map a name to a string value"
+                param, f"{param}: {name!r} must be a header name mapped to a string value"
             )
-        if any(c in name + text for c in "\r\n"):
-            raise ValidationError(param, f"{param}: header {name!r} holds a line break")
+        try:
+            check_header_value(f"{param}[{name!r}]", text)
+        except ValidationError as exc:
+            raise ValidationError(param, exc.message) from None
         out[name] = text
     return out
 

@@ -69,7 +69,8 @@ def test_headers_merge_case_insensitively() -> None:
     assert merged["AUTHORIZATION"] == "B"
     assert len(merged) == 2
     assert check_headers(None, "default_headers") == {}
-    for bad in ({"X": 1}, {"X": "a\r\nInjected: yes"}, {"": "v"}, "X: y"):
+    for bad in ({"X": 1}, {"X": "a\r\nInjected: yes"}, {"": "v"}, "X: y", {"X Bad": "v"},
+                {"X": "\u2713"}, {"X": " padded"}):
         with pytest.raises(ValidationError) as info:
             check_headers(bad, "extra_headers")
         assert info.value.param == "extra_headers"
