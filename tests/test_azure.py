@@ -26,6 +26,7 @@ from asyncimg import (
     ValidationError,
 )
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, make_png
+from asyncimg.testing._azure import azure_content_filter
 
 AZURE_KEY = "azure-key-0123456789-SECRET"
 VERSION = "2025-04-01-preview"
@@ -51,19 +52,7 @@ class FakeAzure:
             }
         )
         if CONTENT_POLICY_MARKER.encode() in body:
-            error = {
-                "error": {
-                    "code": "contentFilter",
-                    "message": "Your task failed as a result of our safety system.",
-                    "param": "prompt",
-                    "type": None,
-                    "inner_error": {
-                        "code": "ResponsibleAIPolicyViolation",
-                        "content_filter_results": {"violence": {"filtered": True,
-                                                                "severity": "high"}},
-                    },
-                }
-            }
+            error = azure_content_filter("a prompt")
             return web.json_response(error, status=400)
         return web.json_response({"created": 1, "data": [{"b64_json": B64}]})
 
@@ -199,7 +188,10 @@ async def test_content_filter_is_a_content_policy_error_with_its_details(fake: F
     assert error.param == "prompt"
     assert error.inner_error is not None
     assert error.inner_error["code"] == "ResponsibleAIPolicyViolation"
-    assert error.content_filter_results == {"violence": {"filtered": True, "severity": "high"}}
+    results = error.content_filter_results
+    assert results is not None
+    assert results["violence"] == {"filtered": True, "severity": "high"}
+    assert results["hate"] == {"filtered": False, "severity": "safe"}
 
 
 # ------------------------------------------------------------ the emulator in Azure mode
