@@ -82,14 +82,18 @@ async def make_item(
     spec: object,
     params: Mapping[str, Any],
     allowed: frozenset[str],
+    attempts: list[int] | None = None,
 ) -> BatchItem:
     """Run one prompt of a batch: ``client.generate`` with ``params`` under the item's own.
+
+    ``attempts`` is a one-element list whose value counts the requests sent so
+    far (so a caller can tell an item not yet sent from one in flight).
 
     Returns an item with ``.error`` for any :class:`AsyncImgError`; anything else
     (a bug) propagates.
     """
     started = time.monotonic()
-    counter = [0]
+    counter = attempts if attempts is not None else [0]
     token = ATTEMPTS.set(counter)
     prompt = spec if isinstance(spec, str) else ""
     own: Mapping[str, Any] = _EMPTY

@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
@@ -47,7 +47,8 @@ from ._batchapi import (
     split_batch_lines,
     upload,
 )
-from ._exceptions import AsyncImgError, NotFoundError, ValidationError
+from ._control import BatchControl, fatal_error
+from ._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
 from ._params import GenerateParams
 from ._runner import (
     BatchSummary,
@@ -55,10 +56,13 @@ from ._runner import (
     Manifest,
     ProgressSink,
     Record,
+    check_batch_params,
     error_fields,
+    public_url,
     read_entries,
     usage_fields,
 )
+from ._textinput import TextLines
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
@@ -177,8 +181,12 @@ class _Run:
         *,
         poll_interval: float,
         completion_window: str,
+        params: Mapping[str, Any],
+        control: BatchControl,
     ) -> None:
         self.client = client
+        self.params = params
+        self.control = control
         self.folder = folder
         self.manifest = manifest
         self.summary = summary
@@ -206,11 +214,15 @@ class _Run:
                 summary.failures.append(record)
         self.sink.item(record, summary)
 
+    def _params_of(self, entry: Entry) -> dict[str, Any]:
+        """The item's effective parameters, as the direct route records them."""
+        return {k: v for k, v in {**self.params, **entry.params}.items() if v is not None}
+
     def _failed(self, entry: Entry, error: Mapping[str, Any], **fields: Any) -> Record:
-        return Record(entry.id, entry.line, entry.prompt, entry.params, "failed",
+        return Record(entry.id, entry.line, entry.prompt, self._params_of(entry), "failed",
                       error=error, **fields)
 
-    async def plan(self, params: Mapping[str, Any]) -> None:
+    async def plan(self) -> None:
         """Make the jobs for every item not done, failing at once what cannot be sent."""
         lines: list[bytes] = []
         for entry in self.entries.values():
@@ -220,7 +232,8 @@ class _Run:
                     "message": entry.problem}, attempts=0))
                 continue
             try:
-                lines.append(batch_line(entry.id, "generate", _body(self.client, entry, params)))
+                lines.append(batch_line(entry.id, "generate",
+                                        _body(self.client, entry, self.params)))
             except ValidationError as exc:
                 await self._record(self._failed(entry, error_fields(exc), attempts=0))
         for chunk in split_batch_lines(lines):
@@ -293,11 +306,14 @@ class _Run:
                 f"move {self.state.path.name} away to start over"
             ) from None
 
-        def polled(batch: Batch) -> None:
+        while True:
+            batch = await batch_job.retrieve()
             self.summary.batch = batch
             self.sink.tick(self.summary)
-
-        batch = await batch_job.wait(poll_interval=self.poll_interval, on_poll=polled)
+            if batch.done or await self._pause():
+                break
+        if not batch.done:
+            return batch  # stopped: a rerun goes on polling
         job.status = batch.status
         await self._save()
         answered: set[str] = set()
@@ -306,6 +322,8 @@ class _Run:
             entry = self.entries.get(result.custom_id)
             if entry is None or result.custom_id in self.manifest.done:
                 continue  # done in a run that was killed while writing, or not ours
+            if self.control.reason is not None:
+                return batch  # stopped: a rerun writes the rest
             await self._record(await self._result_record(entry, result))
         for item_id in await self._ids_of(job) - answered:
             entry = self.entries[item_id]
@@ -317,6 +335,16 @@ class _Run:
         job.collected = True
         await self._save()
         return batch
+
+    async def _pause(self) -> bool:
+        """Sleep ``poll_interval`` seconds, or less if the run is stopped; True when stopped."""
+        deadline = time.monotonic() + self.poll_interval
+        while self.control.reason is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await anyio.sleep(min(left, 0.1))
+        return True
 
     async def _ids_of(self, job: JobState) -> set[str]:
         """The custom ids a job's input file holds (read back from the API when resumed)."""
@@ -350,7 +378,7 @@ class _Run:
                 "param": None, "message": "the answer held no images"},
                 request_id=response.request_id, attempts=1)
         revised = next((i.revised_prompt for i in response.data if i.revised_prompt), None)
-        return Record(entry.id, entry.line, entry.prompt, entry.params, "ok",
+        return Record(entry.id, entry.line, entry.prompt, self._params_of(entry), "ok",
                       files=tuple(p.name for p in paths), images=len(paths),
                       request_id=response.request_id, revised_prompt=revised, attempts=1,
                       seconds=time.monotonic() - started,
@@ -359,7 +387,7 @@ class _Run:
 
 async def run_via_batch_api(
     client: AsyncImagesClient,
-    open_input: Callable[[], IO[str]],
+    open_input: Callable[[], TextLines],
     fmt: str,
     directory: str | os.PathLike[str],
     *,
@@ -368,11 +396,17 @@ async def run_via_batch_api(
     poll_interval: float = 60.0,
     completion_window: str = "24h",
     progress: ProgressSink | None = None,
+    server: str | None = None,
+    control: BatchControl | None = None,
 ) -> BatchSummary:
     """Run every not-yet-done item of the input through the Batch API (see the module doc).
 
     Live batches recorded in the directory are resumed first; only when none is
-    live are new ones made.
+    live are new ones made. ``server`` and ``control`` are as for
+    :func:`~asyncimg._runner.run_batch`: the directory remembers its server, and a
+    fatal error (a refused key, an unknown model, an exhausted quota) or
+    ``control.interrupt`` ends the run early with ``summary.stopped`` set; a rerun
+    resumes.
 
     Raises:
         ValidationError: a bad option, or the directory's state file is unreadable.
@@ -381,18 +415,23 @@ async def run_via_batch_api(
         OSError: the directory cannot be written.
     """
     params = dict(params or {})
+    check_batch_params(client, params)
     folder = Path(directory)
     sink = progress or ProgressSink()
-    manifest = Manifest(folder, retry_failed=retry_failed)
-    await anyio.to_thread.run_sync(manifest.open)
+    control = control or BatchControl()
+    manifest = Manifest(folder, retry_failed=retry_failed,
+                        server=server or public_url(client.base_url))
     try:
+        await anyio.to_thread.run_sync(manifest.open)
+        # The client's default model changes the images: it is in every id, as directly.
+        effective = {"model": client.model, **params} if client.model else params
         summary = BatchSummary(total=None)
         run = _Run(client, folder, manifest, summary, sink, poll_interval=poll_interval,
-                   completion_window=completion_window)
+                   completion_window=completion_window, params=effective, control=control)
 
         def read() -> dict[str, Entry]:
             with open_input() as stream:
-                return {e.id: e for e in read_entries(stream, fmt, params)}
+                return {e.id: e for e in read_entries(stream, fmt, effective)}
 
         everything = await anyio.to_thread.run_sync(read)
         await run.adopt_uploads()
@@ -406,12 +445,20 @@ async def run_via_batch_api(
         sink.start(summary)
         try:
             if not live:
-                await run.plan(params)
+                await run.plan()
             for job in run.state.live:
                 await run.start(job)
             for job in run.state.live:
                 await run.finish(job)
+                if control.reason is not None:
+                    break
+        except APIStatusError as exc:
+            message = fatal_error(exc)
+            if message is None:
+                raise
+            control.stop("fatal", message)
         finally:
+            summary.stopped, summary.stop_message = control.reason, control.message
             summary.elapsed = time.monotonic() - summary.started
             sink.stop(summary)
         return summary

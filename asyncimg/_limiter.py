@@ -418,7 +418,8 @@ class LimiterStats:
         waiting_images: images the waiters ask for.
         held: images granted but not yet stamped nor refunded.
         in_window: images stamped less than ``per + margin`` ago (still holding budget).
-        in_flight: ``held + in_window``: the budget in use.
+        in_use: ``held + in_window``: the budget in use (images granted whose window
+            has not closed; 0 once the last window after a run has passed).
         available: images grantable now by the local window (None without a rate).
         pauses: pauses begun while the limiter was not paused.
         paused_for: seconds until the current pause ends (0.0 when not paused).
@@ -438,7 +439,7 @@ class LimiterStats:
     waiting_images: int
     held: int
     in_window: int
-    in_flight: int
+    in_use: int
     available: int | None
     pauses: int
     paused_for: float
@@ -701,7 +702,7 @@ class Limiter:
             waiting_images=self._waiting_images,
             held=self._held,
             in_window=in_window,
-            in_flight=self._held + in_window,
+            in_use=self._held + in_window,
             available=self._limit - self._used if self._limit else None,
             pauses=self._pauses,
             paused_for=max(0.0, self._paused_until - now),

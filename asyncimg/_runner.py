@@ -13,8 +13,15 @@ Exactly-once results, at-least-once requests:
   will run again (failed ones, when failed items are retried) are dropped, and
   the manifest is rewritten atomically if anything was dropped. So every id has
   at most one line, whenever the process is killed;
-* stale temporary files (``.*.part``) are removed; a lock file stops two runs
-  from sharing a directory.
+* stale temporary files of our own images (``.{id}-{i}.*.part``, never a
+  user's other ``.part`` files) are removed; a lock file stops two runs from
+  sharing a directory, and ``.asyncimg-server`` remembers which server filled it
+  (a run against another server is refused, so an emulator's placeholders are
+  never taken for real results);
+* a batch stops early, sending nothing new, on a fatal error (a refused key,
+  permission, an unknown model or URL, an exhausted quota), a local failure
+  (a full disk), a line of input that does not decode, or a signal; what is
+  finished is written to the manifest first.
 
 A kill between the images and the line costs one repeated request: the rerun
 writes the same file names again.
@@ -34,9 +41,10 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+import urllib.parse
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -45,10 +53,13 @@ import anyio.to_thread
 import attrs
 
 from ._batch import BatchIterator, make_item
+from ._control import BatchControl, fatal_error
 from ._exceptions import APIStatusError, AsyncImgError, ValidationError
 from ._keywords import GENERATE_KEYWORDS
 from ._limiter import LimiterStats, RateLimit
+from ._params import GenerateParams
 from ._retry import ATTEMPT_LOG, AttemptLog
+from ._textinput import InputError, TextLines, open_text
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -59,12 +70,17 @@ __all__ = [
     "INPUT_FORMATS",
     "MANIFEST_NAME",
     "RUNS_NAME",
+    "SERVER_NAME",
     "BatchSummary",
     "Entry",
     "InputError",
     "Manifest",
     "ProgressSink",
     "Record",
+    "check_batch_params",
+    "estimate_eta",
+    "open_text",
+    "public_url",
     "read_entries",
     "run_batch",
 ]
@@ -72,16 +88,18 @@ __all__ = [
 MANIFEST_NAME: Final = "manifest.jsonl"
 RUNS_NAME: Final = "runs.jsonl"
 LOCK_NAME: Final = ".asyncimg.lock"
+SERVER_NAME: Final = ".asyncimg-server"
 INPUT_FORMATS: Final = ("txt", "jsonl", "csv")
 # Parameters that do not change the images, so not part of an item's id.
 _NOT_IN_ID = frozenset({"timeout", "max_retries"})
 _INT_PARAMS = frozenset({"n", "output_compression", "max_retries"})
 _FLOAT_PARAMS = frozenset({"timeout"})
-_PART = re.compile(r"^\..+\.part$")
-
-
-class InputError(Exception):
-    """The input file cannot be read at all (not one bad line: those are failed items)."""
+# Our temporary files only: an image's (``.{id}-{i}.XXXX.part``) or the compaction's.
+_PART = re.compile(
+    r"^\.(?:[0-9a-f]{16}(?:-[0-9]+)?-[0-9]+\..+|" + re.escape(MANIFEST_NAME) + r"\.compact)\.part$"
+)
+# Per-call settings that generate() takes but are not request parameters.
+_CALL_SETTINGS = frozenset({"timeout", "max_retries", "extra_body"})
 
 
 # -- the input ------------------------------------------------------------------------
@@ -127,7 +145,7 @@ def _coerce(name: str, value: str) -> Any:
     return value
 
 
-def _raw_records(stream: IO[str], fmt: str) -> Iterator[tuple[int, object, str | None]]:
+def _raw_records(stream: Iterable[str], fmt: str) -> Iterator[tuple[int, object, str | None]]:
     """``(line, record, problem)``: a record is a str prompt or a mapping."""
     if fmt == "txt":
         for number, text in enumerate(stream, 1):
@@ -169,7 +187,7 @@ def _raw_records(stream: IO[str], fmt: str) -> Iterator[tuple[int, object, str |
 
 
 def read_entries(
-    stream: IO[str], fmt: str, params: Mapping[str, Any]
+    stream: Iterable[str], fmt: str, params: Mapping[str, Any]
 ) -> Iterator[Entry]:
     """The entries of an input stream, lazily.
 
@@ -180,7 +198,8 @@ def read_entries(
     covers them under its own.
 
     Raises:
-        InputError: the whole input is unusable (a CSV file without a prompt column).
+        InputError: the whole input is unusable (a CSV file without a prompt column),
+            or a line does not decode (from :func:`open_text`'s streams).
     """
     seen: dict[str, int] = {}
     for line, record, problem in _raw_records(stream, fmt):
@@ -293,6 +312,7 @@ class Manifest:
 
     directory: Path
     retry_failed: bool = True
+    server: str | None = None
     done: set[str] = attrs.field(factory=set)
     failed_kept: int = 0
     dropped: int = 0
@@ -308,10 +328,20 @@ class Manifest:
     def open(self) -> None:
         """Lock the directory, clean it, read and compact the manifest, open it for appending.
 
+        With ``server`` set, the directory remembers it (``.asyncimg-server``) and
+        refuses a run against another one. The lock is released when this fails.
+
         Raises:
-            InputError: another run holds the directory.
+            InputError: another run holds the directory, or another server filled it.
             OSError: the directory cannot be written.
         """
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.directory / LOCK_NAME, "ab")  # noqa: SIM115
         try:
@@ -327,12 +357,31 @@ class Manifest:
                 raise InputError(
                     f"another asyncimg batch is writing to {self.directory}"
                 ) from None
+        self._check_server()
         for leftover in self.directory.iterdir():
             if _PART.match(leftover.name) and leftover.is_file():
                 with contextlib.suppress(OSError):
                     leftover.unlink()
         self._compact()
         self._file = open(self.path, "ab")  # noqa: SIM115
+
+    def _check_server(self) -> None:
+        if self.server is None:
+            return
+        mark = self.directory / SERVER_NAME
+        try:
+            known = mark.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            known = ""
+        if not known:
+            mark.write_text(self.server + "\n", encoding="utf-8")
+            return
+        if known != self.server:
+            raise InputError(
+                f"{self.directory} holds results from {known}, and this run talks to "
+                f"{self.server}: its done items would be skipped and their images kept. "
+                f"Use another output directory, or delete {mark} to mix the two."
+            )
 
     def _compact(self) -> None:
         path = self.path
@@ -414,7 +463,52 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-# -- the limiter meter ------------------------------------------------------------------
+def check_batch_params(client: AsyncImagesClient, params: Mapping[str, Any]) -> None:
+    """Check a batch's own parameters as one request would be checked, and against the limiter.
+
+    Raises:
+        ValidationError: ``params`` break the model's rules, or one item's images
+            exceed the limiter's whole budget (``param`` names the parameter).
+    """
+    for key in params:
+        if key not in GENERATE_KEYWORDS:
+            raise ValidationError(key, f"generate() takes no parameter {key!r}")
+    request = {k: v for k, v in params.items() if k not in _CALL_SETTINGS}
+    request.setdefault("model", client.model)
+    built = GenerateParams.build(prompt="(each prompt of the batch)", **request)
+    rate = getattr(client.limiter, "rate", None)
+    budget = getattr(rate, "images", None)
+    if isinstance(budget, int) and built.images > budget:
+        raise ValidationError(
+            "n",
+            f"n={built.images} exceeds the rate limit of {budget} images per "
+            f"{getattr(rate, 'per', 0):g}s; no item could ever be sent",
+        )
+
+
+def estimate_eta(
+    remaining_images: float,
+    *,
+    rate: RateLimit | None,
+    available: int | None,
+    latency: float,
+    recent_per_second: float | None,
+) -> float | None:
+    """Seconds until ``remaining_images`` more are done; None when nothing is known yet.
+
+    The larger of two bounds: what the limiter allows (the images beyond what it
+    can grant now come back at ``images`` per ``per + margin``, then one
+    request's ``latency``), and the recent pace (``recent_per_second``).
+    """
+    if remaining_images <= 0:
+        return 0.0
+    bounds = []
+    if rate is not None:
+        beyond = max(0.0, remaining_images - (available or 0))
+        bounds.append(beyond * rate.window / rate.images + latency)
+    if recent_per_second:
+        bounds.append(remaining_images / recent_per_second)
+    return max(bounds) if bounds else None
 
 
 # -- running a batch --------------------------------------------------------------------
@@ -422,7 +516,11 @@ def _fsync_dir(directory: Path) -> None:
 
 @attrs.define
 class BatchSummary:
-    """What a run did."""
+    """What a run did.
+
+    ``stopped`` and ``stop_message`` say why it ended early (see :class:`BatchControl`);
+    ``failed_earlier`` counts failed items of earlier runs kept (not retried).
+    """
 
     total: int | None
     skipped: int = 0
@@ -435,6 +533,14 @@ class BatchSummary:
     rate_limited: int = 0
     failures: list[Record] = attrs.field(factory=list)
     max_failures_kept: int = 50
+    failed_earlier: int = 0
+    stopped: str | None = None
+    stop_message: str | None = None
+    rate: RateLimit | None = None
+    available: int | None = None
+    images_per_item: int = 1
+    busy_seconds: float = 0.0
+    recent: deque[tuple[float, int]] = attrs.field(factory=deque, repr=False)
     tokens: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(("input", "output",
                                                                            "total"), 0))
     """Usage tokens the server reported for the images saved (input, output, total)."""
@@ -447,10 +553,63 @@ class BatchSummary:
         return self.ok + self.failed
 
     @property
+    def window(self) -> float:
+        """The span images/min is measured over: the rate's ``per``, else a minute."""
+        return self.rate.per if self.rate is not None else 60.0
+
+    def count(self, record: Record) -> None:
+        """Add a finished item."""
+        self.rate_limited += record.rate_limited
+        if record.ok:
+            self.ok += 1
+            self.images += len(record.files)
+            self.recent.append((time.monotonic(), len(record.files)))
+        else:
+            self.failed += 1
+            if len(self.failures) < self.max_failures_kept:
+                self.failures.append(record)
+        self.busy_seconds += record.seconds
+
+    def _recent_images(self, now: float) -> int:
+        while self.recent and self.recent[0][0] <= now - self.window:
+            self.recent.popleft()
+        return sum(n for _t, n in self.recent)
+
+    @property
     def images_per_minute(self) -> float:
-        """Images saved per minute of this run."""
-        seconds = self.elapsed or (time.monotonic() - self.started)
-        return self.images * 60.0 / seconds if seconds > 0 else 0.0
+        """Images saved per minute: over the last window while running, else over the run.
+
+        With a rate it is measured over at least one window and never reads as
+        more than the limit: a sliding window lets a full budget go at once, so
+        a short run's raw figure would exceed the sustained rate.
+        """
+        if self.elapsed:
+            span = max(self.elapsed, self.window) if self.rate is not None else self.elapsed
+            value = self.images * 60.0 / span if span > 0 else 0.0
+        else:
+            now = time.monotonic()
+            span = self.window if self.rate is not None else min(now - self.started, 60.0)
+            value = self._recent_images(now) * 60.0 / span if span > 0 else 0.0
+        if self.rate is None:
+            return value
+        return min(value, self.rate.images * 60.0 / self.rate.per)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left (see :func:`estimate_eta`); None while unknown."""
+        if self.total is None:
+            return None
+        now = time.monotonic()
+        per_item = self.images / self.ok if self.ok else self.images_per_item
+        span = min(now - self.started, self.window)
+        recent = self._recent_images(now) / span if span > 0 and self.recent else None
+        return estimate_eta(
+            max(0, self.total - self.done) * per_item,
+            rate=self.rate,
+            available=self.available,
+            latency=self.busy_seconds / self.done if self.done else 0.0,
+            recent_per_second=recent,
+        )
 
 
 class ProgressSink:
@@ -469,17 +628,25 @@ class ProgressSink:
         """The run ended (or was interrupted)."""
 
 
-def _skip_done(entries: Iterator[Entry], done: set[str], summary: BatchSummary) -> Iterator[Entry]:
+def _skip_done(
+    entries: Iterator[Entry], done: set[str], summary: BatchSummary, *, count: bool
+) -> Iterator[Entry]:
     for entry in entries:
         if entry.id in done:
-            summary.skipped += 1
+            summary.skipped += count
             continue
         yield entry
 
 
+def _observe(summary: BatchSummary, client: AsyncImagesClient) -> None:
+    stats = client.limiter.stats()
+    summary.waited = stats.waited
+    summary.available = stats.available
+
+
 async def run_batch(
     client: AsyncImagesClient,
-    open_input: Callable[[], IO[str]],
+    open_input: Callable[[], TextLines],
     fmt: str,
     directory: str | os.PathLike[str],
     *,
@@ -487,11 +654,13 @@ async def run_batch(
     retry_failed: bool = True,
     count_first: bool = True,
     progress: ProgressSink | None = None,
+    server: str | None = None,
+    control: BatchControl | None = None,
 ) -> BatchSummary:
     """Run every not-yet-done item of the input into ``directory`` (see the module doc).
 
     Args:
-        client: the client; its limiter's ``stats().waited`` gives the time waited.
+        client: the client; its limiter's ``stats()`` give the time waited and the ETA.
         open_input: opens the input (called twice when ``count_first``).
         fmt: ``txt``, ``jsonl`` or ``csv``.
         directory: where the images and ``manifest.jsonl`` go.
@@ -499,74 +668,111 @@ async def run_batch(
         retry_failed: run the items whose last line says failed again.
         count_first: read the input once first to count what is left (a file, not stdin).
         progress: told about every finished item.
+        server: what the directory remembers as its server (default: the base url).
+        control: stops the run early (one is made when not given); its ``reason``
+            is also the summary's ``stopped``.
 
     Raises:
-        ValidationError: ``params`` names a parameter generate does not take.
-        InputError: the input is unusable, or another run holds the directory.
+        ValidationError: ``params`` break the rules (see :func:`check_batch_params`);
+            nothing was sent and the directory is untouched.
+        InputError: the input is unusable (a line of a file does not decode), another
+            run holds the directory, or another server filled it.
         OSError: the directory cannot be written.
     """
     params = dict(params or {})
+    check_batch_params(client, params)
     allowed = GENERATE_KEYWORDS
-    for key in params:
-        if key not in allowed:
-            raise ValidationError(key, f"generate() takes no parameter {key!r}")
     folder = Path(directory)
     sink = progress or ProgressSink()
-    manifest = Manifest(folder, retry_failed=retry_failed)
-    await anyio.to_thread.run_sync(manifest.open)
+    control = control or BatchControl()
+    manifest = Manifest(
+        folder, retry_failed=retry_failed, server=server or public_url(client.base_url)
+    )
     try:
+        await anyio.to_thread.run_sync(manifest.open)
+        # The client's default model changes the images: it is in every id too.
+        effective = {"model": client.model, **params} if client.model else params
         total: int | None = None
+        skipped = 0
         if count_first:
 
-            def count() -> int:
+            def count() -> tuple[int, int]:
                 with open_input() as stream:
-                    return sum(
-                        1 for e in read_entries(stream, fmt, params) if e.id not in manifest.done
-                    )
+                    ids = [e.id for e in read_entries(stream, fmt, effective)]
+                done = sum(1 for i in ids if i in manifest.done)
+                return len(ids) - done, done
 
-            total = await anyio.to_thread.run_sync(count)
-        summary = BatchSummary(total=total)
+            total, skipped = await anyio.to_thread.run_sync(count)
+        summary = BatchSummary(
+            total=total,
+            skipped=skipped,
+            failed_earlier=0 if retry_failed else manifest.failed_kept,
+            rate=getattr(client.limiter, "rate", None),
+            images_per_item=params.get("n") or 1,
+        )
         wall_start = time.time()
         before = client.limiter.stats()
         stream = open_input()
         try:
-            entries = _skip_done(read_entries(stream, fmt, params), manifest.done, summary)
+            entries = _skip_done(
+                read_entries(stream, fmt, effective), manifest.done, summary,
+                count=not count_first,
+            )
 
-            async def work(index: int, entry: Entry) -> Record:
-                return await _run_entry(client, entry, params, allowed, folder)
+            async def work(index: int, entry: Entry) -> Record | None:
+                return await control.run(
+                    lambda attempts: _run_entry(
+                        client, entry, effective, allowed, folder, attempts, control
+                    )
+                )
 
+            _observe(summary, client)
             sink.start(summary)
-            batch = BatchIterator(entries, work, concurrency=client.max_concurrency)
+            batch = BatchIterator(
+                control.pull(entries, bad_input=InputError), work,
+                concurrency=client.max_concurrency,
+            )
             async with batch, anyio.create_task_group() as tg:
 
                 async def ticker() -> None:
                     while True:
                         await anyio.sleep(1.0)
-                        summary.waited = client.limiter.stats().waited
+                        _observe(summary, client)
                         sink.tick(summary)
 
                 tg.start_soon(ticker)
                 async for record in batch:
-                    await anyio.to_thread.run_sync(manifest.append, record)
-                    summary.rate_limited += record.rate_limited
-                    if record.ok:
-                        summary.ok += 1
-                        summary.images += len(record.files)
-                    else:
-                        summary.failed += 1
-                        if len(summary.failures) < summary.max_failures_kept:
-                            summary.failures.append(record)
-                    summary.waited = client.limiter.stats().waited
+                    if record is None or control.reason == "aborted":
+                        continue
+                    try:
+                        await anyio.to_thread.run_sync(manifest.append, record)
+                    except OSError as exc:
+                        control.stop(
+                            "aborted", f"cannot write {manifest.path}: {exc}", cancel_sent=True
+                        )
+                        continue
+                    summary.count(record)
+                    _observe(summary, client)
                     sink.item(record, summary)
                 tg.cancel_scope.cancel()
         finally:
             stream.close()
             summary.elapsed = time.monotonic() - summary.started
-            _append_run(folder, client, params, summary, wall_start, before)
+            summary.stopped, summary.stop_message = control.reason, control.message
+            with contextlib.suppress(OSError):  # a full disk: the summary still comes
+                _append_run(folder, client, params, summary, wall_start, before)
             sink.stop(summary)
         return summary
     finally:
         manifest.close()
+
+
+def public_url(url: str) -> str:
+    """``url`` without credentials or a query: what may be written to disk."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _append_run(
@@ -611,12 +817,15 @@ async def _run_entry(
     params: Mapping[str, Any],
     allowed: frozenset[str],
     folder: Path,
-) -> Record:
+    attempts: list[int],
+    control: BatchControl,
+) -> Record | None:
+    effective = {k: v for k, v in {**params, **entry.params}.items() if v is not None}
     log = AttemptLog()
 
     def record(**fields: Any) -> Record:
         return Record(
-            entry.id, entry.line, entry.prompt, entry.params,
+            entry.id, entry.line, entry.prompt, effective,
             sent=tuple(log.sent), rate_limited=log.rate_limited, **fields,
         )
 
@@ -631,17 +840,28 @@ async def _run_entry(
     token = ATTEMPT_LOG.set(log)
     try:
         item = await make_item(
-            client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed
+            client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed, attempts
         )
     finally:
         ATTEMPT_LOG.reset(token)
     if item.response is None:
         assert item.error is not None
+        fatal = fatal_error(item.error)
+        if fatal is not None:  # at once, before this item's slot goes to the next one
+            control.stop("fatal", fatal)
         return record(
             status="failed", error=error_fields(item.error),
+            request_id=getattr(item.error, "request_id", None),
             attempts=item.attempts, seconds=item.seconds,
         )
     response = item.response
+    if not response.data:
+        return record(
+            status="failed",
+            error={"type": "EmptyResult", "code": None, "status": None, "param": None,
+                   "message": "the server answered with no images (\"data\": [])"},
+            request_id=response.request_id, attempts=item.attempts, seconds=item.seconds,
+        )
     try:
         paths = await client.save(response, folder, stem=entry.id, overwrite=True)
     except AsyncImgError as exc:
@@ -649,6 +869,10 @@ async def _run_entry(
             status="failed", error=error_fields(exc), request_id=response.request_id,
             attempts=item.attempts, seconds=time.monotonic() - started,
         )
+    except OSError as exc:
+        # Not the item's fault: stop the run and leave the item to a rerun.
+        control.stop("aborted", f"cannot write images to {folder}: {exc}")
+        return None
     revised = next((i.revised_prompt for i in response.data if i.revised_prompt), None)
     return record(
         status="ok",
@@ -665,10 +889,3 @@ async def _run_entry(
 def usage_fields(usage: Usage) -> dict[str, Any]:
     """The manifest's ``usage`` object: the token counts the server sent (None left out)."""
     return attrs.asdict(usage, filter=lambda a, v: a.name != "extra" and v is not None)
-
-
-def open_text(path: str) -> Callable[[], IO[str]]:
-    """An opener for ``path`` (``-``: standard input, opened once)."""
-    if path == "-":
-        return lambda: sys.stdin
-    return lambda: open(path, encoding="utf-8-sig", newline="")

@@ -11,31 +11,55 @@
     asyncimg serve                     run the emulator
     asyncimg report DIR                DIR/index.html: gallery, failures, rate chart
 
-Exit status: 0 all succeeded, 1 something failed, 2 a usage error. rich draws the
-progress bar and the summary when standard error is a terminal; it is imported
-only then.
+Exit status (the same for every command):
+
+===  =====================================================================
+0    everything succeeded
+1    some items failed (listed in the summary and the manifest), including
+     failures kept from an earlier run with ``--no-retry-failed``
+2    a usage error: a bad option or input, caught before anything is sent
+3    stopped by a fatal error from the API, which would fail every item
+     (401 key refused, 403 permission denied, 404 model or URL not found,
+     429 quota or billing limit): nothing new was sent after it
+4    aborted by a local failure (a full disk, an unwritable directory)
+130  interrupted by Ctrl-C (SIGINT)
+143  terminated by SIGTERM
+===  =====================================================================
+
+A stopped batch (3, 4, 130, 143) sends nothing new, records every item that
+finished before it stopped, and rerunning the same command resumes. The first
+Ctrl-C or SIGTERM lets the requests in flight finish; a second cancels them.
+
+rich draws the progress bar and the summary when standard error is a terminal;
+it is imported only then.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import contextlib
+import os
 import re
+import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ._control import fatal_error
 from ._exceptions import APIError, AsyncImgError, ValidationError
 from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
 from ._limiter import Limiter, RateLimit
 from ._runner import ProgressSink
+from ._serve import add_serve_options, positive_int, serve_from_args
 from ._version import __version__
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
+    from ._control import BatchControl
     from ._runner import BatchSummary, Record
 
 __all__ = ["main", "parse_rate"]
@@ -43,6 +67,26 @@ __all__ = ["main", "parse_rate"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_FATAL = 3
+EXIT_ABORTED = 4
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+_EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
+_EXIT_HELP = (
+    "exit status: 0 all succeeded, 1 some items failed, 2 usage error (nothing sent), "
+    "3 stopped by a fatal API error (401, 403, 404, 429 quota), 4 aborted by a local "
+    "failure (a full disk), 130 Ctrl-C, 143 SIGTERM"
+)
+# The option a user typed, by the parameter its value became.
+_FLAGS = {
+    "model": "--model", "n": "-n", "size": "--size", "quality": "--quality",
+    "response_format": "--format", "output_format": "--output-format",
+    "output_compression": "--output-compression", "background": "--background",
+    "moderation": "--moderation", "style": "--style", "user": "--user",
+    "input_fidelity": "--input-fidelity", "mask": "--mask", "image": "IMAGE",
+    "prompt": "PROMPT", "api_key": "OPENAI_API_KEY", "max_concurrency": "--concurrency",
+    "max_retries": "--max-retries", "timeout": "--timeout",
+}
 
 _RATE = re.compile(r"^\s*([0-9]+)\s*(?:/\s*([0-9]*\.?[0-9]*)\s*(s|sec|m|min|h|hour)?)?\s*$")
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
@@ -51,6 +95,23 @@ _EMULATOR_KEY = "sk-asyncimg-emulator"
 
 class UsageError(Exception):
     """A bad command line or input: exit status 2."""
+
+
+def _flag_message(exc: ValidationError) -> str:
+    """``exc`` as the command line's words: the flag first, the parameter not twice."""
+    param = exc.param.split("[", 1)[0]
+    flag = _FLAGS.get(param, param)
+    text = exc.message
+    for prefix in (f"{exc.param}: ", f"{param}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    if param == "api_key":
+        return (
+            "no API key: set OPENAI_API_KEY (or use --base-url for a server that needs "
+            "none, or --emulator to try it offline)"
+        )
+    return f"{flag}: {text}"
 
 
 def parse_rate(text: str) -> RateLimit | None:
@@ -91,16 +152,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {value}")
-    return value
-
-
 # -- the parser -------------------------------------------------------------------------
 
 
@@ -112,7 +163,7 @@ def _connection_options() -> argparse.ArgumentParser:
         "--rate", type=_rate_arg, default=RateLimit(images=50, per=60.0), metavar="RATE",
         help="images per window: 50/min (default), 5/s, 20/2s, or off",
     )
-    g.add_argument("--concurrency", type=_positive_int, default=16, help="requests in flight")
+    g.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight")
     g.add_argument("--max-retries", type=int, default=3, help="retries per request")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds for one attempt")
     g.add_argument(
@@ -174,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="asyncimg",
         description="Generate, edit and vary images with the OpenAI Images API "
         "(or any server that speaks it). The key comes from $OPENAI_API_KEY.",
+        epilog=_EXIT_HELP,
     )
     parser.add_argument("--version", action="version", version=f"asyncimg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -185,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate images for every prompt of PROMPTS into DIR, with "
         "DIR/manifest.jsonl recording each finished item. Rerunning with the same "
         "input and DIR skips what is done and retries what failed.",
+        epilog=_EXIT_HELP,
     )
     batch.add_argument(
         "prompts", metavar="PROMPTS", help=".txt, .jsonl or .csv file, or - for stdin"
@@ -197,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--retry-failed", action=argparse.BooleanOptionalAction, default=True,
         help="run items that failed in an earlier run again (default: yes)",
+    )
+    batch.add_argument(
+        "--encoding", default="utf-8", metavar="CODEC",
+        help="the prompts file's text encoding (default: utf-8; e.g. cp1252, latin-1)",
     )
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
     batch.add_argument(
@@ -267,18 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
         one = batches_sub.add_parser(action, parents=[conn], help=text)
         one.add_argument("output", metavar="DIR")
 
-    serve = sub.add_parser("serve", help="run the emulator until Ctrl-C")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8089, help="0 picks a free port")
-    serve.add_argument("--api-key", help="the key to expect (default: any)")
-    serve.add_argument("--images-per-minute", type=int, help="answer 429 above this")
-    serve.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
-    serve.add_argument(
-        "--azure",
-        action="store_true",
-        help="serve Azure OpenAI paths (/openai/deployments/NAME/images/...?api-version=), "
-        "the key as api-key",
+    serve = sub.add_parser(
+        "serve", help="run the emulator until Ctrl-C",
+        description="Run the emulator of the Images API (the same as "
+        "`python -m asyncimg.testing`). Url results are served on a second port, "
+        "printed at start.",
     )
+    add_serve_options(serve)
     return parser
 
 
@@ -359,10 +411,14 @@ async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 response = await client.create_variation(args.image, **params)
             paths = await client.save(response, args.output)
         except ValidationError as exc:
-            print(f"asyncimg: error: {exc.param}: {exc}", file=err)
+            print(f"asyncimg: error: {_flag_message(exc)}", file=err)
             return EXIT_USAGE
         except APIError as exc:
             print(f"asyncimg: {type(exc).__name__}: {exc}", file=err)
+            fatal = fatal_error(exc)
+            if fatal is not None:
+                print(f"asyncimg: {fatal}", file=err)
+                return EXIT_FATAL
             return EXIT_FAILED
     for path in paths:
         print(path, file=out)
@@ -372,7 +428,35 @@ async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Usage errors about PROMPTS and -o, before anything starts.
+
+    Raises:
+        UsageError: the prompts file is missing or a directory; the output is a
+            file, or cannot be created or written.
+    """
+    if args.prompts != "-":
+        prompts = Path(args.prompts)
+        if prompts.is_dir():
+            raise UsageError(f"PROMPTS: {prompts} is a directory; give a prompts file")
+        if not prompts.is_file():
+            raise UsageError(f"PROMPTS: no such file: {prompts}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o: {out} is a file; give a directory for the images")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"-o: cannot create {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"-o: cannot create or write {out}: {existing} is not writable")
+    try:
+        codecs.lookup(args.encoding)
+    except LookupError:
+        raise UsageError(f"--encoding: unknown encoding {args.encoding!r}") from None
+
+
 async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from ._control import BatchControl
     from ._runner import InputError, detect_format, open_text, run_batch
 
     fmt = detect_format(args.prompts, args.input_format)
@@ -380,14 +464,33 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     progress: _Plain | None = None
     if not quiet:
         progress = _Rich(err) if _isatty(err) else _Plain(err)
+    control = BatchControl()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if control.signal is None:
+            control.interrupt(signum)
+            print(
+                f"asyncimg: stopping: nothing new is sent; waiting for the {control.in_flight} "
+                "requests in flight (again to cancel them)",
+                file=err, flush=True,
+            )
+            return
+        control.interrupt(signum)
+        for each in _EXIT_SIGNAL:
+            loop.remove_signal_handler(each)  # a third acts at once
+
     async with _client(args) as client:
+        for signum in _EXIT_SIGNAL:
+            loop.add_signal_handler(signum, on_signal, signum)
         try:
+            server = "the emulator (--emulator)" if args.emulator else None
             if args.via == "batch-api":
                 from ._batchroute import run_via_batch_api
 
                 summary = await run_via_batch_api(
                     client,
-                    open_text(args.prompts),
+                    open_text(args.prompts, args.encoding),
                     fmt,
                     args.output,
                     params=_params(args),
@@ -395,27 +498,51 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     poll_interval=args.poll_interval,
                     completion_window=args.completion_window,
                     progress=progress,
+                    server=server,
+                    control=control,
                 )
             else:
                 summary = await run_batch(
                     client,
-                    open_text(args.prompts),
+                    open_text(args.prompts, args.encoding),
                     fmt,
                     args.output,
                     params=_params(args),
                     retry_failed=args.retry_failed,
                     count_first=args.prompts != "-",
                     progress=progress,
+                    server=server,
+                    control=control,
                 )
-        except (InputError, ValidationError) as exc:
+        except ValidationError as exc:
+            raise UsageError(_flag_message(exc)) from None
+        except InputError as exc:
             raise UsageError(str(exc)) from None
+        finally:
+            for signum in _EXIT_SIGNAL:
+                loop.remove_signal_handler(signum)
     if not quiet:
         _print_summary(summary, args, out, rich=isinstance(progress, _Rich))
-    elif summary.failed:
+    elif summary.failed or summary.failed_earlier:
         _print_failures(summary, err)
     if args.report:
         _report(args.output, thumbnails=True, out=out)
-    return EXIT_FAILED if summary.failed else EXIT_OK
+    return _batch_status(summary, control, err)
+
+
+def _batch_status(summary: BatchSummary, control: BatchControl, err: TextIO) -> int:
+    """Say why a batch stopped early, if it did; the exit status."""
+    if summary.stopped is not None:
+        resume = "finished items are recorded; rerun the same command to resume"
+        print(f"asyncimg: stopped: {summary.stop_message}; {resume}", file=err)
+        if summary.stopped == "fatal":
+            return EXIT_FATAL
+        if summary.stopped == "input":
+            return EXIT_USAGE
+        if summary.stopped == "interrupted":
+            return _EXIT_SIGNAL.get(signal.Signals(control.signal or signal.SIGINT), 130)
+        return EXIT_ABORTED
+    return EXIT_FAILED if summary.failed or summary.failed_earlier else EXIT_OK
 
 
 def _report(directory: str, *, thumbnails: bool, out: TextIO) -> int:
@@ -476,7 +603,14 @@ def _short(text: str, width: int = 50) -> str:
 def _error_text(record: Record) -> str:
     error = record.error or {}
     code = f" ({error['code']})" if error.get("code") else ""
-    return f"{error.get('type', 'Error')}{code}: {_short(str(error.get('message', '')), 160)}"
+    request = f" [request id {record.request_id}]" if record.request_id else ""
+    message = _short(str(error.get("message", "")), 160)
+    return f"{error.get('type', 'Error')}{code}: {message}{request}"
+
+
+def _eta(s: BatchSummary) -> str:
+    left = s.eta
+    return "?" if left is None else _duration(left)
 
 
 class _Plain(ProgressSink):
@@ -486,22 +620,29 @@ class _Plain(ProgressSink):
         self.stream = stream
         self._last = time.monotonic()
         self._last_batch: str | None = None
+        self._gone = False
+
+    def _say(self, line: str) -> None:
+        """Print a line; a closed stream (``2>&1 | head``) silences progress, not the batch."""
+        if self._gone:
+            return
+        try:
+            print(line, file=self.stream, flush=True)
+        except (BrokenPipeError, ValueError):
+            self._gone = True
 
     def _status(self, s: BatchSummary) -> str:
         total = "?" if s.total is None else str(s.total)
-        eta = ""
-        if s.total and s.done:
-            left = (time.monotonic() - s.started) / s.done * (s.total - s.done)
-            eta = f", ETA {_duration(left)}"
+        eta = f", ETA {_eta(s)}" if s.total is not None and s.stopped is None else ""
         return (
             f"{s.done}/{total} done, {s.failed} failed, {s.images_per_minute:.1f} images/min, "
             f"waited {_duration(s.waited)} on the rate limit{eta}"
         )
 
     def start(self, s: BatchSummary) -> None:
-        total = "unknown" if s.total is None else str(s.total)
         skipped = f" ({s.skipped} already done)" if s.skipped else ""
-        print(f"batch: {total} items to run{skipped}", file=self.stream, flush=True)
+        what = "reading prompts from stdin" if s.total is None else f"{s.total} items to run"
+        self._say(f"batch: {what}{skipped}")
 
     def item(self, record: Record, s: BatchSummary) -> None:
         total = "?" if s.total is None else str(s.total)
@@ -510,7 +651,7 @@ class _Plain(ProgressSink):
             line = f"{head} ok {', '.join(record.files)} ({record.seconds:.1f}s)"
         else:
             line = f"{head} FAILED {_error_text(record)}"
-        print(line, file=self.stream, flush=True)
+        self._say(line)
 
     def _batch_line(self, s: BatchSummary) -> str | None:
         """A line for each new state of the Batch API route's batch (None: nothing new)."""
@@ -528,14 +669,14 @@ class _Plain(ProgressSink):
     def tick(self, s: BatchSummary) -> None:
         line = self._batch_line(s)
         if line is not None:
-            print(line, file=self.stream, flush=True)
+            self._say(line)
         now = time.monotonic()
         if now - self._last >= 10.0:
             self._last = now
-            print(self._status(s), file=self.stream, flush=True)
+            self._say(self._status(s))
 
     def stop(self, s: BatchSummary) -> None:
-        print(self._status(s), file=self.stream, flush=True)
+        self._say(self._status(s))
 
 
 class _Rich(_Plain):
@@ -544,13 +685,7 @@ class _Rich(_Plain):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self.console = Console(file=stream)
         self.progress = Progress(
@@ -560,17 +695,18 @@ class _Rich(_Plain):
             TextColumn("[red]{task.fields[failed]} failed"),
             TextColumn("{task.fields[ipm]} img/min"),
             TextColumn("rate wait {task.fields[waited]}"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
             console=self.console,
             transient=False,
         )
-        self.task = self.progress.add_task("batch", total=None, failed=0, ipm="0.0", waited="0s")
+        self.task = self.progress.add_task(
+            "batch", total=None, failed=0, ipm="0.0", waited="0s", eta="?"
+        )
 
     def _update(self, s: BatchSummary, advance: int = 0) -> None:
         self.progress.update(
             self.task, total=s.total, advance=advance, failed=s.failed,
-            ipm=f"{s.images_per_minute:.1f}", waited=_duration(s.waited),
+            ipm=f"{s.images_per_minute:.1f}", waited=_duration(s.waited), eta=_eta(s),
         )
 
     def start(self, s: BatchSummary) -> None:
@@ -598,12 +734,18 @@ class _Rich(_Plain):
         self.progress.stop()
 
 
+_KEPT_FAILED = "failed in an earlier run, not retried (--no-retry-failed; see the manifest)"
+
+
 def _print_failures(s: BatchSummary, stream: TextIO) -> None:
-    print(f"{s.failed} failed:", file=stream)
+    if s.failed:
+        print(f"{s.failed} failed:", file=stream)
     for record in s.failures:
         print(f"  line {record.line} [{record.id}] {_error_text(record)}", file=stream)
     if s.failed > len(s.failures):
         print(f"  ... and {s.failed - len(s.failures)} more (see the manifest)", file=stream)
+    if s.failed_earlier:
+        print(f"{s.failed_earlier} {_KEPT_FAILED}", file=stream)
 
 
 def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, rich: bool) -> None:
@@ -612,6 +754,7 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
         ("items run", str(s.done)),
         ("succeeded", str(s.ok)),
         ("failed", str(s.failed)),
+        ("failed earlier, not retried", str(s.failed_earlier)),
         ("skipped (already done)", str(s.skipped)),
         ("images saved", str(s.images)),
         ("time", _duration(s.elapsed)),
@@ -643,54 +786,74 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
             console.print(failures)
             if s.failed > len(s.failures):
                 console.print(f"... and {s.failed - len(s.failures)} more (see the manifest)")
+        if s.failed_earlier:
+            console.print(f"{s.failed_earlier} {_KEPT_FAILED}")
         return
     width = max(len(name) for name, _ in rows)
     print("summary:", file=out)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}", file=out)
-    if s.failed:
+    if s.failed or s.failed_earlier:
         _print_failures(s, out)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .testing import serve
+async def _until_sigterm(
+    runner: Callable[[argparse.Namespace, TextIO, TextIO], Awaitable[int]],
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Run a command; SIGTERM cancels it and makes the status 143 (a batch drains first)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = []
 
-    serve(
-        args.host, args.port, api_key=args.api_key,
-        images_per_minute=args.images_per_minute, latency=args.latency, azure=args.azure,
-    )
-    return EXIT_OK
+    def on_sigterm() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await runner(args, out, err)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        print("asyncimg: terminated", file=err)
+        return EXIT_SIGTERM
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``asyncimg`` command; returns the exit status (0, 1 or 2)."""
+    """Run the ``asyncimg`` command; returns the exit status (see the module doc)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     out, err = sys.stdout, sys.stderr
     try:
         if args.command == "serve":
-            return _serve(args)
+            return serve_from_args(args)
         if args.command == "report":
             return _report(args.directory, thumbnails=args.thumbnails, out=out)
-        if args.command == "batch" and args.prompts != "-" and not Path(args.prompts).is_file():
-            raise UsageError(f"no such file: {args.prompts}")
+        if args.command == "batch":
+            _check_paths(args)
         runner = {"batch": _batch, "batches": _batches}.get(args.command, _single)
-        return asyncio.run(runner(args, out, err))
+        return asyncio.run(_until_sigterm(runner, args, out, err))
     except UsageError as exc:
         print(f"asyncimg: error: {exc}", file=err)
         return EXIT_USAGE
     except ValidationError as exc:  # the client's own arguments, e.g. no API key
-        print(f"asyncimg: error: {exc}", file=err)
+        print(f"asyncimg: error: {_flag_message(exc)}", file=err)
         return EXIT_USAGE
     except AsyncImgError as exc:
         print(f"asyncimg: {type(exc).__name__}: {exc}", file=err)
         return EXIT_FAILED
     except OSError as exc:
-        print(f"asyncimg: {exc}", file=err)
-        return EXIT_FAILED
+        print(f"asyncimg: aborted: {exc}", file=err)
+        return EXIT_ABORTED
     except KeyboardInterrupt:
         print("asyncimg: interrupted", file=err)
-        return 130
+        return EXIT_SIGINT
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -72,3 +72,7 @@ async def client(emu: object) -> AsyncIterator[object]:
     ) as c:
         c.retry_policy = RetryPolicy(max_retries=2, initial=0.001, maximum=0.004)
         yield c
+
+
+# pytester: the pytest plugin is tested the way a user's suite uses it.
+pytest_plugins = ["pytester"]

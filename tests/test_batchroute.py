@@ -249,3 +249,56 @@ async def test_a_batch_unknown_to_the_server_is_a_usage_error(
     assert code == 2
     assert "batchapi.json" in stderr
     assert "unknown" in stderr
+
+
+async def test_a_bad_batch_option_is_a_usage_error_and_sends_nothing(
+    emu: Emulator, prompts: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    code, _, stderr = await _cli(emu, *_batch_args(prompts, out, "-n", "11"))
+    assert code == 2
+    assert "-n" in stderr
+    assert len(emu.journal) == 0
+    assert not (out / "manifest.jsonl").exists()
+
+
+async def test_a_refused_key_stops_at_once_with_the_fatal_status(
+    emu: Emulator, prompts: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncimg", *_batch_args(prompts, out), "--base-url",
+        emu.base_url, cwd=ROOT, env={**_env(), "OPENAI_API_KEY": "sk-wrong-key-0000"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 3, err.decode()
+    assert "OPENAI_API_KEY" in err.decode()
+    assert len(emu.journal) == 1  # the upload, refused; nothing else was tried
+    assert emu.batches.files == {}
+
+
+async def test_ctrl_c_while_polling_stops_and_a_rerun_resumes(
+    emu: Emulator, prompts: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    emu.batches.pace = BatchPace(polls=10**6)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncimg", *_batch_args(prompts, out), "--base-url",
+        emu.base_url, cwd=ROOT, env=_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    for _ in range(2000):
+        if any(e.method == "GET" and e.path.startswith("/v1/batches/") for e in emu.journal):
+            break
+        await asyncio.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130, err.decode()
+    assert "rerun" in err.decode()
+    (batch,) = emu.batches.batches.values()
+    batch.pace = BatchPace(polls=0)
+    code, _, stderr = await _cli(emu, *_batch_args(prompts, out))
+    assert code == 0, stderr
+    _all_done_once(out)
+    assert len(emu.batches.batches) == 1

@@ -60,9 +60,10 @@ def test_examples_batch_exit_1_then_resume(tmp_path: Path) -> None:
     assert sum(x["status"] == "ok" for x in lines) == 17
     assert len(list(out.glob("*.png"))) == 17
     again = _cli("batch", "examples/prompts.txt", "-o", str(out), *EMU, "--no-retry-failed", "-q")
-    assert again.returncode == 0, again.stderr
+    # Failed items kept, not retried, are still failed: reported, exit 1.
+    assert again.returncode == 1, again.stderr
     assert again.stdout == ""
-    assert again.stderr == ""
+    assert "2 failed in an earlier run, not retried" in again.stderr
     assert len(_manifest(out)) == 19
 
 

@@ -189,7 +189,7 @@ async def test_fifo_big_request_is_not_starved_by_small_ones() -> None:
     await settle()
     assert big.done()
     assert all(t.done() for t in smalls)  # 5 + 5 = 10 fit together, in order
-    assert limiter.stats().in_flight == 10
+    assert limiter.stats().in_use == 10
 
 
 async def test_fifo_grant_order_follows_arrival_order() -> None:
@@ -219,7 +219,7 @@ async def test_oversize_request_is_refused_at_once() -> None:
     assert info.value.param == "n"
     assert "11" in str(info.value)
     stats = limiter.stats()
-    assert (stats.granted, stats.waiting, stats.in_flight) == (0, 0, 0)
+    assert (stats.granted, stats.waiting, stats.in_use) == (0, 0, 0)
     assert (await take(limiter, 10)).images == 10  # the whole budget is fine
 
 
@@ -293,7 +293,7 @@ async def test_waiter_cancelled_after_grant_but_before_resuming_gives_back() -> 
     await settle()
     assert waiter.cancelled()
     stats = limiter.stats()
-    assert stats.in_flight == 0
+    assert stats.in_use == 0
     assert stats.refunded == 5
     assert (await take(limiter, 3)).images == 3
 
@@ -570,7 +570,7 @@ async def test_stats() -> None:
     assert isinstance(empty, LimiterStats)
     assert empty == LimiterStats(
         granted=0, refunded=0, sent=0, waiting=0, waiting_images=0, held=0, in_window=0,
-        in_flight=0, available=10, pauses=0, paused_for=0.0, server_remaining=None,
+        in_use=0, available=10, pauses=0, paused_for=0.0, server_remaining=None,
         server_reset_in=None, server_limit=None, images_last_window=0, images_per_minute=0.0,
         waited=0.0,
     )  # fmt: skip
@@ -584,7 +584,7 @@ async def test_stats() -> None:
     s = limiter.stats()
     assert (s.granted, s.refunded, s.sent) == (9, 4, 3)
     assert (s.waiting, s.waiting_images) == (1, 9)
-    assert (s.held, s.in_window, s.in_flight, s.available) == (2, 3, 5, 5)
+    assert (s.held, s.in_window, s.in_use, s.available) == (2, 3, 5, 5)
     assert s.images_last_window == 3
     assert s.images_per_minute == pytest.approx(18.0)
     clock.advance(10.0)  # a was sent 10 s ago: out of the last window, still holding budget
@@ -756,7 +756,7 @@ async def _simulate(
     # Nothing leaks: all budget is back once every window is over.
     clock.advance(rate.window + 1)
     stats = limiter.stats()
-    assert (stats.waiting, stats.held, stats.in_flight) == (0, 0, 0)
+    assert (stats.waiting, stats.held, stats.in_use) == (0, 0, 0)
     assert stats.available == rate.images
     # FIFO: a client that called acquire earlier was granted no later.
     order = [granted[i] for i in calls if i in granted]
@@ -822,6 +822,19 @@ async def test_waited_is_wall_time_with_anyone_waiting() -> None:
     assert limiter.stats().waiting == 0
     clock.advance(5.0)  # nobody waits: the figure stands still
     assert limiter.stats().waited == 11.0
+
+
+async def test_stats_in_use_is_the_budget_in_use_and_empties_after_the_window() -> None:
+    limiter, clock = make(images=10, per=10.0)
+    held = await take(limiter, 2)
+    sent = await take(limiter, 3)
+    sent.stamp()
+    stats = limiter.stats()
+    assert not hasattr(stats, "in_flight")  # the old name said "in flight" after the run
+    assert (stats.held, stats.in_window, stats.in_use) == (2, 3, 5)
+    held.stamp()
+    clock.advance(10.0)
+    assert limiter.stats().in_use == 0
 
 
 async def test_a_repeated_header_counts_its_first_value_as_everywhere_else() -> None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from asyncimg import AsyncImagesClient
+from asyncimg._client import _write_temp
 from asyncimg._runner import (
     MANIFEST_NAME,
     InputError,
     Manifest,
+    open_text,
     read_entries,
     run_batch,
 )
@@ -88,12 +90,14 @@ async def test_manifest_and_resume_after_failure(emu: Emulator, tmp_path: Path) 
     assert {x["error"]["type"] for x in failed} == {"ContentPolicyError", "InternalServerError"}  # type: ignore[index]
     policy = next(x for x in failed if x["error"]["type"] == "ContentPolicyError")  # type: ignore[index]
     assert policy["error"]["code"] == "content_policy_violation"  # type: ignore[index]
+    # A failure keeps the request id the server gave it, and every line its parameters.
+    assert all(str(x["request_id"]).startswith("req_") for x in failed)
+    assert all(x["params"] == {"model": "dall-e-2", "size": "256x256"} for x in lines)
     ok = [x for x in lines if x["status"] == "ok"]
     for x in ok:
         assert x["attempts"] == 1
         assert x["request_id"]
         assert x["seconds"] >= 0
-        assert x["params"] == {}
         assert x["line"] in (1, 2, 4)
         for name in x["files"]:  # type: ignore[attr-defined]
             assert (out / name).is_file()
@@ -125,14 +129,15 @@ async def test_missing_files_and_torn_line_are_redone(emu: Emulator, tmp_path: P
     manifest = out / MANIFEST_NAME
     data = manifest.read_bytes()
     manifest.write_bytes(data[: len(data) - 20])  # a torn last line
-    (out / ".x.png.abc.part").write_bytes(b"junk")
+    _write_temp(out, f"{two['id']}-1", b"junk")  # ours, stale: a write cut short
+    (out / ".my-notes.part").write_text("the user's own")  # not ours: kept
     summary = await _run(emu.base_url, src, out, fmt="jsonl")
     assert summary.ok == 2
     assert summary.skipped == 1
     lines = _lines(out)
     assert len(lines) == 3 == len({x["id"] for x in lines})
     assert all(x["status"] == "ok" for x in lines)
-    assert not list(out.glob(".*.part"))
+    assert [p.name for p in out.glob(".*.part")] == [".my-notes.part"]
     assert len(list(out.glob("*.png"))) == 4
 
 
@@ -168,3 +173,27 @@ async def test_runner_counts_waits_and_attempts(tmp_path: Path) -> None:
     assert summary.waited > 0.2
     attempts = sorted(x["attempts"] for x in _lines(tmp_path / "out"))
     assert attempts == [1, 1, 1, 2]
+
+
+def test_a_failed_open_releases_the_lock(tmp_path: Path) -> None:
+    first = Manifest(tmp_path, server="http://a.example/v1")
+    first.open()
+    first.close()
+    with pytest.raises(InputError, match="holds results from http://a"):
+        Manifest(tmp_path, server="http://b.example/v1").open()
+    again = Manifest(tmp_path, server="http://a.example/v1")
+    again.open()  # not "another asyncimg batch is writing": the failed open let go
+    again.close()
+
+
+async def test_the_clients_default_model_is_part_of_the_id(emu: Emulator, tmp_path: Path) -> None:
+    src = tmp_path / "p.txt"
+    src.write_text("a lantern\n")
+    out = tmp_path / "out"
+    for model, ran in (("dall-e-2", 1), ("dall-e-2", 0), ("dall-e-3", 1)):
+        async with AsyncImagesClient(
+            api_key=TEST_KEY, base_url=emu.base_url, rate_limit=None, model=model
+        ) as client:
+            summary = await run_batch(client, open_text(str(src)), "txt", out)
+        assert summary.ok == ran
+    assert sorted(x["params"]["model"] for x in _lines(out)) == ["dall-e-2", "dall-e-3"]  # type: ignore[index]

@@ -10,8 +10,10 @@
         assert len(emu.requests("generate")) == 2
 
 Importing this package imports aiohttp.web; ``import asyncimg`` alone does not.
-Run one as a process with ``python -m asyncimg.testing --port 8089``; pytest
-users get the ``emulator`` fixture with
+For blocking code, ``with emulator_thread() as emu:`` runs one on a thread of
+its own. Run one as a process with ``python -m asyncimg.testing --port 8089``
+(the same as ``asyncimg serve``); pytest users get the ``emulator`` fixture
+(async tests) and the ``emulator_sync`` fixture (plain tests) with
 ``pytest_plugins = ["asyncimg.testing.pytest_plugin"]``.
 """
 
@@ -28,6 +30,7 @@ from ._emulator import (
 )
 from ._faults import Fault, FaultKind
 from ._png import encode_png, make_png
+from ._thread import emulator_thread
 
 __all__ = [
     "CONTENT_POLICY_MARKER",
@@ -39,6 +42,7 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "UploadedFile",
+    "emulator_thread",
     "encode_png",
     "format_duration",
     "make_png",

@@ -33,8 +33,10 @@ defaults: dall-e-2 for generations and variations, gpt-image-1.5 for edits;
 but a parameter only one family takes picks it (``style``: dall-e-3;
 ``response_format``: dall-e-2; ``output_format``, ``output_compression``,
 ``background``, ``moderation``, ``input_fidelity`` or a quality of
-low/medium/high: gpt-image-1.5). The rules applied stay those of the model
-named in the request (none beyond the universal ones when it names none).
+low/medium/high: gpt-image-1.5). The rules applied are those of the model
+that answers: a request without ``model`` gets the default model's rules, as at
+the API (a generation of 300x300, of n=11 or of a 3000-character prompt, or a
+non-square variation, is refused as dall-e-2 refuses it).
 
 Images are real PNGs of the requested size (``auto``: 1024x1024), RGBA when a
 transparent background is asked for. For ``output_format`` ``jpeg`` or
@@ -54,6 +56,7 @@ import json
 import math
 import re
 import secrets
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, overload
@@ -64,6 +67,7 @@ from aiohttp import BodyPartReader, web
 from .._exceptions import ValidationError
 from .._files import ImageFile, sniff_mime
 from .._params import EditParams, Endpoint, GenerateParams, JsonEditParams, Params, from_wire
+from .._validation import validate
 from ._azure import azure_content_filter, azure_refusal, azure_route
 from ._batches import BatchAPI
 from ._faults import Fault, path_matches
@@ -242,10 +246,14 @@ class JournalEntry:
 
 
 class Journal(Sequence[JournalEntry]):
-    """The requests the emulator received, in the order their answers finished."""
+    """The requests the emulator received, in the order their answers finished.
 
-    def __init__(self) -> None:
-        self._entries: list[JournalEntry] = []
+    With ``maxlen`` it keeps only the latest ``maxlen`` (a long-running emulator
+    stays small); None keeps every entry.
+    """
+
+    def __init__(self, maxlen: int | None = None) -> None:
+        self._entries: collections.deque[JournalEntry] = collections.deque(maxlen=maxlen)
 
     def append(self, entry: JournalEntry) -> None:
         """Record one entry (the emulator does this)."""
@@ -262,6 +270,8 @@ class Journal(Sequence[JournalEntry]):
     def __getitem__(self, index: slice) -> list[JournalEntry]: ...
 
     def __getitem__(self, index: int | slice) -> JournalEntry | list[JournalEntry]:
+        if isinstance(index, slice):
+            return list(self._entries)[index]
         return self._entries[index]
 
     def __len__(self) -> int:
@@ -436,6 +446,11 @@ class Emulator:
             one to test expiry without sleeping.
         azure: serve the Azure OpenAI paths under :attr:`endpoint` instead of
             ``/v1``, checking ``api-version`` and the key as ``api-key``.
+        journal_size: the journal and ``arrivals`` keep the latest this many
+            requests (None: all, which grows without bound).
+        max_urls: url results kept downloadable; beyond it the oldest are
+            forgotten (answering 404 ``BlobNotFound``). Memory stays flat however
+            long the emulator runs.
         header_style: how response headers are written (see
             :mod:`asyncimg.testing._headers`): ``"openai"`` (lower case, with
             ``retry-after-ms``), ``"canonical"`` (capitalised names,
@@ -463,8 +478,14 @@ class Emulator:
         latency: float = 0.0,
         clock: Callable[[], float] | None = None,
         azure: bool = False,
+        journal_size: int | None = 10_000,
+        max_urls: int = 10_000,
         header_style: HeaderStyle = "openai",
     ) -> None:
+        if journal_size is not None and journal_size < 1:
+            raise ValueError(f"journal_size must be >= 1 or None, not {journal_size}")
+        if max_urls < 1:
+            raise ValueError(f"max_urls must be >= 1, not {max_urls}")
         styled_headers({}, header_style, 0.0)  # refuses an unknown style now
         self.header_style: HeaderStyle = header_style
         self.api_key = api_key
@@ -475,11 +496,15 @@ class Emulator:
         self.url_ttl = url_ttl
         self.latency = latency
         self.clock: Callable[[], float] = clock or time.monotonic
-        self.journal = Journal()
+        self.journal = Journal(journal_size)
+        self.journal_size = journal_size
         self.arrivals: list[tuple[float, int]] = []
-        """``(time, images)`` of every request that passed the rate limit, in order."""
+        """``(time, images)`` of the requests that passed the rate limit, in order (the
+        latest ``journal_size`` or more: trimmed when it reaches twice that)."""
+        self.max_urls = max_urls
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._faults: list[list[Any]] = []  # [fault, uses left]
+        # Insertion-ordered, so the oldest url is the first to go.
         self._blobs: dict[str, tuple[tuple[int, int, str, bool], float]] = {}
         self.batches = BatchAPI(self._render_batch_line, self.clock)
         """The Files and Batch APIs (:class:`BatchAPI`): set ``batches.pace`` to steer batches."""
@@ -980,6 +1005,8 @@ class Emulator:
                 )
             self._window.append((now, images))
         self.arrivals.append((now, images))
+        if self.journal_size is not None and len(self.arrivals) >= 2 * self.journal_size:
+            del self.arrivals[: -self.journal_size]
         return self._rate_headers(now)
 
     def _answer(
@@ -999,6 +1026,11 @@ class Emulator:
             _refuse(400, str(exc), param=exc.param)
         inputs = self._inputs(params)
         model = _effective_model(endpoint, params)
+        if params.model is None:  # the default model's rules apply, as at the API
+            try:
+                validate(attrs.evolve(params, model=model))
+            except ValidationError as exc:
+                _refuse(400, f"{exc} (the default model is {model})", param=exc.param)
         gpt = _is_gpt(model)
         stream = getattr(params, "stream", None)
         if stream and not gpt:
@@ -1127,6 +1159,8 @@ class Emulator:
         name = f"img-{secrets.token_urlsafe(18)}.png"
         # Keep the recipe, not the bytes: a long run of url results stays small in memory.
         self._blobs[name] = ((width, height, seed, alpha), now + self.url_ttl)
+        while len(self._blobs) > self.max_urls:
+            del self._blobs[next(iter(self._blobs))]
         expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
             seconds=self.url_ttl
         )
@@ -1139,13 +1173,16 @@ class Emulator:
 
 
 async def _serve_forever(options: Mapping[str, Any], ready: Callable[[Emulator], None]) -> None:
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals here: Ctrl-C only
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with Emulator(**options) as emu:
         ready(emu)
-        await asyncio.Event().wait()
+        await stop.wait()
 
 
 def serve(host: str = "127.0.0.1", port: int = 8089, **emulator_options: Any) -> None:
-    """Run an emulator until Ctrl-C (blocking); prints its base url first.
+    """Run an emulator until Ctrl-C or SIGTERM (blocking); prints its base urls first.
 
     ``emulator_options`` are :class:`Emulator`'s other arguments.
 
@@ -1158,11 +1195,15 @@ def serve(host: str = "127.0.0.1", port: int = 8089, **emulator_options: Any) ->
             print(
                 f"asyncimg emulator (Azure OpenAI) listening on {emu.endpoint}: "
                 f"{emu.endpoint}/openai/deployments/NAME/images/...?api-version=... "
-                "(Ctrl-C to stop)",
+                f"(url results on {emu.blob_base_url}; Ctrl-C or SIGTERM to stop)",
                 flush=True,
             )
             return
-        print(f"asyncimg emulator listening on {emu.base_url} (Ctrl-C to stop)", flush=True)
+        print(
+            f"asyncimg emulator listening on {emu.base_url} (url results on "
+            f"{emu.blob_base_url}; Ctrl-C or SIGTERM to stop)",
+            flush=True,
+        )
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever({"host": host, "port": port, **emulator_options}, ready))

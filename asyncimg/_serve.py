@@ -1,0 +1,73 @@
+"""The options of the emulator as a process, shared by ``asyncimg serve`` and
+``python -m asyncimg.testing`` (one set, so the two never drift apart).
+
+This module does not import the emulator (nor aiohttp.web) until it serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_serve_options", "positive_int", "serve_from_args"]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not one.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {value}")
+    return value
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's options to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="where to listen (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8089, help="the API's port; 0 picks one")
+    parser.add_argument("--api-key", help="the key to expect (default: any, or none)")
+    parser.add_argument(
+        "--images-per-minute", type=positive_int, metavar="N",
+        help="answer 429 with Retry-After above N images a minute (default: no limit)",
+    )
+    parser.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="seconds before each answer"
+    )
+    parser.add_argument(
+        "--url-ttl", type=float, default=3600.0, metavar="S",
+        help="seconds a url result stays downloadable (default: 3600, as the API)",
+    )
+    parser.add_argument(
+        "--journal-size", type=positive_int, default=10_000, metavar="N",
+        help="requests kept in the journal (default: 10000)",
+    )
+    parser.add_argument(
+        "--max-urls", type=positive_int, default=10_000, metavar="N",
+        help="url results kept downloadable; older ones answer 404 (default: 10000)",
+    )
+    parser.add_argument(
+        "--azure", action="store_true",
+        help="serve the Azure OpenAI paths (/openai/deployments/NAME/images/...?api-version=), "
+        "the key as api-key",
+    )
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C with the options of :func:`add_serve_options`; the exit status.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    from .testing import serve
+
+    serve(
+        args.host, args.port, api_key=args.api_key, images_per_minute=args.images_per_minute,
+        latency=args.latency, url_ttl=args.url_ttl, journal_size=args.journal_size,
+        max_urls=args.max_urls, azure=args.azure,
+    )
+    return 0
