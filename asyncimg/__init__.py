@@ -26,6 +26,7 @@ from ._exceptions import (
     ConflictError,
     ContentPolicyError,
     InternalServerError,
+    LimiterUnavailableError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -57,6 +58,7 @@ from ._stream import (
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
+    from ._redis import RedisLimiter
     from ._sync import ImagesClient
 
 __all__ = [
@@ -91,6 +93,7 @@ __all__ = [
     "InternalServerError",
     "Limiter",
     "LimiterStats",
+    "LimiterUnavailableError",
     "NotFoundError",
     "OutputTokensDetails",
     "PartialImageEvent",
@@ -100,6 +103,7 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RedisLimiter",
     "RequestOptions",
     "ResponseTooLargeError",
     "UnknownEvent",
@@ -121,4 +125,9 @@ def __getattr__(name: str) -> _typing.Any:
 
         globals()["ImagesClient"] = ImagesClient
         return ImagesClient
+    if name == "RedisLimiter":  # the `redis` extra: imported only when asked for
+        from ._redis import RedisLimiter
+
+        globals()["RedisLimiter"] = RedisLimiter
+        return RedisLimiter
     raise AttributeError(f"module 'asyncimg' has no attribute {name!r}")

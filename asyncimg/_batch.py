@@ -8,7 +8,10 @@ memory object stream. Two semaphores keep everything bounded:
 * ``in flight``: at most ``concurrency`` items are being worked on;
 * ``window``: at most ``2 * concurrency`` items are started but not yet handed to
   the consumer, so a slow consumer (or, with ``ordered=True``, a slow head item)
-  stops new work instead of piling up results.
+  stops new work instead of piling up results;
+* ``ready`` (optional): no new item starts while that many finished results wait
+  for the consumer, so that a large ``concurrency`` (the client's automatic ceiling)
+  bounds requests in flight, not results held in memory.
 
 The driver holds no reference to the iterator object, so when the consumer drops
 it (``break`` out of ``async for``, an exception, a cancellation) ``__del__``
@@ -132,7 +135,17 @@ class _Shared(Generic[_T]):
 
     send: MemoryObjectSendStream[tuple[int, _T]]
     window: anyio.Semaphore
+    ready_limit: float = math.inf
     error: BaseException | None = None
+    ready: int = 0  # finished, not yet yielded
+    room: anyio.Event | None = None  # set when ``ready`` drops below the limit
+
+    def yielded(self) -> None:
+        self.ready -= 1
+        room = self.room
+        if room is not None and self.ready < self.ready_limit:
+            self.room = None
+            room.set()
 
 
 async def _aiter_source(source: Iterable[_S] | AsyncIterable[_S]) -> AsyncIterable[_S]:
@@ -157,6 +170,7 @@ async def _drive(
             result = await work(index, spec)
         finally:
             in_flight.release()
+        shared.ready += 1
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             shared.send.send_nowait((index, result))
 
@@ -167,6 +181,9 @@ async def _drive(
             while True:
                 await shared.window.acquire()
                 await in_flight.acquire()
+                while shared.ready >= shared.ready_limit:
+                    room = shared.room = shared.room or anyio.Event()
+                    await room.wait()
                 try:
                     spec = await specs.__anext__()  # type: ignore[attr-defined]
                 except StopAsyncIteration:
@@ -203,6 +220,8 @@ class BatchIterator(Generic[_T]):
         concurrency: items worked on at once.
         ordered: yield results in input order (else as they finish).
         window: items started but not yet yielded (default ``2 * concurrency``).
+        ready: start nothing while this many finished results wait (default: no
+            bound beyond ``window``).
     """
 
     def __init__(
@@ -213,6 +232,7 @@ class BatchIterator(Generic[_T]):
         concurrency: int,
         ordered: bool = False,
         window: int | None = None,
+        ready: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValidationError("concurrency", "concurrency must be >= 1")
@@ -221,6 +241,7 @@ class BatchIterator(Generic[_T]):
         self._concurrency = concurrency
         self._ordered = ordered
         self._window_size = max(window or 2 * concurrency, concurrency)
+        self._ready = math.inf if ready is None else max(1, ready)
         self._shared: _Shared[_T] | None = None
         self._receive: MemoryObjectReceiveStream[tuple[int, _T]] | None = None
         self._driver: asyncio.Task[None] | None = None
@@ -248,7 +269,7 @@ class BatchIterator(Generic[_T]):
         assert self._source is not None
         assert self._work is not None
         send, receive = anyio.create_memory_object_stream[tuple[int, _T]](math.inf)
-        self._shared = shared = _Shared(send, anyio.Semaphore(self._window_size))
+        self._shared = shared = _Shared(send, anyio.Semaphore(self._window_size), self._ready)
         coro = _drive(shared, self._source, self._work, self._concurrency)
         self._source = self._work = None
         task = asyncio.get_running_loop().create_task(coro)
@@ -276,6 +297,7 @@ class BatchIterator(Generic[_T]):
             raise StopAsyncIteration from None
         assert self._shared is not None
         self._shared.window.release()
+        self._shared.yielded()
         return result
 
     async def _finish(self) -> None:
@@ -352,5 +374,6 @@ def generate_many(
         return await make_item(client, index, spec, frozen, allowed)
 
     return BatchIterator(
-        prompts, work, concurrency=client.max_concurrency, ordered=ordered
+        prompts, work, concurrency=client._gate.ceiling, ordered=ordered,
+        ready=client._gate.ready_limit,
     )

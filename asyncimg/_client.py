@@ -46,6 +46,7 @@ from ._config import (
 )
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
+from ._gate import Gate
 from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
@@ -54,7 +55,7 @@ from ._params import EditParams, GenerateParams, JsonEditParams, Params, Variati
 from ._refs import EditImages, by_reference, load_ref, load_refs
 from ._retry import RetryPolicy, count_attempt, count_status, decide
 from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
-from ._transport import RawResponse, Transport, without_query
+from ._transport import ON_WIRE, RawResponse, Transport, without_query
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -111,7 +112,10 @@ class AsyncImagesClient:
         model: the model for every call that names none; None lets the server choose.
         rate_limit: images per window; None switches the limiter off.
         limiter: a limiter to share between clients (overrides ``rate_limit``).
-        max_concurrency: requests in flight at once.
+        max_concurrency: a hard ceiling on requests in flight. None (the default)
+            sizes it from the rate limit and the answer times seen (Little's law:
+            ``images * (floor(latency / window) + 2)``, 16 to 512; 16 without a
+            rate), so the limiter, not the ceiling, sets the pace.
         max_retries: retries after the first attempt (per call: ``max_retries=``).
         timeout: seconds for one attempt (per call: ``timeout=``); None: no limit.
         connect_timeout: seconds to open a connection, within ``timeout``
@@ -149,7 +153,7 @@ class AsyncImagesClient:
         model: str | None = None,
         rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
         limiter: RateLimiter | None = None,
-        max_concurrency: int = 16,
+        max_concurrency: int | None = None,
         max_retries: int = 3,
         timeout: float | None = 600.0,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -165,7 +169,8 @@ class AsyncImagesClient:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         organization = organization or os.environ.get("OPENAI_ORG_ID")
         project = project or os.environ.get("OPENAI_PROJECT_ID")
-        check_int("max_concurrency", max_concurrency, 1)
+        if max_concurrency is not None:  # None: the automatic ceiling
+            check_int("max_concurrency", max_concurrency, 1)
         check_int("max_retries", max_retries, 0)
         check_int("max_response_bytes", max_response_bytes, 1)
         check_seconds("timeout", timeout, none_ok=True)
@@ -215,13 +220,16 @@ class AsyncImagesClient:
         self._headers: Mapping[str, str] = merge_headers(
             headers, check_headers(default_headers, "default_headers")
         )
-        self._gate: asyncio.Semaphore | None = None
+        rate = getattr(self.limiter, "rate", None)  # optional in the limiter protocol
+        self._gate = Gate(
+            rate if isinstance(rate, RateLimit) else None, fixed=max_concurrency
+        )
         user_agent = (
             f"asyncimg/{__version__} aiohttp/{aiohttp.__version__} "
             f"python/{platform.python_version()}"
         )
         self._transport = Transport(
-            max_connections=max_concurrency + 4,
+            max_connections=self._gate.ceiling + 4,
             max_response_bytes=max_response_bytes,
             user_agent=user_agent,
             connect_timeout=connect_timeout,
@@ -630,13 +638,6 @@ class AsyncImagesClient:
         )
         return policy, attempt_timeout, url, check_headers(options.extra_headers, "extra_headers")
 
-    def _get_gate(self) -> asyncio.Semaphore:
-        # asyncio's semaphore: anyio's always yields to the loop once per acquire.
-        gate = self._gate
-        if gate is None:
-            gate = self._gate = asyncio.Semaphore(self.max_concurrency)
-        return gate
-
     async def _call(self, params: Params, options: _CallOptions) -> ImagesResponse:
         # Everything that can be refused is refused here, before any budget is taken:
         # the retry count, the timeout, the URL, the headers and the whole body as bytes.
@@ -735,14 +736,22 @@ class AsyncImagesClient:
     ) -> RawResponse:
         if images == 0:
             return await send()
-        async with self._get_gate():
-            # The slot first, then the images: a permit is stamped the moment it
-            # is granted, so no budget sits idle waiting for a slot and a pause
-            # that begins meanwhile holds back every request not yet sent.
+        gate = self._gate
+        await gate.acquire()
+        try:
+            # The slot first, then the images; the permit is stamped when the
+            # request is on the wire (ON_WIRE), not before a pooled connection
+            # or the upload, and refunded if nothing was written.
             permit = await self.limiter.acquire(images)
             count_attempt(images)
-            try:
+            sent: list[int] = []
+
+            def on_wire() -> None:
                 permit.stamp()
+                sent.append(gate.sent())
+
+            token = ON_WIRE.set(on_wire)
+            try:
                 raw = await send()
             except APIError as exc:
                 headers = getattr(exc, "headers", None)
@@ -750,9 +759,14 @@ class AsyncImagesClient:
                     self.limiter.observe_headers(headers)
                 raise
             finally:
+                ON_WIRE.reset(token)
                 permit.refund()
+                if sent:
+                    gate.answered(sent[0])
             self.limiter.observe_headers(raw.headers)
             return raw
+        finally:
+            gate.release()
 
 
 @attrs.frozen

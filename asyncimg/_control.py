@@ -1,11 +1,11 @@
 """Stopping a batch early: which errors are fatal, and the control that stops a run.
 
 A run stops, sending nothing new, on a fatal error (a refused key, permission, an
-unknown model or URL, an exhausted quota), a local failure (a full disk), a line
-of input that does not decode, or a signal. :class:`BatchControl` is what the
-runner and a signal handler share: it cancels the items not yet sent (or, the
-second time a signal comes, every item), and reads the input off the event loop
-so that a silent stdin never holds the loop or the stop.
+unknown model or URL, an exhausted quota, the shared limiter's Redis out of reach),
+a local failure (a full disk), a line of input that does not decode, or a signal.
+:class:`BatchControl` is what the runner and a signal handler share: it cancels the
+items not yet sent (or, the second time a signal comes, every item), and reads the
+input off the event loop so that a silent stdin never holds the loop or the stop.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import anyio
 
 from ._exceptions import (
     AuthenticationError,
+    LimiterUnavailableError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -38,7 +39,8 @@ def fatal_error(exc: BaseException) -> str | None:
     """What to tell the user when ``exc`` will fail every item of a batch; None otherwise.
 
     Fatal: a refused key (401), a refused permission (403), an unknown model or
-    URL (404), an exhausted quota or billing limit (a 429 with that code).
+    URL (404), an exhausted quota or billing limit (a 429 with that code), the
+    shared limiter's Redis out of reach.
     """
     if isinstance(exc, AuthenticationError):
         return "the API key was refused (401): check OPENAI_API_KEY (and --base-url)"
@@ -51,6 +53,8 @@ def fatal_error(exc: BaseException) -> str | None:
         return "not found (404): check --model and --base-url"
     if isinstance(exc, RateLimitError) and exc.code in _QUOTA_CODES:
         return f"the account's quota is exhausted (429 {exc.code}): check the plan and billing"
+    if isinstance(exc, LimiterUnavailableError):
+        return f"the shared rate limit is out of reach ({exc}): check --redis"
     return None
 
 

@@ -6,6 +6,8 @@ Names follow the official ``openai`` SDK, so that code switching over keeps its
     AsyncImgError
     ├── ValidationError              bad input; raised before anything is sent
     │                                 or any rate budget is spent (also a ValueError)
+    ├── LimiterUnavailableError      the shared limiter's Redis is down or too slow;
+    │                                 nothing was sent, no budget was spent
     └── APIError
         ├── APIStatusError           the server answered with an error status
         │   ├── BadRequestError                   400
@@ -52,6 +54,7 @@ __all__ = [
     "ConflictError",
     "ContentPolicyError",
     "InternalServerError",
+    "LimiterUnavailableError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -87,6 +90,14 @@ class ValidationError(AsyncImgError, ValueError):
         super().__init__(message)
         self.param = param
         self.message = message
+
+
+class LimiterUnavailableError(AsyncImgError):
+    """The shared limiter (:class:`asyncimg.RedisLimiter`) could not reach Redis in time.
+
+    Raised by ``acquire`` (so by every call that sends) within the limiter's
+    ``timeout``: nothing was sent and no budget was spent. The cause is chained.
+    """
 
 
 class APIError(AsyncImgError):

@@ -730,7 +730,7 @@ async def run_batch(
             sink.start(summary)
             batch = BatchIterator(
                 control.pull(entries, bad_input=InputError), work,
-                concurrency=client.max_concurrency,
+                concurrency=client._gate.ceiling, ready=client._gate.ready_limit,
             )
             async with batch, anyio.create_task_group() as tg:
 

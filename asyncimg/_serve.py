@@ -39,6 +39,14 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         "--latency", type=float, default=0.0, metavar="S", help="seconds before each answer"
     )
     parser.add_argument(
+        "--latency-sigma", type=float, default=0.0, metavar="SIGMA",
+        help="a lognormal spread of --latency around it (its median); 0: fixed",
+    )
+    parser.add_argument(
+        "--download-latency", type=float, default=0.0, metavar="S",
+        help="seconds before each url download answers (default: 0)",
+    )
+    parser.add_argument(
         "--url-ttl", type=float, default=3600.0, metavar="S",
         help="seconds a url result stays downloadable (default: 3600, as the API)",
     )
@@ -68,6 +76,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     serve(
         args.host, args.port, api_key=args.api_key, images_per_minute=args.images_per_minute,
         latency=args.latency, url_ttl=args.url_ttl, journal_size=args.journal_size,
-        max_urls=args.max_urls, azure=args.azure,
+        max_urls=args.max_urls, latency_sigma=args.latency_sigma,
+        download_latency=args.download_latency, azure=args.azure,
     )
     return 0

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import io
 import json
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -33,6 +35,7 @@ from ._exceptions import (
 from ._offloop import OFF_LOOP_BYTES, off_loop
 
 __all__ = [
+    "ON_WIRE",
     "RawResponse",
     "Transport",
     "loads_images_json",
@@ -56,6 +59,93 @@ class RawResponse:
     def request_id(self) -> str | None:
         """The server's ``x-request-id``, if it sent one."""
         return self.headers.get("x-request-id")
+
+
+ON_WIRE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "asyncimg_on_wire", default=None
+)
+"""Called once by :meth:`Transport.request` when the request is on the wire (see :class:`_Wire`)."""
+
+
+class _Wire:
+    """When a request is on the wire, told by aiohttp's trace hooks.
+
+    The callback runs once, as soon as the last byte of the body (by the request's
+    ``Content-Length``) has been handed to the connection; without a length, when
+    the response begins or the request fails after its headers were written. It
+    never runs for a request that wrote nothing (no connection, DNS failure,
+    connect timeout): nothing can have reached the server.
+    """
+
+    __slots__ = ("callback", "left", "started")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback: Callable[[], None] | None = callback
+        self.left: int | None = None  # body bytes still to hand over; None: length unknown
+        self.started = False  # the headers went out
+
+    def fire(self) -> None:
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback()
+
+    def headers_sent(self, headers: Mapping[str, str]) -> None:
+        self.started = True
+        length = headers.get("Content-Length")
+        self.left = int(length) if length is not None and length.isdigit() else None
+        if self.left == 0:
+            self.fire()
+
+    def chunk_sent(self, size: int) -> None:
+        if self.left is not None:
+            self.left -= size
+            if self.left <= 0:
+                self.fire()
+
+
+async def _on_sent(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams | aiohttp.TraceRequestChunkSentParams,
+) -> None:
+    wire = ctx.trace_request_ctx
+    if not isinstance(wire, _Wire):
+        return
+    if isinstance(params, aiohttp.TraceRequestHeadersSentParams):
+        wire.headers_sent(params.headers)
+    else:
+        wire.chunk_sent(len(params.chunk))
+
+
+@contextlib.contextmanager
+def _on_the_wire(traced: bool = True) -> Iterator[_Wire | None]:
+    """The :class:`_Wire` for :data:`ON_WIRE`'s callback, if one is set; on the way out
+    it fires if anything went out (the server may have counted it).
+
+    Not ``traced`` (a caller's session, without our trace hooks), it fires at once:
+    the request counts as sent from its start, the cautious side."""
+    on_wire = ON_WIRE.get()
+    wire = None if on_wire is None else _Wire(on_wire)
+    if wire is not None and not traced:
+        wire.fire()
+    try:
+        yield wire
+    finally:
+        if wire is not None and wire.started:
+            wire.fire()
+
+
+def _answered(wire: _Wire | None) -> None:
+    """An answer began: the request was on the wire, whatever its length."""
+    if wire is not None:
+        wire.fire()
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    config = aiohttp.TraceConfig()
+    config.on_request_headers_sent.append(_on_sent)
+    config.on_request_chunk_sent.append(_on_sent)
+    config.freeze()
+    return config
 
 
 def without_query(url: str) -> str:
@@ -314,6 +404,7 @@ class Transport:
                 timeout=aiohttp.ClientTimeout(total=None),
                 json_serialize=json.dumps,
                 auto_decompress=True,
+                trace_configs=[_trace_config()],
             )
             self._session = session
             self._loop = asyncio.get_running_loop()
@@ -345,7 +436,9 @@ class Transport:
 
         With ``decode_json`` a successful body is decoded into ``RawResponse.json``
         instead of being kept as bytes: in a reused buffer on the loop, or, above
-        ``off_loop_bytes``, in a worker thread so that the loop keeps running.
+        ``off_loop_bytes``, in a worker thread so that the loop keeps running. The
+        callback in :data:`ON_WIRE`, if any, runs once the request is on the wire,
+        and never if nothing was written.
 
         Raises:
             APIStatusError: (a subclass of it) the status is 400 or above.
@@ -357,17 +450,15 @@ class Transport:
         what = f"{method} {without_query(url)}"
         error = None
         try:
-            async with self.session.request(
-                method,
-                url,
-                data=data,
-                headers=send_headers,
-                timeout=self._timeout(timeout),
-                proxy=self._proxy(url),
-                raise_for_status=False,
-            ) as resp:
-                chunks, size = await self._read(resp)
-                status, resp_headers = resp.status, resp.headers
+            with _on_the_wire(not self._external) as wire:
+                async with self.session.request(
+                    method, url, data=data, headers=send_headers,
+                    timeout=self._timeout(timeout), trace_request_ctx=wire,
+                    proxy=self._proxy(url), raise_for_status=False,
+                ) as resp:
+                    _answered(wire)
+                    chunks, size = await self._read(resp)
+                    status, resp_headers = resp.status, resp.headers
         except _TRANSPORT_ERRORS as exc:
             error = transport_error(exc, what, timeout)
         if error is not None:
@@ -452,15 +543,12 @@ class Transport:
         )
         error = None
         try:
-            resp = await self.session.request(
-                "POST",
-                url,
-                data=data,
-                headers=send_headers,
-                timeout=stream_timeout,
-                proxy=self._proxy(url),
-                raise_for_status=False,
-            )
+            with _on_the_wire(not self._external) as wire:
+                resp = await self.session.request(
+                    "POST", url, data=data, headers=send_headers, timeout=stream_timeout,
+                    trace_request_ctx=wire, proxy=self._proxy(url), raise_for_status=False,
+                )
+                _answered(wire)
             if resp.status < 400:
                 return resp
             try:

@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import codecs
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -52,7 +53,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ._control import fatal_error
 from ._exceptions import APIError, AsyncImgError, ValidationError
 from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
-from ._limiter import Limiter, RateLimit
+from ._limiter import Limiter, RateLimit, RateLimiter
 from ._runner import ProgressSink
 from ._serve import add_serve_options, positive_int, serve_from_args
 from ._version import __version__
@@ -60,6 +61,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
     from ._control import BatchControl
+    from ._redis import RedisLimiter
     from ._runner import BatchSummary, Record
 
 __all__ = ["main", "parse_rate"]
@@ -74,8 +76,8 @@ EXIT_SIGTERM = 143
 _EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
 _EXIT_HELP = (
     "exit status: 0 all succeeded, 1 some items failed, 2 usage error (nothing sent), "
-    "3 stopped by a fatal API error (401, 403, 404, 429 quota), 4 aborted by a local "
-    "failure (a full disk), 130 Ctrl-C, 143 SIGTERM"
+    "3 stopped by a fatal API error (401, 403, 404, 429 quota) or --redis out of reach, "
+    "4 aborted by a local failure (a full disk), 130 Ctrl-C, 143 SIGTERM"
 )
 # The option a user typed, by the parameter its value became.
 _FLAGS = {
@@ -163,7 +165,20 @@ def _connection_options() -> argparse.ArgumentParser:
         "--rate", type=_rate_arg, default=RateLimit(images=50, per=60.0), metavar="RATE",
         help="images per window: 50/min (default), 5/s, 20/2s, or off",
     )
-    g.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight")
+    g.add_argument(
+        "--redis", metavar="URL", default=os.environ.get("ASYNCIMG_REDIS_URL"),
+        help="share --rate through this Redis with every process using the same "
+        "--limit-name (default $ASYNCIMG_REDIS_URL)",
+    )
+    g.add_argument(
+        "--limit-name", default="openai-images", metavar="NAME",
+        help="which shared budget (with --redis): one per organization and model family",
+    )
+    g.add_argument(
+        "--concurrency", type=positive_int, default=None,
+        help="a hard ceiling on requests in flight (default: sized from --rate and the "
+        "answer times, 16 to 512)",
+    )
     g.add_argument("--max-retries", type=int, default=3, help="retries per request")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds for one attempt")
     g.add_argument(
@@ -349,8 +364,12 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
     from ._client import AsyncImagesClient
 
-    limiter = Limiter(args.rate)
     async with contextlib.AsyncExitStack() as stack:
+        limiter: RateLimiter = Limiter(args.rate)
+        if args.redis:
+            shared = _redis_limiter(args)
+            stack.push_async_callback(shared.aclose)
+            limiter = shared
         base_url = args.base_url
         api_key = None
         if args.emulator:
@@ -367,6 +386,24 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
             timeout=args.timeout,
         )
         yield await stack.enter_async_context(client)
+
+
+def _redis_limiter(args: argparse.Namespace) -> RedisLimiter:
+    """The shared limiter of ``--redis`` and ``--limit-name``; UsageError when unusable."""
+    if args.rate is None:
+        raise UsageError("--redis: a shared limit needs a --rate (not off)")
+    from ._redis import RedisLimiter, check_name
+
+    try:
+        check_name(args.limit_name)
+    except ValueError as exc:
+        raise UsageError(f"--limit-name: {exc}") from None
+    try:
+        return RedisLimiter.from_url(args.redis, rate=args.rate, name=args.limit_name)
+    except ImportError as exc:
+        raise UsageError(f"--redis: {exc}") from None
+    except ValueError:  # never echo the URL: it may hold a password
+        raise UsageError("--redis: not a redis://, rediss:// or unix:// URL") from None
 
 
 async def _streamed(
@@ -484,36 +521,26 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for signum in _EXIT_SIGNAL:
             loop.add_signal_handler(signum, on_signal, signum)
         try:
-            server = "the emulator (--emulator)" if args.emulator else None
             if args.via == "batch-api":
                 from ._batchroute import run_via_batch_api
 
-                summary = await run_via_batch_api(
-                    client,
-                    open_text(args.prompts, args.encoding),
-                    fmt,
-                    args.output,
-                    params=_params(args),
-                    retry_failed=args.retry_failed,
-                    poll_interval=args.poll_interval,
+                route = functools.partial(
+                    run_via_batch_api, poll_interval=args.poll_interval,
                     completion_window=args.completion_window,
-                    progress=progress,
-                    server=server,
-                    control=control,
                 )
             else:
-                summary = await run_batch(
-                    client,
-                    open_text(args.prompts, args.encoding),
-                    fmt,
-                    args.output,
-                    params=_params(args),
-                    retry_failed=args.retry_failed,
-                    count_first=args.prompts != "-",
-                    progress=progress,
-                    server=server,
-                    control=control,
-                )
+                route = functools.partial(run_batch, count_first=args.prompts != "-")
+            summary = await route(
+                client,
+                open_text(args.prompts, args.encoding),
+                fmt,
+                args.output,
+                params=_params(args),
+                retry_failed=args.retry_failed,
+                progress=progress,
+                server="the emulator (--emulator)" if args.emulator else None,
+                control=control,
+            )
         except ValidationError as exc:
             raise UsageError(_flag_message(exc)) from None
         except InputError as exc:

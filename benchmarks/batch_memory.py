@@ -8,6 +8,11 @@ in a fresh process of its own, which reports its peak RSS (ru_maxrss). Goal:
 the two within 10% of each other, both under 150 MB.
 
     .venv/bin/python benchmarks/batch_memory.py [--sizes 250 1000]
+    .venv/bin/python benchmarks/batch_memory.py --concurrency auto --rate 50/0.5
+
+The second form runs at the client's defaults (the concurrency ceiling sized from
+the rate) under the default budget of 50 images, its window scaled from 60 s to
+0.5 s so that 1,000 images take seconds.
 """
 
 from __future__ import annotations
@@ -24,9 +29,14 @@ import time
 from pathlib import Path
 
 
-def _worker(base_url: str, count: int, concurrency: int) -> None:
-    from asyncimg import AsyncImagesClient
+def _worker(base_url: str, count: int, concurrency: int | None, rate: str | None) -> None:
+    from asyncimg import AsyncImagesClient, RateLimit
     from asyncimg._runner import run_batch
+
+    limit = None
+    if rate:
+        images, per = rate.split("/")
+        limit = RateLimit(int(images), float(per))
 
     async def run() -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -34,7 +44,7 @@ def _worker(base_url: str, count: int, concurrency: int) -> None:
             src.write_text("".join(f"benchmark prompt {i}\n" for i in range(count)))
             started = time.monotonic()
             async with AsyncImagesClient(
-                api_key="sk-bench", base_url=base_url, rate_limit=None,
+                api_key="sk-bench", base_url=base_url, rate_limit=limit,
                 max_concurrency=concurrency,
             ) as client:
                 summary = await run_batch(
@@ -55,11 +65,13 @@ def _worker(base_url: str, count: int, concurrency: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[250, 1000])
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", default="32", help="an integer, or auto (the default)")
+    parser.add_argument("--rate", help="IMAGES/SECONDS, e.g. 50/0.5 (default: no limiter)")
     parser.add_argument("--worker", nargs=2, metavar=("BASE_URL", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        _worker(args.worker[0], int(args.worker[1]), args.concurrency)
+        concurrency = None if args.concurrency == "auto" else int(args.concurrency)
+        _worker(args.worker[0], int(args.worker[1]), concurrency, args.rate)
         return 0
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -77,7 +89,8 @@ def main() -> int:
         for count in args.sizes:
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", base_url, str(count),
-                 "--concurrency", str(args.concurrency)],
+                 "--concurrency", str(args.concurrency),
+                 *(["--rate", args.rate] if args.rate else [])],
                 capture_output=True, text=True,
             )
             if out.returncode:

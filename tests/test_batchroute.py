@@ -73,6 +73,21 @@ def prompts(tmp_path: Path) -> Path:
     return path
 
 
+def _polled(emu: Emulator) -> Callable[[], bool]:
+    """A kill condition: the batch has been polled once."""
+    return lambda: any(
+        e.method == "GET" and e.path.startswith("/v1/batches/") for e in emu.journal
+    )
+
+
+async def _rerun_does_the_rest(emu: Emulator, prompts: Path, out: Path, *extra: str) -> None:
+    """Run again: every item done once, from one uploaded input and one batch."""
+    code, _, stderr = await _cli(emu, *_batch_args(prompts, out, *extra))
+    assert code == 0, stderr
+    _all_done_once(out)
+    assert (_inputs(emu), len(emu.batches.batches)) == (1, 1)
+
+
 def _all_done_once(out: Path) -> None:
     lines = _manifest(out)
     ids = [line["id"] for line in lines]
@@ -115,10 +130,7 @@ async def test_killed_after_the_upload_lost_its_answer(
                             kill_when=lambda: _inputs(emu) == 1)
     assert code == -signal.SIGKILL
     emu.clear_faults()
-    code, _, stderr = await _cli(emu, *_batch_args(prompts, out))
-    assert code == 0, stderr
-    _all_done_once(out)
-    assert (_inputs(emu), len(emu.batches.batches)) == (1, 1)
+    await _rerun_does_the_rest(emu, prompts, out)
 
 
 async def test_killed_after_the_create_lost_its_answer(
@@ -131,28 +143,17 @@ async def test_killed_after_the_create_lost_its_answer(
     assert code == -signal.SIGKILL
     assert json.loads((out / "batchapi.json").read_text())["jobs"][0]["batch_id"] is None
     emu.clear_faults()
-    code, _, stderr = await _cli(emu, *_batch_args(prompts, out))
-    assert code == 0, stderr
-    _all_done_once(out)
-    assert (_inputs(emu), len(emu.batches.batches)) == (1, 1)
+    await _rerun_does_the_rest(emu, prompts, out)
 
 
 async def test_killed_while_polling(emu: Emulator, prompts: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     emu.batches.pace = BatchPace(polls=10**6)
-
-    def polled() -> bool:
-        return any(e.method == "GET" and e.path.startswith("/v1/batches/")
-                   for e in emu.journal)
-
-    code, _, _ = await _cli(emu, *_batch_args(prompts, out), kill_when=polled)
+    code, _, _ = await _cli(emu, *_batch_args(prompts, out), kill_when=_polled(emu))
     assert code == -signal.SIGKILL
     (batch,) = emu.batches.batches.values()
     batch.pace = BatchPace(polls=1)
-    code, _, stderr = await _cli(emu, *_batch_args(prompts, out))
-    assert code == 0, stderr
-    _all_done_once(out)
-    assert (_inputs(emu), len(emu.batches.batches)) == (1, 1)
+    await _rerun_does_the_rest(emu, prompts, out)
 
 
 async def test_killed_while_writing_results(
@@ -167,10 +168,7 @@ async def test_killed_while_writing_results(
     assert code == -signal.SIGKILL
     assert len(_manifest(out)) == 2
     emu.clear_faults()
-    code, _, stderr = await _cli(emu, *_batch_args(prompts, out, "--format", "url"))
-    assert code == 0, stderr
-    _all_done_once(out)
-    assert (_inputs(emu), len(emu.batches.batches)) == (1, 1)
+    await _rerun_does_the_rest(emu, prompts, out, "--format", "url")
 
 
 async def test_failed_items_go_again_as_a_new_batch_of_just_them(
@@ -214,12 +212,7 @@ async def test_an_expired_batch_leaves_its_rest_failed(
 async def test_batches_status_and_cancel(emu: Emulator, prompts: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     emu.batches.pace = BatchPace(polls=10**6)
-
-    def polled() -> bool:
-        return any(e.method == "GET" and e.path.startswith("/v1/batches/")
-                   for e in emu.journal)
-
-    await _cli(emu, *_batch_args(prompts, out), kill_when=polled)
+    await _cli(emu, *_batch_args(prompts, out), kill_when=_polled(emu))
     code, stdout, _ = await _cli(emu, "batches", "status", str(out))
     assert code == 0
     (batch,) = emu.batches.batches.values()
@@ -238,12 +231,7 @@ async def test_a_batch_unknown_to_the_server_is_a_usage_error(
 ) -> None:
     out = tmp_path / "out"
     emu.batches.pace = BatchPace(polls=10**6)
-
-    def polled() -> bool:
-        return any(e.method == "GET" and e.path.startswith("/v1/batches/")
-                   for e in emu.journal)
-
-    await _cli(emu, *_batch_args(prompts, out), kill_when=polled)
+    await _cli(emu, *_batch_args(prompts, out), kill_when=_polled(emu))
     emu.batches.reset()
     code, _, stderr = await _cli(emu, *_batch_args(prompts, out))
     assert code == 2
@@ -288,8 +276,9 @@ async def test_ctrl_c_while_polling_stops_and_a_rerun_resumes(
         emu.base_url, cwd=ROOT, env=_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
+    polled = _polled(emu)
     for _ in range(2000):
-        if any(e.method == "GET" and e.path.startswith("/v1/batches/") for e in emu.journal):
+        if polled():
             break
         await asyncio.sleep(0.005)
     proc.send_signal(signal.SIGINT)

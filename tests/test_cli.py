@@ -122,7 +122,8 @@ def test_sigkill_and_rerun_is_exactly_once(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     for delay in (0.6, 0.9):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "asyncimg", *args, "--emulator-latency", "0.1"],
+            # 0.2 s an answer: the url downloads no longer wait it too (issue 12).
+            [sys.executable, "-m", "asyncimg", *args, "--emulator-latency", "0.2"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         time.sleep(delay)

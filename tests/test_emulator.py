@@ -18,6 +18,7 @@ import aiohttp
 import attrs
 import pytest
 
+import asyncimg
 from asyncimg._files import image_info
 from asyncimg.testing import (
     CONTENT_POLICY_MARKER,
@@ -845,3 +846,48 @@ def test_python_m_asyncimg_testing_serves_until_interrupted() -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+# -- latencies (issue 12) ---------------------------------------------------------------
+
+
+def test_latency_spread_and_download_latency_are_separate() -> None:
+    import random
+    import statistics
+
+    emu = Emulator(latency=2.0, latency_sigma=0.5, download_latency=0.01)
+    emu._rng = random.Random(5)
+    draws = [emu._latency_for("/v1/images/generations") for _ in range(400)]
+    assert 1.7 < statistics.median(draws) < 2.3  # lognormal around the median
+    assert max(draws) > 3.0
+    assert min(draws) < 1.3
+    assert emu._latency_for("/blobs/abc") == 0.01
+    fixed = Emulator(latency=2.0)
+    assert {fixed._latency_for("/v1/images/edits") for _ in range(5)} == {2.0}
+    assert fixed._latency_for("/blobs/abc") == 0.0
+
+
+async def test_url_downloads_do_not_wait_the_generation_latency() -> None:
+    async with Emulator(api_key=KEY, latency=0.3) as emu, asyncimg.AsyncImagesClient(
+        api_key=KEY, base_url=emu.base_url, rate_limit=None
+    ) as client:
+        response = await client.generate("p", model="dall-e-2", size="256x256",
+                                         response_format="url")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        data = await client.download(response.data[0])
+        assert loop.time() - started < 0.25
+    assert data.startswith(b"\x89PNG")
+
+
+async def test_a_request_is_counted_once_its_body_is_read() -> None:
+    ticks = iter(range(1000))
+    async with Emulator(api_key=KEY, images_per_minute=50,
+                        clock=lambda: float(next(ticks))) as emu, asyncimg.AsyncImagesClient(
+        api_key=KEY, base_url=emu.base_url, rate_limit=None
+    ) as client:
+        await client.generate("p", model="dall-e-2", size="256x256")
+    (entry,) = emu.journal
+    ((counted, images),) = emu.arrivals
+    assert images == 1
+    assert counted > entry.time  # read after the headers' arrival, not at it

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from asyncimg._exceptions import ValidationError
 from asyncimg._limiter import (
+    MAX_MARGIN,
     FakeClock,
     Limiter,
     LimiterStats,
@@ -36,10 +37,15 @@ async def settle(rounds: int = 50) -> None:
 
 
 def make(
-    images: int = 10, per: float = 10.0, margin: float = 0.0, burst: int | None = None
+    images: int = 10,
+    per: float = 10.0,
+    margin: float = 0.0,
+    burst: int | None = None,
+    backfill: bool = True,
 ) -> tuple[Limiter, FakeClock]:
     clock = FakeClock()
-    return Limiter(RateLimit(images, per, margin=margin, burst=burst), clock=clock), clock
+    rate = RateLimit(images, per, margin=margin, burst=burst)
+    return Limiter(rate, clock=clock, backfill=backfill), clock
 
 
 async def take(limiter: Limiter, n: int) -> Permit:
@@ -174,7 +180,7 @@ async def test_unstamped_permit_holds_budget_until_stamped() -> None:
 
 
 async def test_fifo_big_request_is_not_starved_by_small_ones() -> None:
-    limiter, clock = make(images=10, per=10.0)
+    limiter, clock = make(images=10, per=10.0, backfill=False)
     first = await take(limiter, 8)
     first.stamp()
     big = spawn(limiter.acquire(5))
@@ -190,6 +196,154 @@ async def test_fifo_big_request_is_not_starved_by_small_ones() -> None:
     assert big.done()
     assert all(t.done() for t in smalls)  # 5 + 5 = 10 fit together, in order
     assert limiter.stats().in_use == 10
+
+
+async def test_backfill_uses_only_what_the_blocked_head_leaves_spare() -> None:
+    limiter, clock = make(images=10, per=10.0)
+    (await take(limiter, 8)).stamp()
+    big = spawn(limiter.acquire(5))
+    await settle()
+    smalls = [spawn(limiter.acquire(1)) for _ in range(5)]
+    await settle()
+    # At t=10 the head fits with 5 to spare; 2 are free now: two small ones pass.
+    assert not big.done()
+    assert [t.done() for t in smalls] == [True, True, False, False, False]
+    clock.advance(9.999)
+    await settle()
+    assert not big.done()
+    clock.advance(0.001)
+    await settle()
+    assert big.done()  # at t=10, as under strict FIFO
+    assert all(t.done() for t in smalls)  # 2 + 5 + 3 = 10
+
+
+async def test_backfill_never_takes_what_the_head_needs() -> None:
+    limiter, clock = make(images=10, per=10.0)
+    (await take(limiter, 6)).stamp()
+    clock.advance(5.0)
+    (await take(limiter, 3)).stamp()
+    big = spawn(limiter.acquire(5))  # fits at t=10 (6 expire): 7 free, 2 spare
+    await settle()
+    two = spawn(limiter.acquire(2))  # within the spare, but only 1 is free now
+    one = spawn(limiter.acquire(1))
+    another = spawn(limiter.acquire(1))  # the spare left is 1, the free 0
+    await settle()
+    assert not big.done()
+    assert not two.done()
+    assert one.done()
+    assert not another.done()
+    clock.advance(5.0)  # t=10
+    await settle()
+    assert big.done()  # at t=10, as under strict FIFO: 3 + 1 + 5 in use
+    assert not two.done()  # the head now; it fits at t=15 with 2 to spare
+    assert another.done()  # so the last free image goes to the one behind it
+    assert limiter.stats().in_use == 10
+    clock.advance(5.0)
+    await settle()
+    assert two.done()
+
+
+async def test_backfill_a_stream_of_small_requests_does_not_starve_a_big_one() -> None:
+    limiter, clock = make(images=10, per=10.0)
+    (await take(limiter, 10)).stamp()
+    big = spawn(limiter.acquire(10))
+    await settle()
+    smalls = []
+    for _ in range(9):
+        smalls.append(spawn(limiter.acquire(1)))
+        clock.advance(1.0)
+        await settle()
+    assert not any(t.done() for t in smalls)  # no spare at t=10: nothing passes
+    clock.advance(1.0)
+    await settle()
+    assert big.done()
+
+
+@pytest.mark.parametrize(
+    ("headers", "passed"),
+    [
+        ({"x-ratelimit-remaining-images": "2", "x-ratelimit-reset-images": "20s"}, 2),
+        ({"x-ratelimit-remaining-images": "1", "x-ratelimit-reset-images": "20s"}, 1),
+        ({"x-ratelimit-remaining-images": "0", "x-ratelimit-reset-images": "20s"}, 0),
+        ({"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "20s"}, 0),
+    ],
+)
+async def test_backfill_within_the_servers_allowance(
+    headers: dict[str, str], passed: int
+) -> None:
+    limiter, clock = make(images=10, per=10.0)
+    (await take(limiter, 8)).stamp()
+    limiter.observe_headers(headers)
+    big = spawn(limiter.acquire(5))
+    await settle()
+    smalls = [spawn(limiter.acquire(1)) for _ in range(3)]
+    await settle()
+    assert not big.done()
+    assert sum(t.done() for t in smalls) == passed
+    clock.advance(10.0)  # the 8 leave both windows: the head fits, as it would in order
+    await settle()
+    assert big.done()
+    for t in smalls:
+        t.cancel()
+    await settle()
+
+
+async def test_backfill_may_delay_the_head_by_the_margin_at_most() -> None:
+    """One burst is stamped over a few ms: what its first permit frees is not all."""
+    limiter, clock = make(images=10, per=10.0, margin=0.5)
+    (await take(limiter, 1)).stamp()
+    clock.advance(0.2)
+    (await take(limiter, 7)).stamp()
+    big = spawn(limiter.acquire(3))  # fits at 10.5 with nothing spare; at 10.7 with 7
+    await settle()
+    smalls = [spawn(limiter.acquire(1)) for _ in range(2)]
+    await settle()
+    assert all(t.done() for t in smalls)
+    clock.advance(10.5 - 0.2)
+    await settle()
+    assert not big.done()
+    clock.advance(0.2)  # t=10.7: within the margin of 10.5
+    await settle()
+    assert big.done()
+
+
+async def test_a_pause_widens_the_margin_of_later_sends_up_to_a_cap() -> None:
+    limiter, clock = make(images=1, per=10.0, margin=0.1)
+
+    async def window_of_one_send() -> float:
+        permit = await take(limiter, 1)
+        permit.stamp()
+        start = clock.now()
+        waiter = spawn(limiter.acquire(1))
+        await settle()
+        clock.advance_to(clock.next_deadline or start)
+        await settle()
+        assert waiter.done()
+        waiter.result().refund()
+        return clock.now() - start
+
+    assert await window_of_one_send() == pytest.approx(10.1)
+    limiter.pause(1.0)
+    limiter.pause(2.0)  # the same pause: it widens once
+    clock.advance(3.0)
+    assert await window_of_one_send() == pytest.approx(10.2)
+    for _ in range(5):
+        limiter.pause(0.5)
+        clock.advance(1.0)
+    assert await window_of_one_send() == pytest.approx(10.0 * (1 + MAX_MARGIN))
+
+
+async def test_without_backfill_the_order_is_strict() -> None:
+    limiter, _ = make(images=10, per=10.0, backfill=False)
+    (await take(limiter, 8)).stamp()
+    big = spawn(limiter.acquire(5))
+    await settle()
+    small = spawn(limiter.acquire(1))
+    await settle()
+    assert not small.done()
+    big.cancel()
+    small.cancel()
+    await settle()
 
 
 async def test_fifo_grant_order_follows_arrival_order() -> None:
@@ -247,7 +401,7 @@ async def test_refusal_does_not_queue_behind_waiters() -> None:
 
 
 async def test_cancelled_head_waiter_takes_nothing_and_delays_nobody() -> None:
-    limiter, _ = make(images=10)
+    limiter, _ = make(images=10, backfill=False)
     (await take(limiter, 7)).stamp()
     big = spawn(limiter.acquire(5))
     await settle()
@@ -688,10 +842,11 @@ async def _simulate(
     clients: list[tuple[int, int, int, str, int]],
     pauses: list[tuple[int, int]],
     headers: list[tuple[int, int, int]] | None = None,
+    backfill: bool = False,
 ) -> tuple[list[tuple[float, int]], Limiter]:
-    """Run the clients on a FakeClock; check liveness, FIFO and leaks; return the stamps."""
+    """Run the clients on a FakeClock; check liveness, strict FIFO, leaks; return the stamps."""
     clock = FakeClock()
-    limiter = Limiter(rate, clock=clock)
+    limiter = Limiter(rate, clock=clock, backfill=backfill)
     stamps: list[tuple[float, int]] = []
     calls: list[int] = []  # indices in order of acquire calls
     granted: dict[int, float] = {}
@@ -760,7 +915,7 @@ async def _simulate(
     assert stats.available == rate.images
     # FIFO: a client that called acquire earlier was granted no later.
     order = [granted[i] for i in calls if i in granted]
-    assert order == sorted(order), "served out of order"
+    assert backfill or order == sorted(order), "served out of order"
     return stamps, limiter
 
 
@@ -773,6 +928,7 @@ async def _simulate(
     headers=st.lists(
         st.tuples(st.integers(0, 40), st.integers(0, 12), st.integers(0, 20)), max_size=3
     ),
+    backfill=st.booleans(),
 )
 def test_window_invariant_under_random_traffic(
     images: int,
@@ -780,9 +936,10 @@ def test_window_invariant_under_random_traffic(
     clients: list[tuple[int, int, int, str, int]],
     pauses: list[tuple[int, int]],
     headers: list[tuple[int, int, int]],
+    backfill: bool,
 ) -> None:
     rate = RateLimit(images, 5.0, margin=margin)
-    stamps, limiter = asyncio.run(_simulate(rate, clients, pauses, headers))
+    stamps, limiter = asyncio.run(_simulate(rate, clients, pauses, headers, backfill))
     assert _max_in_window(stamps, rate.per) <= images
     if margin:  # with a margin, even the closed window [t, t + per] holds
         assert _max_in_window(stamps, rate.per + 1e-6) <= images

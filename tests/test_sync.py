@@ -75,8 +75,7 @@ def portal_threads() -> list[threading.Thread]:
 def assert_released(c: ImagesClient) -> None:
     """Nothing of ``c`` is still held: no concurrency slot, no rate permit, no iterator."""
     inner = c._async
-    gate = inner._gate
-    assert gate is None or gate._value == inner.max_concurrency
+    assert inner._gate.in_use == 0
     stats = inner.limiter.stats()
     assert stats.held == 0
     assert stats.waiting == 0

@@ -18,11 +18,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MUST_SHIP = ("asyncimg/py.typed", "asyncimg/__init__.py", "asyncimg/testing/__init__.py")
+MUST_SHIP = (
+    "asyncimg/py.typed",
+    "asyncimg/__init__.py",
+    "asyncimg/testing/__init__.py",
+    "asyncimg/lua/limiter.lua",  # the RedisLimiter's script, read with importlib.resources
+)
 
 SMOKE = textwrap.dedent(
     """
-    import asyncio, importlib.resources
+    import asyncio, importlib.resources, sys
 
     import asyncimg
     from asyncimg import AsyncImagesClient
@@ -30,6 +35,8 @@ SMOKE = textwrap.dedent(
 
     assert "site-packages" in asyncimg.__file__, asyncimg.__file__
     assert importlib.resources.files("asyncimg").joinpath("py.typed").is_file()
+    assert "redis" not in sys.modules  # the extra is not installed, nor needed
+    assert asyncimg.RedisLimiter.__name__ == "RedisLimiter"  # its Lua script ships
 
     async def main() -> None:
         async with Emulator(api_key="sk-wheel") as emu:

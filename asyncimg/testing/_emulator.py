@@ -26,7 +26,8 @@ images-per-window limit (429); the content policy (a prompt containing
 :data:`CONTENT_POLICY_MARKER` gives 400 ``content_policy_violation`` for the
 dall-e models, ``moderation_blocked`` for the GPT image models). A request that
 passes the limit is recorded in ``arrivals`` and spends budget, even if the
-content policy then refuses it.
+content policy then refuses it. A request is counted when its body has been
+read, as a real server must (the model, and so the limit, is in the body).
 
 The model that answers a request without ``model`` follows the spec's
 defaults: dall-e-2 for generations and variations, gpt-image-1.5 for edits;
@@ -54,6 +55,7 @@ import datetime
 import hashlib
 import json
 import math
+import random
 import re
 import secrets
 import signal
@@ -441,6 +443,11 @@ class Emulator:
             ``per`` (a :class:`asyncimg.RateLimit`) for a scaled window.
         url_ttl: seconds a ``url`` result stays downloadable (the API's 60 minutes).
         latency: seconds to wait before each answer; may be changed at any time.
+        latency_sigma: 0 for a fixed ``latency``; else each answer waits a lognormal
+            time whose median is ``latency`` (``latency * exp(N(0, sigma))``), the
+            spread of real image models.
+        download_latency: seconds before each ``url`` download answers (real blob
+            stores answer in milliseconds, whatever the model took).
         clock: a ``() -> float`` in seconds for url expiry, the rate window,
             ``arrivals`` and the journal (``time.monotonic`` by default); inject
             one to test expiry without sleeping.
@@ -476,6 +483,8 @@ class Emulator:
         images_per_minute: object = None,
         url_ttl: float = 3600.0,
         latency: float = 0.0,
+        latency_sigma: float = 0.0,
+        download_latency: float = 0.0,
         clock: Callable[[], float] | None = None,
         azure: bool = False,
         journal_size: int | None = 10_000,
@@ -495,12 +504,16 @@ class Emulator:
         self.rate_limit: tuple[int, float] | None = _parse_rate(images_per_minute)
         self.url_ttl = url_ttl
         self.latency = latency
+        self.latency_sigma = latency_sigma
+        self.download_latency = download_latency
+        self._rng = random.Random()
         self.clock: Callable[[], float] = clock or time.monotonic
         self.journal = Journal(journal_size)
         self.journal_size = journal_size
         self.arrivals: list[tuple[float, int]] = []
         """``(time, images)`` of the requests that passed the rate limit, in order (the
-        latest ``journal_size`` or more: trimmed when it reaches twice that)."""
+        time its body was read; the latest ``journal_size`` or more: trimmed when it
+        reaches twice that)."""
         self.max_urls = max_urls
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._faults: list[list[Any]] = []  # [fault, uses left]
@@ -709,6 +722,13 @@ class Emulator:
             return
         raise _Closing
 
+    def _latency_for(self, path: str) -> float:
+        if path.startswith("/blobs/"):
+            return self.download_latency
+        if self.latency_sigma > 0 and self.latency > 0:
+            return self.latency * math.exp(self._rng.gauss(0.0, self.latency_sigma))
+        return self.latency
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         arrived = self.clock()
@@ -729,7 +749,7 @@ class Emulator:
                     answer.headers.setdefault(name, value)
             answer.headers["x-request-id"] = request_id
             answer.headers["openai-version"] = OPENAI_VERSION
-            await self._sleep(self.latency)
+            await self._sleep(self._latency_for(request.path))
             answer.headers["openai-processing-ms"] = str(
                 round((time.perf_counter() - started) * 1000)
             )
@@ -846,8 +866,10 @@ class Emulator:
             self._check_key(request)
             if read_error is not None:
                 return read_error, fault
+            # Counted once the body is in, as a real server must (the model is in it).
             as_json = endpoint == "edit" and record["json"] is not None
-            return self._answer(endpoint, fields, files, arrived, record, as_json=as_json), fault
+            answer = self._answer(endpoint, fields, files, self.clock(), record, as_json=as_json)
+            return answer, fault
         except _Refusal as refusal:
             return refusal.answer, fault
 
