@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from asyncimg import APIConnectionError, AsyncImagesClient, ValidationError
-from asyncimg.testing import Emulator, make_png
+from asyncimg.testing import Emulator, Fault, make_png
 
 from .conftest import TEST_KEY
 
@@ -343,3 +343,19 @@ async def test_a_callers_session_is_used_and_never_closed(emu: Emulator) -> None
     with pytest.raises(ValidationError) as info:
         client_for(emu.base_url, http_session=session, proxy="http://127.0.0.1:1")
     assert info.value.param == "http_session"
+
+
+async def test_a_callers_session_still_spends_the_rate_budget(emu: Emulator) -> None:
+    from asyncimg import RateLimit
+
+    async with aiohttp.ClientSession() as session, AsyncImagesClient(
+        api_key=TEST_KEY, base_url=emu.base_url, rate_limit=RateLimit(images=5, per=60.0),
+        max_retries=0, http_session=session,
+    ) as client:
+        emu.add_fault(Fault.drop())  # the server reads the request, then hangs up
+        with pytest.raises(APIConnectionError):
+            await client.generate("p", n=2)
+        stats = client.limiter.stats()
+    # Without our trace hooks on that session the permit is stamped at the start: the
+    # server may have counted the request, so its images are not handed back.
+    assert (stats.sent, stats.refunded) == (2, 0)
