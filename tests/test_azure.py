@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
-import anyio.from_thread
 import pytest
 from aiohttp import web
 
@@ -25,7 +24,7 @@ from asyncimg import (
     NotFoundError,
     ValidationError,
 )
-from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, make_png
+from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, emulator_thread, make_png
 from asyncimg.testing._azure import azure_content_filter
 
 AZURE_KEY = "azure-key-0123456789-SECRET"
@@ -252,13 +251,8 @@ async def test_the_emulator_checks_the_key_and_the_api_version(azure_emu: Emulat
 
 @pytest.fixture
 def azure_emu_in_thread() -> Iterator[Emulator]:
-    with anyio.from_thread.start_blocking_portal() as portal:
-        emulator = Emulator(azure=True, api_key=AZURE_KEY)
-        portal.call(emulator.start)
-        try:
-            yield emulator
-        finally:
-            portal.call(emulator.close)
+    with emulator_thread(azure=True, api_key=AZURE_KEY) as emulator:
+        yield emulator
 
 
 def test_the_blocking_client_has_azure_too(azure_emu_in_thread: Emulator) -> None:

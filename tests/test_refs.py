@@ -6,14 +6,13 @@ import base64
 from collections.abc import Iterator
 
 import aiohttp
-import anyio.from_thread
 import pytest
 
 from asyncimg import AsyncImagesClient, BadRequestError, ImageRef, ValidationError
 from asyncimg._files import ImageFile, image_info
 from asyncimg._params import JsonEditParams, from_wire
 from asyncimg._refs import MAX_IMAGE_URL_LENGTH
-from asyncimg.testing import Emulator, make_png
+from asyncimg.testing import Emulator, emulator_thread, make_png
 
 from .conftest import TEST_KEY
 
@@ -265,14 +264,9 @@ def test_the_blocking_client_sends_json_edits_too(emu_thread_url: str) -> None:
 
 @pytest.fixture
 def emu_thread_url() -> Iterator[str]:
-    """An emulator running on a portal's loop (the blocking client has its own)."""
-    with anyio.from_thread.start_blocking_portal() as portal:
-        emulator = Emulator(api_key=TEST_KEY)
-        portal.call(emulator.start)
-        try:
-            yield emulator.base_url
-        finally:
-            portal.call(emulator.close)
+    """An emulator on a thread of its own (the blocking client has its own loop)."""
+    with emulator_thread(api_key=TEST_KEY) as emulator:
+        yield emulator.base_url
 
 
 async def test_a_json_edit_streams_with_the_call_s_headers_and_query(
