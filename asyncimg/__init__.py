@@ -47,6 +47,7 @@ from ._models import (
     PromptSpec,
     Usage,
 )
+from ._refs import ImageRef
 from ._stream import (
     CompletedImageEvent,
     ImageStream,
@@ -83,6 +84,7 @@ __all__ = [
     "Image",
     "ImageFile",
     "ImageInput",
+    "ImageRef",
     "ImageStream",
     "ImageStreamEvent",
     "ImagesClient",

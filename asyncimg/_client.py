@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import inspect
 import itertools
 import logging
 import os
@@ -19,7 +20,7 @@ import platform
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
@@ -28,8 +29,21 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 
+from ._azure import azure_options
 from ._body import Body
 from ._checks import check_header_value, check_int, check_seconds
+from ._config import (
+    ProxyConfig,
+    QueryValue,
+    SSLOption,
+    check_headers,
+    check_query,
+    merge_headers,
+    redact_url,
+    request_url,
+    split_base_url,
+    ssl_context,
+)
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
 from ._gate import Gate
@@ -37,7 +51,8 @@ from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
 from ._offloop import OFF_LOOP_BYTES, off_loop
-from ._params import EditParams, GenerateParams, Params, VariationParams
+from ._params import EditParams, GenerateParams, JsonEditParams, Params, VariationParams
+from ._refs import EditImages, by_reference, load_ref, load_refs
 from ._retry import RetryPolicy, count_attempt, count_status, decide
 from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 from ._transport import ON_WIRE, RawResponse, Transport, without_query
@@ -59,6 +74,10 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 costs seconds, not a whole attempt's timeout."""
 
 _T = TypeVar("_T")
+_C = TypeVar("_C", bound="AsyncImagesClient")
+
+TokenProvider = Callable[[], str | Awaitable[str]]
+"""A sync or async callable returning a bearer token (an Entra ID token for Azure)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 _DASHES = re.compile(r"-{2,}")
@@ -102,6 +121,23 @@ class AsyncImagesClient:
         connect_timeout: seconds to open a connection, within ``timeout``
             (default 5, as the official SDK); None: no limit of its own.
         max_response_bytes: a larger response body is refused unread.
+        default_headers: headers sent with every request (they replace the
+            client's own of the same name); per call: ``extra_headers=``.
+        default_query: query parameters added to every request's URL (a
+            ``base_url`` may carry its own query too); per call: ``extra_query=``.
+        token_provider: a sync or async callable returning a bearer token,
+            asked again for every request (``Authorization: Bearer``; instead of
+            ``api_key``); a sync one runs in a worker thread.
+        proxy: an ``http(s)://[user:password@]host:port`` proxy for every request;
+            without it ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and
+            ``NO_PROXY`` are honoured, as read when the client is made.
+        ssl: an ``ssl.SSLContext``, or the path of a CA bundle (file or
+            directory) to trust instead of the system's; by default the system's
+            CAs, or ``$SSL_CERT_FILE``/``$SSL_CERT_DIR`` when set.
+        http_session: your own ``aiohttp.ClientSession`` to send through (its
+            connector, proxy and TLS settings are then yours; made on the loop
+            that runs this async client); the client never closes it. Not with
+            ``proxy``/``ssl``.
 
     Raises:
         ValidationError: an argument is invalid, or no API key is set for the official API.
@@ -122,6 +158,12 @@ class AsyncImagesClient:
         timeout: float | None = 600.0,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, QueryValue] | None = None,
+        token_provider: TokenProvider | None = None,
+        proxy: str | None = None,
+        ssl: SSLOption = None,
+        http_session: aiohttp.ClientSession | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
@@ -133,7 +175,9 @@ class AsyncImagesClient:
         check_int("max_response_bytes", max_response_bytes, 1)
         check_seconds("timeout", timeout, none_ok=True)
         check_seconds("connect_timeout", connect_timeout, none_ok=True)
-        if not api_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
+        if token_provider is not None and not callable(token_provider):
+            raise ValidationError("token_provider", "token_provider must be a callable")
+        if not api_key and token_provider is None and base_url.rstrip("/") == DEFAULT_BASE_URL:
             raise ValidationError(
                 "api_key", "no API key: pass api_key= or set OPENAI_API_KEY"
             )
@@ -143,8 +187,22 @@ class AsyncImagesClient:
             scheme, host = "", ""
         if scheme not in ("http", "https") or not host or _CONTROL.search(base_url):
             raise ValidationError(
-                "base_url", f"base_url {base_url!r} is not an http:// or https:// URL"
+                "base_url",
+                f"base_url {redact_url(without_query(base_url))!r} is not an http:// or "
+                "https:// URL",
             )
+        if http_session is not None and (proxy is not None or ssl is not None):
+            raise ValidationError(
+                "http_session",
+                "http_session= brings its own connection settings: configure the proxy and "
+                "TLS on that session, not with proxy= or ssl=",
+            )
+        if http_session is not None and not isinstance(http_session, aiohttp.ClientSession):
+            raise ValidationError("http_session", "http_session must be an aiohttp.ClientSession")
+        self._base, self._base_query = split_base_url(base_url)
+        self._default_query = check_query(default_query, "default_query")
+        self._token_provider = token_provider
+        proxies = ProxyConfig.build(proxy)
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_concurrency = max_concurrency
@@ -159,7 +217,9 @@ class AsyncImagesClient:
             headers["OpenAI-Organization"] = check_header_value("organization", organization)
         if project:
             headers["OpenAI-Project"] = check_header_value("project", project)
-        self._headers: Mapping[str, str] = headers
+        self._headers: Mapping[str, str] = merge_headers(
+            headers, check_headers(default_headers, "default_headers")
+        )
         rate = getattr(self.limiter, "rate", None)  # optional in the limiter protocol
         self._gate = Gate(
             rate if isinstance(rate, RateLimit) else None, fixed=max_concurrency
@@ -173,12 +233,51 @@ class AsyncImagesClient:
             max_response_bytes=max_response_bytes,
             user_agent=user_agent,
             connect_timeout=connect_timeout,
+            proxies=proxies,
+            ssl=None if ssl is None else ssl_context(ssl),
+            session=http_session,
+        )
+
+    @classmethod
+    def azure(
+        cls: type[_C],
+        *,
+        endpoint: str | None = None,
+        deployment: str | None = None,
+        api_version: str | None = None,
+        api_key: str | None = None,
+        token_provider: TokenProvider | None = None,
+        **options: Any,
+    ) -> _C:
+        """A client for an Azure OpenAI resource (the official SDK's ``AzureOpenAI``).
+
+        Requests go to ``{endpoint}/openai/deployments/{deployment}/images/...``
+        with ``?api-version=``; without ``deployment`` each call's ``model``
+        names the deployment. The key goes as ``api-key``; ``token_provider``
+        (a sync or async callable returning an Entra ID token) instead gives
+        ``Authorization: Bearer``, asked again for every request. Left out:
+        ``$AZURE_OPENAI_ENDPOINT``, ``$AZURE_OPENAI_API_KEY``,
+        ``$OPENAI_API_VERSION``. ``options`` are the other client arguments.
+
+        Raises:
+            ValidationError: the endpoint, the version or a credential is missing,
+                or an argument is invalid.
+        """
+        return cls(
+            **azure_options(
+                endpoint=endpoint,
+                deployment=deployment,
+                api_version=api_version,
+                api_key=api_key,
+                token_provider=token_provider,
+                options=options,
+            )
         )
 
     def __repr__(self) -> str:
         return (
-            f"AsyncImagesClient(base_url={self.base_url!r}, model={self.model!r}, "
-            f"max_concurrency={self.max_concurrency})"
+            f"AsyncImagesClient(base_url={redact_url(without_query(self.base_url))!r}, "
+            f"model={self.model!r}, max_concurrency={self.max_concurrency})"
         )
 
     async def __aenter__(self) -> AsyncImagesClient:
@@ -225,8 +324,10 @@ class AsyncImagesClient:
         """Create images from a prompt (``POST /images/generations``).
 
         Every parameter of the API is a keyword; None is not sent. ``extra_body``
-        adds parameters this version does not know; ``timeout`` and
-        ``max_retries`` override the client's for this call. ``stream=True``
+        adds parameters this version does not know, ``extra_headers`` and
+        ``extra_query`` headers and query parameters (over the client's
+        defaults); ``timeout`` and ``max_retries`` override the client's for
+        this call. ``stream=True``
         (GPT image models) returns an :class:`~asyncimg.ImageStream` of
         ``partial_images`` partial images and then the final one, once its
         first event has arrived.
@@ -236,16 +337,16 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        fields, timeout, max_retries = self._fields(kwargs)
+        fields, options = self._fields(kwargs)
         params = GenerateParams.build(prompt=prompt, stream=stream, **fields)
         if params.stream:
-            return await self._stream(params, timeout, max_retries)
-        return await self._call(params, timeout, max_retries)
+            return await self._stream(params, options)
+        return await self._call(params, options)
 
     @overload
     async def edit(
         self,
-        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        image: EditImages,
         prompt: str,
         *,
         stream: Literal[True],
@@ -254,7 +355,7 @@ class AsyncImagesClient:
     @overload
     async def edit(
         self,
-        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        image: EditImages,
         prompt: str,
         *,
         stream: Literal[False] | None = None,
@@ -263,7 +364,7 @@ class AsyncImagesClient:
     @overload
     async def edit(
         self,
-        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        image: EditImages,
         prompt: str,
         *,
         stream: bool | None = None,
@@ -271,7 +372,7 @@ class AsyncImagesClient:
     ) -> ImagesResponse | ImageStream: ...
     async def edit(
         self,
-        image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+        image: EditImages,
         prompt: str,
         *,
         stream: bool | None = None,
@@ -280,26 +381,54 @@ class AsyncImagesClient:
         """Edit or extend one image, or up to 16 for the GPT image models (``POST /images/edits``).
 
         ``image`` is a path, bytes, a binary file, a ``(filename, bytes[, mime])``
-        tuple, or a list of those; ``mask`` likewise (a PNG whose transparent
-        areas mark what to edit). ``stream=True`` as for :meth:`generate`.
+        tuple, an :class:`~asyncimg.ImageRef`, or a list of those; ``mask``
+        likewise (a PNG whose transparent areas mark what to edit).
+        ``stream=True`` as for :meth:`generate`.
+
+        When the image, one of the images or the mask is an ImageRef (a URL or
+        a file id), the edit is sent as JSON, the GPT image models' form, and
+        local images in the same call travel in it as ``data:`` URLs;
+        ``moderation`` is taken only by such an edit, ``response_format`` never.
+        Otherwise the files are uploaded as multipart form data.
 
         Raises:
             ValidationError: an image or a parameter breaks the model's rules.
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        fields, timeout, max_retries = self._fields(kwargs)
-        images = await load_images(image, "image")
+        fields, options = self._fields(kwargs)
         mask = fields.pop("mask", None)
-        mask_file = None if mask is None else await load_image(mask, "mask")
-        params = await _build(
-            EditParams,
-            _bytes_of((*images, mask_file)),
-            image=images, prompt=prompt, mask=mask_file, stream=stream, **fields
-        )
+        moderation = fields.pop("moderation", None)
+        params: EditParams | JsonEditParams
+        if by_reference(image, mask):
+            if fields.pop("response_format", None) is not None:
+                raise ValidationError(
+                    "response_format",
+                    "response_format is not taken by an edit of images by reference (ImageRef); "
+                    "the GPT image models always return b64_json",
+                )
+            params = JsonEditParams.build(
+                image_refs=await load_refs(image, "image"),
+                mask=None if mask is None else await load_ref(mask, "mask"),
+                prompt=prompt, moderation=moderation, stream=stream, **fields
+            )
+        else:
+            if moderation is not None:
+                raise ValidationError(
+                    "moderation",
+                    "moderation is taken only by an edit of images by reference (ImageRef, "
+                    "sent as JSON), not by an upload of files",
+                )
+            images = await load_images(image, "image")  # type: ignore[arg-type]
+            mask_file = None if mask is None else await load_image(mask, "mask")
+            params = await _build(
+                EditParams,
+                _bytes_of((*images, mask_file)),
+                image=images, prompt=prompt, mask=mask_file, stream=stream, **fields
+            )
         if params.stream:
-            return await self._stream(params, timeout, max_retries)
-        return await self._call(params, timeout, max_retries)
+            return await self._stream(params, options)
+        return await self._call(params, options)
 
     async def create_variation(
         self, image: ImageInput | ImageFile, **kwargs: Unpack[VariationKeywords]
@@ -311,10 +440,10 @@ class AsyncImagesClient:
             APIStatusError: the server refused (a subclass per status).
             APIConnectionError: no usable answer after the retries.
         """
-        fields, timeout, max_retries = self._fields(kwargs)
+        fields, options = self._fields(kwargs)
         file = await load_image(image, "image")
         params = await _build(VariationParams, _bytes_of((file,)), image=(file,), **fields)
-        return await self._call(params, timeout, max_retries)
+        return await self._call(params, options)
 
     def generate_many(
         self,
@@ -365,7 +494,7 @@ class AsyncImagesClient:
                 "the image has neither b64_json nor url", status_code=200
             )
         url = image.url
-        headers = self._headers if _origin(url) == self._origin else {}
+        headers = await self._request_headers({}) if _origin(url) == self._origin else {}
         attempt_timeout = timeout if timeout is not None else self.timeout
         return await self._with_retries(
             lambda: self._transport.request(
@@ -446,36 +575,80 @@ class AsyncImagesClient:
 
     # -- the engine --------------------------------------------------------------------
 
-    def _fields(
-        self, kwargs: Mapping[str, Any]
-    ) -> tuple[dict[str, Any], float | None, int | None]:
-        """A call's keywords split into the request's fields, its timeout and its retries.
+    def _fields(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], _CallOptions]:
+        """A call's keywords split into the request's fields and the call's options.
 
         The client's model stands in for a missing one.
         """
         fields = dict(kwargs)
-        timeout = fields.pop("timeout", None)
-        max_retries = fields.pop("max_retries", None)
+        options = _CallOptions(
+            timeout=fields.pop("timeout", None),
+            max_retries=fields.pop("max_retries", None),
+            extra_headers=fields.pop("extra_headers", None),
+            extra_query=fields.pop("extra_query", None),
+        )
         if fields.get("model") is None:
             fields["model"] = self.model
-        return fields, timeout, max_retries
+        return fields, options
 
-    async def _call(
-        self, params: Params, timeout: float | None, max_retries: int | None
-    ) -> ImagesResponse:
+    async def _request_headers(self, extra: Mapping[str, str]) -> Mapping[str, str]:
+        """The client's headers, a fresh bearer token when a provider is set, then ``extra``.
+
+        Raises:
+            ValidationError: the token provider gave no token (nothing is sent).
+        """
+        provider = self._token_provider
+        if provider is None:
+            return merge_headers(self._headers, extra) if extra else self._headers
+        if inspect.iscoroutinefunction(provider) or inspect.iscoroutinefunction(
+            type(provider).__call__  # an object whose __call__ is async
+        ):
+            token = await provider()  # type: ignore[misc]
+        else:
+            from anyio import to_thread  # on first use: `import asyncimg` stays light
+
+            token = await to_thread.run_sync(provider)
+            if inspect.isawaitable(token):
+                token = await token
+        if not isinstance(token, str) or not token:
+            raise ValidationError(
+                "token_provider", f"token_provider returned {type(token).__name__}, not a token"
+            )
+        return merge_headers(self._headers, {"Authorization": f"Bearer {token}"}, extra)
+
+    def _prepare(
+        self, params: Params, options: _CallOptions
+    ) -> tuple[RetryPolicy, float | None, str, Mapping[str, str]]:
+        """Check a call's options (before any budget is taken): its retry policy,
+        its attempt timeout, its URL and its extra headers.
+
+        Raises:
+            ValidationError: an option is invalid, or no deployment can be named.
+        """
+        policy = self._policy(options.max_retries)
+        check_seconds("timeout", options.timeout, none_ok=True)
+        attempt_timeout = options.timeout if options.timeout is not None else self.timeout
+        url = request_url(
+            self._base,
+            params.path,
+            self._base_query,
+            self._default_query,
+            check_query(options.extra_query, "extra_query"),
+            model=params.model,
+        )
+        return policy, attempt_timeout, url, check_headers(options.extra_headers, "extra_headers")
+
+    async def _call(self, params: Params, options: _CallOptions) -> ImagesResponse:
         # Everything that can be refused is refused here, before any budget is taken:
-        # the retry count, the timeout, and the whole body as bytes.
-        policy = self._policy(max_retries)
-        check_seconds("timeout", timeout, none_ok=True)
-        attempt_timeout = timeout if timeout is not None else self.timeout
-        url = self.base_url + params.path
+        # the retry count, the timeout, the URL, the headers and the whole body as bytes.
+        policy, attempt_timeout, url, extra = self._prepare(params, options)
         body = await _encode(params)
 
         async def attempt() -> RawResponse:
             return await self._transport.request(
                 "POST",
                 url,
-                headers=self._headers,
+                headers=await self._request_headers(extra),
                 body=body,
                 timeout=attempt_timeout,
                 decode_json=True,
@@ -493,23 +666,21 @@ class AsyncImagesClient:
         return attrs.evolve(self.retry_policy, max_retries=max_retries)
 
     async def _stream(
-        self, params: GenerateParams | EditParams, timeout: float | None, max_retries: int | None
+        self, params: GenerateParams | EditParams | JsonEditParams, options: _CallOptions
     ) -> ImageStream:
         """Open a stream and wait for its first event; retried until that event has come."""
-        policy = self._policy(max_retries)
-        check_seconds("timeout", timeout, none_ok=True)
-        attempt_timeout = timeout if timeout is not None else self.timeout
-        url = self.base_url + params.path
+        policy, attempt_timeout, url, extra = self._prepare(params, options)
         body = await _encode(params)
         opened: list[ImageStream] = []
 
         async def attempt() -> RawResponse:
             response = await self._transport.open_stream(
-                url, headers=self._headers, body=body, timeout=attempt_timeout
+                url, headers=await self._request_headers(extra), body=body,
+                timeout=attempt_timeout,
             )
             stream = ImageStream(
                 response, timeout=attempt_timeout, what=f"POST {params.path}",
-                kind="image_edit" if isinstance(params, EditParams) else "image_generation",
+                kind="image_generation" if isinstance(params, GenerateParams) else "image_edit",
                 max_event_bytes=self._transport.max_response_bytes,
             )
             await stream.prime()
@@ -596,6 +767,16 @@ class AsyncImagesClient:
             return raw
         finally:
             gate.release()
+
+
+@attrs.frozen
+class _CallOptions:
+    """What a call takes besides the API's parameters (``RequestOptions`` less ``extra_body``)."""
+
+    timeout: float | None = None
+    max_retries: int | None = None
+    extra_headers: Mapping[str, str] | None = None
+    extra_query: Mapping[str, QueryValue] | None = None
 
 
 def parse_images_response(raw: RawResponse) -> ImagesResponse:
@@ -715,8 +896,12 @@ async def _encode(params: Params) -> Body:
     Raises:
         ValidationError: a value cannot be sent.
     """
-    files = (*getattr(params, "image", ()), getattr(params, "mask", None))
-    return await _off_loop(params.encode, _bytes_of(files))
+    if isinstance(params, JsonEditParams):  # images by reference: data URLs are the bulk
+        refs = (*params.image_refs, params.mask)
+        size = sum(len(ref.url or "") for ref in refs if ref is not None)
+    else:
+        size = _bytes_of((*getattr(params, "image", ()), getattr(params, "mask", None)))
+    return await _off_loop(params.encode, size)
 
 
 _FP = TypeVar("_FP", EditParams, VariationParams)

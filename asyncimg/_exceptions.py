@@ -12,7 +12,8 @@ Names follow the official ``openai`` SDK, so that code switching over keeps its
         ├── APIStatusError           the server answered with an error status
         │   ├── BadRequestError                   400
         │   │   └── ContentPolicyError            400, content_policy_violation /
-        │   │                                          moderation_blocked
+        │   │                                          moderation_blocked /
+        │   │                                          contentFilter (Azure)
         │   ├── AuthenticationError               401
         │   ├── PermissionDeniedError             403
         │   ├── NotFoundError                     404
@@ -164,7 +165,33 @@ class BadRequestError(APIStatusError):
 
 
 class ContentPolicyError(BadRequestError):
-    """400: the prompt or an image was refused by the content policy."""
+    """400: the prompt or an image was refused by the content policy.
+
+    Azure's content filter (code ``contentFilter``) says why in
+    :attr:`inner_error`; its per-category verdicts are :attr:`content_filter_results`.
+    """
+
+    @property
+    def inner_error(self) -> Mapping[str, Any] | None:
+        """The error's ``inner_error`` (Azure; also spelled ``innererror``), if any."""
+        error = self.body.get("error") if isinstance(self.body, dict) else None
+        if not isinstance(error, dict):
+            return None
+        for name in ("inner_error", "innererror", "innerError"):
+            inner = error.get(name)
+            if isinstance(inner, dict):
+                return inner
+        return None
+
+    @property
+    def content_filter_results(self) -> Mapping[str, Any] | None:
+        """Azure's verdict per category (``{"violence": {"filtered": True, ...}}``), if any."""
+        inner = self.inner_error or {}
+        for name in ("content_filter_results", "content_filter_result", "contentFilterResults"):
+            results = inner.get(name)
+            if isinstance(results, dict):
+                return results
+        return None
 
 
 class AuthenticationError(APIStatusError):
@@ -227,7 +254,9 @@ _STATUS_CLASSES: Mapping[int, type[APIStatusError]] = {
     429: RateLimitError,
 }
 
-CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
+CONTENT_POLICY_CODES = frozenset(
+    {"content_policy_violation", "moderation_blocked", "contentFilter", "content_filter"}
+)
 
 
 def _text_of(body: bytes, limit: int = 200) -> str:

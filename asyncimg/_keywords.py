@@ -18,7 +18,8 @@ else:  # pragma: no cover - Python 3.10
     from typing_extensions import Unpack
 
 if TYPE_CHECKING:
-    from ._files import ImageFile, ImageInput
+    from ._config import QueryValue
+    from ._refs import MaskImage
 
 __all__ = [
     "EDIT_KEYWORDS",
@@ -43,6 +44,10 @@ class RequestOptions(TypedDict, total=False):
     """Seconds for one attempt of this call (the client's by default)."""
     max_retries: int | None
     """Retries of this call after the first attempt (the client's by default)."""
+    extra_headers: Mapping[str, str] | None
+    """Headers for this call, over the client's (``default_headers`` included)."""
+    extra_query: Mapping[str, QueryValue] | None
+    """Query parameters for this call, over the client's ``default_query``."""
 
 
 class _Common(RequestOptions, total=False):
@@ -72,8 +77,10 @@ class GenerateKeywords(_Rendering, total=False):
 class EditKeywords(_Rendering, total=False):
     """The keywords of ``edit`` (``POST /images/edits``), ``image`` and ``prompt`` aside."""
 
-    mask: ImageInput | ImageFile | None
+    mask: MaskImage | None
     input_fidelity: str | None
+    moderation: str | None
+    """Taken only by an edit of images by reference (:class:`~asyncimg.ImageRef`)."""
 
 
 class VariationKeywords(_Common, total=False):

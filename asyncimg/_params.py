@@ -4,7 +4,8 @@ Each endpoint has one class. ``build()`` checks the types (attrs validators),
 then the model's rules (:mod:`asyncimg._validation`), and raises
 :class:`~asyncimg.ValidationError` naming the parameter; nothing here does I/O.
 ``to_json()`` gives the JSON body of a generation, ``to_form()`` the multipart
-fields and files of an edit or a variation. Parameters left as None are never
+fields and files of an edit or a variation; an edit of images by reference
+(:class:`JsonEditParams`) is JSON too. Parameters left as None are never
 sent. ``from_wire()`` reads a request the other way round (the emulator uses it
 to judge requests exactly as the client does).
 """
@@ -22,6 +23,7 @@ from attrs.validators import and_, deep_iterable, ge, instance_of, le, optional
 from ._body import Body, encode_form, encode_json
 from ._exceptions import ValidationError
 from ._files import ImageFile
+from ._refs import ImageRef
 from ._validation import validate
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "Endpoint",
     "Form",
     "GenerateParams",
+    "JsonEditParams",
     "Params",
     "VariationParams",
 ]
@@ -48,6 +51,7 @@ _opt_int = optional(and_(instance_of(int), _not_bool))
 _opt_n = optional(and_(instance_of(int), _not_bool, ge(1)))
 _opt_compression = optional(and_(instance_of(int), _not_bool, ge(0), le(100)))
 _images = deep_iterable(instance_of(ImageFile), instance_of(tuple))
+_refs = deep_iterable(instance_of(ImageRef), instance_of(tuple))
 _opt_bool = optional(instance_of(bool))
 _opt_partials = optional(and_(instance_of(int), _not_bool, ge(0), le(3)))
 
@@ -158,7 +162,7 @@ class _Base:
         return n if isinstance(n, int) and n > 0 else 1
 
     def _values(self) -> dict[str, Any]:
-        skip = {"extra_body", "image", "mask"}
+        skip = {"extra_body", "image", "image_refs", "mask"}
         out = {
             a.name: getattr(self, a.name)
             for a in attrs.fields(type(self))
@@ -272,7 +276,44 @@ class VariationParams(_FormParams):
     user: str | None = attrs.field(default=None, validator=_opt_str)
 
 
-Params = GenerateParams | EditParams | VariationParams
+@attrs.frozen(kw_only=True)
+class JsonEditParams(_Base):
+    """The body of ``POST /images/edits`` sent as JSON: images by reference (GPT image models)."""
+
+    endpoint: ClassVar[Endpoint] = "edit"
+    path: ClassVar[str] = "/images/edits"
+
+    image_refs: tuple[ImageRef, ...] = attrs.field(validator=_refs)
+    """The images to edit, sent as ``images``."""
+    prompt: str = attrs.field(validator=instance_of(str))
+    mask: ImageRef | None = attrs.field(default=None, validator=optional(instance_of(ImageRef)))
+    model: str | None = attrs.field(default=None, validator=_opt_str)
+    n: int | None = attrs.field(default=None, validator=_opt_n)
+    size: str | None = attrs.field(default=None, validator=_opt_str)
+    quality: str | None = attrs.field(default=None, validator=_opt_str)
+    output_format: str | None = attrs.field(default=None, validator=_opt_str)
+    output_compression: int | None = attrs.field(default=None, validator=_opt_compression)
+    background: str | None = attrs.field(default=None, validator=_opt_str)
+    input_fidelity: str | None = attrs.field(default=None, validator=_opt_str)
+    moderation: str | None = attrs.field(default=None, validator=_opt_str)
+    user: str | None = attrs.field(default=None, validator=_opt_str)
+    stream: bool | None = attrs.field(default=None, validator=_opt_bool)
+    partial_images: int | None = attrs.field(default=None, validator=_opt_partials)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON body: ``images``, ``mask``, every parameter that is not None, ``extra_body``."""
+        out: dict[str, Any] = {"images": [ref.to_json() for ref in self.image_refs]}
+        if self.mask is not None:
+            out["mask"] = self.mask.to_json()
+        out.update(self._values())
+        return out
+
+    def encode(self) -> Body:
+        """The body as bytes, ready to send (see :func:`encode_json`)."""
+        return encode_json(self.to_json(), self.extra_body)
+
+
+Params = GenerateParams | EditParams | VariationParams | JsonEditParams
 
 _INT_FIELDS = frozenset({"n", "output_compression", "partial_images"})
 _BOOLS: Mapping[str, bool] = {"true": True, "false": False}
@@ -295,16 +336,21 @@ def from_wire(
     endpoint: Endpoint,
     fields: Mapping[str, Any],
     files: Mapping[str, tuple[ImageFile, ...]] | None = None,
+    *,
+    as_json: bool = False,
 ) -> Params:
     """Read a request as a server receives it, and check it as the client would.
 
-    ``fields`` is the JSON body of a generation, or the text fields of a form
-    (strings); ``files`` maps ``image``/``image[]``/``mask`` to uploaded files.
-    Names the class does not know go to ``extra_body``.
+    ``fields`` is the JSON body of a generation or (``as_json``) of an edit by
+    reference, or the text fields of a form (strings); ``files`` maps
+    ``image``/``image[]``/``mask`` to uploaded files. Names the class does not
+    know go to ``extra_body``.
 
     Raises:
         ValidationError: a required part is missing, or a value breaks a rule.
     """
+    if as_json and endpoint == "edit":
+        return _json_edit_from_wire(fields)
     cls: type[GenerateParams] | type[EditParams] | type[VariationParams] = {
         "generate": GenerateParams,
         "edit": EditParams,
@@ -335,3 +381,21 @@ def from_wire(
     if extra:
         kwargs["extra_body"] = extra
     return cls.build(**kwargs)
+
+
+def _json_edit_from_wire(body: Mapping[str, Any]) -> JsonEditParams:
+    known = {a.name for a in attrs.fields(JsonEditParams)} - {"extra_body", "image_refs", "mask"}
+    images = body.get("images")
+    if not isinstance(images, list) or not images:
+        raise ValidationError("images", "images must be an array of 1 to 16 image references")
+    refs = tuple(ImageRef.from_json(item, f"images[{i}]") for i, item in enumerate(images))
+    kwargs: dict[str, Any] = {"image_refs": refs}
+    if body.get("mask") is not None:
+        kwargs["mask"] = ImageRef.from_json(body["mask"], "mask")
+    extra = {k: v for k, v in body.items() if k not in known and k not in ("images", "mask")}
+    kwargs.update((k, v) for k, v in body.items() if k in known and v is not None)
+    if "prompt" not in kwargs:
+        raise ValidationError("prompt", "prompt is required")
+    if extra:
+        kwargs["extra_body"] = extra
+    return JsonEditParams.build(**kwargs)

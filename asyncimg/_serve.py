@@ -58,6 +58,11 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         "--max-urls", type=positive_int, default=10_000, metavar="N",
         help="url results kept downloadable; older ones answer 404 (default: 10000)",
     )
+    parser.add_argument(
+        "--azure", action="store_true",
+        help="serve the Azure OpenAI paths (/openai/deployments/NAME/images/...?api-version=), "
+        "the key as api-key",
+    )
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
@@ -72,6 +77,6 @@ def serve_from_args(args: argparse.Namespace) -> int:
         args.host, args.port, api_key=args.api_key, images_per_minute=args.images_per_minute,
         latency=args.latency, url_ttl=args.url_ttl, journal_size=args.journal_size,
         max_urls=args.max_urls, latency_sigma=args.latency_sigma,
-        download_latency=args.download_latency,
+        download_latency=args.download_latency, azure=args.azure,
     )
     return 0

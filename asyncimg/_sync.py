@@ -29,7 +29,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from types import TracebackType
 from typing import (
@@ -55,10 +55,10 @@ from ._stream import ImageStream
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from ._files import ImageFile, ImageInput
     from ._keywords import EditKeywords, GenerateKeywords, Unpack
     from ._limiter import LimiterStats, RateLimiter, RatePermit
     from ._models import ImagesResponse
+    from ._refs import EditImages
     from ._stream import ImageStreamEvent
 
 __all__ = ["ImagesClient"]
@@ -454,6 +454,19 @@ def _iterating(
     return method
 
 
+def _constructor(make: Callable[P, AsyncImagesClient]) -> Callable[P, ImagesClient]:
+    """An ImagesClient factory from an AsyncImagesClient one (``azure``): same arguments."""
+
+    @functools.wraps(make)
+    def build(*args: P.args, **kwargs: P.kwargs) -> ImagesClient:
+        client = ImagesClient.__new__(ImagesClient)
+        client._start(make, *args, **kwargs)
+        return client
+
+    build.__qualname__ = f"ImagesClient.{make.__name__}"
+    return build
+
+
 def _same_arguments(
     source: Callable[Concatenate[Any, P], None],
 ) -> Callable[[Callable[Concatenate[S, ...], None]], Callable[Concatenate[S, P], None]]:
@@ -491,9 +504,13 @@ class ImagesClient:
 
     @_same_arguments(AsyncImagesClient.__init__)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._start(AsyncImagesClient, *args, **kwargs)
+
+    def _start(self, make: Callable[..., AsyncImagesClient], *args: Any, **kwargs: Any) -> None:
+        """Start the portal and make the async client on it with ``make(*args, **kwargs)``."""
         runner = _Runner()
         try:
-            client = runner.sync(AsyncImagesClient, *args, **kwargs)
+            client = runner.sync(make, *args, **kwargs)
         except BaseException:
             runner.close(None)
             raise
@@ -501,6 +518,8 @@ class ImagesClient:
         self._async = client
         self._limiter = _ThreadSafeLimiter(runner, client.limiter)
         self._finalizer = weakref.finalize(self, runner.close, client)
+
+    azure = staticmethod(_constructor(AsyncImagesClient.azure))
 
     if TYPE_CHECKING:  # the overloads of the async calls, blocking; a stream is an iterator
 
@@ -526,7 +545,7 @@ class ImagesClient:
         @overload
         def edit(
             self,
-            image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+            image: EditImages,
             prompt: str,
             *,
             stream: Literal[True],
@@ -535,7 +554,7 @@ class ImagesClient:
         @overload
         def edit(
             self,
-            image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+            image: EditImages,
             prompt: str,
             *,
             stream: Literal[False] | None = None,
@@ -544,7 +563,7 @@ class ImagesClient:
         @overload
         def edit(
             self,
-            image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+            image: EditImages,
             prompt: str,
             *,
             stream: bool | None = None,
@@ -552,7 +571,7 @@ class ImagesClient:
         ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
         def edit(
             self,
-            image: ImageInput | ImageFile | Sequence[ImageInput | ImageFile],
+            image: EditImages,
             prompt: str,
             *,
             stream: bool | None = None,

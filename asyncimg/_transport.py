@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import io
 import json
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +24,7 @@ import attrs
 from multidict import CIMultiDictProxy
 
 from ._body import Body
+from ._config import ProxyConfig, ssl_context
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
@@ -115,11 +117,16 @@ async def _on_sent(
 
 
 @contextlib.contextmanager
-def _on_the_wire() -> Iterator[_Wire | None]:
+def _on_the_wire(traced: bool = True) -> Iterator[_Wire | None]:
     """The :class:`_Wire` for :data:`ON_WIRE`'s callback, if one is set; on the way out
-    it fires if anything went out (the server may have counted it)."""
+    it fires if anything went out (the server may have counted it).
+
+    Not ``traced`` (a caller's session, without our trace hooks), it fires at once:
+    the request counts as sent from its start, the cautious side."""
     on_wire = ON_WIRE.get()
     wire = None if on_wire is None else _Wire(on_wire)
+    if wire is not None and not traced:
+        wire.fire()
     try:
         yield wire
     finally:
@@ -163,6 +170,17 @@ def transport_error(exc: BaseException, what: str, timeout: float | None) -> API
         return APITimeoutError(f"{what}: connecting timed out")
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return APITimeoutError(f"{what} timed out after {timeout} s")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cause = exc.certificate_error
+        reason = getattr(cause, "verify_message", None) or str(cause)
+        return APIConnectionError(
+            f"{what}: the server's TLS certificate is not trusted ({reason}); pass ssl= "
+            "an ssl.SSLContext or the CA bundle to trust, or set SSL_CERT_FILE"
+        )
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return APIConnectionError(
+            f"{what}: cannot connect to the proxy {exc.host}:{exc.port}: {exc.os_error}"
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return APIConnectionError(f"{what}: cannot connect: {exc.os_error}")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -317,11 +335,16 @@ class Transport:
         user_agent: the ``User-Agent`` header of every request.
         connect_timeout: seconds to open a TCP connection (None: no limit of its own).
         off_loop_bytes: a JSON body larger than this is decoded in a worker thread.
+        proxies: which proxy each URL goes through (none by default).
+        ssl: the TLS context; None for :func:`~asyncimg._config.ssl_context`'s
+            default, made with the session.
+        session: a caller's session to send through instead of one of our own;
+            it is never closed here.
     """
 
-    __slots__ = ("_buffer", "_closed", "_connect_timeout", "_loop", "_max_connections",
-                 "_max_response_bytes", "_off_loop_bytes", "_session", "_timeouts",
-                 "_user_agent")
+    __slots__ = ("_buffer", "_closed", "_connect_timeout", "_external", "_loop",
+                 "_max_connections", "_max_response_bytes", "_off_loop_bytes", "_proxies",
+                 "_proxy_of", "_session", "_ssl", "_timeouts", "_user_agent")
 
     def __init__(
         self,
@@ -331,13 +354,20 @@ class Transport:
         user_agent: str,
         connect_timeout: float | None = None,
         off_loop_bytes: float = OFF_LOOP_BYTES,
+        proxies: ProxyConfig | None = None,
+        ssl: ssl.SSLContext | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
+        self._proxies = proxies or ProxyConfig()
+        self._proxy_of: dict[str, str | None] = {}
+        self._ssl = ssl
+        self._external = session is not None
         self._connect_timeout = connect_timeout
         self._off_loop_bytes = off_loop_bytes
         self._max_connections = max_connections
         self._max_response_bytes = max_response_bytes
         self._user_agent = user_agent
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = session
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
         self._buffer = bytearray()
@@ -358,9 +388,15 @@ class Transport:
         if self._closed:
             raise RuntimeError("the client is closed")
         session = self._session
+        if self._external:
+            assert session is not None
+            return session
         if session is None:
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections, ttl_dns_cache=300, enable_cleanup_closed=False
+                limit=self._max_connections,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=False,
+                ssl=self._ssl if self._ssl is not None else ssl_context(None),
             )
             session = aiohttp.ClientSession(
                 connector=connector,
@@ -410,14 +446,15 @@ class Transport:
             ResponseTooLargeError: the body is larger than ``max_response_bytes``.
             APITimeoutError, APIConnectionError: no usable answer.
         """
-        data, send_headers = _encode(headers, body)
+        data, send_headers = self._encode(headers, body)
         what = f"{method} {without_query(url)}"
         error = None
         try:
-            with _on_the_wire() as wire:
+            with _on_the_wire(not self._external) as wire:
                 async with self.session.request(
                     method, url, data=data, headers=send_headers,
                     timeout=self._timeout(timeout), trace_request_ctx=wire,
+                    proxy=self._proxy(url), raise_for_status=False,
                 ) as resp:
                     _answered(wire)
                     chunks, size = await self._read(resp)
@@ -498,7 +535,7 @@ class Transport:
             APIStatusError: (a subclass of it) the status is 400 or above.
             APITimeoutError, APIConnectionError: no usable answer.
         """
-        data, send_headers = _encode(headers, body)
+        data, send_headers = self._encode(headers, body)
         send_headers["Accept"] = "text/event-stream"
         what = f"POST {without_query(url)}"
         stream_timeout = aiohttp.ClientTimeout(
@@ -506,10 +543,10 @@ class Transport:
         )
         error = None
         try:
-            with _on_the_wire() as wire:
+            with _on_the_wire(not self._external) as wire:
                 resp = await self.session.request(
                     "POST", url, data=data, headers=send_headers, timeout=stream_timeout,
-                    trace_request_ctx=wire,
+                    trace_request_ctx=wire, proxy=self._proxy(url), raise_for_status=False,
                 )
                 _answered(wire)
             if resp.status < 400:
@@ -526,9 +563,26 @@ class Transport:
             resp.status, b"".join(chunks), resp.headers, request_id=resp.headers.get("x-request-id")
         )
 
+    def _encode(
+        self, headers: Mapping[str, str], body: Body | None
+    ) -> tuple[bytes | io.BytesIO | None, dict[str, str]]:
+        data, send_headers = _encode(headers, body)
+        if self._external and not any(k.lower() == "user-agent" for k in send_headers):
+            send_headers["User-Agent"] = self._user_agent  # our session's default, not theirs
+        return data, send_headers
+
+    def _proxy(self, url: str) -> str | None:
+        key = "/".join(url.split("/", 3)[:3])  # the origin: scheme://host:port
+        try:
+            return self._proxy_of[key]
+        except KeyError:
+            proxy = self._proxy_of[key] = self._proxies.for_url(key)
+            return proxy
+
     async def aclose(self) -> None:
-        """Close the session and its connections; later requests raise RuntimeError."""
+        """Close our session and its connections (never a caller's); later requests
+        raise RuntimeError."""
         self._closed = True
         session, self._session = self._session, None
-        if session is not None:
+        if session is not None and not self._external:
             await session.close()

@@ -38,6 +38,7 @@ from ._files import ImageFile, ImageInfo, png_problem, sniff_mime
 
 if TYPE_CHECKING:
     from ._params import Endpoint, Params
+    from ._refs import ImageRef
 
 __all__ = [
     "MAX_INPUT_IMAGES",
@@ -139,6 +140,8 @@ class ModelRules:
     max_mask_bytes: int = 4 * _MIB
     mask_same_size: bool = True
     """The mask must have the dimensions of the (first) input image."""
+    json_edits: bool = False
+    """Edits by reference (:class:`~asyncimg.ImageRef`, sent as JSON) are accepted."""
     streams: bool = False
     """The model takes ``stream`` and ``partial_images``."""
 
@@ -177,6 +180,7 @@ def _gpt(name: str, *, free_sizes: bool = False, fidelity: bool = True) -> Model
         max_input_images=MAX_INPUT_IMAGES,
         input_formats=("png", "webp", "jpeg"),
         max_image_bytes=50 * _MIB,
+        json_edits=True,
         streams=True,
     )
 
@@ -262,6 +266,8 @@ def _check_extra_body(params: Params) -> None:
         for a in attrs.fields(type(params))
         if a.name not in _NOT_NAMED and getattr(params, a.name) is not None
     }
+    if "image_refs" in named:
+        named.add("images")  # a JSON edit's image references go out as `images`
     for key in params.extra_body:
         if key in named:
             raise ValidationError(
@@ -282,10 +288,11 @@ def _check_universal(params: Params) -> None:
     prompt: str | None = getattr(params, "prompt", None)
     if prompt is not None and not prompt.strip():
         raise ValidationError("prompt", "prompt is empty; describe the image you want")
-    if params.response_format is not None and params.response_format not in _RESPONSE_FORMATS:
+    response_format: str | None = getattr(params, "response_format", None)
+    if response_format is not None and response_format not in _RESPONSE_FORMATS:
         raise ValidationError(
             "response_format",
-            f"response_format {params.response_format!r} is not one of "
+            f"response_format {response_format!r} is not one of "
             f"{_one_of(_RESPONSE_FORMATS)}",
         )
     size = params.size
@@ -300,7 +307,10 @@ def _check_universal(params: Params) -> None:
             "output_compression",
             f"output_compression {compression} is outside 0..100",
         )
-    if params.endpoint != "generate":
+    refs = _refs_of(params)
+    if refs is not None:
+        _check_refs_universal(refs)
+    elif params.endpoint != "generate":
         _check_images_universal(_images_of(params), params.endpoint)
         mask = _mask_of(params)
         if mask is not None:
@@ -310,6 +320,22 @@ def _check_universal(params: Params) -> None:
 def _images_of(params: Params) -> tuple[ImageFile, ...]:
     images: tuple[ImageFile, ...] = getattr(params, "image", ())
     return images
+
+
+def _refs_of(params: Params) -> tuple[ImageRef, ...] | None:
+    """The images of an edit by reference (a JSON edit), or None for any other request."""
+    refs: tuple[ImageRef, ...] | None = getattr(params, "image_refs", None)
+    return refs
+
+
+def _check_refs_universal(refs: tuple[ImageRef, ...]) -> None:
+    if not refs:
+        raise ValidationError("image", "image is required")
+    if len(refs) > MAX_INPUT_IMAGES:
+        raise ValidationError(
+            "image",
+            f"image: {len(refs)} images given; an edit takes at most {MAX_INPUT_IMAGES}",
+        )
 
 
 def _mask_of(params: Params) -> ImageFile | None:
@@ -435,11 +461,10 @@ def _check_model(params: Params, rules: ModelRules) -> None:
             if value is not None and value is not False:
                 _refuse_unsupported(name, value, rules, _WHO_TAKES[name])
     _check_choice("quality", getattr(params, "quality", None), rules.qualities, rules)
-    if params.response_format is not None and rules.response_formats is None:
-        _refuse_unsupported(
-            "response_format", params.response_format, rules, rules.response_format_note
-        )
-    _check_choice("response_format", params.response_format, rules.response_formats, rules)
+    response_format: str | None = getattr(params, "response_format", None)
+    if response_format is not None and rules.response_formats is None:
+        _refuse_unsupported("response_format", response_format, rules, rules.response_format_note)
+    _check_choice("response_format", response_format, rules.response_formats, rules)
     _check_choice("style", getattr(params, "style", None), rules.styles, rules)
     _check_choice("moderation", getattr(params, "moderation", None), rules.moderations, rules)
     _check_choice(
@@ -471,7 +496,14 @@ def _check_model(params: Params, rules: ModelRules) -> None:
                 f"output_compression {compression} applies only to output_format "
                 f"{' or '.join(rules.compression_formats)}, not {output_format!r}",
             )
-    if endpoint != "generate":
+    if _refs_of(params) is not None:
+        if not rules.json_edits:
+            raise ValidationError(
+                "image",
+                f"image: {rules.name} does not take images by reference (ImageRef, a JSON "
+                "edit); only the GPT image models do: upload the files instead",
+            )
+    elif endpoint != "generate":
         _check_images_model(_images_of(params), _mask_of(params), endpoint, rules)
 
 

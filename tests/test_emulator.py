@@ -457,8 +457,11 @@ async def test_malformed_json_wrong_content_type_and_unknown_paths(
         assert r.status == 400
         assert "Content-Type" in (await r.json())["error"]["message"]
     async with session.post(emulator.base_url + EDIT, json={"prompt": "p"}, headers=AUTH) as r:
+        assert r.status == 400  # a JSON edit needs its images (by reference)
+        assert (await r.json())["error"]["param"] == "images"
+    async with session.post(emulator.base_url + EDIT, data=b"prompt=p", headers=AUTH) as r:
         assert r.status == 400
-        assert "multipart/form-data" in (await r.json())["error"]["message"]
+        assert "multipart/form-data or application/json" in (await r.json())["error"]["message"]
     async with session.get(url, headers=AUTH) as r:
         assert r.status == 404
         assert_error(await r.json(), type_="invalid_request_error")

@@ -12,24 +12,27 @@ from asyncimg._keywords import (
     OPTIONS,
     VARIATION_KEYWORDS,
 )
-from asyncimg._params import EditParams, GenerateParams, VariationParams
+from asyncimg._params import EditParams, GenerateParams, JsonEditParams, VariationParams
 from asyncimg.testing import Emulator
 
 
 @pytest.mark.parametrize(
     ("declared", "params", "positional"),
     [
-        (GENERATE_KEYWORDS, GenerateParams, {"prompt", "stream"}),
-        (EDIT_KEYWORDS, EditParams, {"prompt", "image", "stream"}),
-        (VARIATION_KEYWORDS, VariationParams, {"image"}),
+        (GENERATE_KEYWORDS, (GenerateParams,), {"prompt", "stream"}),
+        # An edit is multipart, or JSON with images by reference (which takes moderation).
+        (EDIT_KEYWORDS, (EditParams, JsonEditParams), {"prompt", "image", "image_refs", "stream"}),
+        (VARIATION_KEYWORDS, (VariationParams,), {"image"}),
     ],
 )
 def test_each_declaration_names_exactly_the_fields_its_request_sends(
-    declared: frozenset[str], params: type, positional: set[str]
+    declared: frozenset[str], params: tuple[type, ...], positional: set[str]
 ) -> None:
-    fields = {a.name for a in attrs.fields(params)}
+    fields = {a.name for cls in params for a in attrs.fields(cls)}
     assert declared - OPTIONS == fields - positional - {"extra_body"}
-    assert {"extra_body", "timeout", "max_retries"} == OPTIONS <= declared
+    assert {
+        "extra_body", "timeout", "max_retries", "extra_headers", "extra_query"
+    } == OPTIONS <= declared
 
 
 async def test_an_unknown_keyword_is_refused_before_anything_is_sent(

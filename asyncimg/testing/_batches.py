@@ -257,9 +257,18 @@ class BatchAPI:
         if purpose == "batch" and len(data) > _MAX_FILE:
             _refuse(400, f"File is too large: {len(data)} bytes, at most {_MAX_FILE}.",
                     param="file")
+        return self.files[self.add_file(data, filename, purpose)].to_json()
+
+    def add_file(self, data: bytes, filename: str, purpose: str) -> str:
+        """Keep a file as ``POST /v1/files`` does; returns its id (``file-...``)."""
         file = _File(_new_id("file-"), filename, purpose, data, int(time.time()))
         self.files[file.id] = file
-        return file.to_json()
+        return file.id
+
+    def file_data(self, file_id: str) -> bytes | None:
+        """The bytes of an uploaded file, or None when there is no such file."""
+        file = self.files.get(file_id)
+        return None if file is None else file.data
 
     # -- batches --------------------------------------------------------------------
 

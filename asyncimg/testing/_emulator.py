@@ -7,6 +7,11 @@ Endpoints (under ``base_url``, which ends in ``/v1``):
   ``mask``, text fields); with ``stream: true`` (GPT image models) a generation
   or an edit answers server-sent events: partial images, then the completed
   one (:mod:`asyncimg.testing._streaming`, ``Fault.drop_stream``);
+* ``POST /v1/images/edits`` as ``application/json`` too: images by reference
+  (``images: [{"image_url"} | {"file_id"}]``, see :mod:`._refs`);
+* with ``azure=True``, the Azure OpenAI paths instead
+  (``/openai/deployments/<name>/images/...?api-version=``, key as ``api-key``,
+  see :mod:`._azure`);
 * ``/v1/files`` and ``/v1/batches``: the Files and Batch APIs, at a pace tests
   set (:mod:`asyncimg.testing._batches`, ``Emulator.batches``);
 * ``GET /blobs/<name>.png?se=...`` serves ``url`` results. Like the API's
@@ -67,13 +72,23 @@ from aiohttp import BodyPartReader, web
 
 from .._exceptions import ValidationError
 from .._files import ImageFile, sniff_mime
-from .._params import EditParams, Endpoint, GenerateParams, Params, VariationParams, from_wire
+from .._params import (
+    EditParams,
+    Endpoint,
+    GenerateParams,
+    JsonEditParams,
+    Params,
+    VariationParams,
+    from_wire,
+)
 from .._validation import validate
+from ._azure import azure_content_filter, azure_refusal, azure_route
 from ._batches import BatchAPI
 from ._faults import Fault, path_matches
 from ._headers import HeaderStyle, styled_headers
 from ._pictures import Recipe
 from ._png import MAX_PIXELS
+from ._refs import RefError, RefResolver
 from ._streaming import sse_events, write_events
 
 __all__ = [
@@ -219,8 +234,9 @@ class UploadedFile:
 class JournalEntry:
     """One request the emulator received, and what it answered.
 
-    ``headers`` has ``Authorization`` masked (:func:`mask_key`); ``json`` is a
-    generation's decoded body (None otherwise or when it was not JSON);
+    ``headers`` has ``Authorization`` and ``api-key`` masked (:func:`mask_key`);
+    ``json`` is the decoded body of a generation or a JSON edit (None otherwise
+    or when it was not JSON);
     ``fields`` are a form's text fields; ``status`` is None when no status was
     sent (a dropped connection, or the client went away first); ``fault`` names
     the scripted fault applied, if any; ``time`` is the emulator's clock at
@@ -391,7 +407,7 @@ def _effective_model(endpoint: Endpoint, params: Params) -> str:
         return _GPT_DEFAULT
     if getattr(params, "style", None) is not None:
         return "dall-e-3"
-    if params.response_format is not None:
+    if getattr(params, "response_format", None) is not None:
         return "dall-e-2"
     return _GPT_DEFAULT if endpoint == "edit" else "dall-e-2"
 
@@ -448,6 +464,8 @@ class Emulator:
         clock: a ``() -> float`` in seconds for url expiry, the rate window,
             ``arrivals`` and the journal (``time.monotonic`` by default); inject
             one to test expiry without sleeping.
+        azure: serve the Azure OpenAI paths under :attr:`endpoint` instead of
+            ``/v1``, checking ``api-version`` and the key as ``api-key``.
         journal_size: the journal and ``arrivals`` keep the latest this many
             requests (None: all, which grows without bound).
         max_urls: url results kept downloadable; beyond it the oldest are
@@ -481,6 +499,7 @@ class Emulator:
         latency_sigma: float = 0.0,
         download_latency: float = 0.0,
         clock: Callable[[], float] | None = None,
+        azure: bool = False,
         journal_size: int | None = 10_000,
         max_urls: int = 10_000,
         header_style: HeaderStyle = "openai",
@@ -492,6 +511,7 @@ class Emulator:
         styled_headers({}, header_style, 0.0)  # refuses an unknown style now
         self.header_style: HeaderStyle = header_style
         self.api_key = api_key
+        self.azure = azure
         self.host = host
         self.port = port
         self.rate_limit: tuple[int, float] | None = _parse_rate(images_per_minute)
@@ -514,6 +534,7 @@ class Emulator:
         self._blobs: dict[str, tuple[Recipe, float]] = {}
         self.batches = BatchAPI(self._render_batch_line, self.clock)
         """The Files and Batch APIs (:class:`BatchAPI`): set ``batches.pace`` to steer batches."""
+        self._refs = RefResolver(self._own_blob, self.batches.file_data)
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self._api_port: int | None = None
@@ -535,6 +556,15 @@ class Emulator:
         if self._api_port is None:
             raise RuntimeError("the emulator is not started")
         return f"http://{self._url_host}:{self._api_port}/v1"
+
+    @property
+    def endpoint(self) -> str:
+        """The origin, ``http://HOST:PORT``: an Azure mode emulator's ``endpoint=``.
+
+        Raises:
+            RuntimeError: the emulator is not started.
+        """
+        return self.base_url[: -len("/v1")]
 
     @property
     def blob_base_url(self) -> str:
@@ -623,6 +653,13 @@ class Emulator:
     def faults(self) -> list[Fault]:
         """The faults still queued (each once, however many uses it has left)."""
         return [fault for fault, _left in self._faults]
+
+    def add_file(self, data: bytes, filename: str = "upload.png", purpose: str = "vision") -> str:
+        """Keep ``data`` as if uploaded with ``POST /v1/files``; returns its ``file_id``.
+
+        A JSON edit may then name it as ``ImageRef(file_id=...)``.
+        """
+        return self.batches.add_file(data, filename, purpose)
 
     def clear_faults(self) -> None:
         """Forget every queued fault."""
@@ -720,7 +757,7 @@ class Emulator:
         try:
             answer, fault = await self._judge(request, arrived, record)
             record["fault"] = fault.kind if fault is not None else None
-            if request.path.startswith("/v1/"):
+            if request.path.startswith(("/v1/", "/openai/")):
                 for name, value in self._rate_headers(arrived).items():
                     answer.headers.setdefault(name, value)
             answer.headers["x-request-id"] = request_id
@@ -818,7 +855,7 @@ class Emulator:
         self, request: web.Request, arrived: float, record: dict[str, Any]
     ) -> tuple[_Answer, Fault | None]:
         """Read the request into ``record`` and decide the answer (and the fault, if any)."""
-        endpoint = _ROUTES.get(request.path) if request.method == "POST" else None
+        endpoint = self._endpoint_of(request.path) if request.method == "POST" else None
         fields: dict[str, Any] = {}
         files: dict[str, tuple[ImageFile, ...]] = {}
         read_error: _Answer | None = None
@@ -843,7 +880,9 @@ class Emulator:
             if read_error is not None:
                 return read_error, fault
             # Counted once the body is in, as a real server must (the model is in it).
-            return self._answer(endpoint, fields, files, self.clock(), record), fault
+            as_json = endpoint == "edit" and record["json"] is not None
+            answer = self._answer(endpoint, fields, files, self.clock(), record, as_json=as_json)
+            return answer, fault
         except _Refusal as refusal:
             return refusal.answer, fault
 
@@ -851,7 +890,7 @@ class Emulator:
         self, request: web.Request, endpoint: Endpoint, record: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, tuple[ImageFile, ...]]]:
         content_type = request.content_type
-        if endpoint == "generate":
+        if endpoint == "generate" or (endpoint == "edit" and content_type == "application/json"):
             raw = await request.read()
             if content_type != "application/json":
                 _refuse(
@@ -872,7 +911,7 @@ class Emulator:
             _refuse(
                 400,
                 f"Invalid Content-Type header ({content_type or 'none'}), expected "
-                "multipart/form-data (the emulator does not take JSON image references).",
+                "multipart/form-data or application/json.",
             )
         fields: dict[str, Any] = {}
         found: dict[str, list[ImageFile]] = {}
@@ -899,7 +938,19 @@ class Emulator:
         record["files"] = tuple(uploads)
         return fields, {k: tuple(v) for k, v in found.items()}
 
+    def _endpoint_of(self, path: str) -> Endpoint | None:
+        if self.azure:
+            route = azure_route(path)
+            return None if route is None else route[1]
+        return _ROUTES.get(path)
+
     def _check_key(self, request: web.Request) -> None:
+        if self.azure:
+            refusal = azure_refusal(request.headers, request.query, self.api_key)
+            if refusal is not None:
+                status, body = refusal
+                raise _Refusal(_Answer(status, json.dumps(body).encode()))
+            return
         if self.api_key is None:
             return
         header = request.headers.get("Authorization", "")
@@ -922,6 +973,14 @@ class Emulator:
                 "https://platform.openai.com/account/api-keys.",
                 code="invalid_api_key",
             )
+
+    def _own_blob(self, url: str) -> bytes | None:
+        """A url result's bytes for a JSON edit; b"" when expired or unknown; None if not ours."""
+        prefix = f"{self.blob_base_url}/blobs/"
+        if not url.startswith(prefix):
+            return None
+        answer = self._blob(url[len(prefix) :].split("?", 1)[0], self.clock())
+        return answer.body if answer.status == 200 else b""
 
     def _blob(self, name: str, now: float) -> _Answer:
         stored = self._blobs.get(name)
@@ -994,12 +1053,14 @@ class Emulator:
         now: float,
         record: dict[str, Any],
         *,
+        as_json: bool = False,
         admit: bool = True,
     ) -> _Answer:
         try:
-            params = from_wire(endpoint, fields, files)
+            params = from_wire(endpoint, fields, files, as_json=as_json)
         except ValidationError as exc:
             _refuse(400, str(exc), param=exc.param)
+        inputs = self._inputs(params)
         model = _effective_model(endpoint, params)
         if params.model is None:  # the default model's rules apply, as at the API
             try:
@@ -1016,6 +1077,9 @@ class Emulator:
         headers = self._admit(images, now) if admit else {}
         prompt: str = getattr(params, "prompt", "") or ""
         if CONTENT_POLICY_MARKER in prompt.lower():
+            if self.azure:
+                refusal = json.dumps(azure_content_filter(prompt)).encode()
+                raise _Refusal(_Answer(400, refusal, headers))
             if gpt:
                 _refuse(
                     400,
@@ -1033,19 +1097,19 @@ class Emulator:
                 code="content_policy_violation",
                 headers=headers,
             )
-        seed = self._seed(params)
+        seed = self._seed(params, inputs)
         background = getattr(params, "background", None) or params.extra_body.get("background")
         alpha = gpt and background == "transparent"
-        as_url = not gpt and params.response_format != "b64_json"
+        as_url = not gpt and getattr(params, "response_format", None) != "b64_json"
         output_format = getattr(params, "output_format", None) or "png"
-        first = None if isinstance(params, GenerateParams) else params.image[0].data
-        mask = getattr(params, "mask", None)
+        first = inputs[0].data if inputs else None
+        mask = self._mask(params)
         data: list[dict[str, Any]] = []
         for index in range(images):
             recipe = Recipe(
                 width, height, f"{seed}#{index}", alpha, output_format,
                 getattr(params, "output_compression", None), first,
-                None if mask is None else mask.data, isinstance(params, VariationParams),
+                mask, isinstance(params, VariationParams),
             )
             item: dict[str, Any] = {}
             if as_url:
@@ -1063,7 +1127,7 @@ class Emulator:
             body["output_format"] = output_format
             body["quality"] = quality
             body["size"] = f"{width}x{height}"
-            body["usage"] = self._usage(params, quality, width, height, images)
+            body["usage"] = self._usage(params, inputs, quality, width, height, images)
         if stream:
             partials = getattr(params, "partial_images", None) or 0
             events = sse_events(
@@ -1072,32 +1136,66 @@ class Emulator:
             return _Answer(200, b"", headers, "text/event-stream", events)
         return _Answer(200, json.dumps(body).encode(), headers)
 
+    def _inputs(self, params: Params) -> tuple[ImageFile, ...]:
+        """The input images (not the mask) of an edit or variation; a JSON edit's fetched.
+
+        Raises:
+            _Refusal: a reference (or a JSON edit's mask) cannot be used.
+        """
+        if isinstance(params, GenerateParams):
+            return ()
+        if not isinstance(params, JsonEditParams):
+            return params.image
+        try:
+            files = tuple(
+                self._refs.resolve(ref, f"images[{i}]") for i, ref in enumerate(params.image_refs)
+            )
+            if params.mask is not None:
+                self._refs.resolve(params.mask, "mask")
+        except RefError as exc:
+            _refuse(400, exc.message, param=exc.param, code=exc.code)
+        return files
+
+    def _mask(self, params: Params) -> bytes | None:
+        """The mask's bytes of an edit (a JSON edit's fetched, after :meth:`_inputs` checked it)."""
+        mask = getattr(params, "mask", None)
+        if mask is None:
+            return None
+        if isinstance(mask, ImageFile):
+            return mask.data
+        return self._refs.resolve(mask, "mask").data
+
     def _render_batch_line(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
         """Answer one Batch API line as its endpoint would, outside the images limit."""
         record: dict[str, Any] = {}
         try:
-            answer = self._answer(_ROUTES[path], body, {}, self.clock(), record, admit=False)
+            endpoint = _ROUTES[path]
+            answer = self._answer(endpoint, body, {}, self.clock(), record, admit=False,
+                                  as_json=endpoint == "edit")  # a batch's edits are JSON edits
         except _Refusal as refusal:
             answer = refusal.answer
         return answer.status, answer.body
 
     @staticmethod
-    def _seed(params: Params) -> str:
+    def _seed(params: Params, inputs: tuple[ImageFile, ...]) -> str:
         if isinstance(params, GenerateParams):
             return params.prompt
-        digest = hashlib.sha256(b"".join(f.data for f in params.image)).hexdigest()[:16]
-        if isinstance(params, EditParams):
+        digest = hashlib.sha256(b"".join(f.data for f in inputs)).hexdigest()[:16]
+        if isinstance(params, (EditParams, JsonEditParams)):
             return f"edit:{digest}:{params.prompt}"
         return f"variation:{digest}"
 
     @staticmethod
     def _usage(
-        params: Params, quality: str, width: int, height: int, images: int
+        params: Params,
+        inputs: tuple[ImageFile, ...],
+        quality: str,
+        width: int,
+        height: int,
+        images: int,
     ) -> dict[str, Any]:
         text = _text_tokens(getattr(params, "prompt", "") or "")
-        image_in = 0
-        if not isinstance(params, GenerateParams):
-            image_in = 194 * len(params.image) + (194 if getattr(params, "mask", None) else 0)
+        image_in = 194 * len(inputs) + (194 if getattr(params, "mask", None) else 0)
         per_image = math.ceil(_OUTPUT_TOKENS[quality] * width * height / (1024 * 1024))
         output = per_image * images
         return {
@@ -1144,6 +1242,14 @@ def serve(host: str = "127.0.0.1", port: int = 8089, **emulator_options: Any) ->
     """
 
     def ready(emu: Emulator) -> None:
+        if emu.azure:
+            print(
+                f"asyncimg emulator (Azure OpenAI) listening on {emu.endpoint}: "
+                f"{emu.endpoint}/openai/deployments/NAME/images/...?api-version=... "
+                f"(url results on {emu.blob_base_url}; Ctrl-C or SIGTERM to stop)",
+                flush=True,
+            )
+            return
         print(
             f"asyncimg emulator listening on {emu.base_url} (url results on "
             f"{emu.blob_base_url}; Ctrl-C or SIGTERM to stop)",
