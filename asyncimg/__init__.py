@@ -11,7 +11,7 @@
 
 import typing as _typing
 
-from ._batchapi import Batch, BatchJob, BatchResult, batch_line, submit_batch
+from ._batch.api import Batch, BatchJob, BatchResult, batch_line, submit_batch
 from ._client import AsyncImagesClient
 from ._exceptions import (
     APIConnectionError,

@@ -464,7 +464,7 @@ class AsyncImagesClient:
         Raises:
             ValidationError: ``params`` names a parameter generate does not take.
         """
-        from ._batch import generate_many
+        from ._batch.many import generate_many
 
         return generate_many(self, prompts, ordered=ordered, params=params)
 

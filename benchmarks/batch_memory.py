@@ -31,7 +31,7 @@ from pathlib import Path
 
 def _worker(base_url: str, count: int, concurrency: int | None, rate: str | None) -> None:
     from asyncimg import AsyncImagesClient, RateLimit
-    from asyncimg._runner import run_batch
+    from asyncimg._batch.runner import run_batch
 
     limit = None
     if rate:

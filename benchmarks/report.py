@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from asyncimg import AsyncImagesClient  # noqa: E402
-from asyncimg._report import REPORT_NAME, THUMBS_DIR, read_items, write_report  # noqa: E402
-from asyncimg._runner import open_text, run_batch  # noqa: E402
+from asyncimg._batch.report import REPORT_NAME, THUMBS_DIR, read_items, write_report  # noqa: E402
+from asyncimg._batch.runner import open_text, run_batch  # noqa: E402
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator  # noqa: E402
 from tests.browser import Browser, find_chromium  # noqa: E402
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from asyncimg import AsyncImagesClient, BatchItem, ContentPolicyError, ValidationError
-from asyncimg._batch import _DRIVERS, BatchIterator
+from asyncimg._batch.many import _DRIVERS, BatchIterator
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
 
 from .conftest import TEST_KEY

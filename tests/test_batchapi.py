@@ -18,7 +18,7 @@ from asyncimg import (
     ValidationError,
     submit_batch,
 )
-from asyncimg._batchapi import (
+from asyncimg._batch.api import (
     Batch,
     BatchResult,
     batch_line,

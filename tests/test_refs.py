@@ -181,7 +181,7 @@ async def test_a_file_uploaded_to_the_files_api_is_an_edit_s_file_id(
 
 
 async def test_a_batch_of_json_edits(emu: Emulator, client: AsyncImagesClient) -> None:
-    from asyncimg._batchapi import batch_line, submit_batch
+    from asyncimg._batch.api import batch_line, submit_batch
 
     body = JsonEditParams.build(
         image_refs=(ImageRef(url=DATA_URL),), prompt="a hat", model="gpt-image-1"

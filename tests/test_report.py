@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from asyncimg import AsyncImagesClient
-from asyncimg._report import (
+from asyncimg._batch.report import (
     REPORT_NAME,
     THUMBS_DIR,
     Item,
@@ -20,7 +20,7 @@ from asyncimg._report import (
     window_peaks,
     write_report,
 )
-from asyncimg._runner import MANIFEST_NAME, RUNS_NAME, open_text, run_batch
+from asyncimg._batch.runner import MANIFEST_NAME, RUNS_NAME, open_text, run_batch
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
 
 from .browser import Browser, find_chromium

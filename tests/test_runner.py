@@ -10,7 +10,7 @@ import pytest
 
 from asyncimg import AsyncImagesClient
 from asyncimg._client import _write_temp
-from asyncimg._runner import (
+from asyncimg._batch.runner import (
     MANIFEST_NAME,
     InputError,
     Manifest,

@@ -38,7 +38,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._runner import MANIFEST_NAME, RUNS_NAME, InputError
+from .runner import MANIFEST_NAME, RUNS_NAME, InputError
 
 __all__ = [
     "REPORT_NAME",

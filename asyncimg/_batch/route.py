@@ -36,7 +36,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._batchapi import (
+from .api import (
     Batch,
     BatchJob,
     BatchResult,
@@ -47,10 +47,10 @@ from ._batchapi import (
     split_batch_lines,
     upload,
 )
-from ._control import BatchControl, fatal_error
-from ._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
-from ._params import GenerateParams
-from ._runner import (
+from .control import BatchControl, fatal_error
+from .._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
+from .._params import GenerateParams
+from .runner import (
     BatchSummary,
     Entry,
     Manifest,
@@ -62,10 +62,10 @@ from ._runner import (
     read_entries,
     usage_fields,
 )
-from ._textinput import TextLines
+from .input import TextLines
 
 if TYPE_CHECKING:
-    from ._client import AsyncImagesClient
+    from .._client import AsyncImagesClient
 
 __all__ = [
     "STATE_NAME",
@@ -150,7 +150,7 @@ class RouteState:
 
     def save(self) -> None:
         """Write the state atomically and durably (temporary file, fsync, rename)."""
-        from ._client import write_atomic
+        from .._client import write_atomic
 
         body = {"jobs": [job.to_json() for job in self.jobs]}
         write_atomic(self.path, json.dumps(body, indent=1).encode() + b"\n")
@@ -282,7 +282,7 @@ class _Run:
             await self._save()
 
     async def _find_file(self, filename: str) -> str | None:
-        from ._batchapi import _decode, _request
+        from .api import _decode, _request
 
         listed = _decode(await _request(self.client, "GET", "/files?purpose=batch"))
         data = listed.get("data") if isinstance(listed, dict) else None

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from ._body import encode_json
-from ._exceptions import (
+from .._body import encode_json
+from .._exceptions import (
     APIConnectionError,
     APIError,
     APIResponseValidationError,
@@ -38,13 +38,13 @@ from ._exceptions import (
     ValidationError,
     error_from_response,
 )
-from ._files import ImageFile
-from ._models import ImagesResponse, Usage
-from ._params import Form
+from .._files import ImageFile
+from .._models import ImagesResponse, Usage
+from .._params import Form
 
 if TYPE_CHECKING:
-    from ._client import AsyncImagesClient
-    from ._transport import RawResponse
+    from .._client import AsyncImagesClient
+    from .._transport import RawResponse
 
 __all__ = [
     "ENDPOINT_PATHS",

@@ -34,13 +34,13 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._exceptions import AsyncImgError, ValidationError
-from ._keywords import GENERATE_KEYWORDS
-from ._models import BatchItem, PromptSource, PromptSpec
-from ._retry import ATTEMPTS
+from .._exceptions import AsyncImgError, ValidationError
+from .._keywords import GENERATE_KEYWORDS
+from .._models import BatchItem, PromptSource, PromptSpec
+from .._retry import ATTEMPTS
 
 if TYPE_CHECKING:
-    from ._client import AsyncImagesClient
+    from .._client import AsyncImagesClient
 
 __all__ = [
     "BatchIterator",

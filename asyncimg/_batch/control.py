@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
-from ._exceptions import (
+from .._exceptions import (
     AuthenticationError,
     LimiterUnavailableError,
     NotFoundError,
