@@ -52,19 +52,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ._batch.control import fatal_error
+from ._batch.runner import ProgressSink
 from ._exceptions import APIError, AsyncImgError, ValidationError
 from ._files import EXTENSIONS
 from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
 from ._limiter import Limiter, RateLimit, RateLimiter
-from ._batch.runner import ProgressSink
 from ._serve import add_serve_options, positive_int, serve_from_args
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._client import AsyncImagesClient
     from ._batch.control import BatchControl
-    from ._redis import RedisLimiter
     from ._batch.runner import BatchSummary, Record
+    from ._client import AsyncImagesClient
+    from ._redis import RedisLimiter
 
 __all__ = ["main", "parse_rate"]
 

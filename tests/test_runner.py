@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from asyncimg import AsyncImagesClient
-from asyncimg._client import _write_temp
 from asyncimg._batch.runner import (
     MANIFEST_NAME,
     InputError,
@@ -18,6 +17,7 @@ from asyncimg._batch.runner import (
     read_entries,
     run_batch,
 )
+from asyncimg._client import _write_temp
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
 
 from .conftest import TEST_KEY

@@ -36,6 +36,8 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from .._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
+from .._params import GenerateParams
 from .api import (
     Batch,
     BatchJob,
@@ -48,8 +50,7 @@ from .api import (
     upload,
 )
 from .control import BatchControl, fatal_error
-from .._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
-from .._params import GenerateParams
+from .input import TextLines
 from .runner import (
     BatchSummary,
     Entry,
@@ -62,7 +63,6 @@ from .runner import (
     read_entries,
     usage_fields,
 )
-from .input import TextLines
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient

@@ -52,15 +52,15 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .many import BatchIterator, make_item
-from .control import BatchControl, fatal_error
 from .._exceptions import APIStatusError, AsyncImgError, ValidationError
 from .._keywords import GENERATE_KEYWORDS
 from .._limiter import LimiterStats, RateLimit
 from .._params import GenerateParams
 from .._retry import ATTEMPT_LOG, AttemptLog
-from .input import InputError, TextLines, open_text
 from .._version import __version__
+from .control import BatchControl, fatal_error
+from .input import InputError, TextLines, open_text
+from .many import BatchIterator, make_item
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient
