@@ -10,8 +10,8 @@
 """
 
 import typing as _typing
+import warnings as _warnings
 
-from ._batch.api import Batch, BatchJob, BatchResult, batch_line, submit_batch
 from ._client import AsyncImagesClient
 from ._exceptions import (
     APIConnectionError,
@@ -38,13 +38,10 @@ from ._files import ImageFile, ImageInput
 from ._keywords import EditKeywords, GenerateKeywords, RequestOptions, VariationKeywords
 from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter
 from ._models import (
-    BatchItem,
     Image,
     ImagesResponse,
     InputTokensDetails,
     OutputTokensDetails,
-    PromptSource,
-    PromptSpec,
     Usage,
 )
 from ._refs import ImageRef
@@ -58,6 +55,17 @@ from ._stream import (
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
+    from ._batch import (
+        BatchAPIJob,
+        BatchAPIResult,
+        BatchAPIState,
+        BatchItem,
+        BatchIterator,
+        PromptSource,
+        PromptSpec,
+        batch_api_line,
+        submit_batch,
+    )
     from ._redis import RedisLimiter
     from ._sync import ImagesClient
 
@@ -71,11 +79,12 @@ __all__ = [
     "AsyncImgError",
     "AuthenticationError",
     "BadRequestError",
-    "Batch",
+    "BatchAPIJob",
+    "BatchAPIResult",
+    "BatchAPIState",
     "BatchItem",
-    "BatchJob",
+    "BatchIterator",
     "BatchRequestError",
-    "BatchResult",
     "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
@@ -112,22 +121,51 @@ __all__ = [
     "ValidationError",
     "VariationKeywords",
     "__version__",
-    "batch_line",
+    "batch_api_line",
     "submit_batch",
 ]
 
 
+# Loaded on first use, so that an async service never pays their import: the
+# blocking client (and the anyio portal machinery), the batch wing, and the
+# `redis` extra.
+_LAZY = {
+    "ImagesClient": "._sync",
+    "RedisLimiter": "._redis",
+    "BatchAPIJob": "._batch",
+    "BatchAPIResult": "._batch",
+    "BatchAPIState": "._batch",
+    "BatchItem": "._batch",
+    "BatchIterator": "._batch",
+    "PromptSource": "._batch",
+    "PromptSpec": "._batch",
+    "batch_api_line": "._batch",
+    "submit_batch": "._batch",
+}
+
+# The Batch API's names before they said so; kept working, with a DeprecationWarning.
+_RENAMED = {
+    "Batch": "BatchAPIState",
+    "BatchJob": "BatchAPIJob",
+    "BatchResult": "BatchAPIResult",
+    "batch_line": "batch_api_line",
+}
+
+
 def __getattr__(name: str) -> _typing.Any:
-    # The blocking client (and the anyio portal machinery) loads on first use:
-    # an async service never pays its import.
-    if name == "ImagesClient":
-        from ._sync import ImagesClient
+    if name in _RENAMED:
+        new = _RENAMED[name]
+        _warnings.warn(
+            f"asyncimg.{name} is now asyncimg.{new} (OpenAI's Batch API, not generate_many)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return __getattr__(new)
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'asyncimg' has no attribute {name!r}")
+    import importlib
 
-        globals()["ImagesClient"] = ImagesClient
-        return ImagesClient
-    if name == "RedisLimiter":  # the `redis` extra: imported only when asked for
-        from ._redis import RedisLimiter
-
-        globals()["RedisLimiter"] = RedisLimiter
-        return RedisLimiter
-    raise AttributeError(f"module 'asyncimg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value

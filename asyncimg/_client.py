@@ -59,7 +59,7 @@ from ._transport import ON_WIRE, RawResponse, Transport, without_query
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._models import BatchItem, PromptSource
+    from ._batch import BatchItem, PromptSource
 
 __all__ = ["DEFAULT_RATE_LIMIT", "AsyncImagesClient"]
 
@@ -464,7 +464,7 @@ class AsyncImagesClient:
         Raises:
             ValidationError: ``params`` names a parameter generate does not take.
         """
-        from ._batch.many import generate_many
+        from ._batch import generate_many
 
         return generate_many(self, prompts, ordered=ordered, params=params)
 

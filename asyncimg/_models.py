@@ -7,37 +7,23 @@ rather than crashing, and every field the spec does not name is kept in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable, Mapping
-from typing import Any, TypeAlias
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
-from ._exceptions import APIResponseValidationError, AsyncImgError
+from ._exceptions import APIResponseValidationError
+from ._json import extra_fields as _extra
+from ._json import int_field as _int
+from ._json import str_field as _str
 
 __all__ = [
-    "BatchItem",
     "Image",
     "ImagesResponse",
     "InputTokensDetails",
     "OutputTokensDetails",
-    "PromptSource",
-    "PromptSpec",
     "Usage",
 ]
-
-
-def _str(obj: Mapping[str, Any], key: str) -> str | None:
-    value = obj.get(key)
-    return value if isinstance(value, str) else None
-
-
-def _int(obj: Mapping[str, Any], key: str) -> int | None:
-    value = obj.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _extra(obj: Mapping[str, Any], known: frozenset[str]) -> Mapping[str, Any]:
-    return {k: v for k, v in obj.items() if k not in known}
 
 
 @attrs.frozen
@@ -199,45 +185,3 @@ class ImagesResponse:
             request_id=request_id,
             extra=_extra(obj, cls._KNOWN),
         )
-
-
-PromptSpec: TypeAlias = "str | Mapping[str, Any]"
-"""One prompt of a batch: a string, or a mapping ``{"prompt": ..., **params}``."""
-
-PromptSource: TypeAlias = "Iterable[PromptSpec] | AsyncIterable[PromptSpec]"
-"""The prompts of a batch: any iterable or async iterable of :data:`PromptSpec`."""
-
-
-def _check_outcome(item: BatchItem, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if (item.response is None) == (value is None):
-        raise ValueError("a BatchItem has exactly one of response and error")
-
-
-@attrs.frozen(eq=False)
-class BatchItem:
-    """The outcome of one prompt of a batch: exactly one of ``response`` and ``error``.
-
-    Attributes:
-        index: the prompt's position in the input (0-based).
-        prompt: the prompt text ("" when the input gave none).
-        params: the item's own parameters (those of a mapping, without ``prompt``;
-            empty for a string); the batch's parameters apply under them.
-        response: the result, or None if the item failed.
-        error: the failure (a ValidationError for a bad item, an APIError after
-            the retries), or None.
-        attempts: HTTP attempts made (0 when the item failed validation).
-        seconds: wall time from the start of the item to its outcome.
-    """
-
-    index: int
-    prompt: str
-    params: Mapping[str, Any]
-    response: ImagesResponse | None
-    error: AsyncImgError | None = attrs.field(validator=_check_outcome)
-    attempts: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when the item has a response."""
-        return self.response is not None

@@ -35,7 +35,10 @@ from ._exceptions import (
     ResponseTooLargeError,
     error_from_response,
 )
-from ._models import Usage, _extra, _int, _str
+from ._json import extra_fields as _extra
+from ._json import int_field as _int
+from ._json import str_field as _str
+from ._models import Usage
 
 if TYPE_CHECKING:
     import aiohttp

@@ -51,8 +51,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ._batch.control import fatal_error
-from ._batch.runner import ProgressSink
+from ._batch import ProgressSink, fatal_error
 from ._exceptions import APIError, AsyncImgError, ValidationError
 from ._files import EXTENSIONS
 from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
@@ -61,8 +60,7 @@ from ._serve import add_serve_options, positive_int, serve_from_args
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._batch.control import BatchControl
-    from ._batch.runner import BatchSummary, Record
+    from ._batch import BatchControl, BatchSummary, Record
     from ._client import AsyncImagesClient
     from ._redis import RedisLimiter
 
@@ -539,8 +537,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ._batch.control import BatchControl
-    from ._batch.runner import InputError, detect_format, open_text, run_batch
+    from ._batch import BatchControl, InputError, detect_format, open_text, run_batch
 
     fmt = detect_format(args.prompts, args.input_format)
     quiet = args.quiet
@@ -568,7 +565,7 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             loop.add_signal_handler(signum, on_signal, signum)
         try:
             if args.via == "batch-api":
-                from ._batch.route import run_via_batch_api
+                from ._batch import run_via_batch_api
 
                 route = functools.partial(
                     run_via_batch_api, poll_interval=args.poll_interval,
@@ -619,8 +616,7 @@ def _batch_status(summary: BatchSummary, control: BatchControl, err: TextIO) -> 
 
 
 def _report(directory: str, *, thumbnails: bool, out: TextIO) -> int:
-    from ._batch.report import write_report
-    from ._batch.runner import InputError
+    from ._batch import InputError, write_report
 
     try:
         path = write_report(directory, thumbnails=thumbnails)
@@ -631,7 +627,7 @@ def _report(directory: str, *, thumbnails: bool, out: TextIO) -> int:
 
 
 async def _batches(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ._batch.route import batches_status, cancel_batches
+    from ._batch import batches_status, cancel_batches
 
     async with _client(args) as client:
         if args.action == "cancel":

@@ -35,8 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from asyncimg import AsyncImagesClient  # noqa: E402
-from asyncimg._batch.report import REPORT_NAME, THUMBS_DIR, read_items, write_report  # noqa: E402
-from asyncimg._batch.runner import open_text, run_batch  # noqa: E402
+from asyncimg._batch.input import open_text  # noqa: E402
+from asyncimg._batch.manifest import read_records  # noqa: E402
+from asyncimg._batch.report import REPORT_NAME, THUMBS_DIR, write_report  # noqa: E402
+from asyncimg._batch.runner import run_batch  # noqa: E402
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator  # noqa: E402
 from tests.browser import Browser, find_chromium  # noqa: E402
 
@@ -78,7 +80,7 @@ async def make_batch(directory: Path, items: int) -> float:
 def naive_page(directory: Path) -> Path:
     """What a user would write instead: every card in the HTML, every image at full size."""
     cards = []
-    for item in read_items(directory):
+    for item in read_records(directory):
         imgs = "".join(f'<img src="{html.escape(f)}" width="230">' for f in item.files)
         error = html.escape(str((item.error or {}).get("message", "")))
         cards.append(f"<div class=card>{imgs}<p>{html.escape(item.prompt)}</p>{error}</div>")

@@ -12,16 +12,16 @@ import pytest
 from asyncimg import (
     AsyncImagesClient,
     BadRequestError,
-    BatchJob,
+    BatchAPIJob,
     BatchRequestError,
     ContentPolicyError,
     ValidationError,
     submit_batch,
 )
 from asyncimg._batch.api import (
-    Batch,
-    BatchResult,
-    batch_line,
+    BatchAPIResult,
+    BatchAPIState,
+    batch_api_line,
     create,
     find_batch,
     split_batch_lines,
@@ -36,14 +36,14 @@ from .conftest import TEST_KEY
 
 
 def test_a_line_is_one_post_to_the_endpoint() -> None:
-    line = batch_line("abc-1", "generate", {"prompt": "a fox", "n": 2})
+    line = batch_api_line("abc-1", "generate", {"prompt": "a fox", "n": 2})
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
     assert json.loads(line) == {
         "custom_id": "abc-1", "method": "POST", "url": "/v1/images/generations",
         "body": {"prompt": "a fox", "n": 2},
     }
-    assert json.loads(batch_line("e", "edit", {}))["url"] == "/v1/images/edits"
+    assert json.loads(batch_api_line("e", "edit", {}))["url"] == "/v1/images/edits"
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_a_line_is_one_post_to_the_endpoint() -> None:
 def test_a_line_that_cannot_be_sent_is_refused(args: tuple[str, str, dict[str, object]],
                                                param: str) -> None:
     with pytest.raises(ValidationError) as caught:
-        batch_line(*args)
+        batch_api_line(*args)
     assert caught.value.param == param
 
 
@@ -72,7 +72,7 @@ def test_lines_are_split_by_count_and_by_size() -> None:
 
 
 def test_result_lines_become_responses_or_errors() -> None:
-    ok = BatchResult.from_line(json.dumps({
+    ok = BatchAPIResult.from_line(json.dumps({
         "custom_id": "a", "error": None,
         "response": {"status_code": 200, "request_id": "req_1",
                      "body": {"created": 1, "data": [{"b64_json": "AAAA"}]}},
@@ -81,7 +81,7 @@ def test_result_lines_become_responses_or_errors() -> None:
     assert ok.response is not None
     assert (ok.response.request_id, ok.response.data[0].b64_json) == ("req_1", "AAAA")
 
-    refused = BatchResult.from_line(json.dumps({
+    refused = BatchAPIResult.from_line(json.dumps({
         "custom_id": "b", "error": None,
         "response": {"status_code": 400, "request_id": "req_2", "body": {"error": {
             "message": "no", "type": "image_generation_user_error",
@@ -90,7 +90,7 @@ def test_result_lines_become_responses_or_errors() -> None:
     assert isinstance(refused.error, ContentPolicyError)
     assert (refused.error.request_id, refused.error.code) == ("req_2", "content_policy_violation")
 
-    expired = BatchResult.from_line(json.dumps({
+    expired = BatchAPIResult.from_line(json.dumps({
         "custom_id": "c", "response": None,
         "error": {"code": "batch_expired", "message": "too late"},
     }))
@@ -103,11 +103,11 @@ def test_a_line_that_is_not_a_result_is_an_error(line: str) -> None:
     from asyncimg import APIResponseValidationError
 
     with pytest.raises(APIResponseValidationError):
-        BatchResult.from_line(line)
+        BatchAPIResult.from_line(line)
 
 
 def test_a_batch_object_is_read_and_keeps_what_it_does_not_know() -> None:
-    batch = Batch.from_json({
+    batch = BatchAPIState.from_json({
         "id": "batch_1", "status": "failed", "endpoint": "/v1/images/generations",
         "request_counts": {"total": 3, "completed": 1, "failed": 2},
         "errors": {"object": "list", "data": [{"code": "bad", "message": "m", "line": 2}]},
@@ -118,7 +118,7 @@ def test_a_batch_object_is_read_and_keeps_what_it_does_not_know() -> None:
     assert (batch.errors[0].code, batch.errors[0].line) == ("bad", 2)
     assert batch.metadata == {"dir": "out"}
     assert batch.extra == {"new_field": 7}
-    assert not Batch.from_json({"id": "b", "status": "in_progress"}).done
+    assert not BatchAPIState.from_json({"id": "b", "status": "in_progress"}).done
 
 
 # -- against the emulator -------------------------------------------------------------------
@@ -135,7 +135,7 @@ async def api(emu: Emulator) -> AsyncIterator[AsyncImagesClient]:
 
 def _lines(*prompts: str) -> list[bytes]:
     return [
-        batch_line(f"id-{i}", "generate",
+        batch_api_line(f"id-{i}", "generate",
                    {"prompt": p, "model": "gpt-image-1", "size": "1024x1024", "quality": "low"})
         for i, p in enumerate(prompts)
     ]
@@ -191,7 +191,7 @@ async def test_a_failed_batch_says_why(emu: Emulator, api: AsyncImagesClient) ->
     file_id = await upload(api, [b'{"custom_id": "a", "method": "POST", "url": "/v1/x"}\n',
                                  b"not json\n"], "bad.jsonl")
     batch = await create(api, file_id, "generate")
-    job = BatchJob(api, batch.id)
+    job = BatchAPIJob(api, batch.id)
     done = await job.wait(poll_interval=0)
     assert done.status == "failed"
     assert [(e.code, e.line) for e in done.errors] == [

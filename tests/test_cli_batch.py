@@ -272,7 +272,8 @@ def test_a_signal_drains_what_is_finished(tmp_path: Path, signum: int, status: i
 
 def test_eta_and_images_per_minute_follow_the_limiter() -> None:
     from asyncimg import RateLimit
-    from asyncimg._batch.runner import BatchSummary, Record
+    from asyncimg._batch.manifest import Record
+    from asyncimg._batch.runner import BatchSummary
 
     # 50 of 300 done in 4 s at the default 50/min: about five minutes are left, not seconds.
     s = BatchSummary(total=300, rate=RateLimit(50, 60.0), available=0)

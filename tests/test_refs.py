@@ -181,12 +181,12 @@ async def test_a_file_uploaded_to_the_files_api_is_an_edit_s_file_id(
 
 
 async def test_a_batch_of_json_edits(emu: Emulator, client: AsyncImagesClient) -> None:
-    from asyncimg._batch.api import batch_line, submit_batch
+    from asyncimg._batch.api import batch_api_line, submit_batch
 
     body = JsonEditParams.build(
         image_refs=(ImageRef(url=DATA_URL),), prompt="a hat", model="gpt-image-1"
     ).to_json()
-    job = await submit_batch(client, [batch_line("e-0", "edit", body)], endpoint="edit")
+    job = await submit_batch(client, [batch_api_line("e-0", "edit", body)], endpoint="edit")
     await job.wait(poll_interval=0)
     (result,) = [r async for r in job.results()]
     assert result.ok, result.error

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from asyncimg import AsyncImagesClient
+from asyncimg._batch.input import open_text
+from asyncimg._batch.manifest import MANIFEST_NAME, RUNS_NAME, Record, read_records
 from asyncimg._batch.report import (
     REPORT_NAME,
     THUMBS_DIR,
-    Item,
     make_thumbnails,
-    read_items,
     window_peaks,
     write_report,
 )
-from asyncimg._batch.runner import MANIFEST_NAME, RUNS_NAME, open_text, run_batch
+from asyncimg._batch.runner import run_batch
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
 
 from .browser import Browser, find_chromium
@@ -116,7 +116,7 @@ async def test_usage_is_recorded_and_summed(emu: Emulator, tmp_path: Path) -> No
             client, open_text(str(src)), "txt", tmp_path,
             params={"model": "gpt-image-1", "size": "1024x1024", "quality": "low"},
         )
-    items = read_items(tmp_path)
+    items = read_records(tmp_path)
     assert all(item.usage and item.usage["total_tokens"] > 0 for item in items)
     total = sum(item.usage["total_tokens"] for item in items if item.usage)
     page = write_report(tmp_path).read_text()
@@ -159,7 +159,7 @@ def test_a_manifest_of_an_older_version_renders(tmp_path: Path) -> None:
     page = (tmp_path / REPORT_NAME).read_text()
     assert "approximate: no send times or rate were recorded, by an older version" in page
     assert '<div class="v">not recorded</div><div class="k">waited on the limiter</div>' in page
-    items = read_items(tmp_path)
+    items = read_records(tmp_path)
     assert [i.id for i in items] == ["abc", "def", "ghi"]
     assert '{"missing":"../secret.png"},{"missing":"/etc/passwd"}' in page  # never linked
     assert items[0].send_times[0][0] == pytest.approx(items[0].finished_at - 1.5)  # type: ignore[operator]
@@ -181,7 +181,7 @@ def test_every_text_is_escaped(batch_dir: tuple[Path, int]) -> None:
 def test_thumbnails_are_made_only_for_large_images(batch_dir: tuple[Path, int]) -> None:
     out, _ = batch_dir
     thumbs = sorted(p.name for p in (out / THUMBS_DIR).iterdir())
-    larger = [i for i in read_items(out) if i.params.get("size") == "512x512"]
+    larger = [i for i in read_records(out) if i.params.get("size") == "512x512"]
     assert thumbs == sorted(Path(f).stem + ".webp" for i in larger for f in i.files)
     from PIL import Image
 
@@ -212,7 +212,7 @@ def test_report_of_a_directory_without_manifest_is_a_usage_error(tmp_path: Path)
 
 
 def test_item_from_json_tolerates_odd_fields() -> None:
-    item = Item.from_json({"id": "x", "sent": [{"at": "soon"}, 3, {"at": 5.0}], "line": "2",
+    item = Record.from_json({"id": "x", "sent": [{"at": "soon"}, 3, {"at": 5.0}], "line": "2",
                            "attempts": "many", "seconds": float("nan"), "usage": []})
     assert (item.sent, item.line, item.attempts, item.seconds, item.usage) == (
         ((5.0, 1),), 0, None, 0.0, None

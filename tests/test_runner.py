@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 
 from asyncimg import AsyncImagesClient
-from asyncimg._batch.runner import (
-    MANIFEST_NAME,
-    InputError,
-    Manifest,
-    open_text,
-    read_entries,
-    run_batch,
-)
+from asyncimg._batch.input import InputError, open_text, read_entries
+from asyncimg._batch.manifest import MANIFEST_NAME, Manifest
+from asyncimg._batch.runner import run_batch
 from asyncimg._client import _write_temp
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
 

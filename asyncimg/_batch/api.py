@@ -2,15 +2,15 @@
 
 ::
 
-    job = await submit_batch(client, [batch_line("item-1", "generate", params.to_json()), ...])
+    job = await submit_batch(client, [batch_api_line("item-1", "generate", params.to_json()), ...])
     batch = await job.wait(poll_interval=60)          # completed, failed, expired, cancelled
     async for result in job.results():                # any order: match on custom_id
         result.custom_id, result.response, result.error
 
 :func:`submit_batch` uploads the JSONL (``POST /files``, ``purpose=batch``) and creates the
-batch (``POST /batches``); :class:`BatchJob` polls it (``GET /batches/{id}``), cancels
+batch (``POST /batches``); :class:`BatchAPIJob` polls it (``GET /batches/{id}``), cancels
 it, and reads the output and error files (``GET /files/{id}/content``) as
-:class:`BatchResult` values. These requests take no images from the client's rate
+:class:`BatchAPIResult` values. These requests take no images from the client's rate
 limiter: batches run under limits of their own.
 
 Creating a batch is never retried blind: when the create request fails without an
@@ -39,6 +39,8 @@ from .._exceptions import (
     error_from_response,
 )
 from .._files import ImageFile
+from .._json import int_field
+from .._json import str_field as _str
 from .._models import ImagesResponse, Usage
 from .._params import Form
 
@@ -51,12 +53,11 @@ __all__ = [
     "MAX_BYTES",
     "MAX_LINES",
     "TERMINAL",
-    "Batch",
+    "BatchAPIJob",
+    "BatchAPIResult",
     "BatchCounts",
-    "BatchJob",
     "BatchLineError",
-    "BatchResult",
-    "batch_line",
+    "batch_api_line",
     "create",
     "file_lines",
     "find_batch",
@@ -82,7 +83,7 @@ TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 # -- pure: lines in, lines out ------------------------------------------------------------
 
 
-def batch_line(custom_id: str, endpoint: str, body: Mapping[str, Any]) -> bytes:
+def batch_api_line(custom_id: str, endpoint: str, body: Mapping[str, Any]) -> bytes:
     """One line of a batch input file (with its newline).
 
     Raises:
@@ -129,14 +130,8 @@ def split_batch_lines(
     return files
 
 
-def _str(obj: Mapping[str, Any], key: str) -> str | None:
-    value = obj.get(key)
-    return value if isinstance(value, str) else None
-
-
 def _int(obj: Mapping[str, Any], key: str) -> int:
-    value = obj.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return int_field(obj, key) or 0
 
 
 @attrs.frozen
@@ -173,7 +168,7 @@ class BatchLineError:
 
 
 @attrs.frozen
-class Batch:
+class BatchAPIState:
     """A batch as the API describes it (``GET /batches/{id}``); ``extra`` keeps other fields."""
 
     id: str
@@ -200,7 +195,7 @@ class Batch:
         return self.status in TERMINAL
 
     @classmethod
-    def from_json(cls, obj: object) -> Batch:
+    def from_json(cls, obj: object) -> BatchAPIState:
         """Build from a decoded batch object.
 
         Raises:
@@ -234,7 +229,7 @@ class Batch:
 
 
 @attrs.frozen
-class BatchResult:
+class BatchAPIResult:
     """The outcome of one line: exactly one of ``response`` and ``error`` is set."""
 
     custom_id: str
@@ -247,7 +242,7 @@ class BatchResult:
         return self.response is not None
 
     @classmethod
-    def from_line(cls, line: bytes | str) -> BatchResult:
+    def from_line(cls, line: bytes | str) -> BatchAPIResult:
         """Read one line of an output or error file.
 
         A 200 with an images body is a response; another status is the error its
@@ -354,16 +349,16 @@ async def upload(client: AsyncImagesClient, lines: Iterable[bytes], filename: st
     return file_id
 
 
-async def retrieve(client: AsyncImagesClient, batch_id: str) -> Batch:
+async def retrieve(client: AsyncImagesClient, batch_id: str) -> BatchAPIState:
     """``GET /batches/{id}``.
 
     Raises:
         APIStatusError, APIConnectionError: the request failed (404: no such batch).
     """
-    return Batch.from_json(_decode(await _request(client, "GET", f"/batches/{batch_id}")))
+    return BatchAPIState.from_json(_decode(await _request(client, "GET", f"/batches/{batch_id}")))
 
 
-async def find_batch(client: AsyncImagesClient, input_file_id: str) -> Batch | None:
+async def find_batch(client: AsyncImagesClient, input_file_id: str) -> BatchAPIState | None:
     """The newest batch made from ``input_file_id``, looking through ``GET /batches`` pages.
 
     Raises:
@@ -376,7 +371,7 @@ async def find_batch(client: AsyncImagesClient, input_file_id: str) -> Batch | N
         data = page.get("data") if isinstance(page, dict) else None
         for obj in data if isinstance(data, list) else ():
             if isinstance(obj, dict) and obj.get("input_file_id") == input_file_id:
-                return Batch.from_json(obj)
+                return BatchAPIState.from_json(obj)
         if not (isinstance(page, dict) and page.get("has_more") and data):
             return None
         last = data[-1]
@@ -392,7 +387,7 @@ async def create(
     *,
     completion_window: str = "24h",
     metadata: Mapping[str, str] | None = None,
-) -> Batch:
+) -> BatchAPIState:
     """Create a batch from an uploaded file (``POST /batches``), at most once.
 
     The create request itself is sent once; when it gets no answer (a dropped
@@ -427,7 +422,7 @@ async def create(
                 return found
             await asyncio.sleep(client.retry_policy.initial * 2 ** (attempt - 1))
             continue
-        return Batch.from_json(_decode(raw))
+        return BatchAPIState.from_json(_decode(raw))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -441,7 +436,7 @@ async def file_lines(client: AsyncImagesClient, file_id: str) -> list[bytes]:
     return [line for line in raw.body.splitlines() if line.strip()]
 
 
-class BatchJob:
+class BatchAPIJob:
     """One batch of the Batch API: poll it, cancel it, read its results.
 
     Args:
@@ -452,14 +447,14 @@ class BatchJob:
     def __init__(self, client: AsyncImagesClient, batch_id: str) -> None:
         self.client = client
         self.id = batch_id
-        self.batch: Batch | None = None
+        self.batch: BatchAPIState | None = None
         """What the last poll said (None before the first)."""
 
     def __repr__(self) -> str:
         status = self.batch.status if self.batch else "unknown"
-        return f"<BatchJob {self.id} {status}>"
+        return f"<BatchAPIJob {self.id} {status}>"
 
-    async def retrieve(self) -> Batch:
+    async def retrieve(self) -> BatchAPIState:
         """Poll once (``GET /batches/{id}``).
 
         Raises:
@@ -472,8 +467,8 @@ class BatchJob:
         self,
         *,
         poll_interval: float = 60.0,
-        on_poll: Callable[[Batch], None] | None = None,
-    ) -> Batch:
+        on_poll: Callable[[BatchAPIState], None] | None = None,
+    ) -> BatchAPIState:
         """Poll every ``poll_interval`` seconds until the batch has ended; returns it.
 
         ``on_poll`` is called with every answer (a progress display).
@@ -492,7 +487,7 @@ class BatchJob:
                 return batch
             await asyncio.sleep(poll_interval)
 
-    async def cancel(self) -> Batch:
+    async def cancel(self) -> BatchAPIState:
         """Ask for the batch to be cancelled (``POST /batches/{id}/cancel``).
 
         Raises:
@@ -500,11 +495,11 @@ class BatchJob:
             APIConnectionError: no answer.
         """
         raw = await _request(self.client, "POST", f"/batches/{self.id}/cancel")
-        self.batch = Batch.from_json(_decode(raw))
+        self.batch = BatchAPIState.from_json(_decode(raw))
         return self.batch
 
-    async def results(self) -> AsyncIterator[BatchResult]:
-        """Every line of the output file, then of the error file, as :class:`BatchResult`.
+    async def results(self) -> AsyncIterator[BatchAPIResult]:
+        """Every line of the output file, then of the error file, as :class:`BatchAPIResult`.
 
         Polls once first if the batch was never polled.
 
@@ -517,7 +512,7 @@ class BatchJob:
             if file_id is None:
                 continue
             for line in await file_lines(self.client, file_id):
-                yield BatchResult.from_line(line)
+                yield BatchAPIResult.from_line(line)
 
 
 async def submit_batch(
@@ -528,8 +523,8 @@ async def submit_batch(
     completion_window: str = "24h",
     metadata: Mapping[str, str] | None = None,
     filename: str = "asyncimg-batch.jsonl",
-) -> BatchJob:
-    """Upload ``lines`` (see :func:`batch_line`) as one input file and create its batch.
+) -> BatchAPIJob:
+    """Upload ``lines`` (see :func:`batch_api_line`) as one input file and create its batch.
 
     Raises:
         ValidationError: no lines, too many, or too large for one batch (use
@@ -547,6 +542,6 @@ async def submit_batch(
     file_id = await upload(client, lines, filename)
     batch = await create(client, file_id, endpoint, completion_window=completion_window,
                          metadata=metadata)
-    job = BatchJob(client, batch.id)
+    job = BatchAPIJob(client, batch.id)
     job.batch = batch
     return job

@@ -1,18 +1,43 @@
-"""The batch's input as text: a binary stream decoded a line at a time.
+"""The batch's input: text decoded a line at a time, read as items with stable ids.
 
-A line that does not decode is an :class:`InputError` naming it (and the
-``--encoding`` option), never a ``UnicodeDecodeError`` traceback.
+* :func:`open_text` / :class:`TextLines`: a binary stream decoded a line at a
+  time; a line that does not decode is an :class:`InputError` naming it (and the
+  ``--encoding`` option), never a ``UnicodeDecodeError`` traceback;
+* :func:`read_entries`: the lines of a ``txt``, ``jsonl`` or ``csv`` input as
+  :class:`Entry` values, each with a stable id: a hash of its prompt and its
+  effective parameters (plus ``-2``, ``-3``... for repeats of the same item), so
+  editing or inserting other lines does not change it.
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
+import hashlib
+import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from typing import IO
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Final
 
-__all__ = ["InputError", "TextLines", "open_text"]
+import attrs
+
+__all__ = [
+    "INPUT_FORMATS",
+    "Entry",
+    "InputError",
+    "TextLines",
+    "detect_format",
+    "open_text",
+    "read_entries",
+]
+
+INPUT_FORMATS: Final = ("txt", "jsonl", "csv")
+# Parameters that do not change the images, so not part of an item's id.
+_NOT_IN_ID = frozenset({"timeout", "max_retries"})
+_INT_PARAMS = frozenset({"n", "output_compression", "max_retries"})
+_FLOAT_PARAMS = frozenset({"timeout"})
 
 
 class InputError(Exception):
@@ -75,3 +100,131 @@ def open_text(path: str, encoding: str = "utf-8") -> Callable[[], TextLines]:
             open(os.dup(sys.stdin.fileno()), "rb"), encoding, "stdin", owned=False
         )
     return lambda: TextLines(open(path, "rb"), encoding, path)
+
+
+# -- items ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Entry:
+    """One item of the input: where it was, its prompt, its own parameters, its id.
+
+    ``problem`` is set when the line cannot become a request (bad JSON, no prompt);
+    such an entry becomes a failed item.
+    """
+
+    line: int
+    prompt: str
+    params: Mapping[str, Any]
+    id: str
+    problem: str | None = None
+
+
+def _item_id(prompt: str, params: Mapping[str, Any], seen: dict[str, int]) -> str:
+    key = {k: v for k, v in params.items() if k not in _NOT_IN_ID and v is not None}
+    canonical = json.dumps(
+        {"prompt": prompt, "params": key}, sort_keys=True, ensure_ascii=False, default=str
+    )
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    count = seen.get(digest, 0) + 1
+    seen[digest] = count
+    return digest if count == 1 else f"{digest}-{count}"
+
+
+def _coerce(name: str, value: str) -> Any:
+    if name in _INT_PARAMS:
+        try:
+            return int(value)
+        except ValueError:
+            return value  # generate() reports it, naming the parameter
+    if name in _FLOAT_PARAMS:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _raw_records(stream: Iterable[str], fmt: str) -> Iterator[tuple[int, object, str | None]]:
+    """``(line, record, problem)``: a record is a str prompt or a mapping."""
+    if fmt == "txt":
+        for number, text in enumerate(stream, 1):
+            prompt = text.strip()
+            if prompt and not prompt.startswith("#"):
+                yield number, prompt, None
+    elif fmt == "jsonl":
+        for number, text in enumerate(stream, 1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield number, text.strip(), f"line {number} is not valid JSON: {exc.msg}"
+                continue
+            if isinstance(record, (str, dict)):
+                yield number, record, None
+            else:
+                yield number, text.strip(), f"line {number} is not a JSON object or string"
+    elif fmt == "csv":
+        reader = csv.DictReader(stream)
+        if reader.fieldnames is None:
+            return
+        fields = [f.strip() for f in reader.fieldnames]
+        if "prompt" not in fields:
+            raise InputError("the CSV file needs a header row with a 'prompt' column")
+        reader.fieldnames = fields
+        for row in reader:
+            values = {
+                k: _coerce(k, v.strip())
+                for k, v in row.items()
+                if k is not None and isinstance(v, str) and v.strip() != ""
+            }
+            if not values:
+                continue
+            yield reader.line_num, values, None
+    else:
+        raise InputError(f"unknown input format {fmt!r} (one of {', '.join(INPUT_FORMATS)})")
+
+
+def read_entries(
+    stream: Iterable[str], fmt: str, params: Mapping[str, Any]
+) -> Iterator[Entry]:
+    """The entries of an input stream, lazily.
+
+    ``fmt`` is ``txt`` (a prompt a line; blank lines and lines starting with ``#``
+    are skipped), ``jsonl`` (a JSON object a line: ``prompt`` plus parameters; or a
+    JSON string) or ``csv`` (a header row with a ``prompt`` column; other non-empty
+    columns are parameters). ``params`` are the batch's parameters: an entry's id
+    covers them under its own.
+
+    Raises:
+        InputError: the whole input is unusable (a CSV file without a prompt column),
+            or a line does not decode (from :func:`open_text`'s streams).
+    """
+    seen: dict[str, int] = {}
+    for line, record, problem in _raw_records(stream, fmt):
+        if isinstance(record, str):
+            prompt, own = record, {}
+        else:
+            assert isinstance(record, dict)
+            raw = record.get("prompt")
+            own = {str(k): v for k, v in record.items() if k != "prompt"}
+            if isinstance(raw, str):
+                prompt = raw
+            else:
+                prompt = "" if raw is None else json.dumps(raw)
+                problem = problem or f"line {line} has no string 'prompt'"
+        effective = {**params, **own}
+        yield Entry(line, prompt, own, _item_id(prompt, effective, seen), problem)
+
+
+def detect_format(path: str, given: str | None) -> str:
+    """The input format: ``given``, else from the file's suffix (``txt`` for others and stdin)."""
+    if given:
+        return given
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in ("jsonl", "ndjson"):
+        return "jsonl"
+    if suffix == "csv":
+        return "csv"
+    return "txt"

@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import anyio
 import attrs
@@ -36,14 +36,17 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._exceptions import AsyncImgError, ValidationError
 from .._keywords import GENERATE_KEYWORDS
-from .._models import BatchItem, PromptSource, PromptSpec
+from .._models import ImagesResponse
 from .._retry import ATTEMPTS
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient
 
 __all__ = [
+    "BatchItem",
     "BatchIterator",
+    "PromptSource",
+    "PromptSpec",
     "generate_many",
     "make_item",
 ]
@@ -55,6 +58,48 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 # Tasks of running drivers: the event loop keeps only weak references.
 _DRIVERS: set[asyncio.Task[None]] = set()
+
+
+PromptSpec: TypeAlias = "str | Mapping[str, Any]"
+"""One prompt of a batch: a string, or a mapping ``{"prompt": ..., **params}``."""
+
+PromptSource: TypeAlias = "Iterable[PromptSpec] | AsyncIterable[PromptSpec]"
+"""The prompts of a batch: any iterable or async iterable of :data:`PromptSpec`."""
+
+
+def _check_outcome(item: BatchItem, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if (item.response is None) == (value is None):
+        raise ValueError("a BatchItem has exactly one of response and error")
+
+
+@attrs.frozen(eq=False)
+class BatchItem:
+    """The outcome of one prompt of a batch: exactly one of ``response`` and ``error``.
+
+    Attributes:
+        index: the prompt's position in the input (0-based).
+        prompt: the prompt text ("" when the input gave none).
+        params: the item's own parameters (those of a mapping, without ``prompt``;
+            empty for a string); the batch's parameters apply under them.
+        response: the result, or None if the item failed.
+        error: the failure (a ValidationError for a bad item, an APIError after
+            the retries), or None.
+        attempts: HTTP attempts made (0 when the item failed validation).
+        seconds: wall time from the start of the item to its outcome.
+    """
+
+    index: int
+    prompt: str
+    params: Mapping[str, Any]
+    response: ImagesResponse | None
+    error: AsyncImgError | None = attrs.field(validator=_check_outcome)
+    attempts: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the item has a response."""
+        return self.response is not None
 
 
 def _split_spec(spec: object, allowed: frozenset[str]) -> tuple[str, Mapping[str, Any]]:

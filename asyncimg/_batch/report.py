@@ -36,19 +36,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-import attrs
-
-from .runner import MANIFEST_NAME, RUNS_NAME, InputError
+from .manifest import Record, Run, read_records, read_runs
 
 __all__ = [
     "REPORT_NAME",
     "THUMBS_DIR",
-    "Item",
-    "Run",
     "chart_svg",
     "make_thumbnails",
-    "read_items",
-    "read_runs",
     "render",
     "window_peaks",
     "write_report",
@@ -60,169 +54,6 @@ THUMB_SIZE: Final = 256
 PAGE_SIZE: Final = 60
 CHARTED_RUNS: Final = 5
 _BROWSER_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
-
-
-# -- reading the directory --------------------------------------------------------------
-
-
-def _float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _epoch(iso: Any) -> float | None:
-    if not isinstance(iso, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(iso).timestamp()
-    except ValueError:
-        return None
-
-
-@attrs.frozen
-class Item:
-    """One manifest line as the report reads it (every field but ``id`` may be missing)."""
-
-    id: str
-    line: int
-    prompt: str
-    params: Mapping[str, Any]
-    ok: bool
-    files: tuple[str, ...]
-    error: Mapping[str, Any] | None
-    request_id: str | None
-    revised_prompt: str | None
-    attempts: int | None
-    seconds: float
-    sent: tuple[tuple[float, int], ...]
-    rate_limited: int
-    usage: Mapping[str, Any] | None
-    finished_at: float | None
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Item:
-        """Build from a decoded manifest line (missing or odd fields get defaults)."""
-        sent: list[tuple[float, int]] = []
-        for entry in obj.get("sent") or ():
-            if isinstance(entry, Mapping):
-                at = _float(entry.get("at"))
-                if at is not None:
-                    sent.append((at, max(1, _int(entry.get("images")))))
-        params = obj.get("params")
-        error = obj.get("error")
-        usage = obj.get("usage")
-        attempts = obj.get("attempts")
-        return cls(
-            id=str(obj["id"]),
-            line=_int(obj.get("line")),
-            prompt=str(obj.get("prompt") or ""),
-            params=params if isinstance(params, Mapping) else {},
-            ok=obj.get("status") == "ok",
-            files=tuple(str(f) for f in obj.get("files") or () if isinstance(f, str)),
-            error=error if isinstance(error, Mapping) else None,
-            request_id=_text(obj.get("request_id")),
-            revised_prompt=_text(obj.get("revised_prompt")),
-            attempts=attempts if isinstance(attempts, int) else None,
-            seconds=_float(obj.get("seconds")) or 0.0,
-            sent=tuple(sent),
-            rate_limited=_int(obj.get("rate_limited")),
-            usage=usage if isinstance(usage, Mapping) else None,
-            finished_at=_epoch(obj.get("finished_at")),
-        )
-
-    @property
-    def send_times(self) -> tuple[tuple[float, int], ...]:
-        """When its images were sent; for an older manifest, its finish time minus its seconds."""
-        if self.sent:
-            return self.sent
-        if self.finished_at is None or not self.ok:
-            return ()
-        return ((self.finished_at - self.seconds, max(1, len(self.files))),)
-
-
-@attrs.frozen
-class Run:
-    """One line of ``runs.jsonl``: a run of ``asyncimg batch`` in this directory."""
-
-    started_at: float
-    finished_at: float
-    seconds: float
-    rate: tuple[int, float] | None
-    params: Mapping[str, Any]
-    images: int
-    waited: float
-    rate_limited: int
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Run | None:
-        """Build from a decoded line; None when it has no start or end time."""
-        start, end = _float(obj.get("started_at")), _float(obj.get("finished_at"))
-        if start is None or end is None:
-            return None
-        raw = obj.get("rate")
-        rate = None
-        if isinstance(raw, Mapping):
-            images, per = _int(raw.get("images")), _float(raw.get("per"))
-            if images > 0 and per is not None and per > 0:
-                rate = (images, per)
-        params = obj.get("params")
-        return cls(
-            started_at=start,
-            finished_at=max(start, end),
-            seconds=_float(obj.get("seconds")) or max(0.0, end - start),
-            rate=rate,
-            params=params if isinstance(params, Mapping) else {},
-            images=_int(obj.get("images")),
-            waited=_float(obj.get("waited")) or 0.0,
-            rate_limited=_int(obj.get("rate_limited")),
-        )
-
-
-def _json_lines(path: Path) -> Iterable[Mapping[str, Any]]:
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                continue  # a torn last line
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(obj, Mapping):
-                yield obj
-
-
-def read_items(directory: Path) -> list[Item]:
-    """The items of ``directory``'s manifest, in input order (the latest line of an id wins).
-
-    Raises:
-        InputError: there is no manifest.
-    """
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
-        raise InputError(f"no {MANIFEST_NAME} in {directory}: is it the -o DIR of a batch?")
-    latest: dict[str, Item] = {}
-    for obj in _json_lines(path):
-        if isinstance(obj.get("id"), str):
-            latest[obj["id"]] = Item.from_json(obj)
-    return sorted(latest.values(), key=lambda item: item.line)
-
-
-def read_runs(directory: Path) -> list[Run]:
-    """The runs recorded in ``runs.jsonl``, oldest first (none for an older version)."""
-    path = directory / RUNS_NAME
-    if not path.is_file():
-        return []
-    runs = (Run.from_json(obj) for obj in _json_lines(path))
-    return sorted((run for run in runs if run is not None), key=lambda run: run.started_at)
 
 
 # -- thumbnails ---------------------------------------------------------------------------
@@ -426,7 +257,7 @@ def _rate_text(rate: tuple[int, float] | None) -> str:
     return f"{images} images / {unit}"
 
 
-def _usage_totals(items: Iterable[Item]) -> dict[str, int]:
+def _usage_totals(items: Iterable[Record]) -> dict[str, int]:
     totals: dict[str, int] = {}
     for item in items:
         for key in ("input_tokens", "output_tokens", "total_tokens"):
@@ -436,7 +267,7 @@ def _usage_totals(items: Iterable[Item]) -> dict[str, int]:
     return totals
 
 
-def _summary(items: Sequence[Item], runs: Sequence[Run]) -> list[tuple[str, str]]:
+def _summary(items: Sequence[Record], runs: Sequence[Run]) -> list[tuple[str, str]]:
     done = sum(item.ok for item in items)
     images = sum(len(item.files) for item in items if item.ok)
     if runs:
@@ -467,7 +298,7 @@ def _summary(items: Sequence[Item], runs: Sequence[Run]) -> list[tuple[str, str]
     return tiles
 
 
-def _charts(items: Sequence[Item], runs: Sequence[Run]) -> list[str]:
+def _charts(items: Sequence[Record], runs: Sequence[Run]) -> list[str]:
     sends = sorted(s for item in items for s in item.send_times)
     if not runs:
         if not sends:
@@ -495,7 +326,7 @@ def _charts(items: Sequence[Item], runs: Sequence[Run]) -> list[str]:
     return charts
 
 
-def _card_data(item: Item, shown: Mapping[str, str] | None, directory: Path) -> dict[str, Any]:
+def _card_data(item: Record, shown: Mapping[str, str] | None, directory: Path) -> dict[str, Any]:
     card: dict[str, Any] = {"id": item.id, "line": item.line, "prompt": item.prompt}
     if item.params:
         card["params"] = {str(k): str(v) for k, v in item.params.items()}
@@ -533,7 +364,7 @@ def _script_json(value: object) -> str:
 
 
 def render(
-    items: Sequence[Item],
+    items: Sequence[Record],
     runs: Sequence[Run],
     shown: Mapping[str, str] | None,
     directory: Path,
@@ -587,7 +418,7 @@ def write_report(directory: str | os.PathLike[str], *, thumbnails: bool = True) 
         OSError: the page cannot be written.
     """
     folder = Path(directory)
-    items = read_items(folder)
+    items = read_records(folder)
     runs = read_runs(folder)
     shown = None
     if thumbnails:

@@ -39,10 +39,10 @@ import attrs
 from .._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
 from .._params import GenerateParams
 from .api import (
-    Batch,
-    BatchJob,
-    BatchResult,
-    batch_line,
+    BatchAPIJob,
+    BatchAPIResult,
+    BatchAPIState,
+    batch_api_line,
     create,
     file_lines,
     find_batch,
@@ -50,19 +50,9 @@ from .api import (
     upload,
 )
 from .control import BatchControl, fatal_error
-from .input import TextLines
-from .runner import (
-    BatchSummary,
-    Entry,
-    Manifest,
-    ProgressSink,
-    Record,
-    check_batch_params,
-    error_fields,
-    public_url,
-    read_entries,
-    usage_fields,
-)
+from .input import Entry, TextLines, read_entries
+from .manifest import Manifest, Record, error_fields, usage_fields
+from .runner import BatchSummary, ProgressSink, check_batch_params, public_url
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient
@@ -232,7 +222,7 @@ class _Run:
                     "message": entry.problem}, attempts=0))
                 continue
             try:
-                lines.append(batch_line(entry.id, "generate",
+                lines.append(batch_api_line(entry.id, "generate",
                                         _body(self.client, entry, self.params)))
             except ValidationError as exc:
                 await self._record(self._failed(entry, error_fields(exc), attempts=0))
@@ -293,10 +283,10 @@ class _Run:
                 return str(obj["id"])
         return None
 
-    async def finish(self, job: JobState) -> Batch:
+    async def finish(self, job: JobState) -> BatchAPIState:
         """Poll until the batch ends, then write every result the manifest lacks."""
         assert job.batch_id is not None
-        batch_job = BatchJob(self.client, job.batch_id)
+        batch_job = BatchAPIJob(self.client, job.batch_id)
         try:
             await batch_job.retrieve()
         except NotFoundError:
@@ -354,7 +344,7 @@ class _Run:
             chunk = await file_lines(self.client, job.file_id)
         return {json.loads(line)["custom_id"] for line in chunk}
 
-    async def _result_record(self, entry: Entry, result: BatchResult) -> Record:
+    async def _result_record(self, entry: Entry, result: BatchAPIResult) -> Record:
         started = time.monotonic()
         if result.response is None:
             assert result.error is not None
@@ -468,7 +458,7 @@ async def run_via_batch_api(
 
 async def batches_status(
     client: AsyncImagesClient, directory: str | os.PathLike[str]
-) -> list[tuple[JobState, Batch | None]]:
+) -> list[tuple[JobState, BatchAPIState | None]]:
     """Every job recorded in ``directory``, with what the API says of its batch now.
 
     A job not yet created pairs with None.
@@ -478,16 +468,16 @@ async def batches_status(
         APIStatusError, APIConnectionError: a batch could not be retrieved.
     """
     state = RouteState.load(Path(directory))
-    out: list[tuple[JobState, Batch | None]] = []
+    out: list[tuple[JobState, BatchAPIState | None]] = []
     for job in state.jobs:
-        batch = None if job.batch_id is None else await BatchJob(client, job.batch_id).retrieve()
+        batch = None if job.batch_id is None else await BatchAPIJob(client, job.batch_id).retrieve()
         out.append((job, batch))
     return out
 
 
 async def cancel_batches(
     client: AsyncImagesClient, directory: str | os.PathLike[str]
-) -> list[Batch]:
+) -> list[BatchAPIState]:
     """Ask for every live batch recorded in ``directory`` to be cancelled; returns them.
 
     A rerun of the batch then collects what they answered before the cancel.
@@ -501,7 +491,7 @@ async def cancel_batches(
     for job in state.live:
         if job.batch_id is None:
             continue
-        batch_job = BatchJob(client, job.batch_id)
+        batch_job = BatchAPIJob(client, job.batch_id)
         batch = await batch_job.retrieve()
         if not batch.done:
             batch = await batch_job.cancel()

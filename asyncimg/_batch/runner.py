@@ -1,27 +1,15 @@
-"""The batch runner behind ``asyncimg batch``: input files, images on disk, the manifest.
+"""The direct runner behind ``asyncimg batch``: every item a request, its images on disk.
 
 Exactly-once results, at-least-once requests:
 
-* each input item has a stable id: a hash of its prompt and its effective
-  parameters (plus ``-2``, ``-3``... for repeats of the same item), so editing
-  or inserting other lines does not change it;
+* each input item has a stable id (:mod:`.input`);
 * an item's images are written atomically (temporary file, fsync, rename) as
-  ``{id}-{i}.{ext}`` *before* its manifest line is appended (write, flush,
-  fsync); a line is the proof that the item is done;
-* at start the manifest is read: a torn last line is dropped, the latest line of
-  an id wins, a done line counts only if its files exist; lines of items that
-  will run again (failed ones, when failed items are retried) are dropped, and
-  the manifest is rewritten atomically if anything was dropped. So every id has
-  at most one line, whenever the process is killed;
-* stale temporary files of our own images (``.{id}-{i}.*.part``, never a
-  user's other ``.part`` files) are removed; a lock file stops two runs from
-  sharing a directory, and ``.asyncimg-server`` remembers which server filled it
-  (a run against another server is refused, so an emulator's placeholders are
-  never taken for real results);
+  ``{id}-{i}.{ext}`` *before* its manifest line is appended (:mod:`.manifest`);
+  a line is the proof that the item is done, and a rerun skips done items;
 * a batch stops early, sending nothing new, on a fatal error (a refused key,
   permission, an unknown model or URL, an exhausted quota), a local failure
-  (a full disk), a line of input that does not decode, or a signal; what is
-  finished is written to the manifest first.
+  (a full disk), a line of input that does not decode, or a signal
+  (:mod:`.control`); what is finished is written to the manifest first.
 
 A kill between the images and the line costs one repeated request: the rerun
 writes the same file names again.
@@ -35,432 +23,43 @@ limiter, its counts. With the manifest's send times (``sent``) that is what
 from __future__ import annotations
 
 import contextlib
-import csv
-import datetime
-import hashlib
-import json
 import os
-import re
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 import attrs
 
-from .._exceptions import APIStatusError, AsyncImgError, ValidationError
+from .._exceptions import AsyncImgError, ValidationError
 from .._keywords import GENERATE_KEYWORDS
 from .._limiter import LimiterStats, RateLimit
 from .._params import GenerateParams
 from .._retry import ATTEMPT_LOG, AttemptLog
 from .._version import __version__
 from .control import BatchControl, fatal_error
-from .input import InputError, TextLines, open_text
+from .input import Entry, InputError, TextLines, read_entries
+from .manifest import Manifest, Record, append_run, error_fields, usage_fields
 from .many import BatchIterator, make_item
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient
-    from .._models import Usage
 
 __all__ = [
-    "INPUT_FORMATS",
-    "MANIFEST_NAME",
-    "RUNS_NAME",
-    "SERVER_NAME",
     "BatchSummary",
-    "Entry",
-    "InputError",
-    "Manifest",
     "ProgressSink",
-    "Record",
     "check_batch_params",
     "estimate_eta",
-    "open_text",
     "public_url",
-    "read_entries",
     "run_batch",
 ]
 
-MANIFEST_NAME: Final = "manifest.jsonl"
-RUNS_NAME: Final = "runs.jsonl"
-LOCK_NAME: Final = ".asyncimg.lock"
-SERVER_NAME: Final = ".asyncimg-server"
-INPUT_FORMATS: Final = ("txt", "jsonl", "csv")
-# Parameters that do not change the images, so not part of an item's id.
-_NOT_IN_ID = frozenset({"timeout", "max_retries"})
-_INT_PARAMS = frozenset({"n", "output_compression", "max_retries"})
-_FLOAT_PARAMS = frozenset({"timeout"})
-# Our temporary files only: an image's (``.{id}-{i}.XXXX.part``) or the compaction's.
-_PART = re.compile(
-    r"^\.(?:[0-9a-f]{16}(?:-[0-9]+)?-[0-9]+\..+|" + re.escape(MANIFEST_NAME) + r"\.compact)\.part$"
-)
 # Per-call settings that generate() takes but are not request parameters.
 _CALL_SETTINGS = frozenset({"timeout", "max_retries", "extra_body"})
-
-
-# -- the input ------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Entry:
-    """One item of the input: where it was, its prompt, its own parameters, its id.
-
-    ``problem`` is set when the line cannot become a request (bad JSON, no prompt);
-    such an entry becomes a failed item.
-    """
-
-    line: int
-    prompt: str
-    params: Mapping[str, Any]
-    id: str
-    problem: str | None = None
-
-
-def _item_id(prompt: str, params: Mapping[str, Any], seen: dict[str, int]) -> str:
-    key = {k: v for k, v in params.items() if k not in _NOT_IN_ID and v is not None}
-    canonical = json.dumps(
-        {"prompt": prompt, "params": key}, sort_keys=True, ensure_ascii=False, default=str
-    )
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    count = seen.get(digest, 0) + 1
-    seen[digest] = count
-    return digest if count == 1 else f"{digest}-{count}"
-
-
-def _coerce(name: str, value: str) -> Any:
-    if name in _INT_PARAMS:
-        try:
-            return int(value)
-        except ValueError:
-            return value  # generate() reports it, naming the parameter
-    if name in _FLOAT_PARAMS:
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _raw_records(stream: Iterable[str], fmt: str) -> Iterator[tuple[int, object, str | None]]:
-    """``(line, record, problem)``: a record is a str prompt or a mapping."""
-    if fmt == "txt":
-        for number, text in enumerate(stream, 1):
-            prompt = text.strip()
-            if prompt and not prompt.startswith("#"):
-                yield number, prompt, None
-    elif fmt == "jsonl":
-        for number, text in enumerate(stream, 1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield number, text.strip(), f"line {number} is not valid JSON: {exc.msg}"
-                continue
-            if isinstance(record, (str, dict)):
-                yield number, record, None
-            else:
-                yield number, text.strip(), f"line {number} is not a JSON object or string"
-    elif fmt == "csv":
-        reader = csv.DictReader(stream)
-        if reader.fieldnames is None:
-            return
-        fields = [f.strip() for f in reader.fieldnames]
-        if "prompt" not in fields:
-            raise InputError("the CSV file needs a header row with a 'prompt' column")
-        reader.fieldnames = fields
-        for row in reader:
-            values = {
-                k: _coerce(k, v.strip())
-                for k, v in row.items()
-                if k is not None and isinstance(v, str) and v.strip() != ""
-            }
-            if not values:
-                continue
-            yield reader.line_num, values, None
-    else:
-        raise InputError(f"unknown input format {fmt!r} (one of {', '.join(INPUT_FORMATS)})")
-
-
-def read_entries(
-    stream: Iterable[str], fmt: str, params: Mapping[str, Any]
-) -> Iterator[Entry]:
-    """The entries of an input stream, lazily.
-
-    ``fmt`` is ``txt`` (a prompt a line; blank lines and lines starting with ``#``
-    are skipped), ``jsonl`` (a JSON object a line: ``prompt`` plus parameters; or a
-    JSON string) or ``csv`` (a header row with a ``prompt`` column; other non-empty
-    columns are parameters). ``params`` are the batch's parameters: an entry's id
-    covers them under its own.
-
-    Raises:
-        InputError: the whole input is unusable (a CSV file without a prompt column),
-            or a line does not decode (from :func:`open_text`'s streams).
-    """
-    seen: dict[str, int] = {}
-    for line, record, problem in _raw_records(stream, fmt):
-        if isinstance(record, str):
-            prompt, own = record, {}
-        else:
-            assert isinstance(record, dict)
-            raw = record.get("prompt")
-            own = {str(k): v for k, v in record.items() if k != "prompt"}
-            if isinstance(raw, str):
-                prompt = raw
-            else:
-                prompt = "" if raw is None else json.dumps(raw)
-                problem = problem or f"line {line} has no string 'prompt'"
-        effective = {**params, **own}
-        yield Entry(line, prompt, own, _item_id(prompt, effective, seen), problem)
-
-
-def detect_format(path: str, given: str | None) -> str:
-    """The input format: ``given``, else from the file's suffix (``txt`` for others and stdin)."""
-    if given:
-        return given
-    suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix in ("jsonl", "ndjson"):
-        return "jsonl"
-    if suffix == "csv":
-        return "csv"
-    return "txt"
-
-
-# -- the manifest ---------------------------------------------------------------------
-
-
-@attrs.frozen
-class Record:
-    """One finished item: what becomes a manifest line.
-
-    ``sent`` holds ``(time.time(), images)`` for each attempt, taken when its
-    images were granted by the limiter; ``rate_limited`` counts its attempts
-    answered 429; ``usage`` is the server's token usage, when it sent one.
-    """
-
-    id: str
-    line: int
-    prompt: str
-    params: Mapping[str, Any]
-    status: str
-    files: tuple[str, ...] = ()
-    images: int = 0
-    error: Mapping[str, Any] | None = None
-    request_id: str | None = None
-    revised_prompt: str | None = None
-    attempts: int | None = None
-    seconds: float = 0.0
-    sent: tuple[tuple[float, int], ...] = ()
-    rate_limited: int = 0
-    usage: Mapping[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True for a done item."""
-        return self.status == "ok"
-
-    def to_json(self) -> str:
-        """The manifest line (with its newline)."""
-        body = {
-            "id": self.id,
-            "line": self.line,
-            "prompt": self.prompt,
-            "params": dict(self.params),
-            "status": self.status,
-            "files": list(self.files),
-            "error": None if self.error is None else dict(self.error),
-            "request_id": self.request_id,
-            "revised_prompt": self.revised_prompt,
-            "attempts": self.attempts,
-            "seconds": round(self.seconds, 3),
-            "sent": [{"at": round(at, 3), "images": n} for at, n in self.sent],
-            "rate_limited": self.rate_limited,
-            "usage": None if self.usage is None else dict(self.usage),
-            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="milliseconds"
-            ),
-        }
-        return json.dumps(body, ensure_ascii=False, default=str) + "\n"
-
-
-def error_fields(exc: BaseException) -> dict[str, Any]:
-    """The manifest's ``error`` object: type, code, status, param, message."""
-    status = exc.status_code if isinstance(exc, APIStatusError) else None
-    code = getattr(exc, "code", None)
-    param = getattr(exc, "param", None)
-    message = getattr(exc, "message", None) or str(exc)
-    return {
-        "type": type(exc).__name__,
-        "code": code,
-        "status": status,
-        "param": param,
-        "message": message,
-    }
-
-
-@attrs.define
-class Manifest:
-    """``DIR/manifest.jsonl``: read and compacted at start, then appended to, durably.
-
-    After :meth:`open`, ``done`` holds the ids to skip, and ``dropped``, ``torn``
-    say what the compaction removed.
-    """
-
-    directory: Path
-    retry_failed: bool = True
-    server: str | None = None
-    done: set[str] = attrs.field(factory=set)
-    failed_kept: int = 0
-    dropped: int = 0
-    torn: int = 0
-    _file: IO[bytes] | None = None
-    _lock: IO[bytes] | None = None
-
-    @property
-    def path(self) -> Path:
-        """Where the manifest lives."""
-        return self.directory / MANIFEST_NAME
-
-    def open(self) -> None:
-        """Lock the directory, clean it, read and compact the manifest, open it for appending.
-
-        With ``server`` set, the directory remembers it (``.asyncimg-server``) and
-        refuses a run against another one. The lock is released when this fails.
-
-        Raises:
-            InputError: another run holds the directory, or another server filled it.
-            OSError: the directory cannot be written.
-        """
-        try:
-            self._open()
-        except BaseException:
-            self.close()
-            raise
-
-    def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.directory / LOCK_NAME, "ab")  # noqa: SIM115
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            pass
-        else:
-            try:
-                fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self._lock.close()
-                self._lock = None
-                raise InputError(
-                    f"another asyncimg batch is writing to {self.directory}"
-                ) from None
-        self._check_server()
-        for leftover in self.directory.iterdir():
-            if _PART.match(leftover.name) and leftover.is_file():
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
-        self._compact()
-        self._file = open(self.path, "ab")  # noqa: SIM115
-
-    def _check_server(self) -> None:
-        if self.server is None:
-            return
-        mark = self.directory / SERVER_NAME
-        try:
-            known = mark.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            known = ""
-        if not known:
-            mark.write_text(self.server + "\n", encoding="utf-8")
-            return
-        if known != self.server:
-            raise InputError(
-                f"{self.directory} holds results from {known}, and this run talks to "
-                f"{self.server}: its done items would be skipped and their images kept. "
-                f"Use another output directory, or delete {mark} to mix the two."
-            )
-
-    def _compact(self) -> None:
-        path = self.path
-        if not path.exists():
-            return
-        latest: dict[str, tuple[int, int, bool, bool]] = {}  # id -> (offset, length, keep, ok)
-        total = 0
-        bad = 0
-        with open(path, "rb") as f:
-            offset = 0
-            for raw in f:
-                length = len(raw)
-                here = offset
-                offset += length
-                total += 1
-                if not raw.endswith(b"\n"):
-                    self.torn += 1
-                    continue
-                try:
-                    record = json.loads(raw)
-                    item_id = record["id"]
-                    status = record.get("status")
-                    files = record.get("files") or []
-                except (ValueError, KeyError, TypeError):
-                    bad += 1
-                    continue
-                if not isinstance(item_id, str):
-                    bad += 1
-                    continue
-                if status == "ok":
-                    keep = bool(files) and all(
-                        isinstance(name, str) and (self.directory / name).is_file()
-                        for name in files
-                    )
-                else:
-                    keep = not self.retry_failed
-                latest[item_id] = (here, length, keep, status == "ok")
-        kept = sorted((off, length) for off, length, keep, _ in latest.values() if keep)
-        for item_id, (_, _, keep, ok) in latest.items():
-            if keep:
-                self.done.add(item_id)
-                self.failed_kept += not ok
-        self.dropped = total - len(kept) - self.torn
-        if len(kept) == total:
-            return
-        tmp = path.with_name(f".{MANIFEST_NAME}.compact.part")
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
-            for off, length in kept:
-                src.seek(off)
-                dst.write(src.read(length))
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.directory)
-
-    def append(self, record: Record) -> None:
-        """Append one line and make it durable (write, flush, fsync)."""
-        assert self._file is not None
-        self._file.write(record.to_json().encode())
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        """Close the manifest and release the lock."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def check_batch_params(client: AsyncImagesClient, params: Mapping[str, Any]) -> None:
@@ -805,10 +404,7 @@ def _append_run(
         "rate_limited": summary.rate_limited,
         "version": __version__,
     }
-    with open(folder / RUNS_NAME, "ab") as f:
-        f.write((json.dumps(line, ensure_ascii=False, default=str) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
+    append_run(folder, line)
 
 
 async def _run_entry(
@@ -884,8 +480,3 @@ async def _run_entry(
         seconds=time.monotonic() - started,
         usage=None if response.usage is None else usage_fields(response.usage),
     )
-
-
-def usage_fields(usage: Usage) -> dict[str, Any]:
-    """The manifest's ``usage`` object: the token counts the server sent (None left out)."""
-    return attrs.asdict(usage, filter=lambda a, v: a.name != "extra" and v is not None)

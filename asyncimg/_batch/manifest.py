@@ -1,0 +1,443 @@
+"""The manifest of a batch directory: the one module that writes and reads its schema.
+
+``DIR/manifest.jsonl`` holds a line per finished item (:class:`Record`), written
+durably (write, flush, fsync) after the item's images; ``DIR/runs.jsonl`` a line
+per run (:class:`Run`). At start the manifest is read and compacted: a torn last
+line is dropped, the latest line of an id wins, a done line counts only if its
+files exist; lines of items that will run again (failed ones, when failed items
+are retried) are dropped, and the manifest is rewritten atomically if anything
+was dropped. So every id has at most one line, whenever the process is killed.
+A lock file stops two runs from sharing a directory, and ``.asyncimg-server``
+remembers which server filled it.
+
+Reading is lenient (:meth:`Record.from_json`): a manifest written by an older
+version, or edited by hand, reads with defaults for what is missing or odd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any, Final
+
+import attrs
+
+from .._exceptions import APIStatusError
+from .._json import float_field, int_field
+from .._models import Usage
+from .input import InputError
+
+__all__ = [
+    "LOCK_NAME",
+    "MANIFEST_NAME",
+    "RUNS_NAME",
+    "SERVER_NAME",
+    "Manifest",
+    "Record",
+    "Run",
+    "append_run",
+    "error_fields",
+    "json_lines",
+    "read_records",
+    "read_runs",
+    "usage_fields",
+]
+
+MANIFEST_NAME: Final = "manifest.jsonl"
+RUNS_NAME: Final = "runs.jsonl"
+LOCK_NAME: Final = ".asyncimg.lock"
+SERVER_NAME: Final = ".asyncimg-server"
+# Our temporary files only: an image's (``.{id}-{i}.XXXX.part``) or the compaction's.
+_PART = re.compile(
+    r"^\.(?:[0-9a-f]{16}(?:-[0-9]+)?-[0-9]+\..+|" + re.escape(MANIFEST_NAME) + r"\.compact)\.part$"
+)
+
+
+@attrs.frozen
+class Record:
+    """One finished item: a manifest line, as written and as read back.
+
+    ``sent`` holds ``(time.time(), images)`` for each attempt, taken when its
+    images were granted by the limiter; ``rate_limited`` counts its attempts
+    answered 429; ``usage`` is the server's token usage, when it sent one;
+    ``finished_at`` (epoch seconds) is set when the line is read back (a new
+    line is stamped with the time it is written).
+    """
+
+    id: str
+    line: int
+    prompt: str
+    params: Mapping[str, Any]
+    status: str
+    files: tuple[str, ...] = ()
+    images: int = 0
+    error: Mapping[str, Any] | None = None
+    request_id: str | None = None
+    revised_prompt: str | None = None
+    attempts: int | None = None
+    seconds: float = 0.0
+    sent: tuple[tuple[float, int], ...] = ()
+    rate_limited: int = 0
+    usage: Mapping[str, Any] | None = None
+    finished_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True for a done item."""
+        return self.status == "ok"
+
+    @property
+    def send_times(self) -> tuple[tuple[float, int], ...]:
+        """When its images were sent; for an older manifest, its finish time minus its seconds."""
+        if self.sent:
+            return self.sent
+        if self.finished_at is None or not self.ok:
+            return ()
+        return ((self.finished_at - self.seconds, max(1, len(self.files))),)
+
+    def to_json(self) -> str:
+        """The manifest line (with its newline)."""
+        finished = datetime.datetime.now(datetime.timezone.utc) if self.finished_at is None \
+            else datetime.datetime.fromtimestamp(self.finished_at, datetime.timezone.utc)
+        body = {
+            "id": self.id,
+            "line": self.line,
+            "prompt": self.prompt,
+            "params": dict(self.params),
+            "status": self.status,
+            "files": list(self.files),
+            "error": None if self.error is None else dict(self.error),
+            "request_id": self.request_id,
+            "revised_prompt": self.revised_prompt,
+            "attempts": self.attempts,
+            "seconds": round(self.seconds, 3),
+            "sent": [{"at": round(at, 3), "images": n} for at, n in self.sent],
+            "rate_limited": self.rate_limited,
+            "usage": None if self.usage is None else dict(self.usage),
+            "finished_at": finished.isoformat(timespec="milliseconds"),
+        }
+        return json.dumps(body, ensure_ascii=False, default=str) + "\n"
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Record:
+        """Build from a decoded manifest line (missing or odd fields get defaults).
+
+        Raises:
+            KeyError: the line has no ``id``.
+        """
+        sent: list[tuple[float, int]] = []
+        for entry in obj.get("sent") or ():
+            if isinstance(entry, Mapping):
+                at = float_field(entry, "at")
+                if at is not None:
+                    sent.append((at, max(1, int_field(entry, "images") or 0)))
+        params, error, usage = obj.get("params"), obj.get("error"), obj.get("usage")
+        files = tuple(f for f in obj.get("files") or () if isinstance(f, str))
+        status = obj.get("status")
+        return cls(
+            id=str(obj["id"]),
+            line=int_field(obj, "line") or 0,
+            prompt=str(obj.get("prompt") or ""),
+            params=params if isinstance(params, Mapping) else {},
+            status=status if isinstance(status, str) else "failed",
+            files=files,
+            images=len(files),
+            error=error if isinstance(error, Mapping) else None,
+            request_id=_text(obj.get("request_id")),
+            revised_prompt=_text(obj.get("revised_prompt")),
+            attempts=int_field(obj, "attempts"),
+            seconds=float_field(obj, "seconds") or 0.0,
+            sent=tuple(sent),
+            rate_limited=int_field(obj, "rate_limited") or 0,
+            usage=usage if isinstance(usage, Mapping) else None,
+            finished_at=_epoch(obj.get("finished_at")),
+        )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _epoch(iso: Any) -> float | None:
+    if not isinstance(iso, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """The manifest's ``error`` object: type, code, status, param, message."""
+    status = exc.status_code if isinstance(exc, APIStatusError) else None
+    code = getattr(exc, "code", None)
+    param = getattr(exc, "param", None)
+    message = getattr(exc, "message", None) or str(exc)
+    return {
+        "type": type(exc).__name__,
+        "code": code,
+        "status": status,
+        "param": param,
+        "message": message,
+    }
+
+
+@attrs.define
+class Manifest:
+    """``DIR/manifest.jsonl``: read and compacted at start, then appended to, durably.
+
+    After :meth:`open`, ``done`` holds the ids to skip, and ``dropped``, ``torn``
+    say what the compaction removed.
+    """
+
+    directory: Path
+    retry_failed: bool = True
+    server: str | None = None
+    done: set[str] = attrs.field(factory=set)
+    failed_kept: int = 0
+    dropped: int = 0
+    torn: int = 0
+    _file: IO[bytes] | None = None
+    _lock: IO[bytes] | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where the manifest lives."""
+        return self.directory / MANIFEST_NAME
+
+    def open(self) -> None:
+        """Lock the directory, clean it, read and compact the manifest, open it for appending.
+
+        With ``server`` set, the directory remembers it (``.asyncimg-server``) and
+        refuses a run against another one. The lock is released when this fails.
+
+        Raises:
+            InputError: another run holds the directory, or another server filled it.
+            OSError: the directory cannot be written.
+        """
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.directory / LOCK_NAME, "ab")  # noqa: SIM115
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            pass
+        else:
+            try:
+                fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._lock.close()
+                self._lock = None
+                raise InputError(
+                    f"another asyncimg batch is writing to {self.directory}"
+                ) from None
+        self._check_server()
+        for leftover in self.directory.iterdir():
+            if _PART.match(leftover.name) and leftover.is_file():
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        self._compact()
+        self._file = open(self.path, "ab")  # noqa: SIM115
+
+    def _check_server(self) -> None:
+        if self.server is None:
+            return
+        mark = self.directory / SERVER_NAME
+        try:
+            known = mark.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            known = ""
+        if not known:
+            mark.write_text(self.server + "\n", encoding="utf-8")
+            return
+        if known != self.server:
+            raise InputError(
+                f"{self.directory} holds results from {known}, and this run talks to "
+                f"{self.server}: its done items would be skipped and their images kept. "
+                f"Use another output directory, or delete {mark} to mix the two."
+            )
+
+    def _compact(self) -> None:
+        path = self.path
+        if not path.exists():
+            return
+        latest: dict[str, tuple[int, int, bool, bool]] = {}  # id -> (offset, length, keep, ok)
+        total = 0
+        bad = 0
+        with open(path, "rb") as f:
+            offset = 0
+            for raw in f:
+                length = len(raw)
+                here = offset
+                offset += length
+                total += 1
+                if not raw.endswith(b"\n"):
+                    self.torn += 1
+                    continue
+                try:
+                    record = json.loads(raw)
+                    item_id = record["id"]
+                    status = record.get("status")
+                    files = record.get("files") or []
+                except (ValueError, KeyError, TypeError):
+                    bad += 1
+                    continue
+                if not isinstance(item_id, str):
+                    bad += 1
+                    continue
+                if status == "ok":
+                    keep = bool(files) and all(
+                        isinstance(name, str) and (self.directory / name).is_file()
+                        for name in files
+                    )
+                else:
+                    keep = not self.retry_failed
+                latest[item_id] = (here, length, keep, status == "ok")
+        kept = sorted((off, length) for off, length, keep, _ in latest.values() if keep)
+        for item_id, (_, _, keep, ok) in latest.items():
+            if keep:
+                self.done.add(item_id)
+                self.failed_kept += not ok
+        self.dropped = total - len(kept) - self.torn
+        if len(kept) == total:
+            return
+        tmp = path.with_name(f".{MANIFEST_NAME}.compact.part")
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            for off, length in kept:
+                src.seek(off)
+                dst.write(src.read(length))
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.directory)
+
+    def append(self, record: Record) -> None:
+        """Append one line and make it durable (write, flush, fsync)."""
+        assert self._file is not None
+        self._file.write(record.to_json().encode())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Close the manifest and release the lock."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@attrs.frozen
+class Run:
+    """One line of ``runs.jsonl``: a run of ``asyncimg batch`` in this directory."""
+
+    started_at: float
+    finished_at: float
+    seconds: float
+    rate: tuple[int, float] | None
+    params: Mapping[str, Any]
+    images: int
+    waited: float
+    rate_limited: int
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Run | None:
+        """Build from a decoded line; None when it has no start or end time."""
+        start, end = float_field(obj, "started_at"), float_field(obj, "finished_at")
+        if start is None or end is None:
+            return None
+        raw = obj.get("rate")
+        rate = None
+        if isinstance(raw, Mapping):
+            images, per = (int_field(raw, "images") or 0), float_field(raw, "per")
+            if images > 0 and per is not None and per > 0:
+                rate = (images, per)
+        params = obj.get("params")
+        return cls(
+            started_at=start,
+            finished_at=max(start, end),
+            seconds=float_field(obj, "seconds") or max(0.0, end - start),
+            rate=rate,
+            params=params if isinstance(params, Mapping) else {},
+            images=(int_field(obj, "images") or 0),
+            waited=float_field(obj, "waited") or 0.0,
+            rate_limited=(int_field(obj, "rate_limited") or 0),
+        )
+
+
+def json_lines(path: Path) -> Iterable[Mapping[str, Any]]:
+    """The JSON objects of a JSON Lines file; a torn last line or a line that is not an
+    object is passed over."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                continue  # a torn last line
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(obj, Mapping):
+                yield obj
+
+
+def read_records(directory: Path) -> list[Record]:
+    """The items of ``directory``'s manifest, in input order (the latest line of an id wins).
+
+    Raises:
+        InputError: there is no manifest.
+    """
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"no {MANIFEST_NAME} in {directory}: is it the -o DIR of a batch?")
+    latest: dict[str, Record] = {}
+    for obj in json_lines(path):
+        if isinstance(obj.get("id"), str):
+            latest[obj["id"]] = Record.from_json(obj)
+    return sorted(latest.values(), key=lambda item: item.line)
+
+
+def read_runs(directory: Path) -> list[Run]:
+    """The runs recorded in ``runs.jsonl``, oldest first (none for an older version)."""
+    path = directory / RUNS_NAME
+    if not path.is_file():
+        return []
+    runs = (Run.from_json(obj) for obj in json_lines(path))
+    return sorted((run for run in runs if run is not None), key=lambda run: run.started_at)
+
+
+def append_run(directory: Path, line: Mapping[str, Any]) -> None:
+    """Append one run's line to ``runs.jsonl`` and make it durable (a few hundred bytes, once).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    with open(directory / RUNS_NAME, "ab") as f:
+        f.write((json.dumps(line, ensure_ascii=False, default=str) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def usage_fields(usage: Usage) -> dict[str, Any]:
+    """The manifest's ``usage`` object: the token counts the server sent (None left out)."""
+    return attrs.asdict(usage, filter=lambda a, v: a.name != "extra" and v is not None)
