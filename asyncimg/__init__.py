@@ -12,6 +12,7 @@
 import typing as _typing
 import warnings as _warnings
 
+from ._callstats import CallStats
 from ._client import AsyncImagesClient
 from ._exceptions import (
     APIConnectionError,
@@ -44,7 +45,8 @@ from ._models import (
     OutputTokensDetails,
     Usage,
 )
-from ._refs import ImageRef
+from ._refs import EditImages, ImageRef
+from ._retry import RetryPolicy
 from ._stream import (
     CompletedImageEvent,
     ImageStream,
@@ -52,6 +54,7 @@ from ._stream import (
     PartialImageEvent,
     UnknownEvent,
 )
+from ._transport import RawResponse
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
@@ -85,9 +88,11 @@ __all__ = [
     "BatchItem",
     "BatchIterator",
     "BatchRequestError",
+    "CallStats",
     "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
+    "EditImages",
     "EditKeywords",
     "GenerateKeywords",
     "Image",
@@ -112,8 +117,10 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RawResponse",
     "RedisLimiter",
     "RequestOptions",
+    "RetryPolicy",
     "ResponseTooLargeError",
     "UnknownEvent",
     "UnprocessableEntityError",

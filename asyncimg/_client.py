@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import functools
 import inspect
-import itertools
 import logging
 import os
 import platform
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
@@ -30,7 +28,8 @@ import aiohttp
 import attrs
 
 from ._azure import azure_options
-from ._body import Body
+from ._body import Body, encode_form, encode_json
+from ._callstats import CallStats
 from ._checks import check_header_value, check_int, check_seconds
 from ._config import (
     ProxyConfig,
@@ -43,23 +42,25 @@ from ._config import (
     request_url,
     split_base_url,
     ssl_context,
+    with_query,
 )
 from ._exceptions import APIError, APIResponseValidationError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
+from ._fs import safe_stem, write_atomic, write_new
 from ._gate import Gate
 from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
-from ._offloop import OFF_LOOP_BYTES, off_loop
+from ._offloop import OFF_LOOP_BYTES, blocking, off_loop, off_loop_if_large
 from ._params import EditParams, GenerateParams, JsonEditParams, Params, VariationParams
 from ._refs import EditImages, by_reference, load_ref, load_refs
-from ._retry import RetryPolicy, count_attempt, count_status, decide
+from ._retry import RetryPolicy, decide
 from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
-from ._transport import ON_WIRE, RawResponse, Transport, without_query
+from ._transport import OnWire, RawResponse, Transport, without_query
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._batch import BatchItem, PromptSource
+    from ._batch import BatchItem, BatchIterator, PromptSource
 
 __all__ = ["DEFAULT_RATE_LIMIT", "AsyncImagesClient"]
 
@@ -79,8 +80,6 @@ _C = TypeVar("_C", bound="AsyncImagesClient")
 TokenProvider = Callable[[], str | Awaitable[str]]
 """A sync or async callable returning a bearer token (an Entra ID token for Azure)."""
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
-_DASHES = re.compile(r"-{2,}")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")  # no space or control character in a URL
 
 
@@ -88,12 +87,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
     return parts.scheme, (parts.hostname or "").lower(), port
-
-
-def safe_stem(stem: str) -> str:
-    """A file name stem that cannot leave its directory: no separators, no leading dots."""
-    cleaned = _DASHES.sub("-", _UNSAFE.sub("-", stem)).strip(".-")
-    return cleaned[:120] or "image"
 
 
 class AsyncImagesClient:
@@ -228,6 +221,8 @@ class AsyncImagesClient:
             f"asyncimg/{__version__} aiohttp/{aiohttp.__version__} "
             f"python/{platform.python_version()}"
         )
+        self._batches: set[asyncio.Task[None]] = set()
+        """The drivers of this client's ``generate_many`` batches: none outlives the client."""
         self._transport = Transport(
             max_connections=self._gate.ceiling + 4,
             max_response_bytes=max_response_bytes,
@@ -280,6 +275,19 @@ class AsyncImagesClient:
             f"model={self.model!r}, max_concurrency={self.max_concurrency})"
         )
 
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests this client ever has in flight: ``max_concurrency``,
+        else the automatic ceiling's maximum (it sizes itself below that)."""
+        return self._gate.ceiling
+
+    @property
+    def max_results_held(self) -> int | None:
+        """How many finished results ``generate_many`` holds for a slow consumer
+        before it starts no more: None with a fixed ``max_concurrency`` (the
+        batch's own window bounds them)."""
+        return self._gate.ready_limit
+
     async def __aenter__(self) -> AsyncImagesClient:
         self._transport.session  # noqa: B018 - create the session on this loop
         return self
@@ -293,7 +301,13 @@ class AsyncImagesClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP session and its connections. Safe to call twice."""
+        """Cancel the batches still running, then close the HTTP session and its
+        connections. Safe to call twice."""
+        batches = [task for task in self._batches if not task.done()]
+        for task in batches:
+            task.cancel()
+        if batches:
+            await asyncio.wait(batches)
         await self._transport.aclose()
 
     async def close(self) -> None:
@@ -452,21 +466,23 @@ class AsyncImagesClient:
         *,
         ordered: bool = False,
         **params: Unpack[GenerateKeywords],
-    ) -> AsyncIterator[BatchItem]:
+    ) -> BatchIterator[BatchItem]:
         """Generate images for many prompts, at most ``max_concurrency`` at once.
 
         ``prompts`` is an iterable or async iterable of strings or mappings
         (``{"prompt": ..., **params}``), pulled lazily. Yields one
         :class:`~asyncimg.BatchItem` per prompt as it finishes (in input order
         with ``ordered=True``); a failure is an item with ``.error``, never an
-        exception that ends the batch. Leaving the loop early cancels the rest.
+        exception that ends the batch. Leaving the loop early cancels the rest;
+        ``async with client.generate_many(...) as items:`` (or ``aclose()``)
+        waits for that to finish, and closing the client cancels what is left.
 
         Raises:
             ValidationError: ``params`` names a parameter generate does not take.
         """
         from ._batch import generate_many
 
-        return generate_many(self, prompts, ordered=ordered, params=params)
+        return generate_many(self, prompts, ordered=ordered, params=params, tasks=self._batches)
 
     # -- results -----------------------------------------------------------------------
 
@@ -493,17 +509,77 @@ class AsyncImagesClient:
             raise APIResponseValidationError(
                 "the image has neither b64_json nor url", status_code=200
             )
-        url = image.url
-        headers = await self._request_headers({}) if _origin(url) == self._origin else {}
+        own_origin = _origin(image.url) == self._origin
+        # The client's credentials go only to the API's own origin: its headers
+        # (token included) and its default query (which may carry a key).
+        url = with_query(image.url, self._default_query) if own_origin else image.url
         attempt_timeout = timeout if timeout is not None else self.timeout
-        return await self._with_retries(
-            lambda: self._transport.request(
-                "GET", url, headers=headers, timeout=attempt_timeout
-            ),
-            _body,
-            images=0,
-            policy=self.retry_policy,
+
+        async def attempt(on_wire: OnWire) -> RawResponse:
+            headers = await self._request_headers({}) if own_origin else {}
+            return await self._transport.request(
+                "GET", url, headers=headers, timeout=attempt_timeout, on_wire=on_wire
+            )
+
+        return await self._send(
+            attempt, _body, images=0, policy=self.retry_policy,
             what=f"GET {without_query(url)}",
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        data: Mapping[str, str] | None = None,
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+        params: Mapping[str, QueryValue] | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> RawResponse:
+        """Send a request to ``{base_url}{path}`` through the client's one request path.
+
+        It gets what an image call gets: the client's headers (a fresh token from
+        ``token_provider``), the base URL's query, ``default_query`` and
+        ``params``, the retry policy (``max_retries`` for this request). It takes
+        nothing from the rate limit: the Files and Batches endpoints, for which
+        the Batch API support uses it, have limits of their own. The body is
+        ``json``, or a multipart form of text fields ``data`` and ``files``
+        (field name -> ``(filename, bytes, mime)``), or none.
+
+        Raises:
+            ValidationError: an argument is invalid (nothing is sent).
+            APIStatusError: the server refused (a subclass per status).
+            APIConnectionError: no usable answer after the retries.
+        """
+        if json is not None and (data is not None or files is not None):
+            raise ValidationError("json", "send json= or a form (data=, files=), not both")
+        check_seconds("timeout", timeout, none_ok=True)
+        policy = self._policy(max_retries)
+        url = request_url(
+            self._base, path, self._base_query, self._default_query,
+            check_query(params, "params"), model=self.model,
+        )
+        body: Body | None = None
+        if json is not None:
+            body = encode_json(json, {})
+        elif data is not None or files is not None:
+            body = encode_form(
+                tuple((data or {}).items()),
+                tuple((name, name, *file) for name, file in (files or {}).items()),
+                {},
+            )
+        attempt_timeout = timeout if timeout is not None else self.timeout
+
+        async def attempt(on_wire: OnWire) -> RawResponse:
+            return await self._transport.request(
+                method, url, headers=await self._request_headers({}), body=body,
+                timeout=attempt_timeout, on_wire=on_wire,
+            )
+
+        return await self._send(
+            attempt, _raw, images=0, policy=policy, what=f"{method} {path}"
         )
 
     async def save(
@@ -529,8 +605,6 @@ class AsyncImagesClient:
             APIResponseValidationError, APIStatusError, APIConnectionError: as :meth:`download`.
             OSError: the directory cannot be written.
         """
-        from anyio import to_thread  # on first use: `import asyncimg` stays light
-
         folder = Path(directory)
         default = f"image-{response.created or 0}-{secrets.token_hex(4)}"
         base = safe_stem(stem or response.request_id or default)
@@ -539,7 +613,7 @@ class AsyncImagesClient:
             data = await self.download(image)
             ext = EXTENSIONS.get(sniff_mime(data) or "", response.output_format or "png")
             paths.append(
-                await to_thread.run_sync(write_new, folder, f"{base}-{i}", ext, data, overwrite)
+                await blocking(write_new, folder, f"{base}-{i}", ext, data, overwrite)
             )
         return paths
 
@@ -560,8 +634,6 @@ class AsyncImagesClient:
             APIResponseValidationError: the event's base64 does not decode.
             OSError: the directory cannot be written.
         """
-        from anyio import to_thread  # on first use: `import asyncimg` stays light
-
         data = decode_b64(Image(b64_json=event.b64_json))
         base = safe_stem(stem or event.request_id or f"image-{event.created_at or 0}")
         ext = EXTENSIONS.get(sniff_mime(data) or "", event.output_format or "png")
@@ -570,7 +642,7 @@ class AsyncImagesClient:
         else:
             name = f"{base}-0.{ext}"
         path = Path(directory) / name
-        await to_thread.run_sync(write_atomic, path, data)
+        await blocking(write_atomic, path, data)
         return path
 
     # -- the engine --------------------------------------------------------------------
@@ -586,6 +658,7 @@ class AsyncImagesClient:
             max_retries=fields.pop("max_retries", None),
             extra_headers=fields.pop("extra_headers", None),
             extra_query=fields.pop("extra_query", None),
+            stats=fields.pop("stats", None),
         )
         if fields.get("model") is None:
             fields["model"] = self.model
@@ -605,9 +678,7 @@ class AsyncImagesClient:
         ):
             token = await provider()  # type: ignore[misc]
         else:
-            from anyio import to_thread  # on first use: `import asyncimg` stays light
-
-            token = await to_thread.run_sync(provider)
+            token = await blocking(provider)
             if inspect.isawaitable(token):
                 token = await token
         if not isinstance(token, str) or not token:
@@ -644,19 +715,15 @@ class AsyncImagesClient:
         policy, attempt_timeout, url, extra = self._prepare(params, options)
         body = await _encode(params)
 
-        async def attempt() -> RawResponse:
+        async def attempt(on_wire: OnWire) -> RawResponse:
             return await self._transport.request(
-                "POST",
-                url,
-                headers=await self._request_headers(extra),
-                body=body,
-                timeout=attempt_timeout,
-                decode_json=True,
+                "POST", url, headers=await self._request_headers(extra), body=body,
+                timeout=attempt_timeout, decode_json=True, on_wire=on_wire,
             )
 
-        return await self._with_retries(
+        return await self._send(
             attempt, parse_images_response, images=params.images, policy=policy,
-            what=f"POST {params.path}",
+            what=f"POST {params.path}", stats=options.stats,
         )
 
     def _policy(self, max_retries: int | None) -> RetryPolicy:
@@ -673,10 +740,10 @@ class AsyncImagesClient:
         body = await _encode(params)
         opened: list[ImageStream] = []
 
-        async def attempt() -> RawResponse:
+        async def attempt(on_wire: OnWire) -> RawResponse:
             response = await self._transport.open_stream(
                 url, headers=await self._request_headers(extra), body=body,
-                timeout=attempt_timeout,
+                timeout=attempt_timeout, on_wire=on_wire,
             )
             stream = ImageStream(
                 response, timeout=attempt_timeout, what=f"POST {params.path}",
@@ -687,44 +754,56 @@ class AsyncImagesClient:
             opened.append(stream)
             return RawResponse(stream.status, stream.headers)
 
-        return await self._with_retries(
+        return await self._send(
             attempt, lambda _: opened.pop(), images=params.images, policy=policy,
-            what=f"POST {params.path} (stream)",
+            what=f"POST {params.path} (stream)", stats=options.stats,
         )
 
-    async def _with_retries(
+    async def _send(
         self,
-        send: Callable[[], Awaitable[RawResponse]],
+        attempt: Callable[[OnWire], Awaitable[RawResponse]],
         parse: Callable[[RawResponse], _T],
         *,
         images: int,
         policy: RetryPolicy,
         what: str,
+        stats: CallStats | None = None,
     ) -> _T:
-        attempt = 0
+        """The one request path: every request the library sends goes through here.
+
+        ``attempt(on_wire)`` sends one attempt (its headers, with a fresh token,
+        built by the caller through :meth:`_request_headers`); this loop applies
+        the retry policy (a 429 pauses the limiter for every caller), and for a
+        request that spends ``images`` takes a concurrency slot and the images
+        from the limiter per attempt, stamping the permit when the request is on
+        the wire (``on_wire``) and refunding it when nothing was written.
+        ``stats``, when given, records each attempt.
+        """
+        number = 0
         while True:
-            attempt += 1
+            number += 1
             started = time.monotonic()
             try:
-                raw = await self._attempt(send, images)
+                raw = await self._attempt(attempt, images, stats)
                 logger.debug(
                     "%s attempt %d: %d in %.3fs (request id %s)",
-                    what, attempt, raw.status, time.monotonic() - started, raw.request_id,
+                    what, number, raw.status, time.monotonic() - started, raw.request_id,
                 )
                 return parse(raw)
             except APIError as exc:
-                decision = decide(exc, attempt, policy, now=time.time())
+                decision = decide(exc, number, policy, now=time.time())
                 status = getattr(exc, "status_code", None)
-                count_status(status)
+                if stats is not None:
+                    stats.statuses.append(status)
                 logger.debug(
                     "%s attempt %d: %s %s (request id %s)",
-                    what, attempt, status or type(exc).__name__, exc.message, exc.request_id,
+                    what, number, status or type(exc).__name__, exc.message, exc.request_id,
                 )
                 if not decision.retry:
                     raise
                 logger.info(
                     "%s: retrying after attempt %d (%s) in %.2fs",
-                    what, attempt, decision.reason, decision.wait,
+                    what, number, decision.reason, decision.wait,
                 )
                 if decision.pause_all and images > 0:
                     self.limiter.pause(decision.wait)
@@ -732,34 +811,40 @@ class AsyncImagesClient:
                     await asyncio.sleep(decision.wait)
 
     async def _attempt(
-        self, send: Callable[[], Awaitable[RawResponse]], images: int
+        self,
+        attempt: Callable[[OnWire], Awaitable[RawResponse]],
+        images: int,
+        stats: CallStats | None,
     ) -> RawResponse:
         if images == 0:
-            return await send()
+            if stats is not None:
+                stats.sent.append((time.time(), 0))
+            return await attempt(None)
         gate = self._gate
         await gate.acquire()
         try:
             # The slot first, then the images; the permit is stamped when the
-            # request is on the wire (ON_WIRE), not before a pooled connection
-            # or the upload, and refunded if nothing was written.
+            # request is on the wire, not before a pooled connection or the
+            # upload, and refunded if nothing was written.
+            asked = time.monotonic()
             permit = await self.limiter.acquire(images)
-            count_attempt(images)
+            if stats is not None:
+                stats.waited += time.monotonic() - asked
+                stats.sent.append((time.time(), images))
             sent: list[int] = []
 
             def on_wire() -> None:
                 permit.stamp()
                 sent.append(gate.sent())
 
-            token = ON_WIRE.set(on_wire)
             try:
-                raw = await send()
+                raw = await attempt(on_wire)
             except APIError as exc:
                 headers = getattr(exc, "headers", None)
                 if headers:
                     self.limiter.observe_headers(headers)
                 raise
             finally:
-                ON_WIRE.reset(token)
                 permit.refund()
                 if sent:
                     gate.answered(sent[0])
@@ -777,6 +862,7 @@ class _CallOptions:
     max_retries: int | None = None
     extra_headers: Mapping[str, str] | None = None
     extra_query: Mapping[str, QueryValue] | None = None
+    stats: CallStats | None = None
 
 
 def parse_images_response(raw: RawResponse) -> ImagesResponse:
@@ -790,6 +876,10 @@ def parse_images_response(raw: RawResponse) -> ImagesResponse:
 
 def _body(raw: RawResponse) -> bytes:
     return raw.body
+
+
+def _raw(raw: RawResponse) -> RawResponse:
+    return raw
 
 
 _B64_PIECE: Final = 1 << 20
@@ -822,74 +912,6 @@ def decode_b64(image: Image, index: int | None = None) -> bytes:
         ) from None
 
 
-def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
-    """``data`` in a new temporary file of ``folder``, flushed (mode 0o666 less the umask)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{stem}.{secrets.token_hex(6)}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file renamed over it (replacing it).
-
-    Raises:
-        OSError: the file cannot be written.
-    """
-    tmp = _write_temp(path.parent, path.name, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_new(folder: Path, stem: str, ext: str, data: bytes, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``folder/{stem}.{ext}``, or ``{stem}-1.{ext}``, ... if taken.
-
-    The bytes go to a temporary file in the same directory (created with mode
-    0o666, so the umask applies), are flushed to disk, then hard-linked to the
-    first free name: an existing file is never replaced (unless ``overwrite``:
-    then it is renamed over ``{stem}.{ext}``), and a reader never sees a
-    partial image. Returns the path written.
-
-    Raises:
-        OSError: the file cannot be written (or the file system has no hard links).
-    """
-    if overwrite:
-        path = folder / f"{stem}.{ext}"
-        write_atomic(path, data)
-        return path
-    tmp = _write_temp(folder, stem, data)
-    try:
-        for n in itertools.count():
-            path = folder / (f"{stem}.{ext}" if n == 0 else f"{stem}-{n}.{ext}")
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                continue
-            return path
-        raise AssertionError("unreachable")  # pragma: no cover
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-async def _off_loop(fn: Callable[[], _T], size: int) -> _T:
-    """``fn()``, in a worker thread when it handles more than OFF_LOOP_BYTES."""
-    return fn() if size <= OFF_LOOP_BYTES else await off_loop(fn)
-
-
 async def _encode(params: Params) -> Body:
     """The body of ``params`` as bytes (off the loop for a large upload).
 
@@ -901,7 +923,7 @@ async def _encode(params: Params) -> Body:
         size = sum(len(ref.url or "") for ref in refs if ref is not None)
     else:
         size = _bytes_of((*getattr(params, "image", ()), getattr(params, "mask", None)))
-    return await _off_loop(params.encode, size)
+    return await off_loop_if_large(params.encode, size)
 
 
 _FP = TypeVar("_FP", EditParams, VariationParams)
@@ -909,7 +931,7 @@ _FP = TypeVar("_FP", EditParams, VariationParams)
 
 async def _build(cls: type[_FP], upload_bytes: int, /, **kwargs: Any) -> _FP:
     """``cls.build(**kwargs)``: checking large uploads (inflating a PNG) runs off the loop."""
-    return await _off_loop(functools.partial(cls.build, **kwargs), upload_bytes)
+    return await off_loop_if_large(functools.partial(cls.build, **kwargs), upload_bytes)
 
 
 def _bytes_of(files: Iterable[ImageFile | None]) -> int:

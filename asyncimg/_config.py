@@ -43,6 +43,7 @@ __all__ = [
     "request_url",
     "split_base_url",
     "ssl_context",
+    "with_query",
 ]
 
 QueryValue: TypeAlias = "str | int | float | bool"
@@ -148,6 +149,17 @@ def request_url(
         merged.update(query)
     pairs = [(k, v) for k, v in base_query if k not in merged] + list(merged.items())
     return f"{base}{path}?{urlencode(pairs)}"
+
+
+def with_query(url: str, query: Mapping[str, str]) -> str:
+    """``url`` with the pairs of ``query`` whose names it does not already carry."""
+    if not query:
+        return url
+    parts = urlsplit(url)
+    own = parse_qsl(parts.query, keep_blank_values=True)
+    names = {name for name, _ in own}
+    pairs = own + [(k, v) for k, v in query.items() if k not in names]
+    return urlunsplit(parts._replace(query=urlencode(pairs)))
 
 
 def merge_headers(*layers: Mapping[str, str]) -> CIMultiDict[str]:

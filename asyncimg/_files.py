@@ -19,6 +19,7 @@ from typing import IO, Union
 import attrs
 
 from ._exceptions import ValidationError
+from ._offloop import blocking
 
 __all__ = [
     "EXTENSIONS",
@@ -326,9 +327,7 @@ async def load_image(value: ImageInput | ImageFile, param: str = "image") -> Ima
         return file
     if isinstance(value, io.BytesIO):
         return read_image(value, param)  # in memory: nothing blocks
-    from anyio import to_thread  # on first use: `import asyncimg` stays light
-
-    return await to_thread.run_sync(read_image, value, param)
+    return await blocking(read_image, value, param)
 
 
 def _from_value(value: ImageInput | ImageFile, param: str) -> ImageFile | None:

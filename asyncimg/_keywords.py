@@ -18,6 +18,7 @@ else:  # pragma: no cover - Python 3.10
     from typing_extensions import Unpack
 
 if TYPE_CHECKING:
+    from ._callstats import CallStats
     from ._config import QueryValue
     from ._refs import MaskImage
 
@@ -48,6 +49,8 @@ class RequestOptions(TypedDict, total=False):
     """Headers for this call, over the client's (``default_headers`` included)."""
     extra_query: Mapping[str, QueryValue] | None
     """Query parameters for this call, over the client's ``default_query``."""
+    stats: CallStats | None
+    """A :class:`~asyncimg.CallStats` the client fills in as this call runs."""
 
 
 class _Common(RequestOptions, total=False):

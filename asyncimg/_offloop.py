@@ -1,21 +1,31 @@
-"""Work too large for the event loop runs here: one worker thread for the process.
+"""Leaving the event loop: the one module that runs work on other threads.
 
-Decoding a large JSON body or base64 text, or checking a large upload, takes
-milliseconds to a hundred of them; on the loop, every other task would wait that
-long. One thread, not a pool: the work holds the GIL, so a second thread would
-not make it faster, only make the loop wait behind more GIL holders.
+Three lanes, each for one kind of work, so that a reader finds every thread here:
+
+* :func:`off_loop` (and :func:`off_loop_if_large`): CPU work too large for the
+  loop, such as decoding a large JSON body or base64 text, or checking a large
+  upload. One worker thread for the process, not a pool: the work holds the
+  GIL, so a second thread would not make it faster, only make the loop wait
+  behind more GIL holders.
+* :func:`blocking`: blocking I/O (writing images and manifest lines, reading a
+  file, a sync token provider), on anyio's worker threads, so that many
+  writes can wait on the disk at once. anyio is imported on first use.
+* :class:`ThreadedIterator`: ``next()`` of an iterator that may block for
+  ever (stdin, a pipe), on a daemon thread of its own, so that a read never
+  keeps the process alive after the run has stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, ParamSpec, TypeVar
+from typing import Final, Generic, ParamSpec, TypeVar
 
-__all__ = ["OFF_LOOP_BYTES", "off_loop"]
+__all__ = ["OFF_LOOP_BYTES", "ThreadedIterator", "blocking", "off_loop", "off_loop_if_large"]
 
 OFF_LOOP_BYTES: Final = 4 * 1024 * 1024
 """Bodies, base64 texts and uploads larger than this are handled off the loop."""
@@ -36,10 +46,87 @@ def _worker() -> ThreadPoolExecutor:
 
 
 async def off_loop(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """``fn(*args, **kwargs)`` in the worker thread; the loop runs on meanwhile.
+    """``fn(*args, **kwargs)`` (CPU work) in the worker thread; the loop runs on meanwhile.
 
     Raises:
         BaseException: whatever ``fn`` raised.
     """
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_worker(), functools.partial(fn, *args, **kwargs))
+
+
+async def off_loop_if_large(fn: Callable[[], T], size: int) -> T:
+    """``fn()``, in the worker thread when it handles more than :data:`OFF_LOOP_BYTES`.
+
+    Raises:
+        BaseException: whatever ``fn`` raised.
+    """
+    return fn() if size <= OFF_LOOP_BYTES else await off_loop(fn)
+
+
+async def blocking(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args, **kwargs)`` (blocking I/O) on one of anyio's worker threads.
+
+    Raises:
+        BaseException: whatever ``fn`` raised.
+    """
+    from anyio import to_thread  # on first use: `import asyncimg` stays light
+
+    return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+class ThreadedIterator(Generic[T]):
+    """``next(iterator)`` on one daemon thread of its own, awaited from the loop.
+
+    A daemon thread, so that a read blocked on a terminal or a pipe never keeps the
+    process alive after the run has stopped.
+    """
+
+    def __init__(self, iterator: Iterator[T]) -> None:
+        self._iterator = iterator
+        self._asks: queue.SimpleQueue[asyncio.Future[T | None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        while (future := self._asks.get()) is not None:
+            try:
+                entry = next(self._iterator, None)
+            except BaseException as exc:  # handed to the awaiting task
+                answer: Callable[[], None] = functools.partial(_settle, future, None, exc)
+            else:
+                answer = functools.partial(_settle, future, entry, None)
+            try:
+                loop.call_soon_threadsafe(answer)
+            except RuntimeError:  # the loop is gone
+                return
+
+    async def next(self) -> T | None:
+        """The next item, None at the end.
+
+        Raises:
+            Exception: whatever the iterator raised.
+        """
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, args=(loop,), name="asyncimg input", daemon=True
+            )
+            self._thread.start()
+        future: asyncio.Future[T | None] = loop.create_future()
+        self._asks.put(future)
+        return await future
+
+    def close(self) -> None:
+        """Let the thread end after the read in progress, if any."""
+        self._asks.put(None)
+
+
+def _settle(
+    future: asyncio.Future[T | None], entry: T | None, exc: BaseException | None
+) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(entry)

@@ -4,19 +4,13 @@ A small loop in ``_client.py`` applies these decisions. It is not built on a
 retry library because a 429's wait is not slept by the caller: it pauses the
 shared limiter once for every caller (see ``_limiter.py``), and every attempt
 takes its images from the rate budget again; both live in that loop.
-
-``count_attempt`` counts the attempts of the batch item running in the current
-task (``BatchItem.attempts``); the batch runner also keeps an :class:`AttemptLog`
-(when each attempt was sent, how many were answered 429) for its manifest.
 """
 
 from __future__ import annotations
 
-import contextvars
 import email.utils
 import math
 import random
-import time
 from collections.abc import Callable, Mapping
 
 import attrs
@@ -33,16 +27,11 @@ from ._exceptions import (
 )
 
 __all__ = [
-    "ATTEMPTS",
-    "ATTEMPT_LOG",
     "QUOTA_CODES",
     "RETRY_STATUSES",
-    "AttemptLog",
     "Decision",
     "RetryPolicy",
     "backoff",
-    "count_attempt",
-    "count_status",
     "decide",
     "parse_retry_after",
 ]
@@ -191,51 +180,3 @@ def decide(
     if isinstance(error, APIConnectionError):
         return Decision(True, backoff(attempt, policy, rand), reason=type(error).__name__)
     return Decision(False, reason=f"{type(error).__name__} is not retried")
-
-
-ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
-    "asyncimg_attempts", default=None
-)
-"""A counter of the attempts made for the batch item running in the current task."""
-
-
-@attrs.define
-class AttemptLog:
-    """What the attempts of one batch item did (the batch runner's manifest records it).
-
-    Attributes:
-        sent: ``(time.time(), images)`` for each attempt, taken when its images
-            were granted: the moment it left for the server.
-        rate_limited: attempts answered with a 429.
-    """
-
-    sent: list[tuple[float, int]] = attrs.field(factory=list)
-    rate_limited: int = 0
-
-
-ATTEMPT_LOG: contextvars.ContextVar[AttemptLog | None] = contextvars.ContextVar(
-    "asyncimg_attempt_log", default=None
-)
-"""The :class:`AttemptLog` of the batch item running in the current task, if any."""
-
-
-def count_attempt(images: int) -> None:
-    """Count one HTTP attempt for the batch item running in this task (if any).
-
-    The client calls this for every attempt it sends (after its ``images`` are
-    granted); :class:`BatchItem.attempts` is the count, and an :class:`AttemptLog`
-    in :data:`ATTEMPT_LOG` notes the time.
-    """
-    counter = ATTEMPTS.get()
-    if counter is not None:
-        counter[0] += 1
-    log = ATTEMPT_LOG.get()
-    if log is not None:
-        log.sent.append((time.time(), images))
-
-
-def count_status(status: int | None) -> None:
-    """Note the error status of an attempt of the batch item running in this task (if any)."""
-    log = ATTEMPT_LOG.get()
-    if log is not None and status == 429:
-        log.rate_limited += 1

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from ._limiter import LimiterStats, RateLimiter, RatePermit
     from ._models import ImagesResponse
     from ._refs import EditImages
+    from ._retry import RetryPolicy
     from ._stream import ImageStreamEvent
 
 __all__ = ["ImagesClient"]
@@ -454,6 +455,20 @@ def _iterating(
     return method
 
 
+def _forwarded(name: str, *, settable: bool = False) -> Any:
+    """A property of ImagesClient that reads (and sets) ``name`` on its async client,
+    with that attribute's documentation."""
+    doc = getattr(getattr(AsyncImagesClient, name, None), "__doc__", None)
+
+    def get(self: ImagesClient) -> Any:
+        return getattr(self._async, name)
+
+    def set_(self: ImagesClient, value: Any) -> None:
+        setattr(self._async, name, value)
+
+    return property(get, set_ if settable else None, doc=doc or f"The async client's ``{name}``.")
+
+
 def _constructor(make: Callable[P, AsyncImagesClient]) -> Callable[P, ImagesClient]:
     """An ImagesClient factory from an AsyncImagesClient one (``azure``): same arguments."""
 
@@ -594,15 +609,31 @@ class ImagesClient:
         """
         return self._limiter
 
-    @property
-    def base_url(self) -> str:
-        """The API's base URL, without a trailing slash."""
-        return self._async.base_url
+    request = _blocking(AsyncImagesClient.request)
 
-    @property
-    def model(self) -> str | None:
-        """The model for calls that name none; None lets the server choose."""
-        return self._async.model
+    # The async client's settings, read (and, where the async client lets one
+    # change them, set) on it: one source of truth for both clients.
+    if TYPE_CHECKING:
+        @property
+        def base_url(self) -> str: ...
+        @property
+        def model(self) -> str | None: ...
+        @property
+        def max_concurrency(self) -> int | None: ...
+        @property
+        def max_in_flight(self) -> int: ...
+        @property
+        def max_results_held(self) -> int | None: ...
+        timeout: float | None
+        retry_policy: RetryPolicy
+    else:
+        base_url = _forwarded("base_url")
+        model = _forwarded("model")
+        timeout = _forwarded("timeout", settable=True)
+        max_concurrency = _forwarded("max_concurrency")
+        retry_policy = _forwarded("retry_policy", settable=True)
+        max_in_flight = _forwarded("max_in_flight")
+        max_results_held = _forwarded("max_results_held")
 
     def close(self) -> None:
         """Close open ``generate_many`` iterators and the HTTP session, stop the loop.
@@ -623,7 +654,4 @@ class ImagesClient:
         self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"ImagesClient(base_url={self.base_url!r}, model={self.model!r}, "
-            f"max_concurrency={self._async.max_concurrency})"
-        )
+        return "ImagesClient" + repr(self._async).removeprefix("AsyncImagesClient")

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from asyncimg import AsyncImagesClient, BatchItem, ContentPolicyError, ValidationError
-from asyncimg._batch.many import _DRIVERS, BatchIterator
+from asyncimg._batch.many import BatchIterator
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
 
 from .conftest import TEST_KEY
@@ -136,13 +136,27 @@ async def test_break_cancels_everything(emu: Emulator) -> None:
         gc.collect()
         await _settle()
         assert _batch_tasks() == []
-        assert not _DRIVERS
         stats = client.limiter.stats()
         assert stats.held == 0
         assert stats.waiting == 0
         # Only the items in flight were ever sent, not the million.
         assert stats.granted <= 2 * client.max_concurrency
     assert got == 1
+
+
+async def test_closing_the_client_ends_a_batch_left_open(emu: Emulator) -> None:
+    emu.latency = 0.3
+    client = AsyncImagesClient(base_url=emu.base_url, api_key=TEST_KEY, max_concurrency=4)
+    items = client.generate_many([f"p{i}" for i in range(100)], size="256x256")
+    first = await items.__anext__()  # the batch runs on; the consumer walks away
+    assert first.ok
+    await client.aclose()
+    await _settle()
+    assert _batch_tasks() == []
+    stats = client.limiter.stats()
+    assert stats.held == 0
+    assert stats.waiting == 0
+    await items.aclose()
 
 
 async def test_aclose_and_context_manager(emu: Emulator) -> None:

@@ -12,7 +12,7 @@ from asyncimg import AsyncImagesClient
 from asyncimg._batch.input import InputError, open_text, read_entries
 from asyncimg._batch.manifest import MANIFEST_NAME, Manifest
 from asyncimg._batch.runner import run_batch
-from asyncimg._client import _write_temp
+from asyncimg._fs import _write_temp
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
 
 from .conftest import TEST_KEY

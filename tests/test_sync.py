@@ -533,3 +533,24 @@ def test_a_blocking_streams_partial_is_freed_while_the_next_is_awaited(
     assert ref() is None, "the consumed partial is still held while the stream waits"
     waiting.join()
     events.close()  # type: ignore[attr-defined]
+
+
+def test_the_blocking_client_has_the_async_clients_knobs(server: Emulator) -> None:
+    from asyncimg import RetryPolicy
+
+    with ImagesClient(
+        base_url=server.base_url + "?api-key=secret-in-the-url", api_key=TEST_KEY, timeout=30.0,
+        max_concurrency=3, max_retries=1,
+    ) as client:
+        assert client.timeout == 30.0
+        assert client.max_concurrency == 3
+        assert client.max_in_flight == 3
+        assert client.max_results_held is None
+        assert client.retry_policy == RetryPolicy(max_retries=1)
+        client.timeout = 5.0
+        client.retry_policy = RetryPolicy(max_retries=0)
+        assert client._async.timeout == 5.0
+        assert client._async.retry_policy.max_retries == 0
+        assert "secret-in-the-url" not in repr(client)
+        with pytest.raises(AttributeError):
+            client.max_concurrency = 9  # type: ignore[misc]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asyncimg._transport import loads_images_json
+from asyncimg._json import loads_images_json
 
 B64 = base64.b64encode(bytes(range(256)) * 40).decode()  # over the 4 KiB threshold
 

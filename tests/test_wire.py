@@ -13,7 +13,7 @@ import pytest
 
 from asyncimg import APIConnectionError, AsyncImagesClient, RateLimit
 from asyncimg._body import Body
-from asyncimg._transport import ON_WIRE, Transport, _Wire
+from asyncimg._transport import Transport, _Wire
 from asyncimg.testing import Emulator, Fault, encode_png
 
 from .conftest import TEST_KEY
@@ -64,17 +64,14 @@ async def test_the_stamp_waits_for_a_pooled_connection() -> None:
         stamps: list[float] = []
 
         async def one() -> None:
-            token = ON_WIRE.set(lambda: stamps.append(loop.time()))
-            try:
-                await transport.request(
-                    "POST", emu.base_url + "/images/generations",
-                    headers={"Authorization": f"Bearer {TEST_KEY}"},
-                    body=Body(b'{"prompt": "p", "model": "dall-e-2", "size": "256x256"}',
-                              "application/json"),
-                    timeout=5.0,
-                )
-            finally:
-                ON_WIRE.reset(token)
+            await transport.request(
+                "POST", emu.base_url + "/images/generations",
+                headers={"Authorization": f"Bearer {TEST_KEY}"},
+                body=Body(b'{"prompt": "p", "model": "dall-e-2", "size": "256x256"}',
+                          "application/json"),
+                timeout=5.0,
+                on_wire=lambda: stamps.append(loop.time()),
+            )
 
         started = loop.time()
         try:

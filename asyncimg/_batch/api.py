@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from .._body import encode_json
 from .._exceptions import (
     APIConnectionError,
     APIError,
@@ -38,11 +37,9 @@ from .._exceptions import (
     ValidationError,
     error_from_response,
 )
-from .._files import ImageFile
 from .._json import int_field
 from .._json import str_field as _str
 from .._models import ImagesResponse, Usage
-from .._params import Form
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient
@@ -292,36 +289,6 @@ class BatchAPIResult:
 # -- I/O: the requests -------------------------------------------------------------------
 
 
-async def _request(
-    client: AsyncImagesClient,
-    method: str,
-    path: str,
-    *,
-    json_body: Mapping[str, Any] | None = None,
-    form: Form | None = None,
-    max_retries: int | None = None,
-) -> RawResponse:
-    url = client.base_url + path
-    policy = client._policy(max_retries)
-    body = encode_json(json_body, {}) if json_body is not None else None
-    if form is not None:
-        body = form.encode()
-
-    def send() -> Awaitable[RawResponse]:
-        return client._transport.request(
-            method, url, headers=client._headers, body=body,
-            timeout=client.timeout, decode_json=False,
-        )
-
-    return await client._with_retries(
-        send, _raw, images=0, policy=policy, what=f"{method} {path}"
-    )
-
-
-def _raw(raw: RawResponse) -> RawResponse:
-    return raw
-
-
 def _decode(raw: RawResponse) -> Any:
     try:
         return json.loads(raw.body)
@@ -340,9 +307,11 @@ async def upload(client: AsyncImagesClient, lines: Iterable[bytes], filename: st
         APIResponseValidationError: the answer has no file id.
     """
     data = b"".join(lines)
-    form = Form(fields=(("purpose", "batch"),),
-                files=(("file", ImageFile(filename, data, "application/jsonl")),))
-    obj = _decode(await _request(client, "POST", "/files", form=form))
+    raw = await client.request(
+        "POST", "/files", data={"purpose": "batch"},
+        files={"file": (filename, data, "application/jsonl")},
+    )
+    obj = _decode(raw)
     file_id = obj.get("id") if isinstance(obj, dict) else None
     if not isinstance(file_id, str):
         raise APIResponseValidationError("the upload's answer has no file id", status_code=200)
@@ -355,7 +324,7 @@ async def retrieve(client: AsyncImagesClient, batch_id: str) -> BatchAPIState:
     Raises:
         APIStatusError, APIConnectionError: the request failed (404: no such batch).
     """
-    return BatchAPIState.from_json(_decode(await _request(client, "GET", f"/batches/{batch_id}")))
+    return BatchAPIState.from_json(_decode(await client.request("GET", f"/batches/{batch_id}")))
 
 
 async def find_batch(client: AsyncImagesClient, input_file_id: str) -> BatchAPIState | None:
@@ -366,8 +335,8 @@ async def find_batch(client: AsyncImagesClient, input_file_id: str) -> BatchAPIS
     """
     after: str | None = None
     while True:
-        query = "?limit=100" + (f"&after={after}" if after else "")
-        page = _decode(await _request(client, "GET", f"/batches{query}"))
+        query = {"limit": "100", **({"after": after} if after else {})}
+        page = _decode(await client.request("GET", "/batches", params=query))
         data = page.get("data") if isinstance(page, dict) else None
         for obj in data if isinstance(data, list) else ():
             if isinstance(obj, dict) and obj.get("input_file_id") == input_file_id:
@@ -410,7 +379,7 @@ async def create(
     attempts = client.retry_policy.max_retries + 1
     for attempt in range(1, attempts + 1):
         try:
-            raw = await _request(client, "POST", "/batches", json_body=body, max_retries=0)
+            raw = await client.request("POST", "/batches", json=body, max_retries=0)
         except APIError as exc:
             unanswered = isinstance(exc, APIConnectionError) or (
                 isinstance(exc, APIStatusError) and exc.status_code >= 500
@@ -432,7 +401,7 @@ async def file_lines(client: AsyncImagesClient, file_id: str) -> list[bytes]:
     Raises:
         APIStatusError, APIConnectionError: the download failed.
     """
-    raw = await _request(client, "GET", f"/files/{file_id}/content")
+    raw = await client.request("GET", f"/files/{file_id}/content")
     return [line for line in raw.body.splitlines() if line.strip()]
 
 
@@ -494,7 +463,7 @@ class BatchAPIJob:
             APIStatusError: the batch has already ended (409), or another refusal.
             APIConnectionError: no answer.
         """
-        raw = await _request(self.client, "POST", f"/batches/{self.id}/cancel")
+        raw = await self.client.request("POST", f"/batches/{self.id}/cancel")
         self.batch = BatchAPIState.from_json(_decode(raw))
         return self.batch
 

@@ -10,16 +10,13 @@ input off the event loop so that a silent stdin never holds the loop or the stop
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import queue
 import signal
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import anyio
 
+from .._callstats import CallStats
 from .._exceptions import (
     AuthenticationError,
     LimiterUnavailableError,
@@ -27,13 +24,12 @@ from .._exceptions import (
     PermissionDeniedError,
     RateLimitError,
 )
+from .._offloop import ThreadedIterator
+from .._retry import QUOTA_CODES
 
 __all__ = ["BatchControl", "fatal_error"]
 
 _T = TypeVar("_T")
-
-_QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
-
 
 def fatal_error(exc: BaseException) -> str | None:
     """What to tell the user when ``exc`` will fail every item of a batch; None otherwise.
@@ -51,7 +47,7 @@ def fatal_error(exc: BaseException) -> str | None:
         )
     if isinstance(exc, NotFoundError):
         return "not found (404): check --model and --base-url"
-    if isinstance(exc, RateLimitError) and exc.code in _QUOTA_CODES:
+    if isinstance(exc, RateLimitError) and exc.code in QUOTA_CODES:
         return f"the account's quota is exhausted (429 {exc.code}): check the plan and billing"
     if isinstance(exc, LimiterUnavailableError):
         return f"the shared rate limit is out of reach ({exc}): check --redis"
@@ -71,7 +67,7 @@ class BatchControl:
         self.reason: str | None = None
         self.message: str | None = None
         self.signal: int | None = None
-        self._items: dict[int, tuple[anyio.CancelScope, list[int]]] = {}
+        self._items: dict[int, tuple[anyio.CancelScope, CallStats]] = {}
         self._reader: anyio.CancelScope | None = None
 
     def stop(self, reason: str, message: str, *, cancel_sent: bool = False) -> None:
@@ -83,14 +79,14 @@ class BatchControl:
             self.reason, self.message = reason, message
         if self._reader is not None:
             self._reader.cancel()
-        for scope, attempts in list(self._items.values()):
-            if cancel_sent or attempts[0] == 0:
+        for scope, stats in list(self._items.values()):
+            if cancel_sent or stats.attempts == 0:
                 scope.cancel()
 
     @property
     def in_flight(self) -> int:
         """Items sent and not finished."""
-        return sum(1 for _scope, attempts in self._items.values() if attempts[0])
+        return sum(1 for _scope, stats in self._items.values() if stats.attempts)
 
     def interrupt(self, signum: int) -> None:
         """A signal arrived. The first: nothing new starts, what is in flight may finish.
@@ -103,21 +99,21 @@ class BatchControl:
         name = signal.Signals(self.signal).name
         self.stop("interrupted", f"interrupted ({name})", cancel_sent=not first)
 
-    async def run(self, work: Callable[[list[int]], Awaitable[_T | None]]) -> _T | None:
-        """Run one item's ``work(attempts)``; None when it was stopped before it finished.
+    async def run(self, work: Callable[[CallStats], Awaitable[_T | None]]) -> _T | None:
+        """Run one item's ``work(stats)``; None when it was stopped before it finished.
 
-        ``attempts[0]`` counts the requests the item has sent (see ``make_item``):
+        ``stats`` records the requests the item sends (pass it to the call):
         :meth:`stop` cancels the items that have sent none.
         """
         if self.reason is not None:
             return None
         scope = anyio.CancelScope()
-        attempts = [0]
+        stats = CallStats()
         key = id(scope)
-        self._items[key] = (scope, attempts)
+        self._items[key] = (scope, stats)
         try:
             with scope:
-                return await work(attempts)
+                return await work(stats)
             return None
         finally:
             del self._items[key]
@@ -130,7 +126,7 @@ class BatchControl:
         Stops at :meth:`stop`; a ``bad_input`` error from ``entries`` stops the run
         with ``"input"``.
         """
-        reader: _OffLoop[_T] = _OffLoop(entries)
+        reader: ThreadedIterator[_T] = ThreadedIterator(entries)
         try:
             while self.reason is None:
                 with anyio.CancelScope() as scope:
@@ -147,62 +143,3 @@ class BatchControl:
                 yield entry
         finally:
             reader.close()
-
-
-class _OffLoop(Generic[_T]):
-    """``next(iterator)`` on one daemon thread of its own, awaited from the loop.
-
-    A daemon thread, so that a read blocked on a terminal or a pipe never keeps the
-    process alive after the run has stopped.
-    """
-
-    def __init__(self, iterator: Iterator[_T]) -> None:
-        self._iterator = iterator
-        self._asks: queue.SimpleQueue[asyncio.Future[_T | None] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread: threading.Thread | None = None
-
-    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        while (future := self._asks.get()) is not None:
-            try:
-                entry = next(self._iterator, None)
-            except BaseException as exc:  # handed to the awaiting task
-                answer: Callable[[], None] = functools.partial(_settle, future, None, exc)
-            else:
-                answer = functools.partial(_settle, future, entry, None)
-            try:
-                loop.call_soon_threadsafe(answer)
-            except RuntimeError:  # the loop is gone
-                return
-
-    async def next(self) -> _T | None:
-        """The next item, None at the end.
-
-        Raises:
-            Exception: whatever the iterator raised.
-        """
-        loop = asyncio.get_running_loop()
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._serve, args=(loop,), name="asyncimg input", daemon=True
-            )
-            self._thread.start()
-        future: asyncio.Future[_T | None] = loop.create_future()
-        self._asks.put(future)
-        return await future
-
-    def close(self) -> None:
-        """Let the thread end after the read in progress, if any."""
-        self._asks.put(None)
-
-
-def _settle(
-    future: asyncio.Future[_T | None], entry: _T | None, exc: BaseException | None
-) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(entry)

@@ -13,17 +13,21 @@ memory object stream. Two semaphores keep everything bounded:
   for the consumer, so that a large ``concurrency`` (the client's automatic ceiling)
   bounds requests in flight, not results held in memory.
 
-The driver holds no reference to the iterator object, so when the consumer drops
-it (``break`` out of ``async for``, an exception, a cancellation) ``__del__``
-cancels the driver, whose task group cancels every item: their rate permits are
-refunded by the client and no task is left pending. :meth:`BatchIterator.aclose`
-(or ``async with``) does the same deterministically and waits for the end.
+Who owns the driver: the client. Its task is kept in the client's set of
+running batches until it ends, and :meth:`AsyncImagesClient.aclose` cancels and
+awaits what is left, so no batch outlives its client. :meth:`BatchIterator.aclose`
+(or ``async with``) cancels the driver and waits for its end: its task group
+cancels every item, whose rate permits the client refunds. The driver holds no
+reference to the iterator object, so a consumer that drops it without closing
+(``break`` out of a bare ``async for``) has it cancelled at once by the
+iterator's finalizer; the client still owns the cancelled task until it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
@@ -34,10 +38,10 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._callstats import CallStats
 from .._exceptions import AsyncImgError, ValidationError
 from .._keywords import GENERATE_KEYWORDS
 from .._models import ImagesResponse
-from .._retry import ATTEMPTS
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient
@@ -55,10 +59,6 @@ _S = TypeVar("_S")
 _T = TypeVar("_T")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-# Tasks of running drivers: the event loop keeps only weak references.
-_DRIVERS: set[asyncio.Task[None]] = set()
-
 
 PromptSpec: TypeAlias = "str | Mapping[str, Any]"
 """One prompt of a batch: a string, or a mapping ``{"prompt": ..., **params}``."""
@@ -130,38 +130,33 @@ async def make_item(
     spec: object,
     params: Mapping[str, Any],
     allowed: frozenset[str],
-    attempts: list[int] | None = None,
+    stats: CallStats | None = None,
 ) -> BatchItem:
     """Run one prompt of a batch: ``client.generate`` with ``params`` under the item's own.
 
-    ``attempts`` is a one-element list whose value counts the requests sent so
-    far (so a caller can tell an item not yet sent from one in flight).
+    ``stats`` records the item's attempts as they go (so a caller can tell an
+    item not yet sent from one in flight); a fresh one by default.
 
     Returns an item with ``.error`` for any :class:`AsyncImgError`; anything else
     (a bug) propagates.
     """
     started = time.monotonic()
-    counter = attempts if attempts is not None else [0]
-    token = ATTEMPTS.set(counter)
+    stats = stats if stats is not None else CallStats()
     prompt = spec if isinstance(spec, str) else ""
     own: Mapping[str, Any] = _EMPTY
     try:
         prompt, own = _split_spec(spec, allowed)
-        response = await client.generate(prompt, **{**params, **own})
+        response = await client.generate(prompt, **{**params, **own}, stats=stats)
     except AsyncImgError as exc:
         if isinstance(spec, Mapping) and own is _EMPTY:
             raw = spec.get("prompt")
             prompt = raw if isinstance(raw, str) else ""
             own = MappingProxyType({str(k): v for k, v in spec.items() if k != "prompt"})
         return BatchItem(
-            index, prompt, own, None, exc,
-            counter[0], time.monotonic() - started,
+            index, prompt, own, None, exc, stats.attempts, time.monotonic() - started
         )
-    finally:
-        ATTEMPTS.reset(token)
     return BatchItem(
-        index, prompt, own, response, None,
-        counter[0], time.monotonic() - started,
+        index, prompt, own, response, None, stats.attempts, time.monotonic() - started
     )
 
 
@@ -243,8 +238,8 @@ async def _drive(
         shared.send.close()
 
 
-def _retrieve(task: asyncio.Task[None]) -> None:
-    _DRIVERS.discard(task)
+def _retrieve(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+    tasks.discard(task)
     if not task.cancelled():
         task.exception()
 
@@ -267,6 +262,9 @@ class BatchIterator(Generic[_T]):
         window: items started but not yet yielded (default ``2 * concurrency``).
         ready: start nothing while this many finished results wait (default: no
             bound beyond ``window``).
+        tasks: the owner's set of running drivers (the client's): it keeps the
+            driver alive until it has ended, and the owner cancels what is left
+            when it closes.
     """
 
     def __init__(
@@ -278,6 +276,7 @@ class BatchIterator(Generic[_T]):
         ordered: bool = False,
         window: int | None = None,
         ready: int | None = None,
+        tasks: set[asyncio.Task[None]] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValidationError("concurrency", "concurrency must be >= 1")
@@ -290,6 +289,7 @@ class BatchIterator(Generic[_T]):
         self._shared: _Shared[_T] | None = None
         self._receive: MemoryObjectReceiveStream[tuple[int, _T]] | None = None
         self._driver: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set() if tasks is None else tasks
         self._buffer: dict[int, _T] = {}
         self._next = 0
         self._closed = False
@@ -318,8 +318,8 @@ class BatchIterator(Generic[_T]):
         coro = _drive(shared, self._source, self._work, self._concurrency)
         self._source = self._work = None
         task = asyncio.get_running_loop().create_task(coro)
-        _DRIVERS.add(task)
-        task.add_done_callback(_retrieve)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(_retrieve, self._tasks))
         self._driver = task
         self._receive = receive
         return receive
@@ -389,6 +389,7 @@ def generate_many(
     *,
     ordered: bool = False,
     params: Mapping[str, Any] | None = None,
+    tasks: set[asyncio.Task[None]] | None = None,
 ) -> BatchIterator[BatchItem]:
     """Generate images for many prompts, at most ``client.max_concurrency`` at once.
 
@@ -400,7 +401,7 @@ def generate_many(
             (``param`` is its name), or ``prompts`` is not an iterable of prompts.
     """
     params = dict(params or {})
-    allowed = GENERATE_KEYWORDS
+    allowed = GENERATE_KEYWORDS - {"stats"}
     for key in params:
         if key == "prompt":
             raise ValidationError("prompt", "the prompts come from `prompts`, not from params")
@@ -419,6 +420,6 @@ def generate_many(
         return await make_item(client, index, spec, frozen, allowed)
 
     return BatchIterator(
-        prompts, work, concurrency=client._gate.ceiling, ordered=ordered,
-        ready=client._gate.ready_limit,
+        prompts, work, concurrency=client.max_in_flight, ordered=ordered,
+        ready=client.max_results_held, tasks=tasks,
     )

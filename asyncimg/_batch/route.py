@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-import anyio.to_thread
 import attrs
 
 from .._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
+from .._offloop import blocking
 from .._params import GenerateParams
 from .api import (
     BatchAPIJob,
@@ -140,7 +140,7 @@ class RouteState:
 
     def save(self) -> None:
         """Write the state atomically and durably (temporary file, fsync, rename)."""
-        from .._client import write_atomic
+        from .._fs import write_atomic
 
         body = {"jobs": [job.to_json() for job in self.jobs]}
         write_atomic(self.path, json.dumps(body, indent=1).encode() + b"\n")
@@ -189,10 +189,10 @@ class _Run:
         """The input files planned by this run, by their SHA-256."""
 
     async def _save(self) -> None:
-        await anyio.to_thread.run_sync(self.state.save)
+        await blocking(self.state.save)
 
     async def _record(self, record: Record) -> None:
-        await anyio.to_thread.run_sync(self.manifest.append, record)
+        await blocking(self.manifest.append, record)
         self.manifest.done.add(record.id)
         summary = self.summary
         if record.ok:
@@ -272,9 +272,9 @@ class _Run:
             await self._save()
 
     async def _find_file(self, filename: str) -> str | None:
-        from .api import _decode, _request
+        from .api import _decode
 
-        listed = _decode(await _request(self.client, "GET", "/files?purpose=batch"))
+        listed = _decode(await self.client.request("GET", "/files", params={"purpose": "batch"}))
         data = listed.get("data") if isinstance(listed, dict) else None
         for obj in data if isinstance(data, list) else ():
             if isinstance(obj, dict) and obj.get("filename") == filename and isinstance(
@@ -412,7 +412,7 @@ async def run_via_batch_api(
     manifest = Manifest(folder, retry_failed=retry_failed,
                         server=server or public_url(client.base_url))
     try:
-        await anyio.to_thread.run_sync(manifest.open)
+        await blocking(manifest.open)
         # The client's default model changes the images: it is in every id, as directly.
         effective = {"model": client.model, **params} if client.model else params
         summary = BatchSummary(total=None)
@@ -423,7 +423,7 @@ async def run_via_batch_api(
             with open_input() as stream:
                 return {e.id: e for e in read_entries(stream, fmt, effective)}
 
-        everything = await anyio.to_thread.run_sync(read)
+        everything = await blocking(read)
         await run.adopt_uploads()
         live = run.state.live
         if live:

@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 import attrs
 
+from .._callstats import CallStats
 from .._exceptions import AsyncImgError, ValidationError
 from .._keywords import GENERATE_KEYWORDS
 from .._limiter import LimiterStats, RateLimit
+from .._offloop import blocking
 from .._params import GenerateParams
-from .._retry import ATTEMPT_LOG, AttemptLog
 from .._version import __version__
 from .control import BatchControl, fatal_error
 from .input import Entry, InputError, TextLines, read_entries
@@ -288,7 +288,7 @@ async def run_batch(
         folder, retry_failed=retry_failed, server=server or public_url(client.base_url)
     )
     try:
-        await anyio.to_thread.run_sync(manifest.open)
+        await blocking(manifest.open)
         # The client's default model changes the images: it is in every id too.
         effective = {"model": client.model, **params} if client.model else params
         total: int | None = None
@@ -301,7 +301,7 @@ async def run_batch(
                 done = sum(1 for i in ids if i in manifest.done)
                 return len(ids) - done, done
 
-            total, skipped = await anyio.to_thread.run_sync(count)
+            total, skipped = await blocking(count)
         summary = BatchSummary(
             total=total,
             skipped=skipped,
@@ -320,8 +320,8 @@ async def run_batch(
 
             async def work(index: int, entry: Entry) -> Record | None:
                 return await control.run(
-                    lambda attempts: _run_entry(
-                        client, entry, effective, allowed, folder, attempts, control
+                    lambda stats: _run_entry(
+                        client, entry, effective, allowed, folder, stats, control
                     )
                 )
 
@@ -329,7 +329,7 @@ async def run_batch(
             sink.start(summary)
             batch = BatchIterator(
                 control.pull(entries, bad_input=InputError), work,
-                concurrency=client._gate.ceiling, ready=client._gate.ready_limit,
+                concurrency=client.max_in_flight, ready=client.max_results_held,
             )
             async with batch, anyio.create_task_group() as tg:
 
@@ -344,7 +344,7 @@ async def run_batch(
                     if record is None or control.reason == "aborted":
                         continue
                     try:
-                        await anyio.to_thread.run_sync(manifest.append, record)
+                        await blocking(manifest.append, record)
                     except OSError as exc:
                         control.stop(
                             "aborted", f"cannot write {manifest.path}: {exc}", cancel_sent=True
@@ -413,16 +413,15 @@ async def _run_entry(
     params: Mapping[str, Any],
     allowed: frozenset[str],
     folder: Path,
-    attempts: list[int],
+    stats: CallStats,
     control: BatchControl,
 ) -> Record | None:
     effective = {k: v for k, v in {**params, **entry.params}.items() if v is not None}
-    log = AttemptLog()
 
     def record(**fields: Any) -> Record:
         return Record(
             entry.id, entry.line, entry.prompt, effective,
-            sent=tuple(log.sent), rate_limited=log.rate_limited, **fields,
+            sent=tuple(stats.sent), rate_limited=stats.rate_limited, **fields,
         )
 
     if entry.problem is not None:
@@ -433,13 +432,9 @@ async def _run_entry(
             attempts=0,
         )
     started = time.monotonic()
-    token = ATTEMPT_LOG.set(log)
-    try:
-        item = await make_item(
-            client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed, attempts
-        )
-    finally:
-        ATTEMPT_LOG.reset(token)
+    item = await make_item(
+        client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed, stats
+    )
     if item.response is None:
         assert item.error is not None
         fatal = fatal_error(item.error)

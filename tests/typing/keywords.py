@@ -8,7 +8,7 @@ blocking client alike. An unneeded ``type: ignore`` is itself an error
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from typing_extensions import assert_type
@@ -16,6 +16,7 @@ from typing_extensions import assert_type
 from asyncimg import (
     AsyncImagesClient,
     BatchItem,
+    BatchIterator,
     CompletedImageEvent,
     ImagesClient,
     ImagesResponse,
@@ -38,7 +39,7 @@ async def async_calls(client: AsyncImagesClient) -> None:
     assert_type(e, ImagesResponse)
     v = await client.create_variation(b"png", n=2, size="256x256")
     assert_type(v, ImagesResponse)
-    assert_type(client.generate_many(["a"], n=1, size="256x256"), AsyncIterator[BatchItem])
+    assert_type(client.generate_many(["a"], n=1, size="256x256"), BatchIterator[BatchItem])
 
     await client.generate("a cat", sizes="1024x1024")  # type: ignore[call-overload]
     await client.generate("a cat", n="2")  # type: ignore[call-overload]

@@ -1,0 +1,89 @@
+"""Writing files we create: atomically, under names that cannot leave their directory.
+
+A reader never sees a half-written image: bytes go to a temporary file in the
+same directory (mode 0o666 less the umask, as ``open()`` would), are flushed to
+disk, then renamed or hard-linked into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import secrets
+from pathlib import Path
+
+__all__ = ["safe_stem", "write_atomic", "write_new"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
+_DASHES = re.compile(r"-{2,}")
+
+
+def safe_stem(stem: str) -> str:
+    """A file name stem that cannot leave its directory: no separators, no leading dots."""
+    cleaned = _DASHES.sub("-", _UNSAFE.sub("-", stem)).strip(".-")
+    return cleaned[:120] or "image"
+
+
+def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
+    """``data`` in a new temporary file of ``folder``, flushed (mode 0o666 less the umask)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{stem}.{secrets.token_hex(6)}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed over it (replacing it).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    tmp = _write_temp(path.parent, path.name, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_new(folder: Path, stem: str, ext: str, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``folder/{stem}.{ext}``, or ``{stem}-1.{ext}``, ... if taken.
+
+    The bytes go to a temporary file in the same directory (created with mode
+    0o666, so the umask applies), are flushed to disk, then hard-linked to the
+    first free name: an existing file is never replaced (unless ``overwrite``:
+    then it is renamed over ``{stem}.{ext}``), and a reader never sees a
+    partial image. Returns the path written.
+
+    Raises:
+        OSError: the file cannot be written (or the file system has no hard links).
+    """
+    if overwrite:
+        path = folder / f"{stem}.{ext}"
+        write_atomic(path, data)
+        return path
+    tmp = _write_temp(folder, stem, data)
+    try:
+        for n in itertools.count():
+            path = folder / (f"{stem}.{ext}" if n == 0 else f"{stem}-{n}.{ext}")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                continue
+            return path
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
