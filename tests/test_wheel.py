@@ -23,6 +23,10 @@ MUST_SHIP = (
     "asyncimg/__init__.py",
     "asyncimg/testing/__init__.py",
     "asyncimg/lua/limiter.lua",  # the RedisLimiter's script, read with importlib.resources
+    # The report page's templates, read with importlib.resources too.
+    "asyncimg/_batch/templates/report.html",
+    "asyncimg/_batch/templates/report.css",
+    "asyncimg/_batch/templates/report.js",
 )
 
 SMOKE = textwrap.dedent(

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import functools
 import html
+import importlib.resources
 import json
 import math
 import os
@@ -391,7 +393,7 @@ def render(
     charts = "".join(_charts(items, runs)) or '<p class="meta">no images were sent</p>'
     cards = [_card_data(item, shown, directory) for item in items]
     failed = sum(not item.ok for item in items)
-    return _PAGE.format(
+    return _template("report.html").format(
         title=name,
         details=details,
         tiles=tiles,
@@ -401,8 +403,8 @@ def render(
         failed=failed,
         data=_script_json(cards),
         page_size=PAGE_SIZE,
-        style=_STYLE,
-        script=_SCRIPT,
+        style=_template("report.css"),
+        script=_template("report.js"),
     )
 
 
@@ -432,191 +434,7 @@ def write_report(directory: str | os.PathLike[str], *, thumbnails: bool = True) 
     return target
 
 
-_STYLE = """
-:root{--bg:#f6f7f9;--card:#fff;--ink:#1d2330;--mute:#667085;--line:#e4e7ec;--blue:#2f6fed;
---red:#d92d20;--green:#12a150}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-background:var(--bg);color:var(--ink)}
-header{padding:20px 28px 8px}h1{font-size:20px;margin:0 0 4px}
-.meta{color:var(--mute);margin:4px 0}
-main{padding:0 28px 40px}
-.tiles{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0 18px}
-.tile{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:10px 14px;
-min-width:120px}
-.tile .v{font-size:20px;font-weight:600}.tile .k{color:var(--mute);font-size:12px}
-.charts{display:grid;gap:12px;margin-bottom:18px}
-.chart{background:var(--card);border:1px solid var(--line);border-radius:10px;width:100%;
-max-width:920px;height:auto}
-.chart .title{font-size:13px;font-weight:600;fill:var(--ink)}
-.chart .tick{font-size:11px;fill:var(--mute)}.chart .grid{stroke:var(--line)}
-.chart .series{fill:none;stroke:var(--blue);stroke-width:1.5}
-.chart .area{fill:var(--blue);opacity:.12}
-.chart .limit{stroke:var(--red);stroke-width:1.5;stroke-dasharray:6 4}
-.chart .limit-label{font-size:11px;fill:var(--red)}
-.bar{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin:10px 0 14px;
-position:sticky;top:0;background:var(--bg);padding:8px 0;z-index:1}
-.bar button{border:1px solid var(--line);background:var(--card);border-radius:999px;
-padding:5px 12px;cursor:pointer;font:inherit}
-.bar button.on{background:var(--ink);color:#fff;border-color:var(--ink)}
-.bar input{flex:1;min-width:200px;max-width:420px;padding:6px 10px;border:1px solid var(--line);
-border-radius:8px;font:inherit}
-.pager{margin-left:auto;color:var(--mute)}
-.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:14px}
-.card{background:var(--card);border:1px solid var(--line);border-radius:12px;overflow:hidden;
-display:flex;flex-direction:column}
-.card.failed{border-color:#f5b5ae}
-.imgs{display:grid;grid-template-columns:repeat(var(--cols,1),1fr);grid-auto-rows:1fr;gap:2px;
-aspect-ratio:1;background:#eef0f3}
-.imgs a{display:block;min-height:0}
-.imgs img{width:100%;height:100%;object-fit:contain;display:block}
-.ph{display:flex;align-items:center;justify-content:center;text-align:center;
-padding:12px;color:var(--red);background:#fdf1f0;font-weight:600}
-.body{padding:10px 12px;display:flex;flex-direction:column;gap:6px}
-.prompt{display:-webkit-box;-webkit-line-clamp:4;-webkit-box-orient:vertical;overflow:hidden;
-overflow-wrap:anywhere}
-.revised{color:var(--mute);font-style:italic;overflow-wrap:anywhere}
-.chips{display:flex;flex-wrap:wrap;gap:4px}
-.chip{background:#eef2ff;color:#3346a8;border-radius:6px;padding:1px 6px;font-size:12px}
-.err{color:var(--red);overflow-wrap:anywhere}.err b{display:block}
-.small{color:var(--mute);font-size:12px;overflow-wrap:anywhere}
-.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
-.badge{display:inline-block;border-radius:6px;padding:0 6px;font-size:12px;font-weight:600}
-.badge.ok{background:#e7f6ec;color:var(--green)}.badge.failed{background:#fdecea;color:var(--red)}
-nav.pages{display:flex;gap:8px;justify-content:center;margin:18px 0}
-nav.pages button{border:1px solid var(--line);background:var(--card);border-radius:8px;
-padding:6px 14px;cursor:pointer;font:inherit}
-nav.pages button:disabled{opacity:.4;cursor:default}
-.empty{color:var(--mute);padding:30px;text-align:center}
-"""
-
-_SCRIPT = """
-"use strict";
-const ITEMS = JSON.parse(document.getElementById("items").textContent);
-const PAGE = Number(document.getElementById("gallery").dataset.pageSize);
-const grid = document.getElementById("gallery");
-const pager = document.getElementById("pager");
-let shown = ITEMS, page = 0, status = "all", query = "";
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-function card(it) {
-  const c = el("article", it.error ? "card failed" : "card");
-  c.dataset.id = it.id;
-  const imgs = el("div", "imgs");
-  if (it.error) {
-    imgs.append(el("div", "ph", it.error.type || "failed"));
-  } else {
-    imgs.style.setProperty("--cols", Math.ceil(Math.sqrt(it.images.length)) || 1);
-    for (const im of it.images) {
-      if (im.missing) { imgs.append(el("div", "ph", "missing: " + im.missing)); continue; }
-      const a = el("a"); a.href = im.full;
-      const img = el("img"); img.loading = "lazy"; img.decoding = "async";
-      img.alt = it.prompt; img.src = im.thumb;
-      a.append(img); imgs.append(a);
-    }
-  }
-  const b = el("div", "body");
-  const head = el("div", "small");
-  head.append(el("span", "badge " + (it.error ? "failed" : "ok"), it.error ? "failed" : "done"),
-              " line " + it.line + " \\u00b7 " + it.seconds + " s" +
-              (it.attempts != null ? " \\u00b7 " + it.attempts + " attempt" +
-               (it.attempts === 1 ? "" : "s") : "") +
-              (it.rate_limited ? " \\u00b7 " + it.rate_limited + " \\u00d7 429" : ""));
-  b.append(head);
-  const p = el("div", "prompt", it.prompt); p.title = it.prompt; b.append(p);
-  if (it.revised) b.append(el("div", "revised", "revised: " + it.revised));
-  if (it.params) {
-    const chips = el("div", "chips");
-    for (const [k, v] of Object.entries(it.params)) chips.append(el("span", "chip", k + " " + v));
-    b.append(chips);
-  }
-  if (it.error) {
-    const e = it.error, box = el("div", "err");
-    box.append(el("b", "", [e.type, e.code, e.status].filter(Boolean).join(" \\u00b7 ")),
-               e.message || "");
-    if (e.param) box.append(el("div", "small", "param: " + e.param));
-    b.append(box);
-  }
-  b.append(el("div", "small mono", it.id + (it.request_id ? " \\u00b7 " + it.request_id : "")));
-  c.append(imgs, b);
-  return c;
-}
-function draw() {
-  const pages = Math.max(1, Math.ceil(shown.length / PAGE));
-  page = Math.min(page, pages - 1);
-  const slice = shown.slice(page * PAGE, (page + 1) * PAGE);
-  grid.replaceChildren(...slice.map(card));
-  if (!slice.length) grid.append(el("div", "empty", "nothing matches"));
-  pager.textContent = shown.length + " of " + ITEMS.length + " items \\u00b7 page " +
-    (page + 1) + " of " + pages;
-  for (const nav of document.querySelectorAll("nav.pages")) {
-    nav.querySelector(".prev").disabled = page === 0;
-    nav.querySelector(".next").disabled = page >= pages - 1;
-  }
-  document.body.dataset.rendered = String(slice.length);
-}
-function apply() {
-  const q = query.toLowerCase();
-  shown = ITEMS.filter(it => (status === "all" || (status === "failed") === !!it.error) &&
-    (!q || (it.prompt + " " + (it.revised || "") + " " + it.id + " " +
-            (it.error ? it.error.message || "" : "")).toLowerCase().includes(q)));
-  page = 0;
-  draw();
-}
-for (const btn of document.querySelectorAll("[data-status]")) {
-  btn.addEventListener("click", () => {
-    status = btn.dataset.status;
-    for (const other of document.querySelectorAll("[data-status]"))
-      other.classList.toggle("on", other === btn);
-    apply();
-  });
-}
-document.getElementById("search").addEventListener("input", e => {
-  query = e.target.value;
-  apply();
-});
-function turn(by) {
-  page += by;
-  draw();
-  scrollTo(0, grid.offsetTop - 60);
-}
-for (const nav of document.querySelectorAll("nav.pages")) {
-  nav.querySelector(".prev").addEventListener("click", () => turn(-1));
-  nav.querySelector(".next").addEventListener("click", () => turn(1));
-}
-draw();
-performance.mark("asyncimg-rendered");
-"""
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self';
- style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>asyncimg report: {title}</title>
-<style>{style}</style></head>
-<body>
-<header><h1>asyncimg batch: {title}</h1>{details}</header>
-<main>
-<section class="tiles" id="summary">{tiles}</section>
-<section class="charts" id="charts">{charts}</section>
-<div class="bar">
-<button data-status="all" class="on">all {all}</button>
-<button data-status="done">done {done}</button>
-<button data-status="failed">failed {failed}</button>
-<input id="search" type="search" placeholder="search prompts, ids, errors" aria-label="search">
-<span class="pager" id="pager"></span>
-</div>
-<noscript><p class="empty">The gallery is drawn by the page's own script: allow JavaScript
-for this file to see the cards.</p></noscript>
-<section class="gallery" id="gallery" data-page-size="{page_size}"></section>
-<nav class="pages"><button class="prev">previous</button><button class="next">next</button></nav>
-</main>
-<script type="application/json" id="items">{data}</script>
-<script>{script}</script>
-</body></html>
-"""
+@functools.cache
+def _template(name: str) -> str:
+    """A file of ``templates/`` (package data, shipped in the wheel like ``lua/``)."""
+    return (importlib.resources.files(__package__) / "templates" / name).read_text("utf-8")
