@@ -15,6 +15,8 @@ import pytest
 from asyncimg import RateLimit
 from asyncimg.cli import main, parse_rate
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 EMU = ["--emulator", "--model", "dall-e-2", "--size", "256x256"]
 

@@ -18,6 +18,8 @@ import pytest
 from asyncimg.cli import EXIT_ABORTED, EXIT_FATAL, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
 from asyncimg.testing import Fault, emulator_thread
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 EMU = ["--emulator", "--model", "dall-e-2", "--size", "256x256"]
 

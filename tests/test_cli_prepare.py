@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import ImageChops
 
 from .pictures import CORNERS, corner_colours, decode, encode, quadrants, without_pillow
+
+pytestmark = pytest.mark.subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,6 +13,8 @@ import pytest
 
 from ._redis_server import RedisServer, running_redis
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 EMU = ["--emulator", "--model", "dall-e-2", "--size", "256x256"]
 

@@ -115,15 +115,3 @@ def test_tree_is_drawn_in_the_docstring() -> None:
     for name in asyncimg._exceptions.__all__:
         if name[0].isupper():
             assert name in doc, name
-
-
-def test_exported_members_are_complete_and_sorted() -> None:
-    assert asyncimg.__all__ == sorted(asyncimg.__all__)
-    public = {n for n in dir(asyncimg) if not n.startswith("_")} - {
-        "testing", "cli"
-    }
-    exported = set(asyncimg.__all__)
-    modules = {n for n in public if type(getattr(asyncimg, n)).__name__ == "module"}
-    assert public - modules <= exported
-    for name in asyncimg.__all__:
-        assert hasattr(asyncimg, name)

@@ -9,6 +9,8 @@ import pytest
 from asyncimg import AsyncImagesClient, ImagesClient
 from asyncimg.testing.pytest_plugin import EMULATOR_API_KEY
 
+pytestmark = pytest.mark.subprocess
+
 pytest_plugins = ["asyncimg.testing.pytest_plugin"]
 
 

@@ -28,6 +28,8 @@ from asyncimg.testing import Emulator
 
 from ._redis_server import RedisServer, running_redis
 
+pytestmark = pytest.mark.subprocess
+
 pytest.importorskip("redis")
 
 WORKER = Path(__file__).parent / "scripts" / "shared_limit_worker.py"

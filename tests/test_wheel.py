@@ -55,6 +55,8 @@ SMOKE = textwrap.dedent(
     """
 )
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
 
 def _clean_env() -> dict[str, str]:
     drop = ("PYTHONPATH", "VIRTUAL_ENV", "OPENAI_API_KEY", "OPENAI_BASE_URL")
