@@ -31,7 +31,7 @@ def test_each_declaration_names_exactly_the_fields_its_request_sends(
     fields = {a.name for cls in params for a in attrs.fields(cls)}
     assert declared - OPTIONS == fields - positional - {"extra_body"}
     assert {
-        "extra_body", "timeout", "max_retries", "extra_headers", "extra_query"
+        "extra_body", "timeout", "max_retries", "extra_headers", "extra_query", "stats"
     } == OPTIONS <= declared
 
 
