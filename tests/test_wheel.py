@@ -1,12 +1,16 @@
 """The wheel built from the tree is what users get: build it, install it into a fresh venv, use it.
 
-The venv has only the wheel and its declared dependencies (no editable checkout on
-``sys.path``), so a file missing from the wheel, or an import the core does not
-declare, fails here. Package data that must ship is listed in ``MUST_SHIP``.
+The venv has only the wheel, installed without extras, and its declared dependencies
+(no editable checkout on ``sys.path``), so a file missing from the wheel, or an import
+the core does not declare, fails here. Package data that must ship is listed in
+``MUST_SHIP``. The wheel is built with the locked build backend (uv.lock's ``build``
+group), and the dependencies are pinned to the versions this environment has from the
+lock, so the test does not change with the day's releases.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -31,7 +35,7 @@ MUST_SHIP = (
 
 SMOKE = textwrap.dedent(
     """
-    import asyncio, importlib.resources, sys
+    import asyncio, importlib.resources, importlib.util, sys
 
     import asyncimg
     from asyncimg import AsyncImagesClient
@@ -40,6 +44,8 @@ SMOKE = textwrap.dedent(
     assert "site-packages" in asyncimg.__file__, asyncimg.__file__
     assert importlib.resources.files("asyncimg").joinpath("py.typed").is_file()
     assert "redis" not in sys.modules  # the extra is not installed, nor needed
+    # Installed without extras: none of theirs is there.
+    assert [n for n in ("rich", "redis", "PIL") if importlib.util.find_spec(n)] == []
     assert asyncimg.RedisLimiter.__name__ == "RedisLimiter"  # its Lua script ships
 
     async def main() -> None:
@@ -63,13 +69,24 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
+def _locked_pins() -> str:
+    """``name==version`` of every distribution here (the lock's), asyncimg itself aside."""
+    pins = {
+        f"{dist.metadata['Name']}=={dist.version}"
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"].lower() != "asyncimg"
+    }
+    return "\n".join(sorted(pins)) + "\n"
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel of this tree, built as pip builds it (isolated, from a copy of the sources)."""
+    """The wheel of this tree, built by ``python -m build`` with the locked hatchling."""
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT)],
-        check=True, env=_clean_env(), timeout=300,
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out),
+         str(ROOT)],
+        check=True, env=_clean_env(), timeout=300, stdout=subprocess.DEVNULL,
     )
     (built,) = out.glob("asyncimg-*.whl")
     return built
@@ -88,9 +105,12 @@ def test_the_wheel_installed_in_a_fresh_venv_makes_a_call(
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
+    pins = tmp_path / "pins.txt"
+    pins.write_text(_locked_pins(), encoding="utf-8")
+    # As a user installs it (pip, no extras), with the dependencies at the lock's versions.
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         str(wheel)],
+         "-c", str(pins), str(wheel)],
         check=True, env=_clean_env(), timeout=300,
     )
     done = subprocess.run(
