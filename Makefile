@@ -24,7 +24,7 @@ SYNC_bench := --all-extras --all-groups
 # The demo: the CLI (rich) and the report's thumbnails (Pillow), nothing else.
 SYNC_demo := --extra cli --extra images
 
-.PHONY: test venv demo bench bench-throughput lint lock clean
+.PHONY: test test-fast venv demo bench bench-throughput lint lock clean
 
 $(UV_STAMP):
 	rm -rf $(TOOLS)
@@ -59,6 +59,10 @@ lint: $(VENV)/.synced-test
 
 test: lint
 	$(PY) -m pytest -q
+
+# The fast part of the suite, for while you work: no subprocesses, browsers or wheel builds.
+test-fast: $(VENV)/.synced-test
+	$(PY) -m pytest -q -m "not slow and not subprocess"
 
 # Every package to its newest release that pyproject.toml admits; then what changed.
 lock: $(UV_STAMP)
