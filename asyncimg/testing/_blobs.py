@@ -34,13 +34,10 @@ _BLOB_ERROR = (
 class BlobStore:
     """The url results: stored by :meth:`store`, downloaded through :meth:`answer`.
 
-    ``origin`` gives the store's base url (``http://HOST:PORT``) when a url is
-    made; ``ttl`` and ``max_urls`` may be changed at any time.
+    ``origin`` gives the store's base url (``http://HOST:PORT``) when it is needed.
     """
 
-    def __init__(self, origin: Callable[[], str], ttl: float, max_urls: int) -> None:
-        self.ttl = ttl
-        self.max_urls = max_urls
+    def __init__(self, origin: Callable[[], str]) -> None:
         self._origin = origin
         # Insertion-ordered, so the oldest url is the first to go.
         self._blobs: dict[str, tuple[Recipe, float]] = {}
@@ -52,16 +49,17 @@ class BlobStore:
         """Forget every url."""
         self._blobs.clear()
 
-    def store(self, recipe: Recipe, now: float) -> str:
-        """Keep ``recipe`` downloadable from ``now`` on; its signed-looking url."""
+    def store(self, recipe: Recipe, now: float, *, ttl: float, keep: int) -> str:
+        """Keep ``recipe`` downloadable ``ttl`` seconds from ``now``; its signed-looking url.
+
+        Only the latest ``keep`` urls stay; older ones are forgotten.
+        """
         name = f"img-{secrets.token_urlsafe(18)}.png"
         # Keep the recipe, not the bytes: a long run of url results stays small in memory.
-        self._blobs[name] = (recipe, now + self.ttl)
-        while len(self._blobs) > self.max_urls:
+        self._blobs[name] = (recipe, now + ttl)
+        while len(self._blobs) > keep:
             del self._blobs[next(iter(self._blobs))]
-        expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
-            seconds=self.ttl
-        )
+        expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=ttl)
         se = expiry.strftime("%Y-%m-%dT%H%%3A%M%%3A%SZ")
         sig = base64.urlsafe_b64encode(hashlib.sha256(name.encode()).digest()[:24]).decode()
         return f"{self._origin()}/blobs/{name}?se={se}&sp=r&sig={sig}"

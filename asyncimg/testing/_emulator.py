@@ -3,40 +3,36 @@
 Endpoints (under ``base_url``, which ends in ``/v1``), each surface in a module
 of its own behind :class:`Emulator`:
 
-* ``POST /v1/images/generations`` (JSON), ``POST /v1/images/edits`` and
-  ``POST /v1/images/variations`` (multipart: ``image`` or ``image[]``,
-  ``mask``, text fields), and ``POST /v1/images/edits`` as ``application/json``
-  too (images by reference, :mod:`._refs`): the bodies, the model defaults, the
-  content policy, the images and their usage are in :mod:`._images`; with
-  ``stream: true`` (GPT image models) a generation or an edit answers
-  server-sent events: partial images, then the completed one
+* ``POST /v1/images/generations``, ``/v1/images/edits`` (multipart, or JSON
+  with images by reference, :mod:`._refs`) and ``/v1/images/variations``: the
+  bodies, the model defaults, the content policy, the images and their usage
+  are in :mod:`._images`; ``stream: true`` answers server-sent events
   (:mod:`._streaming`);
 * with ``azure=True``, the Azure OpenAI paths instead
-  (``/openai/deployments/<name>/images/...?api-version=``, key as ``api-key``,
-  see :mod:`._azure`);
+  (``/openai/deployments/<name>/images/...?api-version=``, :mod:`._azure`);
 * ``/v1/files`` and ``/v1/batches``: the Files and Batch APIs, at a pace tests
   set (:mod:`._batches`, ``Emulator.batches``);
-* ``GET /blobs/<name>.png?se=...`` serves ``url`` results, on another origin
-  (a second port, ``blob_base_url``) with no key (:mod:`._blobs`).
+* ``GET /blobs/<name>.png?se=...``: ``url`` results, on another origin (a
+  second port, ``blob_base_url``) with no key (:mod:`._blobs`).
 
 Each request is judged in this order: a scripted :class:`Fault` that replaces
 the answer (:mod:`._faults`, answered by :mod:`._errors`); the key (401,
 :mod:`._keys`); the content type and body (400); the parameters, with the
-client's own rules (:func:`asyncimg._params.from_wire`, 400) and those of the
-model that answers (:mod:`._images`); the images-per-window limit (429,
+client's own rules (:func:`asyncimg._params.from_wire`) and those of the model
+that answers (400, :mod:`._images`); the images-per-window limit (429,
 :mod:`._ratelimit`); the content policy (a prompt containing
-:data:`CONTENT_POLICY_MARKER` gives 400 ``content_policy_violation`` for the
-dall-e models, ``moderation_blocked`` for the GPT image models). A request that
-passes the limit is recorded in ``arrivals`` and spends budget, even if the
-content policy then refuses it. A request is counted when its body has been
-read, as a real server must (the model, and so the limit, is in the body).
-Then the answer waits ``latency`` and is written as a delivery fault says
-(:mod:`._delivery`), and the request goes into the journal (:mod:`._journal`).
+:data:`CONTENT_POLICY_MARKER`: 400). A request that passes the limit is
+recorded in ``arrivals`` and spends budget, even if the content policy then
+refuses it. A request is counted when its body has been read, as a real server
+must (the model, and so the limit, is in the body). The answer then waits
+``latency``, goes out as a delivery fault says (:mod:`._delivery`), and the
+request is written in the journal (:mod:`._journal`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import secrets
@@ -56,9 +52,9 @@ from ._errors import Answer, Closing, Refusal, fault_answer, refuse
 from ._faults import Fault, FaultQueue
 from ._headers import HeaderStyle, styled_headers
 from ._images import ROUTES, images_answer, judge_images, police, read_body
-from ._journal import Journal, JournalEntry
-from ._keys import check_key, redacted
-from ._ratelimit import ImagesWindow, parse_rate
+from ._journal import Journal, JournalEntry, journal_entry
+from ._keys import check_key
+from ._ratelimit import ImagesWindow, Limit, parse_rate
 from ._refs import RefResolver
 
 __all__ = ["Emulator"]
@@ -142,7 +138,8 @@ class Emulator:
         self.azure = azure
         self.host = host
         self.port = port
-        self._window = ImagesWindow(parse_rate(images_per_minute), journal_size)
+        self.rate_limit: Limit | None = parse_rate(images_per_minute)
+        self.url_ttl = url_ttl
         self.latency = latency
         self.latency_sigma = latency_sigma
         self.download_latency = download_latency
@@ -150,8 +147,10 @@ class Emulator:
         self.clock: Callable[[], float] = clock or time.monotonic
         self.journal = Journal(journal_size)
         self.journal_size = journal_size
+        self.max_urls = max_urls
+        self._window = ImagesWindow(journal_size)
         self._faults = FaultQueue()
-        self._blobs = BlobStore(lambda: self.blob_base_url, url_ttl, max_urls)
+        self._blobs = BlobStore(lambda: self.blob_base_url)
         self.batches = BatchAPI(self._render_batch_line, self.clock)
         """The Files and Batch APIs (:class:`BatchAPI`): set ``batches.pace`` to steer batches."""
         self._refs = RefResolver(
@@ -167,38 +166,13 @@ class Emulator:
         return f"<Emulator {state}>"
 
     @property
-    def rate_limit(self) -> tuple[int, float] | None:
-        """The images-per-window limit, ``(images, per)``, or None (see :mod:`._ratelimit`)."""
-        return self._window.limit
-
-    @rate_limit.setter
-    def rate_limit(self, value: tuple[int, float] | None) -> None:
-        self._window.limit = value
-
-    @property
     def arrivals(self) -> list[tuple[float, int]]:
-        """``(time, images)`` of the requests that passed the rate limit, in order (the
-        time its body was read; the latest ``journal_size`` or more: trimmed when it
-        reaches twice that)."""
+        """``(time, images)`` of the requests that passed the rate limit, in order.
+
+        The time is when its body was read; the latest ``journal_size`` are kept,
+        or more (trimmed when it reaches twice that).
+        """
         return self._window.arrivals
-
-    @property
-    def url_ttl(self) -> float:
-        """Seconds a ``url`` result stays downloadable (see :mod:`._blobs`)."""
-        return self._blobs.ttl
-
-    @url_ttl.setter
-    def url_ttl(self, value: float) -> None:
-        self._blobs.ttl = value
-
-    @property
-    def max_urls(self) -> int:
-        """How many ``url`` results are kept downloadable."""
-        return self._blobs.max_urls
-
-    @max_urls.setter
-    def max_urls(self, value: int) -> None:
-        self._blobs.max_urls = value
 
     # -------------------------------------------------------------- lifecycle
 
@@ -351,7 +325,7 @@ class Emulator:
         Raises:
             ValueError: ``per`` is not given and no limit is configured.
         """
-        return self._window.max_images_in_window(per)
+        return self._window.max_images_in_window(self.rate_limit, per)
 
     # ---------------------------------------------------------------- handling
 
@@ -375,19 +349,13 @@ class Emulator:
         started = time.perf_counter()
         arrived = self.clock()
         request_id = f"req_{secrets.token_hex(16)}"
-        record: dict[str, Any] = {
-            "json": None,
-            "fields": {},
-            "files": (),
-            "status": None,
-            "fault": None,
-            "images": 0,
-        }
+        record: dict[str, Any] = {"json": None, "fields": {}, "files": (), "status": None,
+                                  "fault": None, "images": 0}  # the journal's, as learnt
         try:
             answer, fault = await self._judge(request, arrived, record)
             record["fault"] = fault.kind if fault is not None else None
             if request.path.startswith(("/v1/", "/openai/")):
-                for name, value in self._window.headers(arrived).items():
+                for name, value in self._window.headers(self.rate_limit, arrived).items():
                     answer.headers.setdefault(name, value)
             answer.headers["x-request-id"] = request_id
             answer.headers["openai-version"] = OPENAI_VERSION
@@ -402,17 +370,7 @@ class Emulator:
             drop(request)
             return web.Response(status=503)
         finally:
-            self.journal.append(
-                JournalEntry(
-                    method=request.method,
-                    path=request.path,
-                    query=dict(request.query),
-                    headers=redacted(request.headers),
-                    time=arrived,
-                    request_id=request_id,
-                    **record,
-                )
-            )
+            self.journal.append(journal_entry(request, arrived, request_id, record))
 
     async def _judge(
         self, request: web.Request, arrived: float, record: dict[str, Any]
@@ -434,12 +392,12 @@ class Emulator:
             if request.path.startswith("/blobs/") and request.method in ("GET", "HEAD"):
                 return self._blobs.answer(request.path[len("/blobs/") :], arrived), fault
             if request.path.startswith(("/v1/files", "/v1/batches")):
-                self._check_key(request)
+                check_key(request.headers, request.query, self.api_key, azure=self.azure)
                 status, body, content_type = await self.batches.handle(request)
                 return Answer(status, body, {}, content_type), fault
             if endpoint is None:
                 refuse(404, f"Invalid URL ({request.method} {request.path})")
-            self._check_key(request)
+            check_key(request.headers, request.query, self.api_key, azure=self.azure)
             if read_error is not None:
                 return read_error, fault
             # Counted once the body is in, as a real server must (the model is in it).
@@ -454,9 +412,6 @@ class Emulator:
             route = azure_route(path)
             return None if route is None else route[1]
         return ROUTES.get(path)
-
-    def _check_key(self, request: web.Request) -> None:
-        check_key(request.headers, request.query, self.api_key, azure=self.azure)
 
     def _answer(
         self,
@@ -477,9 +432,10 @@ class Emulator:
         judged = judge_images(endpoint, fields, files, self._refs, as_json=as_json)
         images = judged.params.images
         record["images"] = images
-        headers = self._window.admit(images, now) if admit else {}
+        headers = self._window.admit(self.rate_limit, images, now) if admit else {}
         police(judged, headers, azure=self.azure)
-        return images_answer(judged, headers, lambda recipe: self._blobs.store(recipe, now))
+        store = functools.partial(self._blobs.store, now=now, ttl=self.url_ttl, keep=self.max_urls)
+        return images_answer(judged, headers, store)
 
     def _render_batch_line(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
         """Answer one Batch API line as its endpoint would, outside the images limit."""

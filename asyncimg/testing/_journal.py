@@ -14,10 +14,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, overload
 
 import attrs
+from aiohttp import web
 
 from ._faults import path_matches
+from ._keys import redacted
 
-__all__ = ["Journal", "JournalEntry", "UploadedFile"]
+__all__ = ["Journal", "JournalEntry", "UploadedFile", "journal_entry"]
 
 
 @attrs.frozen
@@ -117,3 +119,23 @@ class Journal(Sequence[JournalEntry]):
             and (method is None or e.method == method.upper())
             and (status is None or e.status == status)
         ]
+
+
+def journal_entry(
+    request: web.Request, arrived: float, request_id: str, record: Mapping[str, Any]
+) -> JournalEntry:
+    """The entry of ``request``, its key headers masked; ``record`` holds what was learnt.
+
+    ``record`` has the other fields of :class:`JournalEntry` (``json``,
+    ``fields``, ``files``, ``status``, ``fault``, ``images``, ``events``), as
+    handling the request filled them in.
+    """
+    return JournalEntry(
+        method=request.method,
+        path=request.path,
+        query=dict(request.query),
+        headers=redacted(request.headers),
+        time=arrived,
+        request_id=request_id,
+        **record,
+    )

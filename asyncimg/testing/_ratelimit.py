@@ -25,7 +25,7 @@ import math
 
 from ._errors import refuse
 
-__all__ = ["ImagesWindow", "format_duration", "parse_rate"]
+__all__ = ["ImagesWindow", "Limit", "format_duration", "parse_rate"]
 
 
 def format_duration(seconds: float) -> str:
@@ -49,7 +49,7 @@ def format_duration(seconds: float) -> str:
     return secs
 
 
-def parse_rate(value: object) -> tuple[int, float] | None:
+def parse_rate(value: object) -> Limit | None:
     """``(images, per_seconds)`` of an ``images_per_minute=`` argument; None for no limit.
 
     It takes None, an int (images per 60 s), an ``(images, per)`` pair, or
@@ -77,16 +77,20 @@ def parse_rate(value: object) -> tuple[int, float] | None:
     return images, float(per)
 
 
+Limit = tuple[int, float]
+"""``(images, per_seconds)``: the emulator's ``rate_limit``."""
+
+
 class ImagesWindow:
     """The sliding window of admitted images, and the record of every admission.
 
-    ``limit`` is ``(images, per)`` or None (admit everything, send no headers);
-    ``arrivals`` keeps the latest ``keep`` admissions or more (trimmed when it
-    reaches twice that; None: all).
+    Each call is given the emulator's ``limit`` as it is then, ``(images,
+    per)`` or None (admit everything, send no headers); ``arrivals`` keeps the
+    latest ``keep`` admissions or more (trimmed when it reaches twice that;
+    None: all).
     """
 
-    def __init__(self, limit: tuple[int, float] | None, keep: int | None) -> None:
-        self.limit = limit
+    def __init__(self, keep: int | None) -> None:
         self.arrivals: list[tuple[float, int]] = []
         self._keep = keep
         self._window: collections.deque[tuple[float, int]] = collections.deque()
@@ -96,11 +100,11 @@ class ImagesWindow:
         self.arrivals.clear()
         self._window.clear()
 
-    def headers(self, now: float) -> dict[str, str]:
+    def headers(self, rate: Limit | None, now: float) -> dict[str, str]:
         """The ``x-ratelimit-*-images`` headers at ``now`` (none without a limit)."""
-        if self.limit is None:
+        if rate is None:
             return {}
-        limit, per = self.limit
+        limit, per = rate
         window = self._window
         while window and window[0][0] <= now - per:
             window.popleft()
@@ -112,15 +116,15 @@ class ImagesWindow:
             "x-ratelimit-reset-images": format_duration(reset),
         }
 
-    def admit(self, images: int, now: float) -> dict[str, str]:
+    def admit(self, rate: Limit | None, images: int, now: float) -> dict[str, str]:
         """Spend ``images`` from the window at ``now``; the rate headers after it.
 
         Raises:
             Refusal: they do not fit (429, with ``Retry-After`` and the headers).
         """
-        headers = self.headers(now)
-        if self.limit is not None:
-            limit, per = self.limit
+        headers = self.headers(rate, now)
+        if rate is not None:
+            limit, per = rate
             used = sum(n for _t, n in self._window)
             if used + images > limit:
                 wait = per
@@ -146,9 +150,9 @@ class ImagesWindow:
         self.arrivals.append((now, images))
         if self._keep is not None and len(self.arrivals) >= 2 * self._keep:
             del self.arrivals[: -self._keep]
-        return self.headers(now)
+        return self.headers(rate, now)
 
-    def max_images_in_window(self, per: float | None = None) -> int:
+    def max_images_in_window(self, rate: Limit | None, per: float | None = None) -> int:
         """The most images admitted in any window of ``per`` seconds (the limit's by default).
 
         A window is half-open, ``[t, t + per)``, as the limit counts.
@@ -157,9 +161,9 @@ class ImagesWindow:
             ValueError: ``per`` is not given and there is no limit.
         """
         if per is None:
-            if self.limit is None:
+            if rate is None:
                 raise ValueError("give per= (no rate limit is configured)")
-            per = self.limit[1]
+            per = rate[1]
         times = [t for t, _n in self.arrivals]
         counts = [n for _t, n in self.arrivals]
         order = sorted(range(len(times)), key=times.__getitem__)
