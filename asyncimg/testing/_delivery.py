@@ -1,14 +1,15 @@
 """Writing a decided :class:`Answer` onto the wire, as a delivery fault says.
 
-The headers are written in the emulator's ``header_style``
-(:mod:`._headers`). With no fault an answer goes out whole. The faults that
-change the delivery, not the answer (:mod:`._faults`): ``drop`` closes the
-connection before any reply; ``delay`` waits its seconds first; ``truncated``
-sends the first half of the body as a complete response; ``drop_mid_body``
-sends the headers and half the body, then closes; ``trickle`` sends the body
-in ``chunks`` pieces, ``seconds`` apart. A streamed answer's events are written
-by :func:`._streaming.write_events` (``trickle`` and ``drop_stream`` apply per
-event). A client that goes away mid-answer is not an error.
+A whole answer's headers are written in the emulator's ``header_style``
+(:mod:`._headers`), a streamed answer's as they are. With no fault an answer
+goes out whole. The faults that change the delivery, not the answer
+(:mod:`._faults`): ``drop`` closes the connection before any reply; ``delay``
+waits its seconds first; ``truncated`` sends the first half of the body as a
+complete response; ``drop_mid_body`` sends the headers and half the body, then
+closes; ``trickle`` sends the body in ``chunks`` pieces, ``seconds`` apart. A
+streamed answer's events are written by :func:`._streaming.write_events`
+(``trickle`` and ``drop_stream`` apply per event). A client that goes away
+mid-answer is not an error.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ of its own behind :class:`Emulator`:
   (:mod:`._streaming`);
 * with ``azure=True``, the Azure OpenAI paths instead
   (``/openai/deployments/<name>/images/...?api-version=``, :mod:`._azure`);
-* ``/v1/files`` and ``/v1/batches``: the Files and Batch APIs, at a pace tests
-  set (:mod:`._batches`, ``Emulator.batches``);
+* ``/v1/files`` and ``/v1/batches``: the Files API (:mod:`._files`) and the
+  Batch API, at a pace tests set (:mod:`._batches`, ``Emulator.batches``);
 * ``GET /blobs/<name>.png?se=...``: ``url`` results, on another origin (a
   second port, ``blob_base_url``) with no key (:mod:`._blobs`).
 
@@ -393,8 +393,7 @@ class Emulator:
                 return self._blobs.answer(request.path[len("/blobs/") :], arrived), fault
             if request.path.startswith(("/v1/files", "/v1/batches")):
                 check_key(request.headers, request.query, self.api_key, azure=self.azure)
-                status, body, content_type = await self.batches.handle(request)
-                return Answer(status, body, {}, content_type), fault
+                return await self.batches.handle(request), fault
             if endpoint is None:
                 refuse(404, f"Invalid URL ({request.method} {request.path})")
             check_key(request.headers, request.query, self.api_key, azure=self.azure)

@@ -103,12 +103,12 @@ _BAD_JSON = (
     "contact us through our help center at help.openai.com.)"
 )
 
-Files = dict[str, tuple[ImageFile, ...]]
+_Files = dict[str, tuple[ImageFile, ...]]
 
 
 async def read_body(
     request: web.Request, endpoint: Endpoint, record: dict[str, Any]
-) -> tuple[dict[str, Any], Files]:
+) -> tuple[dict[str, Any], _Files]:
     """The fields and files of an images request; the journal's part of them into ``record``.
 
     Raises:
