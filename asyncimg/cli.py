@@ -56,8 +56,8 @@ from ._exceptions import APIError, AsyncImgError, ValidationError
 from ._files import EXTENSIONS
 from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
 from ._limiter import Limiter, RateLimit, RateLimiter
-from ._serve import add_serve_options, positive_int, serve_from_args
 from ._version import __version__
+from .testing._serve import add_serve_options, positive_int, serve_from_args
 
 if TYPE_CHECKING:
     from ._batch import BatchControl, BatchSummary, Record

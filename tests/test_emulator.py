@@ -804,6 +804,38 @@ def test_import_asyncimg_does_not_import_the_emulator() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_asyncimg_testing_imports_a_name_when_it_is_used() -> None:
+    code = (
+        "import sys, asyncimg.testing as t; "
+        "assert 'aiohttp.web' not in sys.modules; "
+        "assert 'asyncimg.testing._emulator' not in sys.modules; "
+        "t.Emulator; "
+        "assert 'aiohttp.web' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_every_public_name_of_asyncimg_testing_is_there() -> None:
+    import asyncimg.testing as testing
+
+    for name in testing.__all__:
+        assert getattr(testing, name) is not None
+        assert name in dir(testing)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        testing.no_such_name  # noqa: B018
+
+
+def test_asyncimg_help_does_not_import_the_emulator() -> None:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "asyncimg", "--help"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "asyncimg.cli" in imported  # the measure sees the command's imports
+    assert "aiohttp.web" not in imported
+    assert "asyncimg.testing._emulator" not in imported
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,7 +9,6 @@
         ...  # point a client at emu.base_url
         assert len(emu.requests("generate")) == 2
 
-Importing this package imports aiohttp.web; ``import asyncimg`` alone does not.
 For blocking code, ``with emulator_thread() as emu:`` runs one on a thread of
 its own. Run one as a process with ``python -m asyncimg.testing --port 8089``
 (the same as ``asyncimg serve``); pytest users get the ``emulator`` fixture
@@ -18,22 +17,30 @@ its own. Run one as a process with ``python -m asyncimg.testing --port 8089``
 installed (``asyncimg[images]``) its JPEG and WebP results are real and its
 edits honour the mask (see ``asyncimg.testing._pictures``); Pillow is imported
 only then.
+
+Each name is imported from its module when first used: ``Emulator`` imports
+aiohttp.web, ``import asyncimg.testing`` alone does not (so ``asyncimg --help``
+stays quick), and ``import asyncimg`` does not import this package at all. The
+emulator's parts each have a module of their own, listed in the docstring of
+``asyncimg.testing._emulator``.
 """
 
-from ._batches import BatchAPI, BatchPace
-from ._emulator import (
-    CONTENT_POLICY_MARKER,
-    Emulator,
-    Journal,
-    JournalEntry,
-    UploadedFile,
-    format_duration,
-    mask_key,
-    serve,
-)
-from ._faults import Fault, FaultKind
-from ._png import encode_png, make_png
-from ._thread import emulator_thread
+from __future__ import annotations
+
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from ._batches import BatchAPI, BatchPace
+    from ._emulator import Emulator
+    from ._faults import Fault, FaultKind
+    from ._images import CONTENT_POLICY_MARKER
+    from ._journal import Journal, JournalEntry, UploadedFile
+    from ._keys import mask_key
+    from ._png import encode_png, make_png
+    from ._ratelimit import format_duration
+    from ._serve import serve
+    from ._thread import emulator_thread
 
 __all__ = [
     "CONTENT_POLICY_MARKER",
@@ -52,3 +59,39 @@ __all__ = [
     "mask_key",
     "serve",
 ]
+
+_HOMES = {
+    "BatchAPI": "_batches",
+    "BatchPace": "_batches",
+    "CONTENT_POLICY_MARKER": "_images",
+    "Emulator": "_emulator",
+    "Fault": "_faults",
+    "FaultKind": "_faults",
+    "Journal": "_journal",
+    "JournalEntry": "_journal",
+    "UploadedFile": "_journal",
+    "emulator_thread": "_thread",
+    "encode_png": "_png",
+    "format_duration": "_ratelimit",
+    "make_png": "_png",
+    "mask_key": "_keys",
+    "serve": "_serve",
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """Import a public name from its module on first use.
+
+    Raises:
+        AttributeError: ``name`` is not one of :data:`__all__`.
+    """
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

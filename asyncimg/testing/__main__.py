@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .._serve import add_serve_options, serve_from_args
+from ._serve import add_serve_options, serve_from_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

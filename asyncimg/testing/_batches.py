@@ -1,7 +1,6 @@
-"""The emulator's Files and Batch APIs: ``/v1/files`` and ``/v1/batches``, at a pace tests set.
+"""The emulator's Batch API: ``/v1/batches``, at a pace tests set.
 
-Files: ``POST /v1/files`` (multipart ``file`` and ``purpose``), ``GET /v1/files``,
-``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``, ``DELETE /v1/files/{id}``.
+Its input and output files are the Files API's (``/v1/files``, :mod:`._files`).
 
 Batches: ``POST /v1/batches`` (``input_file_id``, ``endpoint``, ``completion_window``,
 ``metadata``), ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``,
@@ -33,14 +32,16 @@ from __future__ import annotations
 
 import json
 import random
-import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import attrs
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from attrs.validators import ge, in_, instance_of, optional
+
+from ._errors import Answer, refuse
+from ._files import FilesAPI, StoredFile, new_id, ok
 
 __all__ = ["BatchAPI", "BatchPace", "Outcome", "Render"]
 
@@ -50,7 +51,6 @@ Render = Callable[[str, Mapping[str, Any]], tuple[int, bytes]]
 """``(endpoint path, body) -> (status, JSON body)``: how one batch line is answered."""
 
 _ENDPOINTS = ("/v1/images/generations", "/v1/images/edits")
-_MAX_FILE = 200 * 1024 * 1024
 _MAX_LINES = 50_000
 _TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -72,38 +72,6 @@ class BatchPace:
         default="completed", validator=in_(("completed", "failed", "expired"))
     )
     shuffle: bool = True
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-
-def _refuse(status: int, message: str, param: str | None = None,
-            code: str | None = None) -> NoReturn:
-    raise _Refused(status, message, param, code)
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}{secrets.token_hex(12)}"
-
-
-@attrs.define
-class _File:
-    id: str
-    filename: str
-    purpose: str
-    data: bytes
-    created_at: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "object": "file", "bytes": len(self.data),
-            "created_at": self.created_at, "filename": self.filename,
-            "purpose": self.purpose, "status": "processed", "status_details": None,
-        }
 
 
 @attrs.define
@@ -160,16 +128,21 @@ class BatchAPI:
 
     Reached as ``Emulator.batches``; set :attr:`pace` before a batch is created
     to choose how it goes. ``render`` answers one line; ``clock`` is the
-    emulator's.
+    emulator's. Its files are a :class:`FilesAPI` (:mod:`._files`).
     """
 
     def __init__(self, render: Render, clock: Callable[[], float]) -> None:
         self.pace = BatchPace()
-        self.files: dict[str, _File] = {}
         self.batches: dict[str, _Batch] = {}
+        self._files = FilesAPI()
         self._render = render
         self._clock = clock
         self._random = random.Random(7)
+
+    @property
+    def files(self) -> dict[str, StoredFile]:
+        """The files held, by id."""
+        return self._files.files
 
     def reset(self) -> None:
         """Forget every file and batch (the pace stays)."""
@@ -184,123 +157,70 @@ class BatchAPI:
         """
         return self.batches[batch_id].status
 
-    async def handle(self, request: web.Request) -> tuple[int, bytes, str]:
-        """Answer one request under ``/v1/files`` or ``/v1/batches``: status, body, content type."""
-        try:
-            return await self._route(request)
-        except _Refused as refused:
-            error = {"message": refused.message, "type": "invalid_request_error",
-                     "param": refused.param, "code": refused.code}
-            return refused.status, json.dumps({"error": error}).encode(), "application/json"
+    async def handle(self, request: web.Request) -> Answer:
+        """Answer one request under ``/v1/files`` or ``/v1/batches``.
 
-    async def _route(self, request: web.Request) -> tuple[int, bytes, str]:
+        Raises:
+            Refusal: an error in the API's shape (400, 404, 409).
+        """
         parts = request.path.strip("/").split("/")[1:]  # after "v1"
         method = request.method
         if parts[0] == "files":
+            return await self._files.handle(request, parts)
+        if parts[0] == "batches":
             if len(parts) == 1 and method == "POST":
-                return _ok(await self._upload(request))
+                return ok(self._create(await _json(request)).to_json())
             if len(parts) == 1 and method == "GET":
-                listed = [f.to_json() for f in self.files.values()]
-                purpose = request.query.get("purpose")
-                listed = [f for f in listed if purpose is None or f["purpose"] == purpose]
-                return _ok({"object": "list", "data": listed, "has_more": False})
-            if len(parts) >= 2:
-                file = self.files.get(parts[1])
-                if file is None:
-                    _refuse(404, f"No such File object: {parts[1]}", param="id")
-                if len(parts) == 2 and method == "GET":
-                    return _ok(file.to_json())
-                if len(parts) == 2 and method == "DELETE":
-                    del self.files[file.id]
-                    return _ok({"id": file.id, "object": "file", "deleted": True})
-                if len(parts) == 3 and parts[2] == "content" and method == "GET":
-                    return 200, file.data, "application/octet-stream"
-        elif parts[0] == "batches":
-            if len(parts) == 1 and method == "POST":
-                return _ok(self._create(await _json(request)).to_json())
-            if len(parts) == 1 and method == "GET":
-                return _ok(self._list(request.query))
+                return ok(self._list(request.query))
             if len(parts) >= 2:
                 batch = self.batches.get(parts[1])
                 if batch is None:
-                    _refuse(404, f"No batch found with id '{parts[1]}'.", param="batch_id")
+                    refuse(404, f"No batch found with id '{parts[1]}'.", param="batch_id")
                 if len(parts) == 2 and method == "GET":
                     self._poll(batch)
-                    return _ok(batch.to_json())
+                    return ok(batch.to_json())
                 if len(parts) == 3 and parts[2] == "cancel" and method == "POST":
                     self._cancel(batch)
-                    return _ok(batch.to_json())
-        _refuse(404, f"Invalid URL ({method} {request.path})")
-
-    # -- files ----------------------------------------------------------------------
-
-    async def _upload(self, request: web.Request) -> dict[str, Any]:
-        if request.content_type != "multipart/form-data":
-            _refuse(400, "Invalid Content-Type header, expected multipart/form-data.")
-        fields: dict[str, str] = {}
-        data: bytes | None = None
-        filename = "upload"
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader) or part.name is None:
-                continue
-            raw = bytes(await part.read(decode=True))
-            if part.name == "file":
-                data, filename = raw, part.filename or filename
-            else:
-                fields[part.name] = raw.decode("utf-8", "replace")
-        purpose = fields.get("purpose")
-        if not purpose:
-            _refuse(400, "Missing required parameter: 'purpose'.", param="purpose")
-        if data is None:
-            _refuse(400, "Missing required parameter: 'file'.", param="file")
-        if purpose == "batch" and len(data) > _MAX_FILE:
-            _refuse(400, f"File is too large: {len(data)} bytes, at most {_MAX_FILE}.",
-                    param="file")
-        return self.files[self.add_file(data, filename, purpose)].to_json()
+                    return ok(batch.to_json())
+        refuse(404, f"Invalid URL ({method} {request.path})")
 
     def add_file(self, data: bytes, filename: str, purpose: str) -> str:
         """Keep a file as ``POST /v1/files`` does; returns its id (``file-...``)."""
-        file = _File(_new_id("file-"), filename, purpose, data, int(time.time()))
-        self.files[file.id] = file
-        return file.id
+        return self._files.add_file(data, filename, purpose)
 
     def file_data(self, file_id: str) -> bytes | None:
         """The bytes of an uploaded file, or None when there is no such file."""
-        file = self.files.get(file_id)
-        return None if file is None else file.data
-
-    # -- batches --------------------------------------------------------------------
+        return self._files.file_data(file_id)
 
     def _create(self, body: Mapping[str, Any]) -> _Batch:
         for name in ("input_file_id", "endpoint", "completion_window"):
             if not isinstance(body.get(name), str):
-                _refuse(400, f"Missing required parameter: '{name}'.", param=name)
+                refuse(400, f"Missing required parameter: '{name}'.", param=name)
         endpoint = body["endpoint"]
         if endpoint not in _ENDPOINTS:
-            _refuse(400, f"Invalid endpoint {endpoint!r}: the emulator batches "
-                    f"{' and '.join(_ENDPOINTS)}.", param="endpoint")
+            refuse(400, f"Invalid endpoint {endpoint!r}: the emulator batches "
+                   f"{' and '.join(_ENDPOINTS)}.", param="endpoint")
         if body["completion_window"] != "24h":
-            _refuse(400, "Invalid completion_window: only '24h' is supported.",
-                    param="completion_window")
+            refuse(400, "Invalid completion_window: only '24h' is supported.",
+                   param="completion_window")
         metadata = body.get("metadata")
         if metadata is not None and (
             not isinstance(metadata, Mapping) or len(metadata) > 16
             or not all(isinstance(v, str) and len(v) <= 512 and len(k) <= 64
                        for k, v in metadata.items())
         ):
-            _refuse(400, "metadata: at most 16 string pairs, keys <= 64 and values <= 512 "
-                    "characters.", param="metadata")
+            refuse(400, "metadata: at most 16 string pairs, keys <= 64 and values <= 512 "
+                   "characters.", param="metadata")
         file = self.files.get(body["input_file_id"])
         if file is None:
-            _refuse(400, f"No such File object: {body['input_file_id']}",
-                    param="input_file_id")
+            refuse(400, f"No such File object: {body['input_file_id']}",
+                   param="input_file_id")
         if file.purpose != "batch":
-            _refuse(400, "The input file must be uploaded with purpose 'batch'.",
-                    param="input_file_id")
+            refuse(400, "The input file must be uploaded with purpose 'batch'.",
+                   param="input_file_id")
         lines, errors = _parse_input(file.data, endpoint)
         batch = _Batch(
-            _new_id("batch_"), endpoint, file.id, "24h", metadata, self.pace,
+            new_id("batch_"), endpoint, file.id, "24h", metadata, self.pace,
             self._clock(), int(time.time()), lines,
         )
         if errors or self.pace.outcome == "failed":
@@ -320,7 +240,7 @@ class BatchAPI:
         try:
             limit = max(1, min(100, int(query.get("limit", "20"))))
         except ValueError:
-            _refuse(400, "limit must be an integer.", param="limit")
+            refuse(400, "limit must be an integer.", param="limit")
         page = ordered[:limit]
         return {
             "object": "list", "data": [b.to_json() for b in page],
@@ -360,7 +280,7 @@ class BatchAPI:
         if batch.status in ("cancelling", "cancelled"):
             return
         if batch.status in _TERMINAL:
-            _refuse(409, f"Cannot cancel a batch with status '{batch.status}'.")
+            refuse(409, f"Cannot cancel a batch with status '{batch.status}'.")
         # What was in progress is half done: those lines keep their answers.
         batch.answered = len(batch.lines) // 2 if batch.status == "in_progress" else 0
         batch.status = "cancelling"
@@ -383,7 +303,7 @@ class BatchAPI:
                 continue
             code_status, body = self._render(batch.endpoint, line["body"])
             decoded = json.loads(body)
-            response = {"status_code": code_status, "request_id": _new_id("req_"),
+            response = {"status_code": code_status, "request_id": new_id("req_"),
                         "body": decoded}
             if code_status == 200:
                 output.append(_line(custom_id, response, None))
@@ -409,18 +329,12 @@ class BatchAPI:
         batch.times[status] = now
 
     def _store(self, name: str, lines: list[bytes]) -> str:
-        file = _File(_new_id("file-"), name, "batch_output", b"".join(lines), int(time.time()))
-        self.files[file.id] = file
-        return file.id
-
-
-def _ok(body: Mapping[str, Any]) -> tuple[int, bytes, str]:
-    return 200, json.dumps(body).encode(), "application/json"
+        return self._files.add_file(b"".join(lines), name, "batch_output")
 
 
 def _line(custom_id: str, response: Mapping[str, Any] | None,
           error: Mapping[str, Any] | None) -> bytes:
-    body = {"id": _new_id("batch_req_"), "custom_id": custom_id, "response": response,
+    body = {"id": new_id("batch_req_"), "custom_id": custom_id, "response": response,
             "error": error}
     return json.dumps(body).encode() + b"\n"
 
@@ -429,9 +343,9 @@ async def _json(request: web.Request) -> Mapping[str, Any]:
     try:
         body = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError):
-        _refuse(400, "We could not parse the JSON body of your request.")
+        refuse(400, "We could not parse the JSON body of your request.")
     if not isinstance(body, dict):
-        _refuse(400, "We could not parse the JSON body of your request.")
+        refuse(400, "We could not parse the JSON body of your request.")
     return body
 
 

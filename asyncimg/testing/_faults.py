@@ -33,7 +33,7 @@ from typing import Any, Literal
 import attrs
 from attrs.validators import ge, in_, instance_of, optional
 
-__all__ = ["ENDPOINT_PATHS", "Fault", "FaultKind", "path_matches"]
+__all__ = ["ENDPOINT_PATHS", "Fault", "FaultKind", "FaultQueue", "path_matches"]
 
 FaultKind = Literal[
     "status", "drop", "drop_mid_body", "truncated", "delay", "trickle", "drop_stream"
@@ -220,3 +220,41 @@ class Fault:
             ValueError: ``after`` is negative.
         """
         return cls(kind="drop_stream", chunks=after, times=times, path=path)
+
+
+class FaultQueue:
+    """The faults queued with ``Emulator.add_fault()``, each with the uses it has left."""
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[Fault, int]] = []
+
+    def add(self, *faults: Fault) -> None:
+        """Queue ``faults`` in order.
+
+        Raises:
+            TypeError: one is not a :class:`Fault` (those before it are queued).
+        """
+        for fault in faults:
+            if not isinstance(fault, Fault):
+                raise TypeError(f"expected a Fault, not {type(fault).__name__}")
+            self._queue.append((fault, fault.times))
+
+    def take(self, path: str) -> Fault | None:
+        """Use the first queued fault that matches a request to ``path`` (None: none does)."""
+        for index, (fault, left) in enumerate(self._queue):
+            if path_matches(fault.path, path):
+                if left <= 1:
+                    del self._queue[index]
+                else:
+                    self._queue[index] = (fault, left - 1)
+                return fault
+        return None
+
+    @property
+    def faults(self) -> list[Fault]:
+        """The faults still queued (each once, however many uses it has left)."""
+        return [fault for fault, _left in self._queue]
+
+    def clear(self) -> None:
+        """Forget every queued fault."""
+        self._queue.clear()

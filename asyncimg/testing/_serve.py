@@ -1,14 +1,24 @@
-"""The options of the emulator as a process, shared by ``asyncimg serve`` and
-``python -m asyncimg.testing`` (one set, so the two never drift apart).
+"""The emulator as a process: :func:`serve`, and its options, shared by
+``asyncimg serve`` and ``python -m asyncimg.testing`` (one set, so the two
+never drift apart).
 
-This module does not import the emulator (nor aiohttp.web) until it serves.
+This module does not import the emulator (nor aiohttp.web) until it serves:
+``asyncimg --help`` stays quick.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["add_serve_options", "positive_int", "serve_from_args"]
+if TYPE_CHECKING:
+    from ._emulator import Emulator
+
+__all__ = ["add_serve_options", "positive_int", "serve", "serve_from_args"]
 
 
 def positive_int(text: str) -> int:
@@ -71,8 +81,6 @@ def serve_from_args(args: argparse.Namespace) -> int:
     Raises:
         OSError: the port cannot be bound.
     """
-    from .testing import serve
-
     serve(
         args.host, args.port, api_key=args.api_key, images_per_minute=args.images_per_minute,
         latency=args.latency, url_ttl=args.url_ttl, journal_size=args.journal_size,
@@ -80,3 +88,42 @@ def serve_from_args(args: argparse.Namespace) -> int:
         download_latency=args.download_latency, azure=args.azure,
     )
     return 0
+
+
+def serve(host: str = "127.0.0.1", port: int = 8089, **emulator_options: Any) -> None:
+    """Run an emulator until Ctrl-C or SIGTERM (blocking); prints its base urls first.
+
+    ``emulator_options`` are :class:`Emulator`'s other arguments.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+
+    def ready(emu: Emulator) -> None:
+        if emu.azure:
+            print(
+                f"asyncimg emulator (Azure OpenAI) listening on {emu.endpoint}: "
+                f"{emu.endpoint}/openai/deployments/NAME/images/...?api-version=... "
+                f"(url results on {emu.blob_base_url}; Ctrl-C or SIGTERM to stop)",
+                flush=True,
+            )
+            return
+        print(
+            f"asyncimg emulator listening on {emu.base_url} (url results on "
+            f"{emu.blob_base_url}; Ctrl-C or SIGTERM to stop)",
+            flush=True,
+        )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever({"host": host, "port": port, **emulator_options}, ready))
+
+
+async def _serve_forever(options: Mapping[str, Any], ready: Callable[[Emulator], None]) -> None:
+    from ._emulator import Emulator  # aiohttp.web: only when serving
+
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals here: Ctrl-C only
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with Emulator(**options) as emu:
+        ready(emu)
+        await stop.wait()
