@@ -14,6 +14,7 @@ import warnings as _warnings
 
 from ._callstats import CallStats
 from ._client import AsyncImagesClient
+from ._cost import cost_of
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -129,6 +130,7 @@ __all__ = [
     "VariationKeywords",
     "__version__",
     "batch_api_line",
+    "cost_of",
     "submit_batch",
 ]
 
