@@ -14,7 +14,7 @@ import warnings as _warnings
 
 from ._callstats import CallStats
 from ._client import AsyncImagesClient
-from ._cost import cost_of
+from ._cost import Budget, Estimate, PriceTable, cost_of, estimate_request, load_prices
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -89,12 +89,14 @@ __all__ = [
     "BatchItem",
     "BatchIterator",
     "BatchRequestError",
+    "Budget",
     "CallStats",
     "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
     "EditImages",
     "EditKeywords",
+    "Estimate",
     "GenerateKeywords",
     "Image",
     "ImageFile",
@@ -113,6 +115,7 @@ __all__ = [
     "OutputTokensDetails",
     "PartialImageEvent",
     "PermissionDeniedError",
+    "PriceTable",
     "PromptSource",
     "PromptSpec",
     "RateLimit",
@@ -131,6 +134,8 @@ __all__ = [
     "__version__",
     "batch_api_line",
     "cost_of",
+    "estimate_request",
+    "load_prices",
     "submit_batch",
 ]
 

@@ -28,6 +28,7 @@ from typing import Any, Final
 import attrs
 
 from ._models import ImagesResponse, Usage
+from ._stream import CompletedImageEvent
 
 __all__ = [
     "BATCH_API_DISCOUNT",
@@ -195,23 +196,26 @@ def _count(obj: Any, name: str) -> int:
 
 
 def cost_of(
-    usage: Usage | ImagesResponse | None,
+    usage: Usage | ImagesResponse | CompletedImageEvent | None,
     model: str | None,
     prices: PriceTable | None = None,
     *,
     batch_api: bool = False,
 ) -> float | None:
-    """The USD cost of one call from its ``usage`` (or a response's), or None when unknown.
+    """The USD cost of one call from its ``usage`` (a response's, or a stream's completed
+    event's), or None when unknown.
 
     Input tokens are split by ``input_tokens_details`` into text and image tokens
     (without details, all are priced as text), cached ones (``cached_tokens_details``,
     where the server sends it) at the cached rates; output tokens by
     ``output_tokens_details`` into image and text tokens (without details, all are
-    image tokens). ``batch_api`` applies the Batch API's half price. A streamed call's
-    cost is its completed event's usage (partial images included as the server counts them).
+    image tokens). ``batch_api`` applies the Batch API's half price. A streamed call costs
+    what its completed event's usage says: the partial images' extra output tokens are
+    in it as the server counts them (:func:`estimate_request` adds them before sending).
 
     Args:
-        usage: the call's usage, or its :class:`ImagesResponse`.
+        usage: the call's usage, its :class:`ImagesResponse`, or a stream's
+            :class:`CompletedImageEvent`.
         model: the model the call named (a dated snapshot takes its family's prices).
         prices: the table (default: the shipped one, :func:`load_prices`).
         batch_api: the call went through OpenAI's Batch API.
@@ -220,7 +224,7 @@ def cost_of(
         None when there is no usage, the model has no prices, or a rate its tokens need
         is missing.
     """
-    if isinstance(usage, ImagesResponse):
+    if isinstance(usage, (ImagesResponse, CompletedImageEvent)):
         usage = usage.usage
     if usage is None:
         return None
@@ -403,3 +407,21 @@ class Budget:
         self.spent += amount if actual is None else actual
         if actual is not None:
             self.observed.add(key, actual)
+
+    def finish(
+        self, amount: float, key: RequestKey, *, sent: bool, refused: bool, actual: float | None
+    ) -> None:
+        """Close a request's reservation: given back if it was never ``sent``, nothing spent
+        if the server ``refused`` it with a status, else settled with ``actual`` (the
+        reservation when unknown: no answer, or no usage)."""
+        if not sent:
+            self.release(amount)
+        else:
+            self.settle(amount, key, 0.0 if refused and actual is None else actual)
+
+    def over(self, amount: float) -> str:
+        """Why a request of ``amount`` is not sent: the limit, the spend, what remains."""
+        return (
+            f"the budget of ${self.limit:.2f} is reached: ${self.spent:.4f} spent, "
+            f"${self.remaining:.4f} remains, and the next request may cost ${amount:.4f}"
+        )

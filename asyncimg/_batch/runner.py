@@ -448,24 +448,18 @@ async def _budgeted(
         return None
     hold = budget.reservation(key, guess.usd)
     if not budget.reserve(hold):
-        control.stop(
-            "budget",
-            f"the budget of ${budget.limit:.2f} is reached: ${budget.spent:.4f} spent, "
-            f"${budget.remaining:.4f} remains, and the next request may cost ${hold:.4f}",
-        )
+        control.stop("budget", budget.over(hold))
         return None
     record: Record | None = None
     try:
         record = await run()
     finally:
-        if not stats.attempts:
-            budget.release(hold)
-        elif record is not None and record.ok:
-            budget.settle(hold, key, record.cost_usd)
-        elif record is not None and record.error and record.error.get("status"):
-            budget.settle(hold, key, 0.0)
-        else:
-            budget.settle(hold, key, None)
+        budget.finish(
+            hold, key, sent=bool(stats.attempts),
+            refused=record is not None and not record.ok and bool((record.error or {}).get(
+                "status")),
+            actual=record.cost_usd if record is not None and record.ok else None,
+        )
     return record
 
 
