@@ -187,3 +187,48 @@ def test_a_bad_prices_file_is_a_usage_error(tmp_path: Path) -> None:
         assert billing.requests == 0
     assert run.returncode == 2
     assert "--prices:" in run.stderr
+
+
+def test_dry_run_learns_from_the_directorys_own_costs(tmp_path: Path) -> None:
+    # gpt-image-2 publishes no tokens per size and quality: unknown until answers come.
+    src, prices, out = _setup(tmp_path, 3)
+    prices.write_text(json.dumps({"gpt-image-2": {"text_input": 0.0,
+                                                  "image_output": PER_TOKEN}}))
+    args = ["--model", "gpt-image-2", "--size", "1024x1024", "--quality", "low"]
+    with server() as billing:
+        before = _cli(billing, "batch", str(src), "-o", str(out), *args, "--prices",
+                      str(prices), "--dry-run")
+        assert "estimated cost: unknown (no published tokens for 1024x1024 low" in before.stdout
+        run = _cli(billing, "batch", str(src), "-o", str(out), *args, "--prices", str(prices))
+        assert run.returncode == EXIT_OK, run.stderr
+        src.write_text("".join(f"prompt {i}\n" for i in range(8)))
+        after = _cli(billing, "batch", str(src), "-o", str(out), *args, "--prices",
+                     str(prices), "--dry-run")
+        assert billing.requests == 3
+    assert "items to run: 5 (3 already done)" in after.stdout
+    assert "estimated cost: $1.50 (basis: 5 learned)" in after.stdout
+
+
+def test_the_batch_api_route_prices_each_line_at_half(tmp_path: Path) -> None:
+    from asyncimg import Usage, cost_of
+    from asyncimg.testing import emulator_thread
+
+    src, _prices, out = _setup(tmp_path, 4)
+    with emulator_thread(api_key="sk-test") as emu:
+        billing = Billing(0)
+        billing.base_url = emu.base_url
+        run = _cli(billing, "batch", str(src), "-o", str(out), "--via", "batch-api",
+                   "--poll-interval", "0.01", "--model", "gpt-image-1", "--size", "1024x1024",
+                   "--quality", "low", "--rate", "off")
+        assert run.returncode == EXIT_OK, run.stderr
+        status = _cli(billing, "batches", "status", str(out))
+    lines = _lines(out)
+    assert len(lines) == 4
+    total = 0.0
+    for line in lines:
+        usage = Usage.from_json(line["usage"])  # type: ignore[arg-type]
+        full = cost_of(usage, "gpt-image-1")
+        assert full is not None
+        assert line["cost_usd"] == pytest.approx(full / 2, abs=1e-8)
+        total += full / 2
+    assert f"spent: ${total:.4f} on the 4 results saved so far" in status.stdout
