@@ -659,6 +659,8 @@ def _batch_status(summary: BatchSummary, control: BatchControl, err: TextIO) -> 
     """Say why a batch stopped early, if it did; the exit status."""
     if summary.stopped is not None:
         resume = "finished items are recorded; rerun the same command to resume"
+        if summary.stopped == "budget":
+            resume = "finished items are recorded; rerun with a larger --max-cost to resume"
         print(f"asyncimg: stopped: {summary.stop_message}; {resume}", file=err)
         if summary.stopped == "fatal":
             return EXIT_FATAL

@@ -137,6 +137,7 @@ def test_max_cost_stops_at_the_budget_and_a_larger_one_resumes(tmp_path: Path) -
         assert billing.requests == 3
         assert billing.spent <= 1.00
         assert "budget of $1.00 is reached: $0.9000 spent" in run.stderr
+        assert "rerun with a larger --max-cost to resume" in run.stderr
         lines = _lines(out)
         assert [line["cost_usd"] for line in lines] == [pytest.approx(0.30)] * 3
 
