@@ -14,6 +14,7 @@ import warnings as _warnings
 
 from ._callstats import CallStats
 from ._client import AsyncImagesClient
+from ._cost import Budget, Estimate, PriceTable, cost_of, estimate_request, load_prices
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -88,12 +89,14 @@ __all__ = [
     "BatchItem",
     "BatchIterator",
     "BatchRequestError",
+    "Budget",
     "CallStats",
     "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
     "EditImages",
     "EditKeywords",
+    "Estimate",
     "GenerateKeywords",
     "Image",
     "ImageFile",
@@ -112,6 +115,7 @@ __all__ = [
     "OutputTokensDetails",
     "PartialImageEvent",
     "PermissionDeniedError",
+    "PriceTable",
     "PromptSource",
     "PromptSpec",
     "RateLimit",
@@ -129,6 +133,9 @@ __all__ = [
     "VariationKeywords",
     "__version__",
     "batch_api_line",
+    "cost_of",
+    "estimate_request",
+    "load_prices",
     "submit_batch",
 ]
 

@@ -61,6 +61,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._batch import BatchItem, BatchIterator, PromptSource
+    from ._cost import Budget, PriceTable
 
 __all__ = ["DEFAULT_RATE_LIMIT", "AsyncImagesClient"]
 
@@ -465,6 +466,8 @@ class AsyncImagesClient:
         prompts: PromptSource,
         *,
         ordered: bool = False,
+        budget: Budget | None = None,
+        prices: PriceTable | None = None,
         **params: Unpack[GenerateKeywords],
     ) -> BatchIterator[BatchItem]:
         """Generate images for many prompts, at most ``max_concurrency`` at once.
@@ -477,12 +480,18 @@ class AsyncImagesClient:
         ``async with client.generate_many(...) as items:`` (or ``aclose()``)
         waits for that to finish, and closing the client cancels what is left.
 
+        With a ``budget`` (:class:`~asyncimg.Budget`, USD), each item's estimated cost
+        (``prices``, default the shipped table) is reserved before it is sent and settled
+        with what it cost; an item that would take the spend over the budget is not
+        sent and comes back with a ValidationError (``param`` ``max_cost``).
+
         Raises:
             ValidationError: ``params`` names a parameter generate does not take.
         """
         from ._batch import generate_many
 
-        return generate_many(self, prompts, ordered=ordered, params=params, tasks=self._batches)
+        return generate_many(self, prompts, ordered=ordered, params=params, tasks=self._batches,
+                             budget=budget, prices=prices)
 
     # -- results -----------------------------------------------------------------------
 

@@ -23,11 +23,13 @@ Exit status (the same for every command):
      (401 key refused, 403 permission denied, 404 model or URL not found,
      429 quota or billing limit): nothing new was sent after it
 4    aborted by a local failure (a full disk, an unwritable directory)
+5    stopped at the budget (``--max-cost``): the next request could have taken
+     the spend over it; a rerun with a larger budget resumes
 130  interrupted by Ctrl-C (SIGINT)
 143  terminated by SIGTERM
 ===  =====================================================================
 
-A stopped batch (3, 4, 130, 143) sends nothing new, records every item that
+A stopped batch (3, 4, 5, 130, 143) sends nothing new, records every item that
 finished before it stopped, and rerunning the same command resumes. The first
 Ctrl-C or SIGTERM lets the requests in flight finish; a second cancels them.
 
@@ -62,6 +64,7 @@ from .testing._serve import add_serve_options, positive_int, serve_from_args
 if TYPE_CHECKING:
     from ._batch import BatchControl, BatchSummary, Record
     from ._client import AsyncImagesClient
+    from ._cost import PriceTable
     from ._redis import RedisLimiter
 
 __all__ = ["main", "parse_rate"]
@@ -71,13 +74,15 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_FATAL = 3
 EXIT_ABORTED = 4
+EXIT_BUDGET = 5
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 _EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
 _EXIT_HELP = (
     "exit status: 0 all succeeded, 1 some items failed, 2 usage error (nothing sent), "
     "3 stopped by a fatal API error (401, 403, 404, 429 quota) or --redis out of reach, "
-    "4 aborted by a local failure (a full disk), 130 Ctrl-C, 143 SIGTERM"
+    "4 aborted by a local failure (a full disk), 5 stopped at --max-cost, 130 Ctrl-C, "
+    "143 SIGTERM"
 )
 # The option a user typed, by the parameter its value became.
 _FLAGS = {
@@ -162,6 +167,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text}")
+    return value
+
+
+def _usd(text: str) -> float:
+    try:
+        value = float(text.lstrip("$"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an amount of USD: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite amount > 0: {text}")
     return value
 
 
@@ -286,6 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", action="store_true",
         help="write DIR/index.html (see `asyncimg report`) at the end and print its path",
 )
+    cost = batch.add_argument_group("cost")
+    cost.add_argument(
+        "--prices", metavar="FILE",
+        help="a JSON file of prices (USD per 1M tokens by model) over the shipped table",
+    )
+    cost.add_argument(
+        "--dry-run", action="store_true",
+        help="send nothing: print the items, images, time and estimated cost, and exit 0",
+    )
+    cost.add_argument(
+        "--max-cost", type=_usd, metavar="USD",
+        help="stop before the directory's spend could go over USD (exit status 5); "
+        "a rerun with a larger budget resumes",
+    )
     route = batch.add_argument_group("the Batch API route")
     route.add_argument(
         "--via", choices=("direct", "batch-api"), default="direct",
@@ -536,10 +565,33 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise UsageError(f"--encoding: unknown encoding {args.encoding!r}") from None
 
 
+def _prices(args: argparse.Namespace) -> PriceTable:
+    from ._cost import load_prices
+
+    try:
+        return load_prices(args.prices)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--prices: {exc}") from None
+
+
 async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ._batch import BatchControl, InputError, detect_format, open_text, run_batch
+    from ._batch import BatchControl, InputError, detect_format, open_text, plan_batch, run_batch
+    from ._cost import Budget
 
     fmt = detect_format(args.prompts, args.input_format)
+    prices = _prices(args)
+    if args.dry_run:
+        try:
+            plan = plan_batch(
+                open_text(args.prompts, args.encoding), fmt, args.output, params=_params(args),
+                prices=prices, rate=args.rate, batch_api=args.via == "batch-api",
+            )
+        except InputError as exc:
+            raise UsageError(str(exc)) from None
+        print("\n".join(plan.lines()), file=out)
+        return EXIT_OK
+    if args.max_cost is not None and args.via == "batch-api":
+        raise UsageError("--max-cost: the Batch API bills a whole batch; use --via direct")
     quiet = args.quiet
     progress: _Plain | None = None
     if not quiet:
@@ -569,10 +621,13 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
                 route = functools.partial(
                     run_via_batch_api, poll_interval=args.poll_interval,
-                    completion_window=args.completion_window,
+                    completion_window=args.completion_window, prices=prices,
                 )
             else:
-                route = functools.partial(run_batch, count_first=args.prompts != "-")
+                budget = None if args.max_cost is None else Budget(args.max_cost)
+                route = functools.partial(
+                    run_batch, count_first=args.prompts != "-", prices=prices, budget=budget
+                )
             summary = await route(
                 client,
                 open_text(args.prompts, args.encoding),
@@ -604,11 +659,15 @@ def _batch_status(summary: BatchSummary, control: BatchControl, err: TextIO) -> 
     """Say why a batch stopped early, if it did; the exit status."""
     if summary.stopped is not None:
         resume = "finished items are recorded; rerun the same command to resume"
+        if summary.stopped == "budget":
+            resume = "finished items are recorded; rerun with a larger --max-cost to resume"
         print(f"asyncimg: stopped: {summary.stop_message}; {resume}", file=err)
         if summary.stopped == "fatal":
             return EXIT_FATAL
         if summary.stopped == "input":
             return EXIT_USAGE
+        if summary.stopped == "budget":
+            return EXIT_BUDGET
         if summary.stopped == "interrupted":
             return _EXIT_SIGNAL.get(signal.Signals(control.signal or signal.SIGINT), 130)
         return EXIT_ABORTED
@@ -645,6 +704,12 @@ async def _batches(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         collected = ", results saved" if job.collected else ""
         print(f"{batch.id}: {batch.status}, {counts.completed}/{counts.total} completed, "
               f"{counts.failed} failed{collected}", file=out)
+    if jobs and (Path(args.output) / "manifest.jsonl").is_file():
+        from ._batch import directory_costs
+
+        spent, observed = directory_costs(Path(args.output))
+        saved = sum(count for count, _total, _top in observed.costs.values())
+        print(f"spent: ${spent:.4f} on the {saved} results saved so far", file=out)
     return EXIT_OK
 
 
@@ -817,6 +882,11 @@ def _print_failures(s: BatchSummary, stream: TextIO) -> None:
         print(f"{s.failed_earlier} {_KEPT_FAILED}", file=stream)
 
 
+def _cost_text(s: BatchSummary) -> str:
+    unknown = f" ({s.cost_unknown} items of unknown cost)" if s.cost_unknown else ""
+    return f"${s.cost:.4f}{unknown}"
+
+
 def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, rich: bool) -> None:
     out_dir = Path(args.output)
     rows = [
@@ -831,6 +901,7 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
         ("waited on the rate limit", _duration(s.waited)),
         *([("usage tokens (in/out/total)",
             "{input}/{output}/{total}".format(**s.tokens))] if s.tokens["total"] else []),
+        ("cost (USD)", _cost_text(s)),
         ("images in", str(out_dir)),
         ("manifest", str(out_dir / "manifest.jsonl")),
     ]

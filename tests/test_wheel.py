@@ -26,6 +26,7 @@ MUST_SHIP = (
     "asyncimg/py.typed",
     "asyncimg/__init__.py",
     "asyncimg/testing/__init__.py",
+    "asyncimg/prices.json",  # the price table, read with importlib.resources
     "asyncimg/lua/limiter.lua",  # the RedisLimiter's script, read with importlib.resources
     # The report page's templates, read with importlib.resources too.
     "asyncimg/_batch/templates/report.html",

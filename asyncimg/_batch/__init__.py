@@ -8,6 +8,7 @@ Rooms (each a module of this package):
 * ``control``: when a batch stops (fatal errors, signals) and what is in flight;
 * ``runner``: ``asyncimg batch``'s direct route, one request per item;
 * ``api``: OpenAI's Batch API endpoints (Files and Batches);
+* ``plan``: ``asyncimg batch --dry-run``, a batch's items, time and cost, nothing sent;
 * ``route``: ``asyncimg batch --via batch-api``, the same job through the Batch API;
 * ``report``: ``asyncimg report``, the static page of a directory (``templates/``).
 
@@ -33,9 +34,10 @@ if TYPE_CHECKING:
     from .input import InputError, detect_format, open_text
     from .manifest import Record
     from .many import BatchItem, BatchIterator, PromptSource, PromptSpec, generate_many
+    from .plan import Plan, plan_batch
     from .report import write_report
     from .route import batches_status, cancel_batches, run_via_batch_api
-    from .runner import BatchSummary, ProgressSink, run_batch
+    from .runner import BatchSummary, ProgressSink, directory_costs, run_batch
 
 __all__ = [
     "BatchAPIJob",
@@ -46,6 +48,7 @@ __all__ = [
     "BatchIterator",
     "BatchSummary",
     "InputError",
+    "Plan",
     "ProgressSink",
     "PromptSource",
     "PromptSpec",
@@ -54,9 +57,11 @@ __all__ = [
     "batches_status",
     "cancel_batches",
     "detect_format",
+    "directory_costs",
     "fatal_error",
     "generate_many",
     "open_text",
+    "plan_batch",
     "run_batch",
     "run_via_batch_api",
     "submit_batch",
@@ -80,12 +85,15 @@ _ROOMS = {
     "PromptSource": "many",
     "PromptSpec": "many",
     "generate_many": "many",
+    "Plan": "plan",
+    "plan_batch": "plan",
     "write_report": "report",
     "batches_status": "route",
     "cancel_batches": "route",
     "run_via_batch_api": "route",
     "BatchSummary": "runner",
     "ProgressSink": "runner",
+    "directory_costs": "runner",
     "run_batch": "runner",
 }
 

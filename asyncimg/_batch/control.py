@@ -60,7 +60,8 @@ class BatchControl:
     ``run_batch`` uses it for fatal errors, a full disk and bad input; pass your
     own to stop a run from outside (a signal handler calls :meth:`interrupt`).
     After the run, ``reason`` is ``"fatal"``, ``"aborted"``, ``"input"``,
-    ``"interrupted"`` or None (it ran to the end) and ``message`` says why.
+    ``"budget"`` (the next request would not fit the budget), ``"interrupted"`` or
+    None (it ran to the end) and ``message`` says why.
     """
 
     def __init__(self) -> None:

@@ -65,6 +65,8 @@ class Record:
     ``sent`` holds ``(time.time(), images)`` for each attempt, taken when its
     images were granted by the limiter; ``rate_limited`` counts its attempts
     answered 429; ``usage`` is the server's token usage, when it sent one;
+    ``cost_usd`` what the item cost in USD (from its usage and the price table; None
+    when unknown, and for a failed item);
     ``finished_at`` (epoch seconds) is set when the line is read back (a new
     line is stamped with the time it is written).
     """
@@ -85,6 +87,7 @@ class Record:
     rate_limited: int = 0
     usage: Mapping[str, Any] | None = None
     finished_at: float | None = None
+    cost_usd: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -119,6 +122,7 @@ class Record:
             "sent": [{"at": round(at, 3), "images": n} for at, n in self.sent],
             "rate_limited": self.rate_limited,
             "usage": None if self.usage is None else dict(self.usage),
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
             "finished_at": finished.isoformat(timespec="milliseconds"),
         }
         return json.dumps(body, ensure_ascii=False, default=str) + "\n"
@@ -156,6 +160,7 @@ class Record:
             rate_limited=int_field(obj, "rate_limited") or 0,
             usage=usage if isinstance(usage, Mapping) else None,
             finished_at=_epoch(obj.get("finished_at")),
+            cost_usd=float_field(obj, "cost_usd"),
         )
 
 

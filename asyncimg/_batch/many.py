@@ -39,6 +39,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._callstats import CallStats
+from .._cost import Budget, PriceTable, cost_of, estimate_request, load_prices, request_key
 from .._exceptions import AsyncImgError, ValidationError
 from .._keywords import GENERATE_KEYWORDS
 from .._models import ImagesResponse
@@ -158,6 +159,43 @@ async def make_item(
     return BatchItem(
         index, prompt, own, response, None, stats.attempts, time.monotonic() - started
     )
+
+
+async def _within(
+    budget: Budget,
+    table: PriceTable | None,
+    client: AsyncImagesClient,
+    index: int,
+    spec: object,
+    params: Mapping[str, Any],
+    allowed: frozenset[str],
+) -> BatchItem:
+    """:func:`make_item` within ``budget``: reserve the estimate, send, settle."""
+    try:
+        prompt, own = _split_spec(spec, allowed)
+    except AsyncImgError:
+        return await make_item(client, index, spec, params, allowed)  # the bad item, reported
+    merged = {"model": client.model, **params, **own}
+    effective = {k: v for k, v in merged.items() if v is not None}
+    key = request_key(effective)
+    guess = estimate_request(effective, prompt=prompt, prices=table, observed=budget.observed)
+    hold = None if guess.usd is None else budget.reservation(key, guess.usd)
+    if hold is None or not budget.reserve(hold):
+        why = f"cannot keep the budget: {guess.note}" if hold is None else budget.over(hold)
+        return BatchItem(index, prompt, own, None, ValidationError("max_cost", why))
+    stats = CallStats()
+    item: BatchItem | None = None
+    try:
+        item = await make_item(client, index, spec, params, allowed, stats)
+    finally:
+        error = None if item is None else item.error
+        budget.finish(
+            hold, key, sent=bool(stats.attempts),
+            refused=getattr(error, "status_code", None) is not None,
+            actual=None if item is None or item.response is None
+            else cost_of(item.response, effective.get("model"), table),
+        )
+    return item
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -390,11 +428,16 @@ def generate_many(
     ordered: bool = False,
     params: Mapping[str, Any] | None = None,
     tasks: set[asyncio.Task[None]] | None = None,
+    budget: Budget | None = None,
+    prices: PriceTable | None = None,
 ) -> BatchIterator[BatchItem]:
     """Generate images for many prompts, at most ``client.max_concurrency`` at once.
 
     See :meth:`AsyncImagesClient.generate_many`. ``params`` apply to every item;
-    a mapping item's own keys override them.
+    a mapping item's own keys override them. With a ``budget``, each item's estimate
+    (from ``prices``, default the shipped table) is reserved before it is sent and
+    settled with its cost; an item that would not fit, or whose cost is unknown, is
+    not sent and comes back with a ValidationError (``param`` ``max_cost``).
 
     Raises:
         ValidationError: ``params`` names a parameter ``generate`` does not take
@@ -415,8 +458,11 @@ def generate_many(
             + type(prompts).__name__
         )
     frozen = MappingProxyType(params)
+    table = prices if prices is not None or budget is None else load_prices()
 
     async def work(index: int, spec: PromptSpec) -> BatchItem:
+        if budget is not None:
+            return await _within(budget, table, client, index, spec, frozen, allowed)
         return await make_item(client, index, spec, frozen, allowed)
 
     return BatchIterator(

@@ -4,10 +4,12 @@ Built from ``manifest.jsonl`` (and ``runs.jsonl`` when the runner wrote one), wi
 nothing but the standard library (Pillow, when installed, makes the thumbnails):
 
 * the summary: items done and failed, images, wall time, images/min, time waited
-  on the limiter, 429s, usage tokens when the server reported them;
+  on the limiter, 429s, usage tokens when the server reported them, and the spend
+  (the sum of the manifest's ``cost_usd``);
 * a rate chart per run (the last five): the images sent in the trailing window of
   the configured rate over the run's time, as inline SVG, with the limit drawn as
   a line; the manifest's send times (``sent``) place each image;
+* a spend chart beside them: what the done items cost, summed over time (USD);
 * a gallery: a card per item, failed items with their error, filters for done and
   failed, a search over the prompts. The items travel as JSON inside the page and a
   few lines of plain JavaScript draw one page of cards at a time, so a 10,000-item
@@ -46,6 +48,7 @@ __all__ = [
     "chart_svg",
     "make_thumbnails",
     "render",
+    "spend_svg",
     "window_peaks",
     "write_report",
 ]
@@ -232,6 +235,71 @@ def chart_svg(
     return "".join(parts)
 
 
+def spend_svg(
+    costs: Sequence[tuple[float, float]], *, title: str, width: int = 920, height: int = 220
+) -> str:
+    """An inline SVG: the spend in USD summed over time, from ``(epoch, cost)`` pairs. Pure."""
+    left, right, top, bottom = 56, 16, 30, 28
+    plot_w, plot_h = width - left - right, height - top - bottom
+    points = sorted(costs)
+    start, end = points[0][0], max(points[-1][0], points[0][0] + 1e-3)
+    total = sum(c for _, c in points)
+    y_top = max(total, 1e-6) * 1.15
+    step = _nice_step(y_top) if y_top >= 4 else y_top / 4
+
+    def x(at: float) -> float:
+        return left + (at - start) / (end - start) * plot_w
+
+    def y(value: float) -> float:
+        return top + plot_h - value / y_top * plot_h
+
+    path = [f"M{left:.1f},{y(0):.1f}"]
+    spent = 0.0
+    for at, cost in points:
+        spent += cost
+        path.append(f"H{x(at):.1f}V{y(spent):.1f}")
+    path.append(f"H{left + plot_w:.1f}")
+    parts = [
+        f'<svg class="chart spend-chart" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{html.escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+        f'<text class="title" x="{left}" y="18">{html.escape(title)}</text>',
+    ]
+    for i in range(5):
+        tick = step * i
+        if tick > y_top:
+            break
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{left + plot_w}" '
+            f'y1="{y(tick):.1f}" y2="{y(tick):.1f}"/>'
+            f'<text class="tick" x="{left - 6}" y="{y(tick) + 4:.1f}" '
+            f'text-anchor="end">${tick:.2f}</text>'
+        )
+    span = end - start
+    for i in range(6):
+        label = f"{span * i / 5:.1f} s" if span < 60 else _duration(span * i / 5)
+        parts.append(
+            f'<text class="tick" x="{left + plot_w * i / 5:.1f}" y="{height - 8}" '
+            f'text-anchor="middle">{html.escape(label)}</text>'
+        )
+    parts.append(f'<path class="series" d="{"".join(path)}"/></svg>')
+    return "".join(parts)
+
+
+def _spend(items: Sequence[Record]) -> tuple[float, int, list[tuple[float, float]]]:
+    """The done items' summed cost, how many have none, and ``(finished_at, cost)`` pairs."""
+    total, unknown, points = 0.0, 0, []
+    for item in items:
+        if not item.ok:
+            continue
+        if item.cost_usd is None:
+            unknown += 1
+            continue
+        total += item.cost_usd
+        if item.finished_at is not None:
+            points.append((item.finished_at, item.cost_usd))
+    return total, unknown, points
+
+
 # -- the page -------------------------------------------------------------------------
 
 
@@ -295,6 +363,10 @@ def _summary(items: Sequence[Record], runs: Sequence[Run]) -> list[tuple[str, st
     ]
     for key, value in _usage_totals(items).items():
         tiles.append((key.replace("_", " "), f"{value:,}"))
+    spent, unknown, _ = _spend(items)
+    if spent or unknown:
+        more = f" (+{unknown} unknown)" if unknown else ""
+        tiles.append(("spend", f"${spent:,.2f}{more}"))
     if len(runs) > 1:
         tiles.append(("runs", str(len(runs))))
     return tiles
@@ -391,6 +463,9 @@ def render(
             f"rate limit {html.escape(_rate_text(last.rate))}, parameters {html.escape(params)}</p>"
         )
     charts = "".join(_charts(items, runs)) or '<p class="meta">no images were sent</p>'
+    spent, _, points = _spend(items)
+    if points:
+        charts += spend_svg(points, title=f"spend over time: ${spent:,.2f} in all (USD)")
     cards = [_card_data(item, shown, directory) for item in items]
     failed = sum(not item.ok for item in items)
     return _template("report.html").format(

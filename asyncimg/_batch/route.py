@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import attrs
 
+from .._cost import PriceTable, cost_of, load_prices
 from .._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
 from .._offloop import blocking
 from .._params import GenerateParams
@@ -173,9 +174,11 @@ class _Run:
         completion_window: str,
         params: Mapping[str, Any],
         control: BatchControl,
+        prices: PriceTable,
     ) -> None:
         self.client = client
         self.params = params
+        self.prices = prices
         self.control = control
         self.folder = folder
         self.manifest = manifest
@@ -198,6 +201,7 @@ class _Run:
         if record.ok:
             summary.ok += 1
             summary.images += len(record.files)
+            summary.count_cost(record)
         else:
             summary.failed += 1
             if len(summary.failures) < summary.max_failures_kept:
@@ -368,11 +372,14 @@ class _Run:
                 "param": None, "message": "the answer held no images"},
                 request_id=response.request_id, attempts=1)
         revised = next((i.revised_prompt for i in response.data if i.revised_prompt), None)
-        return Record(entry.id, entry.line, entry.prompt, self._params_of(entry), "ok",
+        params = self._params_of(entry)
+        return Record(entry.id, entry.line, entry.prompt, params, "ok",
                       files=tuple(p.name for p in paths), images=len(paths),
                       request_id=response.request_id, revised_prompt=revised, attempts=1,
                       seconds=time.monotonic() - started,
-                      usage=None if usage is None else usage_fields(usage))
+                      usage=None if usage is None else usage_fields(usage),
+                      cost_usd=cost_of(usage, params.get("model"), self.prices,
+                                       batch_api=True))
 
 
 async def run_via_batch_api(
@@ -388,6 +395,7 @@ async def run_via_batch_api(
     progress: ProgressSink | None = None,
     server: str | None = None,
     control: BatchControl | None = None,
+    prices: PriceTable | None = None,
 ) -> BatchSummary:
     """Run every not-yet-done item of the input through the Batch API (see the module doc).
 
@@ -396,7 +404,8 @@ async def run_via_batch_api(
     :func:`~asyncimg._runner.run_batch`: the directory remembers its server, and a
     fatal error (a refused key, an unknown model, an exhausted quota) or
     ``control.interrupt`` ends the run early with ``summary.stopped`` set; a rerun
-    resumes.
+    resumes. Each done item's manifest line carries its cost at the Batch API's half
+    price, from ``prices`` (default: the shipped table).
 
     Raises:
         ValidationError: a bad option, or the directory's state file is unreadable.
@@ -416,8 +425,10 @@ async def run_via_batch_api(
         # The client's default model changes the images: it is in every id, as directly.
         effective = {"model": client.model, **params} if client.model else params
         summary = BatchSummary(total=None)
+        table = prices if prices is not None else await blocking(load_prices)
         run = _Run(client, folder, manifest, summary, sink, poll_interval=poll_interval,
-                   completion_window=completion_window, params=effective, control=control)
+                   completion_window=completion_window, params=effective, control=control,
+                   prices=table)
 
         def read() -> dict[str, Entry]:
             with open_input() as stream:

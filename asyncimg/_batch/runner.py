@@ -27,7 +27,7 @@ import os
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,15 @@ import anyio
 import attrs
 
 from .._callstats import CallStats
+from .._cost import (
+    Budget,
+    Observed,
+    PriceTable,
+    cost_of,
+    estimate_request,
+    load_prices,
+    request_key,
+)
 from .._exceptions import AsyncImgError, ValidationError
 from .._keywords import GENERATE_KEYWORDS
 from .._limiter import LimiterStats, RateLimit
@@ -43,7 +52,7 @@ from .._params import GenerateParams
 from .._version import __version__
 from .control import BatchControl, fatal_error
 from .input import Entry, InputError, TextLines, read_entries
-from .manifest import Manifest, Record, append_run, error_fields, usage_fields
+from .manifest import Manifest, Record, append_run, error_fields, read_records, usage_fields
 from .many import BatchIterator, make_item
 
 if TYPE_CHECKING:
@@ -53,6 +62,7 @@ __all__ = [
     "BatchSummary",
     "ProgressSink",
     "check_batch_params",
+    "directory_costs",
     "estimate_eta",
     "public_url",
     "run_batch",
@@ -143,6 +153,10 @@ class BatchSummary:
     tokens: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(("input", "output",
                                                                            "total"), 0))
     """Usage tokens the server reported for the images saved (input, output, total)."""
+    cost: float = 0.0
+    """What the items of this run cost, in USD (those with a known cost)."""
+    cost_unknown: int = 0
+    """Items of this run done whose cost is unknown (no usage, or no price for the model)."""
     batch: Any = None
     """The Batch API route: what the last poll of the current batch said."""
 
@@ -162,12 +176,20 @@ class BatchSummary:
         if record.ok:
             self.ok += 1
             self.images += len(record.files)
+            self.count_cost(record)
             self.recent.append((time.monotonic(), len(record.files)))
         else:
             self.failed += 1
             if len(self.failures) < self.max_failures_kept:
                 self.failures.append(record)
         self.busy_seconds += record.seconds
+
+    def count_cost(self, record: Record) -> None:
+        """Add a done item's cost (or count it as unknown)."""
+        if record.cost_usd is None:
+            self.cost_unknown += 1
+        else:
+            self.cost += record.cost_usd
 
     def _recent_images(self, now: float) -> int:
         while self.recent and self.recent[0][0] <= now - self.window:
@@ -255,6 +277,8 @@ async def run_batch(
     progress: ProgressSink | None = None,
     server: str | None = None,
     control: BatchControl | None = None,
+    prices: PriceTable | None = None,
+    budget: Budget | None = None,
 ) -> BatchSummary:
     """Run every not-yet-done item of the input into ``directory`` (see the module doc).
 
@@ -270,10 +294,16 @@ async def run_batch(
         server: what the directory remembers as its server (default: the base url).
         control: stops the run early (one is made when not given); its ``reason``
             is also the summary's ``stopped``.
+        prices: what each item's manifest line is priced with (default: the shipped table).
+        budget: a spending limit: what the directory's earlier runs cost counts
+            against it, each request's estimate is reserved before it is sent and
+            settled with its actual cost; when the next one would not fit the run
+            stops with ``"budget"`` (what is in flight finishes).
 
     Raises:
-        ValidationError: ``params`` break the rules (see :func:`check_batch_params`);
-            nothing was sent and the directory is untouched.
+        ValidationError: ``params`` break the rules (see :func:`check_batch_params`),
+            or a ``budget`` cannot be kept because the cost of a request is unknown
+            (``param`` is ``max_cost``); nothing was sent.
         InputError: the input is unusable (a line of a file does not decode), another
             run holds the directory, or another server filled it.
         OSError: the directory cannot be written.
@@ -291,6 +321,14 @@ async def run_batch(
         await blocking(manifest.open)
         # The client's default model changes the images: it is in every id too.
         effective = {"model": client.model, **params} if client.model else params
+        table = prices if prices is not None else await blocking(load_prices)
+        if budget is not None:
+            spent, observed = await blocking(directory_costs, folder)
+            budget.spent += spent
+            budget.observed.costs.update(observed.costs)
+            first = estimate_request(effective, prices=table, observed=budget.observed)
+            if first.usd is None:
+                raise ValidationError("max_cost", f"cannot keep a budget: {first.note}")
         total: int | None = None
         skipped = 0
         if count_first:
@@ -320,8 +358,11 @@ async def run_batch(
 
             async def work(index: int, entry: Entry) -> Record | None:
                 return await control.run(
-                    lambda stats: _run_entry(
-                        client, entry, effective, allowed, folder, stats, control
+                    lambda stats: _budgeted(
+                        budget, table, entry, effective, stats, control,
+                        lambda: _run_entry(
+                            client, entry, effective, allowed, folder, stats, control, table
+                        ),
                     )
                 )
 
@@ -364,6 +405,62 @@ async def run_batch(
         return summary
     finally:
         manifest.close()
+
+
+def directory_costs(directory: Path) -> tuple[float, Observed]:
+    """What the done items of ``directory``'s manifest cost (USD), and by request parameters.
+
+    Raises:
+        InputError: there is no manifest.
+    """
+    spent = 0.0
+    observed = Observed()
+    for record in read_records(directory):
+        if record.ok and record.cost_usd is not None:
+            spent += record.cost_usd
+            observed.add(request_key(record.params), record.cost_usd)
+    return spent, observed
+
+
+async def _budgeted(
+    budget: Budget | None,
+    table: PriceTable,
+    entry: Entry,
+    params: Mapping[str, Any],
+    stats: CallStats,
+    control: BatchControl,
+    run: Callable[[], Awaitable[Record | None]],
+) -> Record | None:
+    """``run()`` the item within ``budget``: reserve its estimate first, settle after.
+
+    A request never sent gives its reservation back; one sent whose cost is unknown
+    (no answer, or no usage) counts as its reservation; one the server refused with
+    a status costs nothing.
+    """
+    if budget is None or entry.problem is not None:
+        return await run()
+    effective = {k: v for k, v in {**params, **entry.params}.items() if v is not None}
+    key = request_key(effective)
+    guess = estimate_request(effective, prompt=entry.prompt, prices=table,
+                             observed=budget.observed)
+    if guess.usd is None:
+        control.stop("budget", f"cannot keep the budget: {guess.note} (line {entry.line})")
+        return None
+    hold = budget.reservation(key, guess.usd)
+    if not budget.reserve(hold):
+        control.stop("budget", budget.over(hold))
+        return None
+    record: Record | None = None
+    try:
+        record = await run()
+    finally:
+        budget.finish(
+            hold, key, sent=bool(stats.attempts),
+            refused=record is not None and not record.ok and bool((record.error or {}).get(
+                "status")),
+            actual=record.cost_usd if record is not None and record.ok else None,
+        )
+    return record
 
 
 def public_url(url: str) -> str:
@@ -415,6 +512,7 @@ async def _run_entry(
     folder: Path,
     stats: CallStats,
     control: BatchControl,
+    prices: PriceTable,
 ) -> Record | None:
     effective = {k: v for k, v in {**params, **entry.params}.items() if v is not None}
 
@@ -474,4 +572,5 @@ async def _run_entry(
         attempts=item.attempts,
         seconds=time.monotonic() - started,
         usage=None if response.usage is None else usage_fields(response.usage),
+        cost_usd=cost_of(response.usage, effective.get("model"), prices),
     )
