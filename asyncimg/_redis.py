@@ -57,7 +57,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 from ._exceptions import LimiterUnavailableError, ValidationError
-from ._limiter import Limiter, LimiterStats, RateLimit, RatePermit, read_ratelimit_headers
+from ._limiter import Limiter, LimiterStats, RateLimit, RatePermit
+from ._ratelimit_headers import read_ratelimit_headers
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

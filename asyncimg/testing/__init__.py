@@ -17,9 +17,11 @@ its own. Run one as a process with ``python -m asyncimg.testing --port 8089``
 ``pytest_plugins = ["asyncimg.testing.pytest_plugin"]``. With Pillow
 installed (``asyncimg[images]``) its JPEG and WebP results are real and its
 edits honour the mask (see ``asyncimg.testing._pictures``); Pillow is imported
-only then.
+only then. :class:`FakeClock` is the limiter's clock for tests
+(``Limiter(rate, clock=FakeClock())``): time moves only when the test says so.
 """
 
+from .._clock import FakeClock
 from ._batches import BatchAPI, BatchPace
 from ._emulator import (
     CONTENT_POLICY_MARKER,
@@ -40,6 +42,7 @@ __all__ = [
     "BatchAPI",
     "BatchPace",
     "Emulator",
+    "FakeClock",
     "Fault",
     "FaultKind",
     "Journal",
