@@ -13,6 +13,7 @@ import typing as _typing
 
 from ._batchapi import Batch, BatchJob, BatchResult, batch_line, submit_batch
 from ._client import AsyncImagesClient
+from ._clock import Clock
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -36,7 +37,7 @@ from ._exceptions import (
 )
 from ._files import ImageFile, ImageInput
 from ._keywords import EditKeywords, GenerateKeywords, RequestOptions, VariationKeywords
-from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter
+from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter, RatePermit
 from ._models import (
     BatchItem,
     Image,
@@ -76,6 +77,7 @@ __all__ = [
     "BatchJob",
     "BatchRequestError",
     "BatchResult",
+    "Clock",
     "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
@@ -103,6 +105,7 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RatePermit",
     "RedisLimiter",
     "RequestOptions",
     "ResponseTooLargeError",
