@@ -19,13 +19,18 @@ A loop that ends without :meth:`~BackgroundTasks.aclose` cancels every task
 (``asyncio.run``, ``asyncio.Runner``, ``anyio.run`` and pytest-asyncio all do), the
 host among them: the group waits for its tasks, then the host awaits ``on_loop_end``
 (the limiter closes the connections it opened). Nothing starts on that loop after
-that, so nothing is left pending; the owner may start again on a later loop.
+that, so nothing is left pending; the owner may start again on a later loop. (A job
+spawned in the loop's last round is cancelled before anyio's wrapper task awaits its
+coroutine; the owner closes such a coroutine, or Python would warn that it was never
+awaited.)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -65,6 +70,7 @@ class BackgroundTasks:
         self._on_failure = on_failure
         self._on_loop_end = on_loop_end
         self._running: dict[str, asyncio.Event] = {}  # set when the job has ended
+        self._runs: dict[str, Coroutine[Any, Any, None]] = {}  # spawned, maybe not started
         self._queued: dict[str, Job] = {}  # for the next group
         self._group: anyio.abc.TaskGroup | None = None
         self._host: asyncio.Task[None] | None = None
@@ -90,7 +96,7 @@ class BackgroundTasks:
             self._running[role] = asyncio.Event()
             group = self._group
             if group is not None and not group.cancel_scope.cancel_called:
-                group.start_soon(self._run, role, job, name=f"{self.name}: {role}")
+                self._spawn(group, role, job)
             else:  # the host is starting, or winding down after a failure
                 self._queued[role] = job
         return True
@@ -139,7 +145,7 @@ class BackgroundTasks:
                         self._group = group
                         queued, self._queued = self._queued, {}
                         for role, job in queued.items():
-                            group.start_soon(self._run, role, job, name=f"{self.name}: {role}")
+                            self._spawn(group, role, job)
                         await anyio.sleep_forever()
                 except Exception as exc:  # a job failed; the group cancelled and awaited the rest
                     self._group = None
@@ -153,15 +159,25 @@ class BackgroundTasks:
         finally:
             self._group = None
 
-    async def _run(self, role: str, job: Job) -> None:
+    def _spawn(self, group: anyio.abc.TaskGroup, role: str, job: Job) -> None:
+        run = self._runs[role] = self._run(role, job, self._running[role])
+        group.start_soon(lambda: run, name=f"{self.name}: {role}")
+
+    async def _run(self, role: str, job: Job, done: asyncio.Event) -> None:
         try:
             await job()
         finally:
-            self._running.pop(role).set()
+            if self._running.get(role) is done:  # not forgotten with a stopped loop
+                del self._running[role]
+                del self._runs[role]
+            done.set()
 
     def _forget_ended(self) -> None:
         """After a group: a job that never got to run (cancelled first) has ended too."""
         for role in [role for role in self._running if role not in self._queued]:
+            run = self._runs.pop(role, None)
+            if run is not None and inspect.getcoroutinestate(run) == inspect.CORO_CREATED:
+                run.close()
             self._running.pop(role).set()
 
     def _host_done(self, host: asyncio.Task[None]) -> None:
