@@ -14,6 +14,7 @@ import warnings as _warnings
 
 from ._callstats import CallStats
 from ._client import AsyncImagesClient
+from ._clock import Clock
 from ._cost import Budget, Estimate, PriceTable, cost_of, estimate_request, load_prices
 from ._exceptions import (
     APIConnectionError,
@@ -38,7 +39,7 @@ from ._exceptions import (
 )
 from ._files import ImageFile, ImageInput
 from ._keywords import EditKeywords, GenerateKeywords, RequestOptions, VariationKeywords
-from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter
+from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter, RatePermit
 from ._models import (
     Image,
     ImagesResponse,
@@ -91,6 +92,7 @@ __all__ = [
     "BatchRequestError",
     "Budget",
     "CallStats",
+    "Clock",
     "CompletedImageEvent",
     "ConflictError",
     "ContentPolicyError",
@@ -121,6 +123,7 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RatePermit",
     "RawResponse",
     "RedisLimiter",
     "RequestOptions",

@@ -20,7 +20,7 @@ rate there is nothing to size from, and the ceiling is :data:`AUTO_FLOOR`.
 
 A user's ``max_concurrency=`` is a hard ceiling instead: the gate never goes above it.
 
-The gate is FIFO; its clock is injectable (:class:`~asyncimg._limiter.FakeClock` in
+The gate is FIFO; its clock is injectable (:class:`~asyncimg.testing.FakeClock` in
 tests), and it arms one timer when waiters are held back by a ceiling that will grow
 as the oldest request ages.
 """
@@ -32,7 +32,8 @@ import math
 from collections import deque
 from typing import Final
 
-from ._limiter import Clock, MonotonicClock, RateLimit, Timer
+from ._clock import Clock, MonotonicClock, Timer
+from ._limiter import RateLimit
 
 __all__ = ["AUTO_CEILING", "AUTO_FLOOR", "Gate", "auto_limit"]
 

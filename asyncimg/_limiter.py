@@ -35,13 +35,15 @@ also doubles the margin of later sends (from at least 1% of ``per``, up to
 later after its stamp than the margin allows for (measured on localhost: up to 0.1 s
 for a burst of 50, 0.3 s with 16 uploads of 4 MB in flight).
 :meth:`Limiter.observe_headers` reads ``x-ratelimit-remaining-images`` and
-``x-ratelimit-reset-images`` (or the ``-requests`` variants) and, until that reset,
-grants no more than the server says remains plus what our own sends give back as
-they leave the window. It never raises the budget above the configured one.
+``x-ratelimit-reset-images`` (or the ``-requests`` variants; ``asyncimg._ratelimit_headers``
+parses them) and, until that reset, grants no more than the server says remains plus
+what our own sends give back as they leave the window. It never raises the budget above
+the configured one.
 
-The clock is injectable (:class:`Clock`); tests use :class:`FakeClock` and travel in
-time. A limiter is not thread-safe: share one between clients on one event loop
-(or one loop after another), not between threads.
+The clock is injectable (:class:`~asyncimg.Clock`, see ``asyncimg._clock``); tests use
+:class:`~asyncimg.testing.FakeClock` and travel in time. A limiter is not thread-safe:
+share one between clients on one event loop (or one loop after another), not between
+threads.
 
 The concurrency ceiling is not here: ``asyncimg._gate`` sizes it from the rate (and
 the answer times), and the client stamps a permit when its request is on the wire.
@@ -50,35 +52,26 @@ the answer times), and the client stamps a permit when its request is on the wir
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
 import math
-import re
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from ._clock import Clock, MonotonicClock, Timer
 from ._exceptions import ValidationError
+from ._ratelimit_headers import read_ratelimit_headers
 
 __all__ = [
     "BACKFILL_LOOKAHEAD",
     "MAX_MARGIN",
-    "Clock",
-    "FakeClock",
     "Limiter",
     "LimiterStats",
-    "MonotonicClock",
     "Permit",
     "RateLimit",
     "RateLimiter",
     "RatePermit",
-    "ServerAllowance",
-    "Timer",
-    "parse_duration",
-    "read_ratelimit_headers",
 ]
 
 
@@ -160,244 +153,6 @@ class RateLimit:
     def window(self) -> float:
         """How long a sent image holds its budget: ``per + margin`` seconds."""
         return self.per + self.margin
-
-
-# -- time -------------------------------------------------------------------------------
-
-
-class Timer(Protocol):
-    """A scheduled callback that can be cancelled (``asyncio.TimerHandle`` is one)."""
-
-    def cancel(self) -> None:
-        """Do not run the callback."""
-        ...
-
-
-class Clock(Protocol):
-    """The limiter's time: seconds on a monotonic scale, and a way to be woken."""
-
-    def now(self) -> float:
-        """The current time in seconds."""
-        ...
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        """Run ``callback`` (on the running event loop) once ``now() >= when``."""
-        ...
-
-    async def sleep_until(self, deadline: float) -> None:
-        """Return once ``now() >= deadline``."""
-        ...
-
-
-class MonotonicClock:
-    """The default clock: ``time.monotonic`` and the running asyncio loop."""
-
-    __slots__ = ()
-
-    def now(self) -> float:
-        """``time.monotonic()``."""
-        return time.monotonic()
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        """Schedule ``callback`` on the running loop for ``when``.
-
-        Raises:
-            RuntimeError: no event loop is running.
-        """
-        loop = asyncio.get_running_loop()
-        return loop.call_later(max(0.0, when - time.monotonic()), callback)
-
-    async def sleep_until(self, deadline: float) -> None:
-        """Sleep on the running loop until ``deadline``."""
-        delay = deadline - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-
-class _FakeTimer:
-    __slots__ = ("callback", "cancelled", "when")
-
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when = when
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeClock:
-    """A clock for tests: time moves only when :meth:`advance` is called.
-
-    Callbacks scheduled with :meth:`call_at` (and sleepers in :meth:`sleep_until`)
-    run inside :meth:`advance`, in deadline order, each with :meth:`now` set to its
-    deadline. Woken tasks run when the test next yields to the loop
-    (``await asyncio.sleep(0)``).
-    """
-
-    __slots__ = ("_heap", "_now", "_seq")
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = float(start)
-        self._heap: list[tuple[float, int, _FakeTimer]] = []
-        self._seq = 0
-
-    def now(self) -> float:
-        """The fake time."""
-        return self._now
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        """Run ``callback`` inside the :meth:`advance` that reaches ``when``."""
-        timer = _FakeTimer(when, callback)
-        self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, timer))
-        return timer
-
-    async def sleep_until(self, deadline: float) -> None:
-        """Wait until an :meth:`advance` reaches ``deadline``."""
-        if deadline <= self._now:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        timer = self.call_at(deadline, wake)
-        try:
-            await future
-        finally:
-            timer.cancel()
-
-    @property
-    def next_deadline(self) -> float | None:
-        """The earliest pending deadline, or None when nothing is scheduled."""
-        heap = self._heap
-        while heap and heap[0][2].cancelled:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward by ``seconds`` (>= 0), running every callback now due.
-
-        Raises:
-            ValueError: ``seconds`` is negative.
-        """
-        if seconds < 0:
-            raise ValueError("a FakeClock cannot go back in time")
-        self.advance_to(self._now + seconds)
-
-    def advance_to(self, when: float) -> None:
-        """Move time forward to ``when`` (never back), running the callbacks due."""
-        heap = self._heap
-        while heap and heap[0][0] <= when:
-            deadline, _, timer = heapq.heappop(heap)
-            if timer.cancelled:
-                continue
-            timer.cancelled = True
-            self._now = max(self._now, deadline)
-            timer.callback()
-        self._now = max(self._now, when)
-
-
-# -- durations --------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|μs|ns|d|h|m|s)")
-_UNIT_SECONDS = {
-    "d": 86400.0,
-    "h": 3600.0,
-    "m": 60.0,
-    "s": 1.0,
-    "ms": 1e-3,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ns": 1e-9,
-}
-
-
-def parse_duration(text: str) -> float:
-    """Parse a rate-limit reset duration into seconds.
-
-    Accepts the API's Go-style durations (``"1s"``, ``"6m0s"``, ``"20ms"``,
-    ``"1h2m3.5s"``, ``"1.5s"``, ``"300us"``, also ``"2d"``) and a bare number of
-    seconds (``"2"``, ``"0.5"``). Surrounding whitespace is ignored.
-
-    Raises:
-        ValueError: the text is not a non-negative duration.
-    """
-    s = text.strip()
-    if not s:
-        raise ValueError("an empty duration")
-    try:
-        value = float(s)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"not a duration: {text!r}")
-        return value
-    total = 0.0
-    pos = 0
-    while pos < len(s):
-        match = _DURATION_PART.match(s, pos)
-        if match is None:
-            raise ValueError(f"not a duration: {text!r}")
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    return total
-
-
-# -- the server's word -----------------------------------------------------------------
-
-
-@attrs.frozen
-class ServerAllowance:
-    """What a response's ``x-ratelimit-*`` headers say.
-
-    Attributes:
-        remaining: how many more the server allows before ``reset``.
-        reset: seconds until the server's count resets (0: no constraint).
-        images: True when counted in images, False when in requests.
-        limit: the server's ``x-ratelimit-limit-*``, if it sent one.
-    """
-
-    remaining: int
-    reset: float
-    images: bool
-    limit: int | None
-
-
-def read_ratelimit_headers(headers: Mapping[str, str]) -> ServerAllowance | None:
-    """Read ``x-ratelimit-remaining-images`` with ``x-ratelimit-reset-images``
-    (else the ``-requests`` pair) from response headers, case-insensitively.
-
-    Returns None when neither pair is complete and well-formed. Never raises.
-    """
-    found: dict[str, str] = {}
-    for key, value in headers.items():
-        lowered = key.lower()
-        if lowered.startswith("x-ratelimit-"):
-            found.setdefault(lowered, value)  # a repeated header: the first value
-    if not found:
-        return None
-    for unit in ("images", "requests"):
-        raw_remaining = found.get("x-ratelimit-remaining-" + unit)
-        raw_reset = found.get("x-ratelimit-reset-" + unit)
-        if raw_remaining is None or raw_reset is None:
-            continue
-        try:
-            remaining = int(float(raw_remaining.strip()))
-            reset = parse_duration(raw_reset)
-        except (ValueError, OverflowError):
-            continue
-        limit: int | None = None
-        raw_limit = found.get("x-ratelimit-limit-" + unit)
-        if raw_limit is not None:
-            with contextlib.suppress(ValueError, OverflowError):
-                limit = int(float(raw_limit.strip()))
-        return ServerAllowance(remaining, reset, unit == "images", limit)
-    return None
 
 
 # -- permits and stats ------------------------------------------------------------------

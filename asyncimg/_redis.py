@@ -39,6 +39,16 @@ with a local :class:`~asyncimg.Limiter` at ``local_share`` of the rate, trying R
 again after ``lease`` seconds. Redis restarted (its state lost): the images sent in
 the window before the restart are forgotten, so the next window can hold up to twice
 the budget, once; waiters re-join the queue in their order.
+
+Background tasks: the submitter, the settler, the pump and the listener belong to one
+owner (:class:`~asyncimg._background.BackgroundTasks`, whose docstring says why it is
+not a task group entered by the caller). A task that fails stops the others; the
+waiters get a :class:`LimiterUnavailableError` caused by the failure, which is logged,
+and the tasks start afresh when next needed. :meth:`RedisLimiter.aclose` stops them
+all. A loop that ends without ``aclose()`` is a crash that tidies up: the tasks end
+with the loop, the connections :meth:`RedisLimiter.from_url` opened are closed, what
+was not yet told to Redis lapses with its leases, and the limiter may serve a later
+loop.
 """
 
 from __future__ import annotations
@@ -54,10 +64,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
 import attrs
 
+from ._background import BackgroundTasks, first_error
 from ._exceptions import LimiterUnavailableError, ValidationError
-from ._limiter import Limiter, LimiterStats, RateLimit, RatePermit, read_ratelimit_headers
+from ._limiter import Limiter, LimiterStats, RateLimit, RatePermit
+from ._ratelimit_headers import read_ratelimit_headers
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -88,6 +101,20 @@ def check_name(name: str) -> None:
         raise ValueError("the name must be 1-100 letters, digits, '.', '_' or '-'")
     if name.startswith("sk-"):
         raise ValueError("the name looks like an API key; it is written into Redis keys")
+
+
+def _stopped(exc: BaseException) -> LimiterUnavailableError:
+    """What the waiters get when a background task stops for ``exc`` (cancelled or failed)."""
+    cause = first_error(exc)
+    if isinstance(cause, asyncio.CancelledError):
+        error = LimiterUnavailableError("the shared limiter's background tasks stopped")
+    else:
+        error = LimiterUnavailableError(
+            "the shared limiter's background task failed: "
+            f"{type(cause).__name__}: {str(cause)[:200]}"
+        )
+    error.__cause__ = cause
+    return error
 
 
 def _ms(seconds: float) -> int:
@@ -243,9 +270,7 @@ class RedisLimiter:
         self._waiters: dict[str, tuple[asyncio.Future[RedisPermit], int]] = {}
         self._held: set[str] = set()
         self._submit: list[tuple[str, int, asyncio.Future[RedisPermit]]] = []
-        self._submitting: asyncio.Task[None] | None = None
         self._pending: list[str] = []  # settlements not sent yet
-        self._settling: asyncio.Task[None] | None = None
         self._told = 0  # settlements queued, ever
         self._landed = 0  # settlements whose call has finished, ever
         self._landing = asyncio.Event()  # set (and replaced) as each call finishes
@@ -253,8 +278,12 @@ class RedisLimiter:
         self._acquiring = 0  # acquire calls of this process not yet returned
         self._busy_since = 0.0
         self._waited = 0.0
-        self._pump_task: asyncio.Task[None] | None = None
-        self._listen_task: asyncio.Task[None] | None = None
+        # The submitter, the settler, the pump and the listener.
+        self._tasks = BackgroundTasks(
+            f"asyncimg RedisLimiter {name}",
+            on_failure=self._background_failed,
+            on_loop_end=self._loop_ended,
+        )
         self._wake = asyncio.Event()  # an asyncio.Event binds to a loop on first use
         self._subscribed = asyncio.Event()
         self._local: Limiter | None = None
@@ -376,6 +405,7 @@ class RedisLimiter:
         Raises:
             LimiterUnavailableError: Redis did not answer in time.
         """
+        self._tasks.open()  # so that the loop's end closes the connection this opens
         await self._flushed()
         await self._call("stats")
         return self.stats()
@@ -389,20 +419,14 @@ class RedisLimiter:
             if not future.done():
                 future.set_exception(closed)
         self._submit.clear()
-        if self._submitting is not None:  # its batch comes back, to be given back
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._submitting), self.timeout)
+        await self._tasks.wait("submitter", self.timeout)  # its batch comes back, to give back
         for ticket, (future, _n) in self._waiters.items():
             self._settle("r", ticket)  # leave the queue now, not when the lease lapses
             if not future.done():
                 future.set_exception(closed)
         self._waiters.clear()
         await self._flushed()
-        tasks = [t for t in (self._pump_task, self._listen_task, self._submitting,
-                             self._settling) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.aclose()
         if self._owns:
             await self._redis.aclose()
 
@@ -457,9 +481,9 @@ class RedisLimiter:
         self._seq += 1
         ticket = f"{self._sid}:{self._seq}:{n}"
         future: asyncio.Future[RedisPermit] = asyncio.get_running_loop().create_future()
+        if not self._tasks.start("submitter", self._submitter):
+            raise LimiterUnavailableError("the limiter's event loop is shutting down")
         self._submit.append((ticket, n, future))
-        if self._submitting is None:
-            self._submitting = asyncio.get_running_loop().create_task(self._submitter())
         try:
             return await future
         except asyncio.CancelledError:
@@ -481,39 +505,48 @@ class RedisLimiter:
 
     async def _submitter(self) -> None:
         """Send new tickets, as many as have arrived, in one call at a time."""
-        try:
-            while self._submit:
-                batch, self._submit = self._submit, []
-                try:
-                    reply = await self._call("acquire", *(ticket for ticket, _n, _f in batch))
-                except LimiterUnavailableError as exc:
-                    for ticket, _n, future in batch:
-                        self._settle("r", ticket)  # it may have reached Redis: take nothing
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                granted = set(reply.granted)
-                queued = False
-                for ticket, n, future in batch:
-                    if self._closed:
-                        self._settle("r", ticket)
-                        if not future.done():
-                            future.set_exception(LimiterUnavailableError("the limiter was closed"))
-                    elif ticket in granted:
-                        permit = self._permit(ticket, n)
-                        if future.done():  # cancelled meanwhile
-                            permit.refund()
-                        else:
-                            future.set_result(permit)
-                    elif future.done():
-                        self._settle("r", ticket)
+        while self._submit:
+            batch, self._submit = self._submit, []
+            try:
+                reply = await self._call("acquire", *(ticket for ticket, _n, _f in batch))
+            except LimiterUnavailableError as exc:
+                self._give_back(batch, exc)
+                continue
+            except BaseException as exc:  # stopped, or failed: the owner tells the rest
+                self._give_back(batch, _stopped(exc))
+                raise
+            granted = set(reply.granted)
+            queued = False
+            for ticket, n, future in batch:
+                if self._closed:
+                    self._settle("r", ticket)
+                    if not future.done():
+                        future.set_exception(LimiterUnavailableError("the limiter was closed"))
+                elif ticket in granted:
+                    permit = self._permit(ticket, n)
+                    if future.done():  # cancelled meanwhile
+                        permit.refund()
                     else:
-                        self._waiters[ticket] = (future, n)
-                        queued = True
-                if queued:
-                    self._start_pump(wake=reply.mine != 0)
-        finally:
-            self._submitting = None
+                        future.set_result(permit)
+                elif future.done():
+                    self._settle("r", ticket)
+                else:
+                    self._waiters[ticket] = (future, n)
+                    queued = True
+            if queued:
+                self._start_pump(wake=reply.mine != 0)
+
+    def _give_back(
+        self,
+        batch: list[tuple[str, int, asyncio.Future[RedisPermit]]],
+        error: LimiterUnavailableError,
+    ) -> None:
+        """A batch of tickets went unanswered: they may have reached Redis, so they leave
+        its queue, and their waiters get ``error``."""
+        for ticket, _n, future in batch:
+            self._settle("r", ticket)
+            if not future.done():
+                future.set_exception(error)
 
     def _permit(self, ticket: str, n: int) -> RedisPermit:
         self._held.add(ticket)
@@ -527,38 +560,34 @@ class RedisLimiter:
     def _tell(self, item: str) -> None:
         self._pending.append(item)
         self._told += 1
-        if self._settling is None:
-            self._settling = asyncio.get_running_loop().create_task(self._settler())
+        self._tasks.start("settler", self._settler)
 
     async def _settler(self) -> None:
         """Send stamps, refunds, pauses and headers, all that have piled up, in one call
         at a time."""
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    reply = await self._call("settle", *batch)
-                except LimiterUnavailableError as exc:
-                    if not self._warned:
-                        self._warned = True
-                        logger.warning("asyncimg shared limiter %r: %s", self.name, exc)
-                    continue
-                finally:
-                    self._pause_pending = any(item[0] == "p" for item in self._pending)
-                    self._landed += len(batch)
-                    self._landing.set()
-                    self._landing = asyncio.Event()
-                self._warned = False
-                if reply.mine and self._waiters:  # our head fits, or has a new time to wait
-                    self._start_pump(wake=True)
-        finally:
-            self._settling = None
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                reply = await self._call("settle", *batch)
+            except LimiterUnavailableError as exc:
+                if not self._warned:
+                    self._warned = True
+                    logger.warning("asyncimg shared limiter %r: %s", self.name, exc)
+                continue
+            finally:
+                self._pause_pending = any(item[0] == "p" for item in self._pending)
+                self._landed += len(batch)
+                self._landing.set()
+                self._landing = asyncio.Event()
+            self._warned = False
+            if reply.mine and self._waiters:  # our head fits, or has a new time to wait
+                self._start_pump(wake=True)
 
     async def _flushed(self) -> None:
         """Wait (at most ``timeout``) until what was told so far has been sent."""
         target = self._told
         deadline = time.monotonic() + self.timeout
-        while self._landed < target and self._settling is not None:
+        while self._landed < target and self._tasks.running("settler"):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -581,12 +610,12 @@ class RedisLimiter:
         return self._local
 
     def _start_pump(self, *, wake: bool) -> None:
-        if self._listen_task is None:
-            self._listen_task = asyncio.get_running_loop().create_task(self._listen())
-        if self._pump_task is None:
-            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
-        elif wake:
-            self._wake.set()
+        self._tasks.start("listener", self._listen)
+        if self._tasks.running("pump"):
+            if wake:
+                self._wake.set()
+        else:
+            self._tasks.start("pump", self._pump)
 
     async def _listen(self) -> None:
         """Hold a pub/sub subscription; a message naming this session wakes the pump."""
@@ -607,8 +636,7 @@ class RedisLimiter:
                     if not isinstance(exc, (RedisError, OSError, asyncio.TimeoutError)):
                         raise
                     if pubsub is not None:
-                        with contextlib.suppress(Exception):
-                            await _close_pubsub(pubsub)
+                        await self._unsubscribe(pubsub)
                         pubsub = None
                     self._subscribed.set()  # do not hold the pump; its beat polls
                     self._wake.set()
@@ -619,47 +647,74 @@ class RedisLimiter:
                     if data == sid or data == self._sid:
                         self._wake.set()
         finally:
+            self._subscribed.clear()
             if pubsub is not None:
-                with contextlib.suppress(Exception):
-                    await _close_pubsub(pubsub)
+                await self._unsubscribe(pubsub)
+
+    async def _unsubscribe(self, pubsub: PubSub) -> None:
+        """Close a subscription (at most ``timeout`` seconds), even while cancelled."""
+        with anyio.move_on_after(self.timeout, shield=True), contextlib.suppress(Exception):
+            await _close_pubsub(pubsub)
 
     async def _pump(self) -> None:
         """While this process has waiters: take what reaches the head, renew leases, sleep."""
         beat = self.lease / 3
-        try:
-            # A grant published before we listened would be lost: listen, then look.
+        # A grant published before we listened would be lost: listen, then look.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), self.timeout)
+        while self._waiters:
+            self._wake.clear()
+            held = list(self._held)
+            asked = list(self._waiters)
+            try:
+                reply = await self._call("take", len(held), *held, *asked)
+            except LimiterUnavailableError as exc:
+                self._fail_waiters(exc)  # granted, maybe, the reply lost: take nothing
+                return
+            for ticket in reply.granted:
+                waiter = self._waiters.pop(ticket, None)
+                if waiter is not None and not waiter[0].done():
+                    waiter[0].set_result(self._permit(ticket, waiter[1]))
+                else:
+                    self._settle("r", ticket)
+            for ticket in set(asked) - set(reply.granted) - self._waiters.keys():
+                self._settle("r", ticket)  # cancelled meanwhile: leave the queue
+            if reply.mine == 1:
+                continue
+            delay = beat
+            if reply.mine == 2 and reply.wait is not None:
+                delay = min(delay, reply.wait)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._subscribed.wait(), self.timeout)
-            while self._waiters:
-                self._wake.clear()
-                held = list(self._held)
-                asked = list(self._waiters)
-                try:
-                    reply = await self._call("take", len(held), *held, *asked)
-                except LimiterUnavailableError as exc:
-                    for ticket, (future, _n) in self._waiters.items():
-                        self._settle("r", ticket)  # granted, maybe, the reply lost: take nothing
-                        if not future.done():
-                            future.set_exception(exc)
-                    self._waiters.clear()
-                    return
-                for ticket in reply.granted:
-                    waiter = self._waiters.pop(ticket, None)
-                    if waiter is not None and not waiter[0].done():
-                        waiter[0].set_result(self._permit(ticket, waiter[1]))
-                    else:
-                        self._settle("r", ticket)
-                for ticket in set(asked) - set(reply.granted) - self._waiters.keys():
-                    self._settle("r", ticket)  # cancelled meanwhile: leave the queue
-                if reply.mine == 1:
-                    continue
-                delay = beat
-                if reply.mine == 2 and reply.wait is not None:
-                    delay = min(delay, reply.wait)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-        finally:
-            self._pump_task = None
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _fail_waiters(self, error: LimiterUnavailableError) -> None:
+        """Every queued waiter of this process leaves Redis's queue and gets ``error``."""
+        for ticket, (future, _n) in self._waiters.items():
+            self._settle("r", ticket)
+            if not future.done():
+                future.set_exception(error)
+        self._waiters.clear()
+
+    def _background_failed(self, exc: Exception) -> None:
+        """A background task raised and the others have stopped: log it, and fail the
+        waiters in Redis's queue. Tickets not sent yet go with a new submitter; the
+        other tasks start again when next needed."""
+        error = _stopped(exc)
+        logger.error("asyncimg shared limiter %r: %s", self.name, error, exc_info=exc)
+        self._fail_waiters(error)
+        if self._submit:
+            self._tasks.start("submitter", self._submitter)
+
+    async def _loop_ended(self) -> None:
+        """The loop is ending without :meth:`aclose`: close what :meth:`from_url` opened,
+        and leave nothing bound to this loop."""
+        self._wake = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._landing.set()
+        self._landing = asyncio.Event()
+        if self._owns:
+            with anyio.move_on_after(self.timeout), contextlib.suppress(Exception):
+                await self._redis.aclose()
 
     def _stats(self, elapsed: float, state: tuple[int, ...]) -> LimiterStats:
         (granted, refunded, sent, waiting, waiting_images, held, in_window, available,

@@ -27,7 +27,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from asyncimg._limiter import FakeClock, Limiter, Permit, RateLimit
+from asyncimg._limiter import Limiter, Permit, RateLimit
+from asyncimg.testing import FakeClock
 
 
 def max_in_window(arrivals: Sequence[tuple[float, int]], per: float) -> int:

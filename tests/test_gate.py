@@ -12,8 +12,7 @@ import pytest
 
 from asyncimg import AsyncImagesClient, RateLimit
 from asyncimg._gate import AUTO_CEILING, AUTO_FLOOR, Gate, auto_limit
-from asyncimg._limiter import FakeClock
-from asyncimg.testing import Emulator
+from asyncimg.testing import Emulator, FakeClock
 
 from .conftest import TEST_KEY
 

@@ -15,19 +15,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asyncimg._clock import MonotonicClock
 from asyncimg._exceptions import ValidationError
 from asyncimg._limiter import (
     MAX_MARGIN,
-    FakeClock,
     Limiter,
     LimiterStats,
-    MonotonicClock,
     Permit,
     RateLimit,
     RateLimiter,
     RatePermit,
-    parse_duration,
 )
+from asyncimg._ratelimit_headers import parse_duration
+from asyncimg.testing import FakeClock
 
 
 async def settle(rounds: int = 50) -> None:

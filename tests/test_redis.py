@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import socket
@@ -418,6 +419,102 @@ async def test_aclose_leaves_no_task_and_fails_the_waiters(shared: Shared) -> No
         await waiter
     assert asyncio.all_tasks() == before
     assert (await shared(RateLimit(1, 30.0)).fetch_stats()).waiting == 0  # it left the queue
+
+
+def test_a_loop_that_ends_without_aclose_leaves_nothing_pending_nor_open(
+    redis_server: RedisServer, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    made: list[asyncio.Task[Any]] = []
+
+    def record(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        made.append(asyncio.Task(coro, loop=loop, **kwargs))
+        return made[-1]
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(record)
+        rate = RateLimit(1, 30.0)
+        a, b = limiter(redis_server.url, name, rate), limiter(redis_server.url, name, rate)
+        (await a.acquire(1)).stamp()  # a's settler
+        waiter = asyncio.ensure_future(b.acquire(1))  # b's submitter, pump and listener
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        a.pause(0.0)  # a settler on its way as the loop ends; and no aclose()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+        assert len(made) >= 5
+        assert [task for task in made if not task.done()] == []
+        made.clear()  # the last references to the limiters
+        gc.collect()  # an unclosed connection warns here: an error, with filterwarnings
+    assert [rec.getMessage() for rec in caplog.records] == []  # "Task was destroyed ..."
+
+
+def test_a_limiter_serves_one_loop_after_another(redis_server: RedisServer, name: str) -> None:
+    lim = limiter(redis_server.url, name, RateLimit(1, 0.3, margin=0.0))
+
+    async def twice() -> float:
+        started = time.monotonic()
+        for _ in range(2):  # the second waits for the window: the pump, the listener
+            (await asyncio.wait_for(lim.acquire(1), 2.0)).stamp()
+        await lim.fetch_stats()  # what it told Redis has landed
+        return time.monotonic() - started
+
+    assert asyncio.run(twice()) >= 0.25
+    assert asyncio.run(twice()) >= 0.25  # a new loop: new connections, no stale task
+    assert asyncio.run(lim.fetch_stats()).sent == 4
+    asyncio.run(lim.aclose())
+
+
+@contextlib.asynccontextmanager
+async def nonsense_server() -> AsyncIterator[str]:
+    """A TCP server that answers ``+OK`` to every command: a Redis gone wrong."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                count = int((await reader.readuntil(b"\r\n"))[1:])  # *N: an array
+                for _ in range(count):
+                    size = int((await reader.readuntil(b"\r\n"))[1:])  # $len
+                    await reader.readexactly(size + 2)
+                writer.write(b"+OK\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_failing_background_task_fails_the_waiters_as_unavailable(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answers make no sense to redis-py (it raises neither a RedisError nor an
+    OSError): a bug's path, which used to leave the waiter hanging for ever."""
+    with caplog.at_level(logging.ERROR, logger="asyncimg"):
+        async with contextlib.AsyncExitStack() as stack:
+            url = await stack.enter_async_context(nonsense_server())
+            lim = await stack.enter_async_context(
+                limiter(url, name, RateLimit(5, 1.0), timeout=0.5)
+            )
+            for _ in range(2):  # the tasks start afresh, and fail again
+                with pytest.raises(
+                    LimiterUnavailableError, match="background task failed"
+                ) as info:
+                    await asyncio.wait_for(lim.acquire(1), 2.0)
+                cause = info.value.__cause__
+                assert cause is not None
+                assert not isinstance(cause, (OSError, LimiterUnavailableError))
+            local = await stack.enter_async_context(
+                limiter(url, name, RateLimit(5, 1.0), on_unavailable="local", local_share=1.0)
+            )
+            (await asyncio.wait_for(local.acquire(1), 2.0)).stamp()  # the local fallback
+    assert len([rec for rec in caplog.records if rec.exc_info]) == 3  # each failure logged
 
 
 async def test_the_client_goes_through_the_shared_limiter(

@@ -16,7 +16,8 @@ its own. Run one as a process with ``python -m asyncimg.testing --port 8089``
 ``pytest_plugins = ["asyncimg.testing.pytest_plugin"]``. With Pillow
 installed (``asyncimg[images]``) its JPEG and WebP results are real and its
 edits honour the mask (see ``asyncimg.testing._pictures``); Pillow is imported
-only then.
+only then. :class:`FakeClock` is the limiter's clock for tests
+(``Limiter(rate, clock=FakeClock())``): time moves only when the test says so.
 
 Each name is imported from its module when first used: ``Emulator`` imports
 aiohttp.web, ``import asyncimg.testing`` alone does not (so ``asyncimg --help``
@@ -31,6 +32,7 @@ import importlib as _importlib
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
+    from .._clock import FakeClock
     from ._batches import BatchAPI, BatchPace
     from ._emulator import Emulator
     from ._faults import Fault, FaultKind
@@ -47,6 +49,7 @@ __all__ = [
     "BatchAPI",
     "BatchPace",
     "Emulator",
+    "FakeClock",
     "Fault",
     "FaultKind",
     "Journal",
@@ -61,6 +64,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "FakeClock": "asyncimg._clock",
     "BatchAPI": "_batches",
     "BatchPace": "_batches",
     "CONTENT_POLICY_MARKER": "_images",
@@ -88,7 +92,8 @@ def __getattr__(name: str) -> _typing.Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f"{__name__}.{home}"), name)
+    module = home if "." in home else f"{__name__}.{home}"
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
 
