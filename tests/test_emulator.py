@@ -121,7 +121,7 @@ def test_a_1024_png_is_cheap() -> None:
     make_png.cache_clear()
     started = time.perf_counter()
     make_png(1024, 1024, "fresh seed for timing")
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 2.0  # about 30 ms idle; a bound load cannot break
 
 
 def test_encode_png_and_make_png_refuse_bad_sizes() -> None:
@@ -900,7 +900,7 @@ def test_latency_spread_and_download_latency_are_separate() -> None:
 
 
 async def test_url_downloads_do_not_wait_the_generation_latency() -> None:
-    async with Emulator(api_key=KEY, latency=0.3) as emu, asyncimg.AsyncImagesClient(
+    async with Emulator(api_key=KEY, latency=0.6) as emu, asyncimg.AsyncImagesClient(
         api_key=KEY, base_url=emu.base_url, rate_limit=None
     ) as client:
         response = await client.generate("p", model="dall-e-2", size="256x256",
@@ -908,7 +908,7 @@ async def test_url_downloads_do_not_wait_the_generation_latency() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         data = await client.download(response.data[0])
-        assert loop.time() - started < 0.25
+        assert loop.time() - started < 0.5  # not the 0.6 s of a generation
     assert data.startswith(b"\x89PNG")
 
 

@@ -360,7 +360,7 @@ def test_ctrl_c_cancels_a_slow_call(client: ImagesClient, server: Emulator) -> N
     with pytest.raises(KeyboardInterrupt):
         client.generate("a very slow cat", size="256x256")
     timer.join()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # not the 5 s of the call
     assert_released(client)
     server.latency = 0.0
     assert client.generate("a quick cat", size="256x256").data  # the client still works
@@ -374,7 +374,7 @@ def test_ctrl_c_during_generate_many(client: ImagesClient, server: Emulator) -> 
     with pytest.raises(KeyboardInterrupt):
         next(items)
     timer.join()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # not the 5 s of the call
     assert_released(client)
     with pytest.raises(StopIteration):
         next(items)
@@ -500,15 +500,15 @@ def test_a_stream_is_a_plain_iterator_of_the_same_events(
 def test_leaving_a_blocking_stream_early_closes_it(client: ImagesClient, server: Emulator) -> None:
     from asyncimg.testing import Fault
 
-    server.add_fault(Fault.trickle(0.3))
+    server.add_fault(Fault.trickle(1.0))
     started = time.monotonic()
     for _event in client.generate("a", model="gpt-image-1", stream=True, partial_images=3):
         break
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 4
     while not server.requests() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.requests()[0].events == 1
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < 2.5  # not the 3 s to the end
     assert_released(client)
 
 
