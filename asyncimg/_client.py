@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import functools
 import inspect
 import logging
@@ -55,6 +56,7 @@ from ._offloop import OFF_LOOP_BYTES, blocking, off_loop, off_loop_if_large
 from ._params import EditParams, GenerateParams, JsonEditParams, Params, VariationParams
 from ._refs import EditImages, by_reference, load_ref, load_refs
 from ._retry import RetryPolicy, decide
+from ._sdk import AsyncImages, TimeoutLike, split_timeout
 from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 from ._transport import OnWire, RawResponse, Transport, without_query
 from ._version import __version__
@@ -76,6 +78,13 @@ costs seconds, not a whole attempt's timeout."""
 
 _T = TypeVar("_T")
 _C = TypeVar("_C", bound="AsyncImagesClient")
+
+
+class _Unset:
+    """The type of :data:`_UNSET`: an argument left out (None means "no limit")."""
+
+
+_UNSET: Final = _Unset()
 
 TokenProvider = Callable[[], str | Awaitable[str]]
 """A sync or async callable returning a bearer token (an Entra ID token for Azure)."""
@@ -111,6 +120,8 @@ class AsyncImagesClient:
             rate), so the limiter, not the ceiling, sets the pace.
         max_retries: retries after the first attempt (per call: ``max_retries=``).
         timeout: seconds for one attempt (per call: ``timeout=``); None: no limit.
+            An ``httpx.Timeout``-shaped object is read too (its ``connect``
+            sets ``connect_timeout``; see :func:`~asyncimg._sdk.split_timeout`).
         connect_timeout: seconds to open a connection, within ``timeout``
             (default 5, as the official SDK); None: no limit of its own.
         max_response_bytes: a larger response body is refused unread.
@@ -148,7 +159,7 @@ class AsyncImagesClient:
         limiter: RateLimiter | None = None,
         max_concurrency: int | None = None,
         max_retries: int = 3,
-        timeout: float | None = 600.0,
+        timeout: TimeoutLike = 600.0,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         default_headers: Mapping[str, str] | None = None,
@@ -166,7 +177,10 @@ class AsyncImagesClient:
             check_int("max_concurrency", max_concurrency, 1)
         check_int("max_retries", max_retries, 0)
         check_int("max_response_bytes", max_response_bytes, 1)
-        check_seconds("timeout", timeout, none_ok=True)
+        parts = split_timeout(timeout)
+        timeout = parts.total
+        if parts.names_connect:
+            connect_timeout = parts.connect
         check_seconds("connect_timeout", connect_timeout, none_ok=True)
         if token_provider is not None and not callable(token_provider):
             raise ValidationError("token_provider", "token_provider must be a callable")
@@ -199,7 +213,7 @@ class AsyncImagesClient:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_concurrency = max_concurrency
-        self.timeout = timeout
+        self.timeout: float | None = timeout
         self.retry_policy = RetryPolicy(max_retries=max_retries)
         self.limiter: RateLimiter = limiter if limiter is not None else Limiter(rate_limit)
         self._origin = _origin(self.base_url)
@@ -268,6 +282,60 @@ class AsyncImagesClient:
                 options=options,
             )
         )
+
+    @functools.cached_property
+    def images(self) -> AsyncImages:
+        """The official SDK's spelling of the calls: ``client.images.generate(prompt=...)``,
+        ``.edit(image=..., prompt=...)``, ``.create_variation(image=...)``, and
+        ``client.images.with_raw_response.<call>(...)`` for the HTTP answer."""
+        return AsyncImages(self)
+
+    def with_options(
+        self: _C,
+        *,
+        timeout: TimeoutLike | _Unset = _UNSET,
+        max_retries: int | None = None,
+        model: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, QueryValue] | None = None,
+    ) -> _C:
+        """A client with other defaults that shares this one's session, limiter and
+        concurrency ceiling (the official SDK's ``with_options``/``copy``).
+
+        ``timeout`` (seconds, None for no limit, or an ``httpx.Timeout``-shaped
+        object, whose ``connect`` part is ignored: the connection pool is
+        shared), ``max_retries`` and ``model`` replace this client's;
+        ``default_headers`` and ``default_query`` are added over its own.
+        Arguments left out keep this client's values. Close the original
+        client, not the copy: they share one session.
+
+        Raises:
+            ValidationError: an argument is invalid.
+        """
+        clone = copy.copy(self)
+        clone.__dict__.pop("images", None)  # the namespace must call the clone
+        if not isinstance(timeout, _Unset):
+            clone.timeout = split_timeout(timeout).total
+        if max_retries is not None:
+            clone.retry_policy = self._policy(max_retries)
+        if model is not None:
+            clone.model = model
+        if default_headers is not None:
+            clone._headers = merge_headers(
+                self._headers, check_headers(default_headers, "default_headers")
+            )
+        if default_query is not None:
+            clone._default_query = {
+                **self._default_query, **check_query(default_query, "default_query")
+            }
+        return clone
+
+    copy = with_options
+
+    def endpoint_url(self, path: str) -> str:
+        """The URL a request to ``path`` goes to, without any query (which may carry a
+        key) and with any password in it hidden: for logs and raw responses."""
+        return redact_url(without_query(self.base_url)) + path
 
     def __repr__(self) -> str:
         return (
@@ -486,7 +554,7 @@ class AsyncImagesClient:
 
     # -- results -----------------------------------------------------------------------
 
-    async def download(self, image: Image, *, timeout: float | None = None) -> bytes:
+    async def download(self, image: Image, *, timeout: TimeoutLike = None) -> bytes:
         """The bytes of one result: ``b64_json`` decoded, or ``url`` fetched with retries.
 
         The API key is sent only to a URL on the API's own origin. A download
@@ -500,7 +568,7 @@ class AsyncImagesClient:
             APIStatusError: the URL answered an error (403 once it has expired).
             APIConnectionError: no usable answer after the retries.
         """
-        check_seconds("timeout", timeout, none_ok=True)
+        attempt_timeout = self._attempt_timeout(timeout)
         if image.b64_json is not None:
             if len(image.b64_json) > OFF_LOOP_BYTES:
                 return await off_loop(decode_b64, image)
@@ -513,7 +581,6 @@ class AsyncImagesClient:
         # The client's credentials go only to the API's own origin: its headers
         # (token included) and its default query (which may carry a key).
         url = with_query(image.url, self._default_query) if own_origin else image.url
-        attempt_timeout = timeout if timeout is not None else self.timeout
 
         async def attempt(on_wire: OnWire) -> RawResponse:
             headers = await self._request_headers({}) if own_origin else {}
@@ -536,7 +603,7 @@ class AsyncImagesClient:
         files: Mapping[str, tuple[str, bytes, str]] | None = None,
         params: Mapping[str, QueryValue] | None = None,
         max_retries: int | None = None,
-        timeout: float | None = None,
+        timeout: TimeoutLike = None,
     ) -> RawResponse:
         """Send a request to ``{base_url}{path}`` through the client's one request path.
 
@@ -555,7 +622,7 @@ class AsyncImagesClient:
         """
         if json is not None and (data is not None or files is not None):
             raise ValidationError("json", "send json= or a form (data=, files=), not both")
-        check_seconds("timeout", timeout, none_ok=True)
+        attempt_timeout = self._attempt_timeout(timeout)
         policy = self._policy(max_retries)
         url = request_url(
             self._base, path, self._base_query, self._default_query,
@@ -570,7 +637,6 @@ class AsyncImagesClient:
                 tuple((name, name, *file) for name, file in (files or {}).items()),
                 {},
             )
-        attempt_timeout = timeout if timeout is not None else self.timeout
 
         async def attempt(on_wire: OnWire) -> RawResponse:
             return await self._transport.request(
@@ -697,8 +763,7 @@ class AsyncImagesClient:
             ValidationError: an option is invalid, or no deployment can be named.
         """
         policy = self._policy(options.max_retries)
-        check_seconds("timeout", options.timeout, none_ok=True)
-        attempt_timeout = options.timeout if options.timeout is not None else self.timeout
+        attempt_timeout = self._attempt_timeout(options.timeout)
         url = request_url(
             self._base,
             params.path,
@@ -725,6 +790,16 @@ class AsyncImagesClient:
             attempt, parse_images_response, images=params.images, policy=policy,
             what=f"POST {params.path}", stats=options.stats,
         )
+
+    def _attempt_timeout(self, timeout: TimeoutLike) -> float | None:
+        """A call's ``timeout=`` (seconds or an httpx-shaped object), else the client's.
+
+        Raises:
+            ValidationError: not a timeout.
+        """
+        if timeout is None:
+            return self.timeout
+        return split_timeout(timeout).total
 
     def _policy(self, max_retries: int | None) -> RetryPolicy:
         if max_retries is None:
@@ -858,7 +933,7 @@ class AsyncImagesClient:
 class _CallOptions:
     """What a call takes besides the API's parameters (``RequestOptions`` less ``extra_body``)."""
 
-    timeout: float | None = None
+    timeout: TimeoutLike = None
     max_retries: int | None = None
     extra_headers: Mapping[str, str] | None = None
     extra_query: Mapping[str, QueryValue] | None = None
@@ -871,7 +946,9 @@ def parse_images_response(raw: RawResponse) -> ImagesResponse:
     Raises:
         APIResponseValidationError: the body is not an images response.
     """
-    return ImagesResponse.from_json(raw.json, request_id=raw.request_id, status_code=raw.status)
+    return ImagesResponse.from_json(
+        raw.json, request_id=raw.request_id, status_code=raw.status, headers=raw.headers
+    )
 
 
 def _body(raw: RawResponse) -> bytes:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._callstats import CallStats
     from ._config import QueryValue
     from ._refs import MaskImage
+    from ._sdk import TimeoutLike
 
 __all__ = [
     "EDIT_KEYWORDS",
@@ -41,8 +42,9 @@ class RequestOptions(TypedDict, total=False):
 
     extra_body: Mapping[str, Any] | None
     """Parameters this version does not know, sent as they are."""
-    timeout: float | None
-    """Seconds for one attempt of this call (the client's by default)."""
+    timeout: TimeoutLike
+    """Seconds for one attempt of this call (the client's by default), or an
+    ``httpx.Timeout``-shaped object (its ``read``/``write``; ``connect`` is the client's)."""
     max_retries: int | None
     """Retries of this call after the first attempt (the client's by default)."""
     extra_headers: Mapping[str, str] | None
