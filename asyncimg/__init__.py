@@ -27,6 +27,7 @@ from ._exceptions import (
     ConflictError,
     ContentPolicyError,
     InternalServerError,
+    InvalidRequestError,
     LimiterUnavailableError,
     NotFoundError,
     PermissionDeniedError,
@@ -43,10 +44,12 @@ from ._models import (
     ImagesResponse,
     InputTokensDetails,
     OutputTokensDetails,
+    SvgUsage,
     Usage,
 )
 from ._refs import EditImages, ImageRef
 from ._retry import RetryPolicy
+from ._sdk import RawAPIResponse
 from ._stream import (
     CompletedImageEvent,
     ImageStream,
@@ -105,6 +108,7 @@ __all__ = [
     "ImagesResponse",
     "InputTokensDetails",
     "InternalServerError",
+    "InvalidRequestError",
     "Limiter",
     "LimiterStats",
     "LimiterUnavailableError",
@@ -117,11 +121,13 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
+    "RawAPIResponse",
     "RawResponse",
     "RedisLimiter",
     "RequestOptions",
     "ResponseTooLargeError",
     "RetryPolicy",
+    "SvgUsage",
     "UnknownEvent",
     "UnprocessableEntityError",
     "Usage",

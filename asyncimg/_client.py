@@ -45,7 +45,7 @@ from ._config import (
     ssl_context,
     with_query,
 )
-from ._exceptions import APIError, APIResponseValidationError, ValidationError
+from ._exceptions import APIError, APIResponseValidationError, NotFoundError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
 from ._fs import safe_stem, write_atomic, write_new
 from ._gate import Gate
@@ -59,6 +59,7 @@ from ._retry import RetryPolicy, decide
 from ._sdk import AsyncImages, TimeoutLike, split_timeout
 from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 from ._transport import OnWire, RawResponse, Transport, without_query
+from ._validation import retired_note, sends_response_format
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -483,11 +484,13 @@ class AsyncImagesClient:
         moderation = fields.pop("moderation", None)
         params: EditParams | JsonEditParams
         if by_reference(image, mask):
-            if fields.pop("response_format", None) is not None:
+            response_format = fields.pop("response_format", None)
+            if response_format not in (None, "b64_json"):
                 raise ValidationError(
                     "response_format",
-                    "response_format is not taken by an edit of images by reference (ImageRef); "
-                    "the GPT image models always return b64_json",
+                    f"response_format {response_format!r} is not available for an edit of "
+                    "images by reference (ImageRef): only the GPT image models take one, and "
+                    "they return b64_json (ask for that, or leave response_format out)",
                 )
             params = JsonEditParams.build(
                 image_refs=await load_refs(image, "image"),
@@ -728,6 +731,8 @@ class AsyncImagesClient:
         )
         if fields.get("model") is None:
             fields["model"] = self.model
+        if not sends_response_format(fields["model"], fields.get("response_format")):
+            fields.pop("response_format", None)  # b64_json: what a GPT image model returns
         return fields, options
 
     async def _request_headers(self, extra: Mapping[str, str]) -> Mapping[str, str]:
@@ -786,10 +791,14 @@ class AsyncImagesClient:
                 timeout=attempt_timeout, decode_json=True, on_wire=on_wire,
             )
 
-        return await self._send(
-            attempt, parse_images_response, images=params.images, policy=policy,
-            what=f"POST {params.path}", stats=options.stats,
-        )
+        try:
+            return await self._send(
+                attempt, parse_images_response, images=params.images, policy=policy,
+                what=f"POST {params.path}", stats=options.stats,
+            )
+        except NotFoundError as exc:
+            _say_if_retired(exc, params.model)
+            raise
 
     def _attempt_timeout(self, timeout: TimeoutLike) -> float | None:
         """A call's ``timeout=`` (seconds or an httpx-shaped object), else the client's.
@@ -829,10 +838,14 @@ class AsyncImagesClient:
             opened.append(stream)
             return RawResponse(stream.status, stream.headers)
 
-        return await self._send(
-            attempt, lambda _: opened.pop(), images=params.images, policy=policy,
-            what=f"POST {params.path} (stream)", stats=options.stats,
-        )
+        try:
+            return await self._send(
+                attempt, lambda _: opened.pop(), images=params.images, policy=policy,
+                what=f"POST {params.path} (stream)", stats=options.stats,
+            )
+        except NotFoundError as exc:
+            _say_if_retired(exc, params.model)
+            raise
 
     async def _send(
         self,
@@ -938,6 +951,15 @@ class _CallOptions:
     extra_headers: Mapping[str, str] | None = None
     extra_query: Mapping[str, QueryValue] | None = None
     stats: CallStats | None = None
+
+
+def _say_if_retired(exc: NotFoundError, model: str | None) -> None:
+    """Add to ``exc``'s message that ``model`` was retired, when it answers one
+    with ``model_not_found``, and what replaces it."""
+    note = retired_note(model) if exc.code == "model_not_found" else None
+    if note is not None:
+        exc.message = f"{exc.message} ({note})"
+        exc.args = (exc.message,)
 
 
 def parse_images_response(raw: RawResponse) -> ImagesResponse:

@@ -43,9 +43,12 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_INPUT_IMAGES",
     "MODEL_RULES",
+    "RETIRED_MODELS",
     "ModelRules",
     "SizeRule",
+    "retired_note",
     "rules_for",
+    "sends_response_format",
     "validate",
 ]
 
@@ -238,6 +241,38 @@ def rules_for(model: str | None) -> ModelRules | None:
     if model is None:
         return None
     return MODEL_RULES.get(model)
+
+
+_CURRENT = "gpt-image-2.5-sunburst or gpt-image-2.5-flare"
+RETIRED_MODELS: Mapping[str, str] = types.MappingProxyType(
+    {
+        "gpt-image-1": f"gpt-image-1 was shut down on 2026-10-23; use {_CURRENT}",
+        "dall-e-2": f"dall-e-2 was retired on 2026-05-12; use a GPT image model ({_CURRENT})",
+        "dall-e-3": f"dall-e-3 was retired on 2026-05-12; use a GPT image model ({_CURRENT})",
+    }
+)
+"""Models the API no longer serves, and what to say about each. Their rules stay
+in :data:`MODEL_RULES`: compatible servers (and the emulator) still answer them."""
+
+
+def retired_note(model: str | None) -> str | None:
+    """What to tell a caller whose ``model`` the API answered "not found": that it
+    was retired and what replaces it; None for a model that was not retired."""
+    return None if model is None else RETIRED_MODELS.get(model)
+
+
+def sends_response_format(model: str | None, response_format: str | None) -> bool:
+    """Whether ``response_format`` goes on the wire for ``model``.
+
+    ``b64_json`` asked of a model that always returns it and takes no
+    ``response_format`` (the GPT image models) is what the model returns
+    anyway: it is accepted and not sent, since the API refuses the parameter.
+    Anything else is sent (and judged by :func:`validate`).
+    """
+    if response_format != "b64_json":
+        return response_format is not None
+    rules = rules_for(model)
+    return rules is None or rules.response_formats is not None
 
 
 def _one_of(values: tuple[str, ...]) -> str:

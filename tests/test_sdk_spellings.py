@@ -211,3 +211,68 @@ def test_blocking_client_forwards_the_spellings(emulator_sync: Emulator) -> None
         assert quick.limiter is client.limiter
         assert quick.images.generate(prompt="b", model="gpt-image-1.5").data
     assert len(emulator_sync.requests()) == 6
+
+
+async def test_one_name_catches_the_local_and_the_server_refusal(emulator: Emulator) -> None:  # noqa: F811
+    from asyncimg import BadRequestError, InvalidRequestError
+
+    async with client_for(emulator) as client:
+        # the model is in the rule table: refused before sending
+        with pytest.raises(InvalidRequestError) as local:
+            await client.images.generate(prompt="p", model="dall-e-2", size="1792x1024")
+        assert isinstance(local.value, ValidationError)
+        assert local.value.param == "size"
+        assert not emulator.requests()
+        # no model named: the server (its default model) refuses the same mistake
+        with pytest.raises(InvalidRequestError) as remote:
+            await client.images.generate(prompt="p", size="1792x1024")
+        assert isinstance(remote.value, BadRequestError)
+        assert remote.value.param == "size"
+    assert len(emulator.requests()) == 1
+
+
+async def test_b64_json_with_a_gpt_image_model_is_accepted_not_sent(emulator: Emulator) -> None:  # noqa: F811
+    from asyncimg import ImageRef
+
+    async with client_for(emulator) as client:
+        r = await client.images.generate(
+            prompt="p", model="gpt-image-1.5", response_format="b64_json"
+        )
+        assert r.data[0].b64_json
+        e = await client.images.edit(
+            image=make_png(64, 64, "in"),
+            prompt="x",
+            model="gpt-image-1.5",
+            response_format="b64_json",
+        )
+        assert e.data[0].b64_json
+        ref = ImageRef(
+            url="data:image/png;base64,"
+            + __import__("base64").b64encode(make_png(64, 64, "r")).decode()
+        )
+        j = await client.images.edit(image=ref, prompt="x", response_format="b64_json")
+        assert j.data[0].b64_json
+        with pytest.raises(ValidationError, match="return b64_json") as url:
+            await client.images.generate(prompt="p", model="gpt-image-1.5", response_format="url")
+        assert "not supported" in str(url.value)
+    generate, edit, json_edit = emulator.requests()
+    assert "response_format" not in generate.json
+    assert "response_format" not in edit.fields
+    assert "response_format" not in json_edit.json
+
+
+async def test_a_retired_model_says_so(emulator: Emulator) -> None:  # noqa: F811
+    from asyncimg import NotFoundError
+
+    message = "The model `dall-e-3` does not exist or you do not have access to it."
+    async with client_for(emulator, max_retries=0) as client:
+        emulator.add_fault(Fault.status(404, code="model_not_found", message=message))
+        with pytest.raises(NotFoundError) as info:
+            await client.images.generate(prompt="p", model="dall-e-3")
+        emulator.add_fault(Fault.status(404, code="model_not_found", message="nope"))
+        with pytest.raises(NotFoundError) as unknown:
+            await client.images.generate(prompt="p", model="my-model")
+    assert message in str(info.value)
+    assert "retired on 2026-05-12" in str(info.value)
+    assert "gpt-image-2.5-sunburst" in info.value.message
+    assert "retired" not in str(unknown.value)
