@@ -465,7 +465,9 @@ class AsyncImagesClient:
 
         ``image`` is a path, bytes, a binary file, a ``(filename, bytes[, mime])``
         tuple, an :class:`~asyncimg.ImageRef`, or a list of those; ``mask``
-        likewise (a PNG whose transparent areas mark what to edit).
+        likewise (a PNG whose transparent areas mark what to edit); ``markup``
+        a file (a transparent PNG drawn over the first image to guide the edit,
+        GPT Image 2.5, not with ``mask``).
         ``stream=True`` as for :meth:`generate`.
 
         When the image, one of the images or the mask is an ImageRef (a URL or
@@ -481,9 +483,16 @@ class AsyncImagesClient:
         """
         fields, options = self._fields(kwargs)
         mask = fields.pop("mask", None)
+        markup = fields.pop("markup", None)
         moderation = fields.pop("moderation", None)
         params: EditParams | JsonEditParams
         if by_reference(image, mask):
+            if markup is not None:
+                raise ValidationError(
+                    "markup",
+                    "markup is uploaded as a file with the images: upload them too, not as "
+                    "ImageRef (an edit by reference is sent as JSON)",
+                )
             response_format = fields.pop("response_format", None)
             if response_format not in (None, "b64_json"):
                 raise ValidationError(
@@ -506,10 +515,12 @@ class AsyncImagesClient:
                 )
             images = await load_images(image, "image")  # type: ignore[arg-type]
             mask_file = None if mask is None else await load_image(mask, "mask")
+            markup_file = None if markup is None else await load_image(markup, "markup")
             params = await _build(
                 EditParams,
-                _bytes_of((*images, mask_file)),
-                image=images, prompt=prompt, mask=mask_file, stream=stream, **fields
+                _bytes_of((*images, mask_file, markup_file)),
+                image=images, prompt=prompt, mask=mask_file, markup=markup_file, stream=stream,
+                **fields
             )
         if params.stream:
             return await self._stream(params, options)
@@ -1021,7 +1032,10 @@ async def _encode(params: Params) -> Body:
         refs = (*params.image_refs, params.mask)
         size = sum(len(ref.url or "") for ref in refs if ref is not None)
     else:
-        size = _bytes_of((*getattr(params, "image", ()), getattr(params, "mask", None)))
+        size = _bytes_of(
+            (*getattr(params, "image", ()), getattr(params, "mask", None),
+             getattr(params, "markup", None))
+        )
     return await off_loop_if_large(params.encode, size)
 
 
