@@ -119,20 +119,20 @@ async def test_gif_output_has_the_frames_asked_for(emulator: Emulator, tmp_path:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "param"),
+    ("kwargs", "param", "says"),
     [
-        ({"frame_count": 4}, "frame_count"),  # without output_format="gif"
-        ({"output_format": "gif", "frame_count": 1}, "frame_count"),
-        ({"output_format": "gif", "frame_count": 17}, "frame_count"),
-        ({"output_format": "png", "frame_duration_ms": 100}, "frame_duration_ms"),
-        ({"output_format": "gif", "stream": True}, "stream"),
-        ({"output_format": "gif", "partial_images": 1}, "partial_images"),
-        ({"output_format": "gif", "output_compression": 50}, "output_compression"),
-        ({"output_format": "svg", "n": 2}, "n"),
-        ({"output_format": "svg", "stream": True}, "stream"),
-        ({"output_format": "svg", "output_compression": 80}, "output_compression"),
-        ({"output_format": "png", "svg": {"model": "m"}}, "svg"),
-        ({"output_format": "svg", "svg": {"model": ""}}, "svg"),
+        ({"frame_count": 4}, "frame_count", "only with output_format='gif'"),
+        ({"output_format": "gif", "frame_count": 1}, "frame_count", "outside 2..16"),
+        ({"output_format": "gif", "frame_count": 17}, "frame_count", "outside 2..16"),
+        ({"output_format": "png", "frame_duration_ms": 100}, "frame_duration_ms", "'gif'"),
+        ({"output_format": "gif", "stream": True}, "stream", "GIF output cannot be streamed"),
+        ({"output_format": "gif", "partial_images": 1}, "partial_images", "GIF"),
+        ({"output_format": "gif", "output_compression": 50}, "output_compression", "GIF"),
+        ({"output_format": "svg", "n": 2}, "n", "n must be 1"),
+        ({"output_format": "svg", "stream": True}, "stream", "SVG output cannot be streamed"),
+        ({"output_format": "svg", "output_compression": 80}, "output_compression", "SVG"),
+        ({"output_format": "png", "svg": {"model": "m"}}, "svg", "only with output_format='svg'"),
+        ({"output_format": "svg", "svg": {"model": ""}}, "svg", "must name a model"),
     ],
 )
 @pytest.mark.parametrize("model", [SUNBURST, None, "my-model"])
@@ -140,12 +140,14 @@ async def test_gif_and_svg_combinations_are_refused_before_sending(
     emulator: Emulator,  # noqa: F811
     kwargs: dict[str, object],
     param: str,
+    says: str,
     model: str | None,
 ) -> None:
     async with client_for(emulator) as client:
         with pytest.raises(ValidationError) as info:
             await client.generate("p", model=model, **kwargs)  # type: ignore[arg-type]
     assert info.value.param == param
+    assert says in str(info.value)
     assert not emulator.requests()
 
 
