@@ -4,10 +4,10 @@ Code written for ``openai.AsyncOpenAI().images`` runs on an
 :class:`~asyncimg.AsyncImagesClient` after changing the import and the
 constructor:
 
-* :class:`AsyncImages` (``client.images``) takes the SDK's keywords
-  (``prompt=``, ``image=``, ``mask=``, ...) and forwards each call to the
-  client's own ``generate``/``edit``/``create_variation``: one implementation,
-  one limiter, one request path.
+* :class:`AsyncImages` (``client.images``) holds the client's own
+  ``generate``/``edit``/``create_variation``, which take the SDK's keywords
+  (``prompt=``, ``image=``, ``mask=``, ...): one implementation, one limiter,
+  one request path.
 * ``client.images.with_raw_response.<call>(...)`` answers a
   :class:`RawAPIResponse`: the HTTP status and headers of the success, a little
   about the request, and ``parse()``.
@@ -20,7 +20,7 @@ The blocking client gets the same namespaces by forwarding (``asyncimg._sync``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import attrs
 
@@ -176,113 +176,36 @@ class RawAPIResponse:
 
 
 class AsyncImages:
-    """``client.images``: the official SDK's ``images`` resource, forwarding to the client.
+    """``client.images``: the official SDK's ``images`` resource.
 
-    ``generate(prompt=...)``, ``edit(image=..., prompt=...)`` and
-    ``create_variation(image=...)`` take the keywords of the client's own calls
-    (those of the SDK, and ``timeout``/``max_retries``/``extra_*`` per call) and
-    go through the same validation, limiter and retries.
+    Its ``generate``, ``edit`` and ``create_variation`` are the client's own
+    methods (``image`` and ``prompt`` may be passed by keyword, as the SDK
+    does): the same keywords, validation, limiter and retries, and ``stream=True``.
     """
 
     def __init__(self, client: AsyncImagesClient) -> None:
         self._client = client
+        self.generate = client.generate
+        self.edit = client.edit
+        self.create_variation = client.create_variation
 
     @property
     def with_raw_response(self) -> AsyncImagesWithRawResponse:
         """The same calls, answering a :class:`RawAPIResponse`."""
-        return AsyncImagesWithRawResponse(self, self._client)
-
-    @overload
-    async def generate(
-        self, *, prompt: str, stream: Literal[True], **kwargs: Unpack[GenerateKeywords]
-    ) -> ImageStream: ...
-    @overload
-    async def generate(
-        self,
-        *,
-        prompt: str,
-        stream: Literal[False] | None = None,
-        **kwargs: Unpack[GenerateKeywords],
-    ) -> ImagesResponse: ...
-    @overload
-    async def generate(
-        self, *, prompt: str, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
-    ) -> ImagesResponse | ImageStream: ...
-    async def generate(
-        self, *, prompt: str, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
-    ) -> ImagesResponse | ImageStream:
-        """``client.generate(prompt, ...)``, spelled as the SDK's ``images.generate``.
-
-        Raises:
-            As :meth:`AsyncImagesClient.generate`.
-        """
-        return await self._client.generate(prompt, stream=stream, **kwargs)
-
-    @overload
-    async def edit(
-        self,
-        *,
-        image: EditImages,
-        prompt: str,
-        stream: Literal[True],
-        **kwargs: Unpack[EditKeywords],
-    ) -> ImageStream: ...
-    @overload
-    async def edit(
-        self,
-        *,
-        image: EditImages,
-        prompt: str,
-        stream: Literal[False] | None = None,
-        **kwargs: Unpack[EditKeywords],
-    ) -> ImagesResponse: ...
-    @overload
-    async def edit(
-        self,
-        *,
-        image: EditImages,
-        prompt: str,
-        stream: bool | None = None,
-        **kwargs: Unpack[EditKeywords],
-    ) -> ImagesResponse | ImageStream: ...
-    async def edit(
-        self,
-        *,
-        image: EditImages,
-        prompt: str,
-        stream: bool | None = None,
-        **kwargs: Unpack[EditKeywords],
-    ) -> ImagesResponse | ImageStream:
-        """``client.edit(image, prompt, ...)``, spelled as the SDK's ``images.edit``.
-
-        Raises:
-            As :meth:`AsyncImagesClient.edit`.
-        """
-        return await self._client.edit(image, prompt, stream=stream, **kwargs)
-
-    async def create_variation(
-        self, *, image: ImageInput | ImageFile, **kwargs: Unpack[VariationKeywords]
-    ) -> ImagesResponse:
-        """``client.create_variation(image, ...)``, as the SDK's ``images.create_variation``.
-
-        Raises:
-            As :meth:`AsyncImagesClient.create_variation`.
-        """
-        return await self._client.create_variation(image, **kwargs)
+        return AsyncImagesWithRawResponse(self._client)
 
 
 class AsyncImagesWithRawResponse:
     """``client.images.with_raw_response``: each call answers a :class:`RawAPIResponse`."""
 
-    def __init__(self, images: AsyncImages, client: AsyncImagesClient) -> None:
-        self._images = images
+    def __init__(self, client: AsyncImagesClient) -> None:
         self._client = client
 
     async def generate(
         self, *, prompt: str, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
     ) -> RawAPIResponse:
         """``images.generate(...)`` with its HTTP answer (see :class:`RawAPIResponse`)."""
-        result = await self._images.generate(prompt=prompt, stream=stream, **kwargs)
+        result = await self._client.generate(prompt, stream=stream, **kwargs)
         return self._raw("/images/generations", result)
 
     async def edit(
@@ -294,14 +217,14 @@ class AsyncImagesWithRawResponse:
         **kwargs: Unpack[EditKeywords],
     ) -> RawAPIResponse:
         """``images.edit(...)`` with its HTTP answer (see :class:`RawAPIResponse`)."""
-        result = await self._images.edit(image=image, prompt=prompt, stream=stream, **kwargs)
+        result = await self._client.edit(image, prompt, stream=stream, **kwargs)
         return self._raw("/images/edits", result)
 
     async def create_variation(
         self, *, image: ImageInput | ImageFile, **kwargs: Unpack[VariationKeywords]
     ) -> RawAPIResponse:
         """``images.create_variation(...)`` with its HTTP answer."""
-        result = await self._images.create_variation(image=image, **kwargs)
+        result = await self._client.create_variation(image, **kwargs)
         return self._raw("/images/variations", result)
 
     def _raw(self, path: str, result: ImagesResponse | ImageStream) -> RawAPIResponse:

@@ -52,7 +52,7 @@ from anyio.from_thread import start_blocking_portal
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._client import AsyncImagesClient
-from ._sdk import AsyncImages, AsyncImagesWithRawResponse, RawAPIResponse
+from ._sdk import AsyncImagesWithRawResponse, RawAPIResponse
 from ._stream import ImageStream
 
 if TYPE_CHECKING:
@@ -708,75 +708,28 @@ class ImagesClient:
 
 
 class Images:
-    """``client.images`` of the blocking client: the calls of :class:`~asyncimg.AsyncImagesClient`'s
-    ``images``, forwarded; a stream is an iterator of its events."""
+    """``client.images`` of the blocking client: its ``generate``, ``edit`` and
+    ``create_variation`` are the client's own (a stream is an iterator of events)."""
 
     def __init__(self, client: ImagesClient) -> None:
-        self._client = client  # keeps the client, and so its portal, alive
-        self._runner = client._runner
-        self._async: AsyncImages = client._async.images
+        self._client = client
+        self.generate = client.generate
+        self.edit = client.edit
+        self.create_variation = client.create_variation
 
     @property
     def with_raw_response(self) -> ImagesWithRawResponse:
         """The same calls, answering a :class:`~asyncimg.RawAPIResponse`."""
-        return ImagesWithRawResponse(self)
-
-    if TYPE_CHECKING:
-
-        @overload
-        def generate(
-            self, *, prompt: str, stream: Literal[True], **kwargs: Unpack[GenerateKeywords]
-        ) -> Iterator[ImageStreamEvent]: ...
-        @overload
-        def generate(
-            self,
-            *,
-            prompt: str,
-            stream: Literal[False] | None = None,
-            **kwargs: Unpack[GenerateKeywords],
-        ) -> ImagesResponse: ...
-        def generate(
-            self, *, prompt: str, stream: bool | None = None, **kwargs: Unpack[GenerateKeywords]
-        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
-        @overload
-        def edit(
-            self,
-            *,
-            image: EditImages,
-            prompt: str,
-            stream: Literal[True],
-            **kwargs: Unpack[EditKeywords],
-        ) -> Iterator[ImageStreamEvent]: ...
-        @overload
-        def edit(
-            self,
-            *,
-            image: EditImages,
-            prompt: str,
-            stream: Literal[False] | None = None,
-            **kwargs: Unpack[EditKeywords],
-        ) -> ImagesResponse: ...
-        def edit(
-            self,
-            *,
-            image: EditImages,
-            prompt: str,
-            stream: bool | None = None,
-            **kwargs: Unpack[EditKeywords],
-        ) -> ImagesResponse | Iterator[ImageStreamEvent]: ...
-    else:
-        generate = _blocking(AsyncImages.generate)
-        edit = _blocking(AsyncImages.edit)
-    create_variation = _blocking(AsyncImages.create_variation)
+        return ImagesWithRawResponse(self._client)
 
 
 class ImagesWithRawResponse:
     """``client.images.with_raw_response`` of the blocking client (forwarded)."""
 
-    def __init__(self, images: Images) -> None:
-        self._images = images  # keeps the client alive
-        self._runner = images._runner
-        self._async: AsyncImagesWithRawResponse = images._async.with_raw_response
+    def __init__(self, client: ImagesClient) -> None:
+        self._client = client  # keeps the client, and so its portal, alive
+        self._runner = client._runner
+        self._async = AsyncImagesWithRawResponse(client._async)
 
     generate = _blocking(AsyncImagesWithRawResponse.generate)
     edit = _blocking(AsyncImagesWithRawResponse.edit)

@@ -41,7 +41,7 @@ async def async_calls(client: AsyncImagesClient) -> None:
     assert_type(raw, RawAPIResponse)
     assert_type(client.with_options(timeout=PhasedTimeout(), max_retries=1), AsyncImagesClient)
     await client.images.generate(prompt="a cat", frame_count="4")  # type: ignore[call-overload]
-    await client.images.generate("a cat")  # type: ignore[call-overload]
+    await client.images.generate(prompt="a cat", colour="red")  # type: ignore[call-overload]
 
 
 def blocking_calls(client: ImagesClient) -> None:
