@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping
 from typing import Any, ClassVar, Literal
 
 import attrs
+from multidict import CIMultiDict
 
 from ._exceptions import APIResponseValidationError
 from ._json import extra_fields as _extra
@@ -316,7 +317,8 @@ class ImagesResponse(Dumpable):
     safety_identifier: str | None = None
     svg_usage: SvgUsage | None = None
     request_id: str | None = None
-    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
+    headers: Mapping[str, str] = attrs.field(factory=CIMultiDict, repr=False, eq=False)
+    """Case-insensitive (a copy, so that the response still pickles)."""
     status_code: int | None = attrs.field(default=None, repr=False, eq=False)
     extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
@@ -392,7 +394,7 @@ class ImagesResponse(Dumpable):
             safety_identifier=_str(obj, "safety_identifier"),
             svg_usage=SvgUsage.from_json(svg_usage) if isinstance(svg_usage, dict) else None,
             request_id=request_id,
-            headers=headers if headers is not None else {},
+            headers=CIMultiDict(headers or {}),
             status_code=status_code if headers is not None else None,
             extra=_extra(obj, cls._KNOWN),
         )

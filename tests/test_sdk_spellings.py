@@ -276,3 +276,13 @@ async def test_a_retired_model_says_so(emulator: Emulator) -> None:  # noqa: F81
     assert "retired on 2026-05-12" in str(info.value)
     assert "gpt-image-2.5-sunburst" in info.value.message
     assert "retired" not in str(unknown.value)
+
+
+async def test_a_response_with_its_headers_still_pickles(emulator: Emulator) -> None:  # noqa: F811
+    import pickle
+
+    async with client_for(emulator) as client:
+        r = await client.generate("a cat", model="gpt-image-1.5")
+    again = pickle.loads(pickle.dumps(r))
+    assert again == r
+    assert again.headers["X-REQUEST-ID"] == r.request_id
