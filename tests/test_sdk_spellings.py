@@ -35,6 +35,9 @@ class HttpxLikeTimeout:
 
 async def test_images_namespace_goes_through_the_client(emulator: Emulator) -> None:  # noqa: F811
     async with client_for(emulator, rate_limit=RateLimit(100, 60.0)) as client:
+        # one implementation: the namespace holds the client's own methods
+        assert client.images.generate == client.generate
+        assert client.images.edit == client.edit
         r = await client.images.generate(prompt="a cat", model="gpt-image-1.5", n=2)
         assert len(r.data) == 2
         e = await client.images.edit(
