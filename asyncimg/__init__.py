@@ -29,6 +29,7 @@ from ._exceptions import (
     ConflictError,
     ContentPolicyError,
     InternalServerError,
+    InvalidRequestError,
     LimiterUnavailableError,
     NotFoundError,
     PermissionDeniedError,
@@ -45,10 +46,12 @@ from ._models import (
     ImagesResponse,
     InputTokensDetails,
     OutputTokensDetails,
+    SvgUsage,
     Usage,
 )
 from ._refs import EditImages, ImageRef
 from ._retry import RetryPolicy
+from ._sdk import RawAPIResponse
 from ._stream import (
     CompletedImageEvent,
     ImageStream,
@@ -110,6 +113,7 @@ __all__ = [
     "ImagesResponse",
     "InputTokensDetails",
     "InternalServerError",
+    "InvalidRequestError",
     "Limiter",
     "LimiterStats",
     "LimiterUnavailableError",
@@ -124,11 +128,13 @@ __all__ = [
     "RateLimitError",
     "RateLimiter",
     "RatePermit",
+    "RawAPIResponse",
     "RawResponse",
     "RedisLimiter",
     "RequestOptions",
     "ResponseTooLargeError",
     "RetryPolicy",
+    "SvgUsage",
     "UnknownEvent",
     "UnprocessableEntityError",
     "Usage",

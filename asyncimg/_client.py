@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import functools
 import inspect
 import logging
@@ -44,7 +45,7 @@ from ._config import (
     ssl_context,
     with_query,
 )
-from ._exceptions import APIError, APIResponseValidationError, ValidationError
+from ._exceptions import APIError, APIResponseValidationError, NotFoundError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
 from ._fs import safe_stem, write_atomic, write_new
 from ._gate import Gate
@@ -55,8 +56,10 @@ from ._offloop import OFF_LOOP_BYTES, blocking, off_loop, off_loop_if_large
 from ._params import EditParams, GenerateParams, JsonEditParams, Params, VariationParams
 from ._refs import EditImages, by_reference, load_ref, load_refs
 from ._retry import RetryPolicy, decide
+from ._sdk import AsyncImages, TimeoutLike, split_timeout
 from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 from ._transport import OnWire, RawResponse, Transport, without_query
+from ._validation import retired_note, sends_response_format
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -77,6 +80,13 @@ costs seconds, not a whole attempt's timeout."""
 
 _T = TypeVar("_T")
 _C = TypeVar("_C", bound="AsyncImagesClient")
+
+
+class _Unset:
+    """The type of :data:`_UNSET`: an argument left out (None means "no limit")."""
+
+
+_UNSET: Final = _Unset()
 
 TokenProvider = Callable[[], str | Awaitable[str]]
 """A sync or async callable returning a bearer token (an Entra ID token for Azure)."""
@@ -112,6 +122,8 @@ class AsyncImagesClient:
             rate), so the limiter, not the ceiling, sets the pace.
         max_retries: retries after the first attempt (per call: ``max_retries=``).
         timeout: seconds for one attempt (per call: ``timeout=``); None: no limit.
+            An ``httpx.Timeout``-shaped object is read too (its ``connect``
+            sets ``connect_timeout``; see :func:`~asyncimg._sdk.split_timeout`).
         connect_timeout: seconds to open a connection, within ``timeout``
             (default 5, as the official SDK); None: no limit of its own.
         max_response_bytes: a larger response body is refused unread.
@@ -149,7 +161,7 @@ class AsyncImagesClient:
         limiter: RateLimiter | None = None,
         max_concurrency: int | None = None,
         max_retries: int = 3,
-        timeout: float | None = 600.0,
+        timeout: TimeoutLike = 600.0,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         default_headers: Mapping[str, str] | None = None,
@@ -167,7 +179,10 @@ class AsyncImagesClient:
             check_int("max_concurrency", max_concurrency, 1)
         check_int("max_retries", max_retries, 0)
         check_int("max_response_bytes", max_response_bytes, 1)
-        check_seconds("timeout", timeout, none_ok=True)
+        parts = split_timeout(timeout)
+        timeout = parts.total
+        if parts.names_connect:
+            connect_timeout = parts.connect
         check_seconds("connect_timeout", connect_timeout, none_ok=True)
         if token_provider is not None and not callable(token_provider):
             raise ValidationError("token_provider", "token_provider must be a callable")
@@ -200,7 +215,7 @@ class AsyncImagesClient:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_concurrency = max_concurrency
-        self.timeout = timeout
+        self.timeout: float | None = timeout
         self.retry_policy = RetryPolicy(max_retries=max_retries)
         self.limiter: RateLimiter = limiter if limiter is not None else Limiter(rate_limit)
         self._origin = _origin(self.base_url)
@@ -269,6 +284,60 @@ class AsyncImagesClient:
                 options=options,
             )
         )
+
+    @functools.cached_property
+    def images(self) -> AsyncImages:
+        """The official SDK's spelling of the calls: ``client.images.generate(prompt=...)``,
+        ``.edit(image=..., prompt=...)``, ``.create_variation(image=...)``, and
+        ``client.images.with_raw_response.<call>(...)`` for the HTTP answer."""
+        return AsyncImages(self)
+
+    def with_options(
+        self: _C,
+        *,
+        timeout: TimeoutLike | _Unset = _UNSET,
+        max_retries: int | None = None,
+        model: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, QueryValue] | None = None,
+    ) -> _C:
+        """A client with other defaults that shares this one's session, limiter and
+        concurrency ceiling (the official SDK's ``with_options``/``copy``).
+
+        ``timeout`` (seconds, None for no limit, or an ``httpx.Timeout``-shaped
+        object, whose ``connect`` part is ignored: the connection pool is
+        shared), ``max_retries`` and ``model`` replace this client's;
+        ``default_headers`` and ``default_query`` are added over its own.
+        Arguments left out keep this client's values. Close the original
+        client, not the copy: they share one session.
+
+        Raises:
+            ValidationError: an argument is invalid.
+        """
+        clone = copy.copy(self)
+        clone.__dict__.pop("images", None)  # the namespace must call the clone
+        if not isinstance(timeout, _Unset):
+            clone.timeout = split_timeout(timeout).total
+        if max_retries is not None:
+            clone.retry_policy = self._policy(max_retries)
+        if model is not None:
+            clone.model = model
+        if default_headers is not None:
+            clone._headers = merge_headers(
+                self._headers, check_headers(default_headers, "default_headers")
+            )
+        if default_query is not None:
+            clone._default_query = {
+                **self._default_query, **check_query(default_query, "default_query")
+            }
+        return clone
+
+    copy = with_options
+
+    def endpoint_url(self, path: str) -> str:
+        """The URL a request to ``path`` goes to, without any query (which may carry a
+        key) and with any password in it hidden: for logs and raw responses."""
+        return redact_url(without_query(self.base_url)) + path
 
     def __repr__(self) -> str:
         return (
@@ -397,7 +466,9 @@ class AsyncImagesClient:
 
         ``image`` is a path, bytes, a binary file, a ``(filename, bytes[, mime])``
         tuple, an :class:`~asyncimg.ImageRef`, or a list of those; ``mask``
-        likewise (a PNG whose transparent areas mark what to edit).
+        likewise (a PNG whose transparent areas mark what to edit); ``markup``
+        a file (a transparent PNG drawn over the first image to guide the edit,
+        GPT Image 2.5, not with ``mask``).
         ``stream=True`` as for :meth:`generate`.
 
         When the image, one of the images or the mask is an ImageRef (a URL or
@@ -413,14 +484,23 @@ class AsyncImagesClient:
         """
         fields, options = self._fields(kwargs)
         mask = fields.pop("mask", None)
+        markup = fields.pop("markup", None)
         moderation = fields.pop("moderation", None)
         params: EditParams | JsonEditParams
         if by_reference(image, mask):
-            if fields.pop("response_format", None) is not None:
+            if markup is not None:
+                raise ValidationError(
+                    "markup",
+                    "markup is uploaded as a file with the images: upload them too, not as "
+                    "ImageRef (an edit by reference is sent as JSON)",
+                )
+            response_format = fields.pop("response_format", None)
+            if response_format not in (None, "b64_json"):
                 raise ValidationError(
                     "response_format",
-                    "response_format is not taken by an edit of images by reference (ImageRef); "
-                    "the GPT image models always return b64_json",
+                    f"response_format {response_format!r} is not available for an edit of "
+                    "images by reference (ImageRef): only the GPT image models take one, and "
+                    "they return b64_json (ask for that, or leave response_format out)",
                 )
             params = JsonEditParams.build(
                 image_refs=await load_refs(image, "image"),
@@ -436,10 +516,12 @@ class AsyncImagesClient:
                 )
             images = await load_images(image, "image")  # type: ignore[arg-type]
             mask_file = None if mask is None else await load_image(mask, "mask")
+            markup_file = None if markup is None else await load_image(markup, "markup")
             params = await _build(
                 EditParams,
-                _bytes_of((*images, mask_file)),
-                image=images, prompt=prompt, mask=mask_file, stream=stream, **fields
+                _bytes_of((*images, mask_file, markup_file)),
+                image=images, prompt=prompt, mask=mask_file, markup=markup_file, stream=stream,
+                **fields
             )
         if params.stream:
             return await self._stream(params, options)
@@ -495,7 +577,7 @@ class AsyncImagesClient:
 
     # -- results -----------------------------------------------------------------------
 
-    async def download(self, image: Image, *, timeout: float | None = None) -> bytes:
+    async def download(self, image: Image, *, timeout: TimeoutLike = None) -> bytes:
         """The bytes of one result: ``b64_json`` decoded, or ``url`` fetched with retries.
 
         The API key is sent only to a URL on the API's own origin. A download
@@ -509,7 +591,7 @@ class AsyncImagesClient:
             APIStatusError: the URL answered an error (403 once it has expired).
             APIConnectionError: no usable answer after the retries.
         """
-        check_seconds("timeout", timeout, none_ok=True)
+        attempt_timeout = self._attempt_timeout(timeout)
         if image.b64_json is not None:
             if len(image.b64_json) > OFF_LOOP_BYTES:
                 return await off_loop(decode_b64, image)
@@ -522,7 +604,6 @@ class AsyncImagesClient:
         # The client's credentials go only to the API's own origin: its headers
         # (token included) and its default query (which may carry a key).
         url = with_query(image.url, self._default_query) if own_origin else image.url
-        attempt_timeout = timeout if timeout is not None else self.timeout
 
         async def attempt(on_wire: OnWire) -> RawResponse:
             headers = await self._request_headers({}) if own_origin else {}
@@ -545,7 +626,7 @@ class AsyncImagesClient:
         files: Mapping[str, tuple[str, bytes, str]] | None = None,
         params: Mapping[str, QueryValue] | None = None,
         max_retries: int | None = None,
-        timeout: float | None = None,
+        timeout: TimeoutLike = None,
     ) -> RawResponse:
         """Send a request to ``{base_url}{path}`` through the client's one request path.
 
@@ -564,7 +645,7 @@ class AsyncImagesClient:
         """
         if json is not None and (data is not None or files is not None):
             raise ValidationError("json", "send json= or a form (data=, files=), not both")
-        check_seconds("timeout", timeout, none_ok=True)
+        attempt_timeout = self._attempt_timeout(timeout)
         policy = self._policy(max_retries)
         url = request_url(
             self._base, path, self._base_query, self._default_query,
@@ -579,7 +660,6 @@ class AsyncImagesClient:
                 tuple((name, name, *file) for name, file in (files or {}).items()),
                 {},
             )
-        attempt_timeout = timeout if timeout is not None else self.timeout
 
         async def attempt(on_wire: OnWire) -> RawResponse:
             return await self._transport.request(
@@ -671,6 +751,8 @@ class AsyncImagesClient:
         )
         if fields.get("model") is None:
             fields["model"] = self.model
+        if not sends_response_format(fields["model"], fields.get("response_format")):
+            fields.pop("response_format", None)  # b64_json: what a GPT image model returns
         return fields, options
 
     async def _request_headers(self, extra: Mapping[str, str]) -> Mapping[str, str]:
@@ -706,8 +788,7 @@ class AsyncImagesClient:
             ValidationError: an option is invalid, or no deployment can be named.
         """
         policy = self._policy(options.max_retries)
-        check_seconds("timeout", options.timeout, none_ok=True)
-        attempt_timeout = options.timeout if options.timeout is not None else self.timeout
+        attempt_timeout = self._attempt_timeout(options.timeout)
         url = request_url(
             self._base,
             params.path,
@@ -730,10 +811,24 @@ class AsyncImagesClient:
                 timeout=attempt_timeout, decode_json=True, on_wire=on_wire,
             )
 
-        return await self._send(
-            attempt, parse_images_response, images=params.images, policy=policy,
-            what=f"POST {params.path}", stats=options.stats,
-        )
+        try:
+            return await self._send(
+                attempt, parse_images_response, images=params.images, policy=policy,
+                what=f"POST {params.path}", stats=options.stats,
+            )
+        except NotFoundError as exc:
+            _say_if_retired(exc, params.model)
+            raise
+
+    def _attempt_timeout(self, timeout: TimeoutLike) -> float | None:
+        """A call's ``timeout=`` (seconds or an httpx-shaped object), else the client's.
+
+        Raises:
+            ValidationError: not a timeout.
+        """
+        if timeout is None:
+            return self.timeout
+        return split_timeout(timeout).total
 
     def _policy(self, max_retries: int | None) -> RetryPolicy:
         if max_retries is None:
@@ -763,10 +858,14 @@ class AsyncImagesClient:
             opened.append(stream)
             return RawResponse(stream.status, stream.headers)
 
-        return await self._send(
-            attempt, lambda _: opened.pop(), images=params.images, policy=policy,
-            what=f"POST {params.path} (stream)", stats=options.stats,
-        )
+        try:
+            return await self._send(
+                attempt, lambda _: opened.pop(), images=params.images, policy=policy,
+                what=f"POST {params.path} (stream)", stats=options.stats,
+            )
+        except NotFoundError as exc:
+            _say_if_retired(exc, params.model)
+            raise
 
     async def _send(
         self,
@@ -867,11 +966,20 @@ class AsyncImagesClient:
 class _CallOptions:
     """What a call takes besides the API's parameters (``RequestOptions`` less ``extra_body``)."""
 
-    timeout: float | None = None
+    timeout: TimeoutLike = None
     max_retries: int | None = None
     extra_headers: Mapping[str, str] | None = None
     extra_query: Mapping[str, QueryValue] | None = None
     stats: CallStats | None = None
+
+
+def _say_if_retired(exc: NotFoundError, model: str | None) -> None:
+    """Add to ``exc``'s message that ``model`` was retired, when it answers one
+    with ``model_not_found``, and what replaces it."""
+    note = retired_note(model) if exc.code == "model_not_found" else None
+    if note is not None:
+        exc.message = f"{exc.message} ({note})"
+        exc.args = (exc.message,)
 
 
 def parse_images_response(raw: RawResponse) -> ImagesResponse:
@@ -880,7 +988,9 @@ def parse_images_response(raw: RawResponse) -> ImagesResponse:
     Raises:
         APIResponseValidationError: the body is not an images response.
     """
-    return ImagesResponse.from_json(raw.json, request_id=raw.request_id, status_code=raw.status)
+    return ImagesResponse.from_json(
+        raw.json, request_id=raw.request_id, status_code=raw.status, headers=raw.headers
+    )
 
 
 def _body(raw: RawResponse) -> bytes:
@@ -931,7 +1041,10 @@ async def _encode(params: Params) -> Body:
         refs = (*params.image_refs, params.mask)
         size = sum(len(ref.url or "") for ref in refs if ref is not None)
     else:
-        size = _bytes_of((*getattr(params, "image", ()), getattr(params, "mask", None)))
+        size = _bytes_of(
+            (*getattr(params, "image", ()), getattr(params, "mask", None),
+             getattr(params, "markup", None))
+        )
     return await off_loop_if_large(params.encode, size)
 
 

@@ -4,13 +4,16 @@ Names follow the official ``openai`` SDK, so that code switching over keeps its
 ``except`` clauses::
 
     AsyncImgError
-    ├── ValidationError              bad input; raised before anything is sent
-    │                                 or any rate budget is spent (also a ValueError)
+    ├── InvalidRequestError          the request is invalid, whoever said so: the
+    │   │                             client before sending, or the server (400)
+    │   ├── ValidationError          bad input; raised before anything is sent
+    │   │                             or any rate budget is spent (also a ValueError)
+    │   └── BadRequestError          (below: also an APIStatusError)
     ├── LimiterUnavailableError      the shared limiter's Redis is down or too slow;
     │                                 nothing was sent, no budget was spent
     └── APIError
         ├── APIStatusError           the server answered with an error status
-        │   ├── BadRequestError                   400
+        │   ├── BadRequestError                   400 (also an InvalidRequestError)
         │   │   └── ContentPolicyError            400, content_policy_violation /
         │   │                                          moderation_blocked /
         │   │                                          contentFilter (Azure)
@@ -54,6 +57,7 @@ __all__ = [
     "ConflictError",
     "ContentPolicyError",
     "InternalServerError",
+    "InvalidRequestError",
     "LimiterUnavailableError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -80,11 +84,27 @@ class AsyncImgError(Exception):
     """The base of every error asyncimg raises."""
 
 
-class ValidationError(AsyncImgError, ValueError):
+class InvalidRequestError(AsyncImgError):
+    """The request is invalid: :class:`ValidationError` (the client refused it, nothing
+    was sent) or :class:`BadRequestError` (the server answered 400).
+
+    Whether a mistake is caught before sending depends on what the client knows
+    (a model in its rule table, or one it does not know and the server judges),
+    so ``except InvalidRequestError`` catches the same mistake either way. Both
+    carry ``message`` and ``param`` (None when the server named no parameter).
+    """
+
+    message: str
+    param: str | None
+
+
+class ValidationError(InvalidRequestError, ValueError):
     """A parameter is invalid; nothing was sent and no rate budget was spent.
 
     ``param`` names the parameter (``"size"``, ``"image[1]"``, ...).
     """
+
+    param: str
 
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
@@ -160,8 +180,9 @@ class APIStatusError(APIError):
         return text
 
 
-class BadRequestError(APIStatusError):
-    """400: the server refused the request as invalid."""
+class BadRequestError(APIStatusError, InvalidRequestError):
+    """400: the server refused the request as invalid (an :class:`InvalidRequestError`,
+    like the client's own :class:`ValidationError`)."""
 
 
 class ContentPolicyError(BadRequestError):

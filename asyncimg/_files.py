@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -48,18 +49,35 @@ ImageInput = Union[
 """Anything accepted where an image is expected."""
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-"""The file extension for each MIME type an image may have."""
+EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/svg+xml": "svg",
+}
+"""The file extension for each MIME type an image may have (GIF and SVG: results only)."""
+
+_SVG_HEAD = re.compile(
+    rb"\s*(?:<\?xml[^>]*\?>\s*)?(?:(?:<!--.*?-->|<!DOCTYPE[^>]*>)\s*)*<svg[\s>/]", re.DOTALL
+)
+_SVG_SNIFF_BYTES = 4096
 
 
 def sniff_mime(data: bytes) -> str | None:
-    """The MIME type of PNG, JPEG or WebP bytes, or None for anything else."""
+    """The MIME type of PNG, JPEG, WebP or GIF bytes (by their signature), or of SVG
+    text (an ``<svg`` root element, after an optional XML declaration, comments and
+    doctype), or None for anything else."""
     if data.startswith(_PNG_SIGNATURE):
         return "image/png"
     if data.startswith(b"\xff\xd8\xff"):
         return "image/jpeg"
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if _SVG_HEAD.match(data.removeprefix(b"\xef\xbb\xbf")[:_SVG_SNIFF_BYTES]):
+        return "image/svg+xml"
     return None
 
 

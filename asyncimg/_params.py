@@ -54,6 +54,8 @@ _images = deep_iterable(instance_of(ImageFile), instance_of(tuple))
 _refs = deep_iterable(instance_of(ImageRef), instance_of(tuple))
 _opt_bool = optional(instance_of(bool))
 _opt_partials = optional(and_(instance_of(int), _not_bool, ge(0), le(3)))
+_opt_mapping = optional(instance_of(Mapping))  # type: ignore[type-abstract]
+_opt_file = optional(instance_of(ImageFile))
 
 
 @attrs.frozen
@@ -80,6 +82,24 @@ class Form:
             for param, (name, file) in zip(names, self.files, strict=True)
         )
         return encode_form(self.fields, files, extra or {})
+
+
+_NESTED_FIELDS = frozenset({"svg"})
+"""Parameters whose mapping goes in a form as bracketed names (``svg[model]``)."""
+
+
+def _form_fields(values: Mapping[str, Any], nested: bool = False) -> tuple[tuple[str, str], ...]:
+    """Form fields of ``values``; the mapping of a parameter in :data:`_NESTED_FIELDS`
+    becomes bracketed names (``svg[model]``, ``svg[reasoning][effort]``), as the API
+    reads them; any other value is text (JSON for a structure from ``extra_body``)."""
+    out: list[tuple[str, str]] = []
+    for key, value in values.items():
+        if isinstance(value, Mapping) and (nested or key in _NESTED_FIELDS):
+            inner = {f"{key}[{k}]": v for k, v in value.items() if v is not None}
+            out.extend(_form_fields(inner, nested=True))
+        else:
+            out.append((key, _wire_text(value)))
+    return tuple(out)
 
 
 def _wire_text(value: object) -> str:
@@ -162,7 +182,7 @@ class _Base:
         return n if isinstance(n, int) and n > 0 else 1
 
     def _values(self) -> dict[str, Any]:
-        skip = {"extra_body", "image", "image_refs", "mask"}
+        skip = {"extra_body", "image", "image_refs", "mask", "markup"}
         out = {
             a.name: getattr(self, a.name)
             for a in attrs.fields(type(self))
@@ -193,6 +213,11 @@ class GenerateParams(_Base):
     user: str | None = attrs.field(default=None, validator=_opt_str)
     stream: bool | None = attrs.field(default=None, validator=_opt_bool)
     partial_images: int | None = attrs.field(default=None, validator=_opt_partials)
+    complexity: str | None = attrs.field(default=None, validator=_opt_str)
+    frame_count: int | None = attrs.field(default=None, validator=_opt_int)
+    frame_duration_ms: int | None = attrs.field(default=None, validator=_opt_int)
+    svg: Mapping[str, Any] | None = attrs.field(default=None, validator=_opt_mapping)
+    safety_identifier: str | None = attrs.field(default=None, validator=_opt_str)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body: every parameter that is not None, then ``extra_body``."""
@@ -215,11 +240,11 @@ class _FormParams(_Base):
         """The multipart body: ``image`` (or ``image[]`` for several), ``mask``, fields."""
         name = "image" if len(self.image) == 1 else "image[]"
         files = [(name, file) for file in self.image]
-        mask: ImageFile | None = getattr(self, "mask", None)
-        if mask is not None:
-            files.append(("mask", mask))
-        fields = tuple((k, _wire_text(v)) for k, v in self._values().items())
-        return Form(fields, tuple(files))
+        for name in ("mask", "markup"):
+            extra_file: ImageFile | None = getattr(self, name, None)
+            if extra_file is not None:
+                files.append((name, extra_file))
+        return Form(_form_fields(self._values()), tuple(files))
 
     def encode(self) -> Body:
         """The multipart body as bytes, ready to send.
@@ -233,7 +258,7 @@ class _FormParams(_Base):
             raise ValidationError("extra_body", f"extra_body: cannot be sent: {exc}") from None
         several = len(self.image) > 1
         params = [
-            name if name == "mask" or not several else f"image[{i}]"
+            name if name in ("mask", "markup") or not several else f"image[{i}]"
             for i, (name, _) in enumerate(form.files)
         ]
         return form.encode(params, self.extra_body)
@@ -260,6 +285,13 @@ class EditParams(_FormParams):
     user: str | None = attrs.field(default=None, validator=_opt_str)
     stream: bool | None = attrs.field(default=None, validator=_opt_bool)
     partial_images: int | None = attrs.field(default=None, validator=_opt_partials)
+    markup: ImageFile | None = attrs.field(default=None, validator=_opt_file)
+    """A transparent PNG drawn over the first image to guide the edit (sent as a file)."""
+    complexity: str | None = attrs.field(default=None, validator=_opt_str)
+    frame_count: int | None = attrs.field(default=None, validator=_opt_int)
+    frame_duration_ms: int | None = attrs.field(default=None, validator=_opt_int)
+    svg: Mapping[str, Any] | None = attrs.field(default=None, validator=_opt_mapping)
+    safety_identifier: str | None = attrs.field(default=None, validator=_opt_str)
 
 
 @attrs.frozen(kw_only=True)
@@ -299,6 +331,11 @@ class JsonEditParams(_Base):
     user: str | None = attrs.field(default=None, validator=_opt_str)
     stream: bool | None = attrs.field(default=None, validator=_opt_bool)
     partial_images: int | None = attrs.field(default=None, validator=_opt_partials)
+    complexity: str | None = attrs.field(default=None, validator=_opt_str)
+    frame_count: int | None = attrs.field(default=None, validator=_opt_int)
+    frame_duration_ms: int | None = attrs.field(default=None, validator=_opt_int)
+    svg: Mapping[str, Any] | None = attrs.field(default=None, validator=_opt_mapping)
+    safety_identifier: str | None = attrs.field(default=None, validator=_opt_str)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body: ``images``, ``mask``, every parameter that is not None, ``extra_body``."""
@@ -315,7 +352,10 @@ class JsonEditParams(_Base):
 
 Params = GenerateParams | EditParams | VariationParams | JsonEditParams
 
-_INT_FIELDS = frozenset({"n", "output_compression", "partial_images"})
+_INT_FIELDS = frozenset(
+    {"n", "output_compression", "partial_images", "frame_count", "frame_duration_ms"}
+)
+_BRACKETED = re.compile(r"([A-Za-z_]\w*)((?:\[[^\[\]]+\])+)")
 _BOOLS: Mapping[str, bool] = {"true": True, "false": False}
 
 
@@ -356,12 +396,12 @@ def from_wire(
         "edit": EditParams,
         "variation": VariationParams,
     }[endpoint]
-    known = {a.name for a in attrs.fields(cls)} - {"extra_body", "image", "mask"}
+    known = {a.name for a in attrs.fields(cls)} - {"extra_body", "image", "mask", "markup"}
     files = files or {}
     is_form = endpoint != "generate"
     kwargs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    for name, value in fields.items():
+    for name, value in (_nested(fields) if is_form else fields).items():
         if name in known:
             kwargs[name] = _from_form_value(name, value) if is_form else value
         else:
@@ -373,14 +413,34 @@ def from_wire(
         if not images:
             raise ValidationError("image", "image is required")
         kwargs["image"] = images
-        masks = files.get("mask", ())
-        if masks:
-            if endpoint != "edit":
-                raise ValidationError("mask", "mask is only accepted by edits")
-            kwargs["mask"] = masks[0]
+        for name in ("mask", "markup"):
+            found = files.get(name, ())
+            if found:
+                if endpoint != "edit":
+                    raise ValidationError(name, f"{name} is only accepted by edits")
+                kwargs[name] = found[0]
     if extra:
         kwargs["extra_body"] = extra
     return cls.build(**kwargs)
+
+
+def _nested(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Form fields with bracketed names (``svg[reasoning][effort]``) gathered into mappings."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        found = _BRACKETED.fullmatch(name)
+        if found is None:
+            out[name] = value
+            continue
+        keys = [found.group(1), *re.findall(r"\[([^\[\]]+)\]", found.group(2))]
+        target = out
+        for key in keys[:-1]:
+            inner = target.get(key)
+            if not isinstance(inner, dict):
+                inner = target[key] = {}
+            target = inner
+        target[keys[-1]] = value
+    return out
 
 
 def _json_edit_from_wire(body: Mapping[str, Any]) -> JsonEditParams:

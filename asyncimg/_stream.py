@@ -38,7 +38,7 @@ from ._exceptions import (
 from ._json import extra_fields as _extra
 from ._json import int_field as _int
 from ._json import str_field as _str
-from ._models import Usage
+from ._models import Dumpable, Usage
 
 if TYPE_CHECKING:
     import aiohttp
@@ -167,8 +167,8 @@ class SSEDecoder:
 
 
 @attrs.frozen
-class _ImageEvent:
-    """What a partial and a completed event share."""
+class _ImageEvent(Dumpable):
+    """What a partial and a completed event share (dumped like the SDK's, :class:`Dumpable`)."""
 
     type: str
     """The wire string, e.g. ``image_generation.partial_image``."""
@@ -186,6 +186,12 @@ class _ImageEvent:
     _KNOWN: ClassVar[frozenset[str]] = frozenset(
         {"type", "b64_json", "created_at", "size", "quality", "background", "output_format"}
     )
+    _NOT_SENT: ClassVar[frozenset[str]] = frozenset({"request_id"})
+
+    @property
+    def _request_id(self) -> str | None:
+        """The official SDK's name for :attr:`request_id`."""
+        return self.request_id
 
     @classmethod
     def _shared(cls, obj: Mapping[str, Any], request_id: str | None) -> dict[str, Any]:
@@ -230,12 +236,14 @@ class CompletedImageEvent(_ImageEvent):
     """The final image, with the call's ``usage``.
 
     ``type`` is ``image_generation.completed`` or ``image_edit.completed``;
-    ``b64_json`` is left out of ``repr()``. Unknown fields are kept in ``extra``.
+    ``b64_json`` is left out of ``repr()``; ``safety_identifier`` is the one the
+    server used. Unknown fields are kept in ``extra``.
     """
 
     usage: Usage | None = None
+    safety_identifier: str | None = None
 
-    _KNOWN: ClassVar[frozenset[str]] = _ImageEvent._KNOWN | {"usage"}
+    _KNOWN: ClassVar[frozenset[str]] = _ImageEvent._KNOWN | {"usage", "safety_identifier"}
 
     @classmethod
     def from_json(
@@ -245,22 +253,30 @@ class CompletedImageEvent(_ImageEvent):
         usage = obj.get("usage")
         return cls(
             usage=Usage.from_json(usage) if isinstance(usage, dict) else None,
+            safety_identifier=_str(obj, "safety_identifier"),
             **cls._shared(obj, request_id),
         )
 
 
 @attrs.frozen
-class UnknownEvent:
+class UnknownEvent(Dumpable):
     """An event of a type this version does not know, kept whole (``data``: its JSON).
 
     ``b64_json`` is its ``b64_json`` field if it has one, so that ``event.b64_json``
-    reads on every event.
+    reads on every event. It dumps (``model_dump()``) as its JSON object.
     """
 
     type: str
     data: Any = attrs.field(repr=False)
     request_id: str | None = None
     b64_json: str | None = attrs.field(default=None, repr=False)
+
+    _NOT_SENT: ClassVar[frozenset[str]] = frozenset({"type", "data", "request_id", "b64_json"})
+
+    @property
+    def extra(self) -> Mapping[str, Any]:
+        """The event's JSON object (empty when it was not an object)."""
+        return self.data if isinstance(self.data, Mapping) else {}
 
     @classmethod
     def from_json(cls, obj: Any, *, request_id: str | None = None, event: str = "") -> UnknownEvent:

@@ -39,17 +39,20 @@ from typing import (
     Final,
     Literal,
     ParamSpec,
+    Protocol,
     TypeVar,
     cast,
     overload,
 )
 
 import anyio
+import attrs
 from anyio.abc import TaskStatus
 from anyio.from_thread import start_blocking_portal
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._client import AsyncImagesClient
+from ._sdk import AsyncImagesWithRawResponse, RawAPIResponse
 from ._stream import ImageStream
 
 if TYPE_CHECKING:
@@ -69,6 +72,7 @@ logger = logging.getLogger("asyncimg")
 P = ParamSpec("P")
 T = TypeVar("T")
 S = TypeVar("S")
+A = TypeVar("A")
 
 _POLL: Final = 0.1
 """Seconds a waiting caller sleeps between checks for a pending KeyboardInterrupt."""
@@ -423,20 +427,36 @@ class _ThreadSafeLimiter:
         return f"<thread-safe {self._limiter!r}>"
 
 
+class _Forwarder(Protocol):
+    """What a blocking object forwards through: the portal and the async object on it
+    (an ImagesClient and its AsyncImagesClient, or a namespace and its async twin)."""
+
+    _runner: _Runner
+    _async: Any
+
+
 def _blocking(
-    fn: Callable[Concatenate[AsyncImagesClient, P], Awaitable[T]],
-) -> Callable[Concatenate[ImagesClient, P], T]:
-    """Make a blocking method of ImagesClient from a coroutine method of AsyncImagesClient."""
+    fn: Callable[Concatenate[A, P], Awaitable[T]],
+) -> Callable[Concatenate[Any, P], T]:
+    """Make a blocking method from a coroutine method of the async twin (``self._async``).
+
+    A stream (``stream=True``), bare or inside a raw response, comes back as a
+    plain iterator of its events.
+    """
 
     @functools.wraps(fn)
-    def method(self: ImagesClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def method(self: _Forwarder, /, *args: P.args, **kwargs: P.kwargs) -> T:
         result = self._runner.run(functools.partial(fn, self._async, *args, **kwargs))
         if isinstance(result, ImageStream):  # stream=True: its events, as a plain iterator
             stream = result
             return cast(T, self._runner.iterate(lambda: stream, owner=self))
+        if isinstance(result, RawAPIResponse) and isinstance(result.parsed, ImageStream):
+            raw_stream = result.parsed
+            events = self._runner.iterate(lambda: raw_stream, owner=self)
+            return cast(T, attrs.evolve(result, parsed=events))
         return result
 
-    method.__qualname__ = f"ImagesClient.{fn.__name__}"
+    method.__qualname__ = f"{fn.__qualname__.removeprefix('Async')}"
     return method
 
 
@@ -450,6 +470,27 @@ def _iterating(
         return self._runner.iterate(
             functools.partial(fn, self._async, *args, **kwargs), owner=self
         )
+
+    method.__qualname__ = f"ImagesClient.{fn.__name__}"
+    return method
+
+
+def _deriving(
+    fn: Callable[Concatenate[AsyncImagesClient, P], AsyncImagesClient],
+) -> Callable[Concatenate[ImagesClient, P], ImagesClient]:
+    """Make ``with_options`` of ImagesClient: the derived async client, wrapped in an
+    ImagesClient on the same portal (it keeps the original alive)."""
+
+    @functools.wraps(fn)
+    def method(self: ImagesClient, /, *args: P.args, **kwargs: P.kwargs) -> ImagesClient:
+        derived = self._runner.sync(fn, self._async, *args, **kwargs)
+        client = ImagesClient.__new__(ImagesClient)
+        client._runner = self._runner
+        client._async = derived
+        client._limiter = self._limiter
+        client._finalizer = self._finalizer
+        client._parent = self
+        return client
 
     method.__qualname__ = f"ImagesClient.{fn.__name__}"
     return method
@@ -533,6 +574,8 @@ class ImagesClient:
         self._async = client
         self._limiter = _ThreadSafeLimiter(runner, client.limiter)
         self._finalizer = weakref.finalize(self, runner.close, client)
+        self._parent: ImagesClient | None = None
+        """The client this one was derived from (``with_options``), kept alive by it."""
 
     azure = staticmethod(_constructor(AsyncImagesClient.azure))
 
@@ -610,6 +653,13 @@ class ImagesClient:
         return self._limiter
 
     request = _blocking(AsyncImagesClient.request)
+    with_options = _deriving(AsyncImagesClient.with_options)
+    copy = with_options
+
+    @property
+    def images(self) -> Images:
+        """The official SDK's spelling of the calls (see :attr:`AsyncImagesClient.images`)."""
+        return Images(self)
 
     # The async client's settings, read (and, where the async client lets one
     # change them, set) on it: one source of truth for both clients.
@@ -655,3 +705,32 @@ class ImagesClient:
 
     def __repr__(self) -> str:
         return "ImagesClient" + repr(self._async).removeprefix("AsyncImagesClient")
+
+
+class Images:
+    """``client.images`` of the blocking client: its ``generate``, ``edit`` and
+    ``create_variation`` are the client's own (a stream is an iterator of events)."""
+
+    def __init__(self, client: ImagesClient) -> None:
+        self._client = client
+        self.generate = client.generate
+        self.edit = client.edit
+        self.create_variation = client.create_variation
+
+    @property
+    def with_raw_response(self) -> ImagesWithRawResponse:
+        """The same calls, answering a :class:`~asyncimg.RawAPIResponse`."""
+        return ImagesWithRawResponse(self._client)
+
+
+class ImagesWithRawResponse:
+    """``client.images.with_raw_response`` of the blocking client (forwarded)."""
+
+    def __init__(self, client: ImagesClient) -> None:
+        self._client = client  # keeps the client, and so its portal, alive
+        self._runner = client._runner
+        self._async = AsyncImagesWithRawResponse(client._async)
+
+    generate = _blocking(AsyncImagesWithRawResponse.generate)
+    edit = _blocking(AsyncImagesWithRawResponse.edit)
+    create_variation = _blocking(AsyncImagesWithRawResponse.create_variation)

@@ -7,14 +7,19 @@ Two layers of checks:
   ``model=None`` (the server's default, which this library cannot know): the
   prompt is a non-empty string; ``response_format``, when given, is ``url`` or
   ``b64_json``; ``size``, when given, is ``auto`` or ``WIDTHxHEIGHT`` with
-  positive integers; ``output_compression`` is within 0..100; an edit has at
+  positive integers; ``output_compression`` is within 0..100; GIF output
+  (``frame_count`` 2..16, ``frame_duration_ms``: only with it) is not
+  streamed, compressed or masked, SVG output (``svg``: only with it) is one
+  image, not streamed or compressed; ``markup`` is a transparent PNG the size
+  of the first image, never with ``mask``; an edit has at
   most 16 input images and a variation exactly one; every uploaded image and
   mask is PNG, JPEG or WebP (the only formats the protocol knows and that the
   client can label with a MIME type), and a PNG is well formed
   (:func:`asyncimg._files.png_problem`: chunks, CRCs, data that fits its
   header); and ``extra_body`` does not repeat a
   parameter that was also passed by name.
-* **Model rules** (:data:`MODEL_RULES`, one :class:`ModelRules` per model name)
+* **Model rules** (:data:`MODEL_RULES`, one :class:`ModelRules` per model name;
+  a dated snapshot such as ``gpt-image-2.5-flare-2026-09-08`` gets its family's)
   add everything the spec states per model: prompt length, ``n``, sizes,
   qualities, which optional parameters the model takes, which endpoints it
   serves, and the limits on input images and masks.
@@ -43,9 +48,12 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_INPUT_IMAGES",
     "MODEL_RULES",
+    "RETIRED_MODELS",
     "ModelRules",
     "SizeRule",
+    "retired_note",
     "rules_for",
+    "sends_response_format",
     "validate",
 ]
 
@@ -60,6 +68,8 @@ _FORMAT_OF_MIME: Mapping[str, str] = {
 }
 _RESPONSE_FORMATS = ("url", "b64_json")
 _SIZE_RE = re.compile(r"([0-9]+)x([0-9]+)")  # fullmatch: "1536x864\n" is no size
+_SNAPSHOT_RE = re.compile(r"(.+)-[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_FRAME_COUNTS = (2, 16)
 _ENDPOINT_NAMES: Mapping[str, str] = {
     "generate": "generations",
     "edit": "edits",
@@ -144,6 +154,9 @@ class ModelRules:
     """Edits by reference (:class:`~asyncimg.ImageRef`, sent as JSON) are accepted."""
     streams: bool = False
     """The model takes ``stream`` and ``partial_images``."""
+    complexities: tuple[str, ...] | None = None
+    markup: bool = False
+    """Edits take ``markup`` (a transparent PNG drawn over the first image)."""
 
     @property
     def takes_images(self) -> bool:
@@ -161,7 +174,11 @@ _GPT_NOTE = "GPT image models always return b64_json"
 _GPT_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 
 
-def _gpt(name: str, *, free_sizes: bool = False, fidelity: bool = True) -> ModelRules:
+def _gpt(
+    name: str, *, free_sizes: bool = False, fidelity: bool = True, v2_5: bool = False
+) -> ModelRules:
+    """The rules of a GPT image model; ``v2_5``: the GPT Image 2.5 family's extras
+    (qualities ``xhigh`` and ``max``, ``markup``)."""
     return ModelRules(
         name=name,
         endpoints=frozenset({"generate", "edit"}),
@@ -169,10 +186,12 @@ def _gpt(name: str, *, free_sizes: bool = False, fidelity: bool = True) -> Model
         n_max=10,
         sizes=_GPT_SIZES,
         free_sizes=SizeRule() if free_sizes else None,
-        qualities=("low", "medium", "high", "auto"),
+        qualities=("low", "medium", "high", *(("xhigh", "max") if v2_5 else ()), "auto"),
         response_formats=None,
         response_format_note=_GPT_NOTE,
-        output_formats=("png", "jpeg", "webp"),
+        output_formats=("png", "jpeg", "webp", "gif", "svg"),
+        complexities=("low", "medium", "high"),
+        markup=v2_5,
         compression_formats=("png", "jpeg", "webp"),
         backgrounds=("transparent", "opaque", "auto"),
         moderations=("low", "auto"),
@@ -222,6 +241,10 @@ MODEL_RULES: Mapping[str, ModelRules] = types.MappingProxyType(
             _gpt("gpt-image-1.5"),
             _gpt("gpt-image-2", free_sizes=True),
             _gpt("gpt-image-2-2026-04-21", free_sizes=True),
+            _gpt("gpt-image-2.5-sunburst", free_sizes=True, v2_5=True),
+            _gpt("gpt-image-2.5-flare", free_sizes=True, v2_5=True),
+            _gpt("gpt-image-2.6-sunburst"),
+            _gpt("gpt-image-2.6-flare"),
             _gpt("chatgpt-image-latest"),
         )
     }
@@ -232,12 +255,51 @@ MODEL_RULES: Mapping[str, ModelRules] = types.MappingProxyType(
 def rules_for(model: str | None) -> ModelRules | None:
     """The rules of ``model``, or None for a model not in the table (or None).
 
-    A model without rules gets only the universal checks, so that new models
-    and compatible servers are never refused for what this table does not know.
+    A dated snapshot (``{family}-YYYY-MM-DD``) of a model in the table gets
+    that model's rules, under its own name. A model without rules gets only
+    the universal checks, so that new models and compatible servers are never
+    refused for what this table does not know.
     """
     if model is None:
         return None
-    return MODEL_RULES.get(model)
+    rules = MODEL_RULES.get(model)
+    if rules is not None:
+        return rules
+    snapshot = _SNAPSHOT_RE.fullmatch(model)
+    family = MODEL_RULES.get(snapshot.group(1)) if snapshot else None
+    return None if family is None else attrs.evolve(family, name=model)
+
+
+_CURRENT = "gpt-image-2.5-sunburst or gpt-image-2.5-flare"
+RETIRED_MODELS: Mapping[str, str] = types.MappingProxyType(
+    {
+        "gpt-image-1": f"gpt-image-1 was shut down on 2026-10-23; use {_CURRENT}",
+        "dall-e-2": f"dall-e-2 was retired on 2026-05-12; use a GPT image model ({_CURRENT})",
+        "dall-e-3": f"dall-e-3 was retired on 2026-05-12; use a GPT image model ({_CURRENT})",
+    }
+)
+"""Models the API no longer serves, and what to say about each. Their rules stay
+in :data:`MODEL_RULES`: compatible servers (and the emulator) still answer them."""
+
+
+def retired_note(model: str | None) -> str | None:
+    """What to tell a caller whose ``model`` the API answered "not found": that it
+    was retired and what replaces it; None for a model that was not retired."""
+    return None if model is None else RETIRED_MODELS.get(model)
+
+
+def sends_response_format(model: str | None, response_format: str | None) -> bool:
+    """Whether ``response_format`` goes on the wire for ``model``.
+
+    ``b64_json`` asked of a model that always returns it and takes no
+    ``response_format`` (the GPT image models) is what the model returns
+    anyway: it is accepted and not sent, since the API refuses the parameter.
+    Anything else is sent (and judged by :func:`validate`).
+    """
+    if response_format != "b64_json":
+        return response_format is not None
+    rules = rules_for(model)
+    return rules is None or rules.response_formats is not None
 
 
 def _one_of(values: tuple[str, ...]) -> str:
@@ -307,6 +369,7 @@ def _check_universal(params: Params) -> None:
             "output_compression",
             f"output_compression {compression} is outside 0..100",
         )
+    _check_output_kinds(params)
     refs = _refs_of(params)
     if refs is not None:
         _check_refs_universal(refs)
@@ -315,6 +378,86 @@ def _check_universal(params: Params) -> None:
         mask = _mask_of(params)
         if mask is not None:
             _check_known_format("mask", mask)
+        markup: ImageFile | None = getattr(params, "markup", None)
+        if markup is not None:
+            _check_markup(markup, mask, _images_of(params)[0])
+
+
+def _check_output_kinds(params: Params) -> None:
+    """GIF and SVG output: their own parameters, and what they cannot be combined with."""
+    output_format: str | None = getattr(params, "output_format", None)
+    frame_count: int | None = getattr(params, "frame_count", None)
+    for name in ("frame_count", "frame_duration_ms"):
+        if getattr(params, name, None) is not None and output_format != "gif":
+            raise ValidationError(name, f"{name} is taken only with output_format='gif'")
+    low, high = _FRAME_COUNTS
+    if frame_count is not None and not low <= frame_count <= high:
+        raise ValidationError(
+            "frame_count", f"frame_count {frame_count} is outside {low}..{high}"
+        )
+    duration: int | None = getattr(params, "frame_duration_ms", None)
+    if duration is not None and duration < 1:
+        raise ValidationError(
+            "frame_duration_ms", f"frame_duration_ms {duration} is not a positive delay"
+        )
+    svg: Mapping[str, object] | None = getattr(params, "svg", None)
+    if svg is not None:
+        if output_format != "svg":
+            raise ValidationError(
+                "svg", "svg (the SVG author) is taken only with output_format='svg'"
+            )
+        author = svg.get("model")
+        if author is not None and (not isinstance(author, str) or not author.strip()):
+            raise ValidationError("svg", f"svg['model'] must name a model, not {author!r}")
+        reasoning = svg.get("reasoning")
+        if reasoning is not None and not isinstance(reasoning, Mapping):
+            raise ValidationError(
+                "svg",
+                f"svg['reasoning'] must be a mapping such as {{'effort': 'low'}}, "
+                f"not {reasoning!r}",
+            )
+    if output_format not in ("gif", "svg"):
+        return
+    kind = output_format.upper()
+    if getattr(params, "stream", None):
+        raise ValidationError("stream", f"{kind} output cannot be streamed")
+    if getattr(params, "partial_images", None) is not None:
+        raise ValidationError("partial_images", f"{kind} output has no partial images")
+    if getattr(params, "output_compression", None) is not None:
+        raise ValidationError(
+            "output_compression", f"output_compression does not apply to {kind} output"
+        )
+    if output_format == "gif" and getattr(params, "mask", None) is not None:
+        raise ValidationError("mask", "GIF output does not take a mask")
+    if output_format == "svg" and params.n is not None and params.n != 1:
+        raise ValidationError("n", f"n={params.n}: SVG output is one image, n must be 1")
+
+
+def _check_markup(markup: ImageFile, mask: ImageFile | None, first: ImageFile) -> None:
+    if mask is not None:
+        raise ValidationError("markup", "markup cannot be combined with mask: give one of them")
+    _check_known_format("markup", markup)
+    if _format_of(markup) != "png":
+        raise ValidationError(
+            "markup", f"markup: {markup.filename!r} is not a PNG; markup is a transparent PNG"
+        )
+    info = markup.info
+    if info is not None and not info.has_alpha:
+        raise ValidationError(
+            "markup",
+            f"markup: {markup.filename!r} has no alpha channel; markup is drawn over the "
+            "image, so it must be transparent where the image shows through",
+        )
+    under = first.info
+    if info is not None and under is not None and (info.width, info.height) != (
+        under.width,
+        under.height,
+    ):
+        raise ValidationError(
+            "markup",
+            f"markup: {markup.filename!r} is {info.width}x{info.height}; it must have the "
+            f"size of the first image, {under.width}x{under.height}",
+        )
 
 
 def _images_of(params: Params) -> tuple[ImageFile, ...]:
@@ -394,6 +537,7 @@ _WHO_TAKES: Mapping[str, str] = {
     "output_format": _GPT_ONLY,
     "output_compression": _GPT_ONLY,
     "moderation": _GPT_ONLY,
+    "complexity": _GPT_ONLY,
     "input_fidelity": "only GPT image models other than gpt-image-1-mini take it",
     "style": "only dall-e-3 takes it",
     "stream": "only the GPT image models stream",
@@ -467,6 +611,13 @@ def _check_model(params: Params, rules: ModelRules) -> None:
     _check_choice("response_format", response_format, rules.response_formats, rules)
     _check_choice("style", getattr(params, "style", None), rules.styles, rules)
     _check_choice("moderation", getattr(params, "moderation", None), rules.moderations, rules)
+    _check_choice("complexity", getattr(params, "complexity", None), rules.complexities, rules)
+    markup = getattr(params, "markup", None)
+    if markup is not None and not rules.markup:
+        raise ValidationError(
+            "markup",
+            f"markup is not supported by {rules.name}; only the GPT Image 2.5 models take it",
+        )
     _check_choice(
         "input_fidelity", getattr(params, "input_fidelity", None), rules.input_fidelities, rules
     )

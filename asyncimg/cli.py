@@ -218,22 +218,57 @@ def _connection_options() -> argparse.ArgumentParser:
     return common
 
 
+class _SvgPart(argparse.Action):
+    """``--svg-model``/``--svg-effort``: one part each of the ``svg`` parameter."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        svg = dict(getattr(namespace, "svg", None) or {})
+        if option_string == "--svg-effort":
+            svg["reasoning"] = {"effort": values}
+        else:
+            svg["model"] = values
+        namespace.svg = svg
+
+
 def _image_options(*, style: bool = True, gpt: bool = True) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("image parameters (left out: the server's default)")
-    g.add_argument("--model", help="dall-e-2, dall-e-3, gpt-image-1, ...")
+    g.add_argument(
+        "--model", help="gpt-image-2.5-sunburst, gpt-image-2.5-flare, gpt-image-1.5, ..."
+    )
     g.add_argument("-n", type=int, dest="n", help="images per prompt")
     g.add_argument("--size", help="e.g. 1024x1024, 256x256, auto")
     g.add_argument(
         "--format", dest="response_format", choices=("url", "b64_json"),
         help="response_format (dall-e models)",
     )
-    g.add_argument("--user", help="an end-user id for abuse monitoring")
+    g.add_argument("--user", help="an end-user id for abuse monitoring (deprecated by the API)")
     if gpt:
-        g.add_argument("--quality", help="standard, hd, low, medium, high, auto")
-        g.add_argument("--output-format", choices=("png", "jpeg", "webp"))
+        g.add_argument(
+            "--safety-identifier", help="a stable, hashed id of your end user (replaces --user)"
+        )
+        g.add_argument(
+            "--quality", help="low, medium, high, auto; xhigh, max (GPT Image 2.5); standard, hd"
+        )
+        g.add_argument("--complexity", choices=("low", "medium", "high"),
+                       help="effort spent planning the image, apart from --quality")
+        g.add_argument("--output-format", choices=("png", "jpeg", "webp", "gif", "svg"))
         g.add_argument("--output-compression", type=int, metavar="0-100")
         g.add_argument("--background", choices=("transparent", "opaque", "auto"))
+        g.add_argument("--frame-count", type=int, metavar="2-16",
+                       help="frames of a GIF (--output-format gif; default 9)")
+        g.add_argument("--frame-duration-ms", type=int, metavar="MS",
+                       help="milliseconds per GIF frame (default 200)")
+        g.add_argument("--svg-model", dest="svg", action=_SvgPart, metavar="MODEL",
+                       help="the model that writes an SVG (--output-format svg)")
+        g.add_argument("--svg-effort", dest="svg", action=_SvgPart, metavar="EFFORT",
+                       help="the SVG author's reasoning effort (none ... max)")
     if style:
         g.add_argument("--moderation", choices=("low", "auto"))
         g.add_argument("--style", choices=("vivid", "natural"))
@@ -347,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument(
         "--mask-box", type=_box_arg, metavar="X0,Y0,X1,Y1",
         help="edit this box of the image (pixels; x1, y1 excluded); needs asyncimg[images]",
+    )
+    masks.add_argument(
+        "--markup", metavar="M",
+        help="a transparent PNG drawn over the image to guide the edit (GPT Image 2.5)",
     )
     edit.add_argument("--input-fidelity", choices=("high", "low"))
     edit.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")

@@ -235,3 +235,38 @@ async def test_each_partial_is_written_as_it_arrives(tmp_path: Path) -> None:
         assert await proc.wait() == 0
     assert seen == ["partial-0.png"], "the first partial is on disk before the rest arrive"
     assert len(list(out.glob("*.png"))) == 3
+
+
+def test_todays_flags_gif_svg_markup(tmp_path: Path) -> None:
+    from asyncimg.testing import make_png
+
+    model = ["--emulator", "--model", "gpt-image-2.5-sunburst"]
+    run = _cli(
+        "generate", "a top", "-o", str(tmp_path / "gif"), *model, "--output-format", "gif",
+        "--frame-count", "3", "--frame-duration-ms", "150", "--complexity", "low",
+        "--quality", "xhigh", "--safety-identifier", "h-1",
+    )
+    assert run.returncode == 0, run.stderr
+    (gif,) = (Path(p) for p in run.stdout.split())
+    assert gif.suffix == ".gif"
+    assert gif.read_bytes().startswith(b"GIF89a")
+    run = _cli(
+        "generate", "a logo", "-o", str(tmp_path / "svg"), *model, "--output-format", "svg",
+        "--svg-model", "gpt-5.5", "--svg-effort", "low",
+    )
+    assert run.returncode == 0, run.stderr
+    (svg,) = (Path(p) for p in run.stdout.split())
+    assert svg.suffix == ".svg"
+    assert b"<svg" in svg.read_bytes()
+    image, markup = tmp_path / "in.png", tmp_path / "markup.png"
+    image.write_bytes(make_png(64, 64, "in"))
+    markup.write_bytes(make_png(64, 64, "arrows", alpha=True))
+    run = _cli("edit", str(image), "follow", "-o", str(tmp_path / "e"), *model,
+               "--markup", str(markup))
+    assert run.returncode == 0, run.stderr
+    run = _cli("edit", str(image), "x", *model, "--markup", str(markup), "--mask", str(markup))
+    assert run.returncode == 2
+    assert "not allowed with" in run.stderr
+    run = _cli("generate", "a top", *model, "--output-format", "gif", "--frame-count", "40")
+    assert run.returncode == 2
+    assert "frame_count" in run.stderr

@@ -141,10 +141,15 @@ ALL_MODELS = [
     "gpt-image-1.5",
     "gpt-image-2",
     "gpt-image-2-2026-04-21",
+    "gpt-image-2.5-sunburst",
+    "gpt-image-2.5-flare",
+    "gpt-image-2.6-sunburst",
+    "gpt-image-2.6-flare",
     "chatgpt-image-latest",
 ]
 GPT = [m for m in ALL_MODELS if not m.startswith("dall-e")]
-GPT_FREE_SIZES = ["gpt-image-2", "gpt-image-2-2026-04-21"]
+GPT_2_5 = ["gpt-image-2.5-sunburst", "gpt-image-2.5-flare"]
+GPT_FREE_SIZES = ["gpt-image-2", "gpt-image-2-2026-04-21", *GPT_2_5]
 GPT_FIXED_SIZES = [m for m in GPT if m not in GPT_FREE_SIZES]
 EDIT_MODELS = ["dall-e-2", *GPT]
 UNKNOWN = [None, "my-sd-xl", "gpt-image-9", "DALL-E-2"]
@@ -775,7 +780,7 @@ def test_gpt_qualities(model: str, make: Any, value: str) -> None:
 @pytest.mark.parametrize("model", GPT)
 @pytest.mark.parametrize("value", ["standard", "hd", "best"])
 def test_gpt_other_qualities_are_refused(model: str, value: str) -> None:
-    with refused("quality", repr(value), "low, medium, high, auto"):
+    with refused("quality", repr(value), ", ".join(MODEL_RULES[model].qualities)):
         gen(model=model, quality=value)
 
 
@@ -832,9 +837,9 @@ def test_gpt_output_formats(model: str, make: Any, value: str) -> None:
 
 
 @pytest.mark.parametrize("model", GPT)
-@pytest.mark.parametrize("value", ["jpg", "gif", "PNG"])
+@pytest.mark.parametrize("value", ["jpg", "bmp", "PNG"])
 def test_gpt_other_output_formats_are_refused(model: str, value: str) -> None:
-    with refused("output_format", repr(value), "png, jpeg, webp"):
+    with refused("output_format", repr(value), "png, jpeg, webp, gif, svg"):
         gen(model=model, output_format=value)
 
 

@@ -90,12 +90,17 @@ ROUTES: Mapping[str, Endpoint] = {
 """The endpoint of each images path (outside Azure mode)."""
 
 _GPT_DEFAULT = "gpt-image-1.5"
-_GPT_ONLY = ("output_format", "output_compression", "background", "moderation", "input_fidelity")
-_GPT_QUALITIES = ("low", "medium", "high")
+_GPT_ONLY = (
+    "output_format", "output_compression", "background", "moderation", "input_fidelity",
+    "complexity", "frame_count", "frame_duration_ms", "svg", "markup",
+)
+_GPT_QUALITIES = ("low", "medium", "high", "xhigh", "max")
 _DEFAULT_SIZE = (1024, 1024)
 _SIZE_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
 # Output tokens of a 1024x1024 image by quality (gpt-image-1's published table).
-_OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+_OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "xhigh": 8320, "max": 16640}
+_SVG_AUTHOR = "gpt-5.5-mini"
+"""The SVG author the emulator names in ``svg_usage`` when the request names none."""
 _BAD_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
     "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
@@ -268,6 +273,7 @@ def images_answer(
             request.width, request.height, f"{seed}#{index}", alpha, output_format,
             getattr(params, "output_compression", None), first,
             request.mask, isinstance(params, VariationParams),
+            getattr(params, "frame_count", None), getattr(params, "frame_duration_ms", None),
         )
         item: dict[str, Any] = {}
         if as_url:
@@ -286,6 +292,11 @@ def images_answer(
         body["quality"] = quality
         body["size"] = f"{request.width}x{request.height}"
         body["usage"] = _usage(request, quality)
+        if output_format == "svg":
+            body["svg_usage"] = _svg_usage(request)
+    who = getattr(params, "safety_identifier", None) or getattr(params, "user", None)
+    if who:  # the identifier the API used: safety_identifier, else the deprecated user
+        body["safety_identifier"] = who
     if getattr(params, "stream", None):
         partials = getattr(params, "partial_images", None) or 0
         events = sse_events(
@@ -356,6 +367,23 @@ def _seed(params: Params, inputs: tuple[ImageFile, ...]) -> str:
     if isinstance(params, (EditParams, JsonEditParams)):
         return f"edit:{digest}:{params.prompt}"
     return f"variation:{digest}"
+
+
+def _svg_usage(request: ImagesRequest) -> dict[str, Any]:
+    svg = getattr(request.params, "svg", None) or {}
+    author = svg.get("model")
+    text = max(1, math.ceil(len(request.prompt) / 4))
+    output = 40 + (request.width + request.height) // 16
+    reasoning = {"none": 0, "minimal": 16, "low": 64, "high": 1024}.get(
+        (svg.get("reasoning") or {}).get("effort") or "", 256
+    )
+    return {
+        "input_tokens": text,
+        "output_tokens": output,
+        "reasoning_tokens": reasoning,
+        "total_tokens": text + output + reasoning,
+        "model": author if isinstance(author, str) else _SVG_AUTHOR,
+    }
 
 
 def _usage(request: ImagesRequest, quality: str) -> dict[str, Any]:

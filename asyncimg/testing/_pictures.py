@@ -13,7 +13,11 @@ With Pillow installed (the extra ``asyncimg[images]``):
 * :func:`partial_frame` renders a streaming partial image as an earlier, rougher
   (pixelated) version of the final one, in its format.
 
-Without Pillow every result is the PNG of :func:`asyncimg.testing._png.make_png`
+``output_format`` ``gif`` is an animated GIF of ``frame_count`` one-colour frames
+and ``svg`` a small SVG (:func:`~asyncimg.testing._png.make_gif`, ``make_svg``),
+with or without Pillow.
+
+Without Pillow every other result is the PNG of :func:`asyncimg.testing._png.make_png`
 (so ``jpeg`` and ``webp`` requests get PNG bytes, an edit ignores its image and
 mask, a variation its input).
 A PNG generation never needs Pillow: its bytes are the same either way.
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._decode import pillow
-from ._png import b64_png, make_png
+from ._png import b64_png, make_gif, make_png, make_svg
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -63,6 +67,10 @@ class Recipe:
     """The (first) input image of an edit or a variation."""
     mask: bytes | None = attrs.field(default=None, repr=_bytes_repr)
     variation: bool = False
+    frame_count: int | None = None
+    """Frames of a GIF (9 when not asked)."""
+    frame_duration_ms: int | None = None
+    """Milliseconds per GIF frame (200 when not asked)."""
 
     @property
     def plain(self) -> bool:
@@ -71,13 +79,20 @@ class Recipe:
 
     def render(self) -> bytes:
         """The image's bytes."""
+        if self.output_format == "gif":
+            return make_gif(
+                self.width, self.height, self.seed,
+                frames=self.frame_count or 9, duration_ms=self.frame_duration_ms or 200,
+            )
+        if self.output_format == "svg":
+            return make_svg(self.width, self.height, self.seed)
         if self.plain:
             return make_png(self.width, self.height, self.seed, alpha=self.alpha)
         return _encode(self._picture(), self.output_format, self.compression)
 
     def b64(self) -> str:
         """The image's bytes as base64 text."""
-        if self.plain:
+        if self.plain and self.output_format not in ("gif", "svg"):
             return b64_png(self.width, self.height, self.seed, alpha=self.alpha)
         return base64.b64encode(self.render()).decode("ascii")
 

@@ -1,4 +1,5 @@
-"""A small pure-Python PNG encoder, and the emulator's deterministic pictures.
+"""A small pure-Python PNG encoder, and the emulator's deterministic pictures
+(animated GIFs and SVGs too, for ``output_format`` gif and svg).
 
 Pictures are a few vertical bands whose colours blend from top to bottom; the
 colours come from a SHA-256 of a seed (the prompt and the image's index), so
@@ -15,8 +16,9 @@ import functools
 import hashlib
 import struct
 import zlib
+from xml.sax.saxutils import escape
 
-__all__ = ["MAX_PIXELS", "b64_png", "encode_png", "make_png"]
+__all__ = ["MAX_PIXELS", "b64_png", "encode_png", "make_gif", "make_png", "make_svg"]
 
 MAX_PIXELS = 4096 * 4096
 """The largest picture :func:`make_png` draws (width times height)."""
@@ -103,3 +105,102 @@ def b64_png(width: int, height: int, seed: str = "", *, alpha: bool = False) -> 
         ValueError: as :func:`make_png`.
     """
     return base64.b64encode(make_png(width, height, seed, alpha=alpha)).decode("ascii")
+
+
+_GIF_MIN_CODE_SIZE = 4  # a 16-colour table: one colour per frame, at most 16 frames
+_GIF_MAX_CODE = 4096
+
+
+def _lzw_run(pixel: int, count: int) -> bytes:
+    """The GIF LZW data of ``count`` pixels all of colour ``pixel``, in sub-blocks.
+
+    A run needs no dictionary search: greedy LZW emits runs of length 1, 2, 3, ...
+    (each emission adds the run one longer), so a frame of a million pixels is
+    about 1,400 codes.
+    """
+    clear = 1 << _GIF_MIN_CODE_SIZE
+    width = _GIF_MIN_CODE_SIZE + 1
+    next_code = clear + 2
+    codes_of_run = {1: pixel}  # run length -> code
+    longest = 1
+    bits = acc = 0
+    out = bytearray()
+
+    def emit(code: int) -> None:
+        nonlocal acc, bits
+        acc |= code << bits
+        bits += width
+        while bits >= 8:
+            out.append(acc & 0xFF)
+            acc >>= 8
+            bits -= 8
+
+    emit(clear)
+    left = count
+    while left:
+        take = min(longest, left)
+        emit(codes_of_run[take])
+        left -= take
+        if left and next_code < _GIF_MAX_CODE:
+            longest = take + 1
+            codes_of_run[longest] = next_code
+            next_code += 1
+            if next_code > (1 << width) and width < 12:
+                width += 1
+    emit(clear + 1)  # end of information
+    if bits:
+        out.append(acc & 0xFF)
+    blocks = bytearray([_GIF_MIN_CODE_SIZE])
+    for start in range(0, len(out), 255):
+        piece = out[start : start + 255]
+        blocks.append(len(piece))
+        blocks += piece
+    blocks.append(0)
+    return bytes(blocks)
+
+
+def make_gif(
+    width: int, height: int, seed: str = "", *, frames: int = 9, duration_ms: int = 200
+) -> bytes:
+    """A deterministic animated GIF: ``frames`` frames of ``width`` x ``height``, each
+    one colour from ``seed``, shown ``duration_ms`` each (rounded to 10 ms), looping.
+
+    Raises:
+        ValueError: the size is not positive or larger than :data:`MAX_PIXELS`, or
+            ``frames`` is not 1 to 16.
+    """
+    if width <= 0 or height <= 0 or width * height > MAX_PIXELS or width > 0xFFFF:
+        raise ValueError(f"cannot draw a {width}x{height} image")
+    if not 1 <= frames <= 16:
+        raise ValueError(f"a GIF of the emulator has 1 to 16 frames, not {frames}")
+    digest = hashlib.sha256(seed.encode("utf-8")).digest()
+    palette = bytes(digest[(3 * i) % 30 + k] ^ (i * 37 & 0xFF) for i in range(16) for k in range(3))
+    delay = min(0xFFFF, round(duration_ms / 10))
+    parts = [
+        b"GIF89a",
+        struct.pack("<HHBBB", width, height, 0xF0 | (_GIF_MIN_CODE_SIZE - 1), 0, 0),
+        palette,
+        b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00",  # loop forever
+    ]
+    for index in range(frames):
+        parts.append(b"\x21\xf9\x04" + struct.pack("<BHBB", 0x04, delay, 0, 0))
+        parts.append(b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0))
+        parts.append(_lzw_run(index, width * height))
+    parts.append(b"\x3b")
+    return b"".join(parts)
+
+
+def make_svg(width: int, height: int, seed: str = "") -> bytes:
+    """A small, valid, deterministic SVG of ``width`` x ``height`` for ``seed``."""
+    digest = hashlib.sha256(seed.encode("utf-8")).hexdigest()
+    title = escape(seed[:200])
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">'
+        f"<title>{title}</title>"
+        f'<rect width="{width}" height="{height}" fill="#{digest[:6]}"/>'
+        f'<circle cx="{width // 2}" cy="{height // 2}" r="{min(width, height) // 3}" '
+        f'fill="#{digest[6:12]}"/>'
+        f"</svg>\n"
+    ).encode()

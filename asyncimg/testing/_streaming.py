@@ -119,7 +119,8 @@ def sse_events(
             _event(
                 f"{prefix}.completed",
                 {"type": f"{prefix}.completed", "b64_json": item["b64_json"], **common,
-                 "usage": usage},
+                 "usage": usage,
+                 **{k: body[k] for k in ("safety_identifier",) if k in body}},
             )
         )
     return tuple(events)
