@@ -509,6 +509,21 @@ async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _check_output(out: Path) -> None:
+    """A usage error when ``-o DIR`` cannot hold the images: checked before anything is sent.
+
+    Raises:
+        UsageError: ``out`` is a file, or cannot be created or written.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o: {out} is a file; give a directory for the images")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"-o: cannot create {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"-o: cannot create or write {out}: {existing} is not writable")
+
+
 def _check_paths(args: argparse.Namespace) -> None:
     """Usage errors about PROMPTS and -o, before anything starts.
 
@@ -522,14 +537,7 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise UsageError(f"PROMPTS: {prompts} is a directory; give a prompts file")
         if not prompts.is_file():
             raise UsageError(f"PROMPTS: no such file: {prompts}")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o: {out} is a file; give a directory for the images")
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise UsageError(f"-o: cannot create {out}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"-o: cannot create or write {out}: {existing} is not writable")
+    _check_output(Path(args.output))
     try:
         codecs.lookup(args.encoding)
     except LookupError:
@@ -973,6 +981,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _prepare_inputs(args)
         if args.command == "batch":
             _check_paths(args)
+        elif args.command in _PARAM_NAMES:
+            _check_output(Path(args.output))
         runner = {"batch": _batch, "batches": _batches}.get(args.command, _single)
         return asyncio.run(_until_sigterm(runner, args, out, err))
     except UsageError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,24 @@ def test_prepare_usage_errors_name_the_flag(tmp_path: Path) -> None:
     done = _cli("prepare", str(text))
     assert done.returncode == 2
     assert "IN:" in done.stderr
+
+
+def _one_gigabyte() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+
+def test_prepare_size_is_bounded_before_any_allocation(tmp_path: Path) -> None:
+    # Unbounded, --size 100000 asks Pillow for a 40 GB square (the kernel killed it);
+    # under a 1 GB address space that would be a MemoryError, not a usage error.
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncimg", "prepare", str(_photo(tmp_path)), "--size", "100000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=_one_gigabyte,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--size" in done.stderr
+    assert "4096" in done.stderr
+    assert not list(tmp_path.glob("*-prepared*"))
 
 
 def test_prepare_without_pillow_names_the_extra(tmp_path: Path) -> None:
