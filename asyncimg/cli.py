@@ -42,20 +42,21 @@ import asyncio
 import codecs
 import contextlib
 import functools
+import logging
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ._batch import ProgressSink, fatal_error
-from ._exceptions import APIError, AsyncImgError, ValidationError
+from ._exceptions import APIError, AsyncImgError, LimiterUnavailableError, ValidationError
 from ._files import EXTENSIONS
 from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
-from ._limiter import Limiter, RateLimit, RateLimiter
+from ._limiter import Limiter, RateLimit
 from ._version import __version__
 from .testing._serve import add_serve_options, positive_int, serve_from_args
 
@@ -168,10 +169,41 @@ def _seconds(text: str) -> float:
 # -- the parser -------------------------------------------------------------------------
 
 
+_DEFAULT_LIMIT_NAME = "openai-images"
+
+
+def _endpoint_options(g: argparse._ArgumentGroup) -> None:
+    """Where requests go and how each is tried: every command that talks to a server."""
+    g.add_argument("--base-url", help="the API's base URL (default $OPENAI_BASE_URL or OpenAI)")
+    g.add_argument("--max-retries", type=int, default=3, help="retries per request")
+    g.add_argument("--timeout", type=float, default=600.0, help="seconds for one attempt")
+
+
+def _server_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _endpoint_options(common.add_argument_group("connection"))
+    return common
+
+
 def _connection_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("connection")
-    g.add_argument("--base-url", help="the API's base URL (default $OPENAI_BASE_URL or OpenAI)")
+    _endpoint_options(g)
+    azure = common.add_argument_group("Azure OpenAI (the official SDK's environment variables)")
+    azure.add_argument(
+        "--azure-endpoint", metavar="URL",
+        help="an Azure OpenAI resource, https://NAME.openai.azure.com (default "
+        "$AZURE_OPENAI_ENDPOINT, used when OPENAI_API_KEY is not set); the key comes from "
+        "$AZURE_OPENAI_API_KEY",
+    )
+    azure.add_argument(
+        "--api-version", metavar="VERSION",
+        help="with Azure: the api-version, e.g. 2025-04-01-preview (default $OPENAI_API_VERSION)",
+    )
+    azure.add_argument(
+        "--deployment", metavar="NAME",
+        help="with Azure: the deployment to call (default: --model names it)",
+    )
     g.add_argument(
         "--rate", type=_rate_arg, default=RateLimit(images=50, per=60.0), metavar="RATE",
         help="images per window: 50/min (default), 5/s, 20/2s, or off",
@@ -182,16 +214,15 @@ def _connection_options() -> argparse.ArgumentParser:
         "--limit-name (default $ASYNCIMG_REDIS_URL)",
     )
     g.add_argument(
-        "--limit-name", default="openai-images", metavar="NAME",
-        help="which shared budget (with --redis): one per organization and model family",
+        "--limit-name", metavar="NAME",
+        help="which shared budget (with --redis): one per organization and model family "
+        f"(default: {_DEFAULT_LIMIT_NAME})",
     )
     g.add_argument(
         "--concurrency", type=positive_int, default=None,
         help="a hard ceiling on requests in flight (default: sized from --rate and the "
         "answer times, 16 to 512)",
     )
-    g.add_argument("--max-retries", type=int, default=3, help="retries per request")
-    g.add_argument("--timeout", type=float, default=600.0, help="seconds for one attempt")
     g.add_argument(
         "--emulator", action="store_true",
         help="run against an emulator started in this process (no key needed)",
@@ -380,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     batches_sub = batches.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, text in (("status", "show each batch's status and counts"),
                          ("cancel", "cancel the batches still running")):
-        one = batches_sub.add_parser(action, parents=[conn], help=text)
+        one = batches_sub.add_parser(action, parents=[_server_options()], help=text)
         one.add_argument("output", metavar="DIR")
 
     serve = sub.add_parser(
@@ -404,32 +435,110 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 # -- running ----------------------------------------------------------------------------
 
 
+_AZURE_FLAGS = {
+    "endpoint": "--azure-endpoint", "api_version": "--api-version", "deployment": "--deployment",
+}
+
+
+def _wants_azure(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    """Azure when a flag of its own is given, or ``$AZURE_OPENAI_ENDPOINT`` is set while
+    neither ``$OPENAI_API_KEY``, ``--base-url`` nor ``--emulator`` says otherwise.
+
+    Raises:
+        UsageError: an Azure flag together with ``--base-url`` or ``--emulator``.
+    """
+    if not hasattr(args, "azure_endpoint"):  # `batches`: the Batch API is OpenAI's
+        return False
+    flags = [flag for name, flag in (("azure_endpoint", "--azure-endpoint"),
+                                     ("api_version", "--api-version"),
+                                     ("deployment", "--deployment"))
+             if getattr(args, name, None) is not None]
+    other = "--emulator" if getattr(args, "emulator", False) else (
+        "--base-url" if args.base_url else None
+    )
+    if flags and other:
+        raise UsageError(f"{flags[0]}: not with {other} (Azure has its own endpoint)")
+    if flags:
+        return True
+    return other is None and bool(environ.get("AZURE_OPENAI_ENDPOINT")) and not environ.get(
+        "OPENAI_API_KEY"
+    )
+
+
+def _azure_client(args: argparse.Namespace, options: dict[str, Any]) -> AsyncImagesClient:
+    """``AsyncImagesClient.azure`` from the flags and the SDK's environment variables.
+
+    Raises:
+        UsageError: the endpoint, the api version or the key is missing or wrong.
+    """
+    from ._client import AsyncImagesClient
+
+    try:
+        return AsyncImagesClient.azure(
+            endpoint=args.azure_endpoint, deployment=args.deployment,
+            api_version=args.api_version, **options,
+        )
+    except ValidationError as exc:
+        if exc.param == "api_key":
+            raise UsageError(
+                "no Azure key: set AZURE_OPENAI_API_KEY (Azure takes no OPENAI_API_KEY)"
+            ) from None
+        flag = _AZURE_FLAGS.get(exc.param)
+        if flag is None:
+            raise
+        env = {"endpoint": " or set AZURE_OPENAI_ENDPOINT",
+               "api_version": " or set OPENAI_API_VERSION"}.get(exc.param, "")
+        raise UsageError(f"{flag}: {exc.message} (give {flag}{env})") from None
+
+
 @contextlib.asynccontextmanager
 async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
     from ._client import AsyncImagesClient
 
     async with contextlib.AsyncExitStack() as stack:
-        limiter: RateLimiter = Limiter(args.rate)
-        if args.redis:
+        options: dict[str, Any] = {
+            "max_retries": args.max_retries, "timeout": args.timeout,
+            "max_concurrency": getattr(args, "concurrency", None),
+        }
+        rate = getattr(args, "rate", None)
+        if getattr(args, "redis", None):
             shared = _redis_limiter(args)
+            _quiet_limiter_log()
             stack.push_async_callback(shared.aclose)
-            limiter = shared
-        base_url = args.base_url
-        api_key = None
-        if args.emulator:
-            from .testing import Emulator
+            options["limiter"] = shared
+        else:
+            options["limiter"] = Limiter(rate)
+        if _wants_azure(args, os.environ):
+            if getattr(args, "via", None) == "batch-api":
+                raise UsageError("--via batch-api: not with Azure (its Batch API differs)")
+            client = _azure_client(args, options)
+        else:
+            base_url = args.base_url
+            api_key = None
+            if getattr(args, "emulator", False):
+                from .testing import Emulator
 
-            emu = await stack.enter_async_context(Emulator(latency=args.emulator_latency))
-            base_url, api_key = emu.base_url, _EMULATOR_KEY
-        client = AsyncImagesClient(
-            api_key=api_key,
-            base_url=base_url,
-            limiter=limiter,
-            max_concurrency=args.concurrency,
-            max_retries=args.max_retries,
-            timeout=args.timeout,
-        )
+                emu = await stack.enter_async_context(
+                    Emulator(latency=args.emulator_latency)
+                )
+                base_url, api_key = emu.base_url, _EMULATOR_KEY
+            client = AsyncImagesClient(api_key=api_key, base_url=base_url, **options)
         yield await stack.enter_async_context(client)
+
+
+class _ReportedByTheCommand(logging.Filter):
+    """Drops the shared limiter's log line about Redis out of reach: the command says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(arg, LimiterUnavailableError) for arg in args)
+
+
+def _quiet_limiter_log() -> None:
+    """Install :class:`_ReportedByTheCommand` on the ``asyncimg`` logger (once)."""
+    logger = logging.getLogger("asyncimg")
+    if not any(isinstance(f, _ReportedByTheCommand) for f in logger.filters):
+        logger.addFilter(_ReportedByTheCommand())
 
 
 def _redis_limiter(args: argparse.Namespace) -> RedisLimiter:
@@ -438,12 +547,13 @@ def _redis_limiter(args: argparse.Namespace) -> RedisLimiter:
         raise UsageError("--redis: a shared limit needs a --rate (not off)")
     from ._redis import RedisLimiter, check_name
 
+    name = args.limit_name or _DEFAULT_LIMIT_NAME
     try:
-        check_name(args.limit_name)
+        check_name(name)
     except ValueError as exc:
         raise UsageError(f"--limit-name: {exc}") from None
     try:
-        return RedisLimiter.from_url(args.redis, rate=args.rate, name=args.limit_name)
+        return RedisLimiter.from_url(args.redis, rate=args.rate, name=name)
     except ImportError as exc:
         raise UsageError(f"--redis: {exc}") from None
     except ValueError:  # never echo the URL: it may hold a password
@@ -494,6 +604,9 @@ async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         except ValidationError as exc:
             print(f"asyncimg: error: {_flag_message(exc)}", file=err)
             return EXIT_USAGE
+        except LimiterUnavailableError as exc:
+            print(f"asyncimg: stopped: {fatal_error(exc)}; nothing was sent", file=err)
+            return EXIT_FATAL
         except APIError as exc:
             print(f"asyncimg: {type(exc).__name__}: {exc}", file=err)
             fatal = fatal_error(exc)
@@ -978,11 +1091,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args.directory, thumbnails=args.thumbnails, out=out)
         if args.command == "prepare":
             return _prepare(args, out, err)
+        if getattr(args, "limit_name", None) is not None and not args.redis:
+            raise UsageError("--limit-name: only with --redis (or $ASYNCIMG_REDIS_URL)")
         _prepare_inputs(args)
         if args.command == "batch":
             _check_paths(args)
         elif args.command in _PARAM_NAMES:
             _check_output(Path(args.output))
+        elif args.command == "batches" and not Path(args.output).is_dir():
+            raise UsageError(f"DIR: no such directory: {args.output}")
         runner = {"batch": _batch, "batches": _batches}.get(args.command, _single)
         return asyncio.run(_until_sigterm(runner, args, out, err))
     except UsageError as exc:

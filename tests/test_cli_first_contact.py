@@ -52,3 +52,25 @@ def test_a_bad_output_is_refused_before_sending(tmp_path: Path, command: str) ->
             assert run.returncode == EXIT_USAGE, run.stderr
             assert "-o:" in run.stderr
         assert emu.requests() == []  # nothing paid for, nothing lost
+
+
+def test_batches_of_a_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
+    for action in ("status", "cancel"):
+        run = _cli("batches", action, str(tmp_path / "nonexistent"))
+        assert run.returncode == EXIT_USAGE, run.stderr
+        assert "no such directory" in run.stderr
+
+
+def test_batches_help_lists_only_what_it_uses() -> None:
+    helped = _cli("batches", "status", "--help").stdout
+    for useless in ("--rate", "--redis", "--limit-name", "--concurrency", "--emulator"):
+        assert useless not in helped
+    assert "--base-url" in helped
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_serve_with_a_bad_port_is_a_usage_error(port: str) -> None:
+    run = _cli("serve", "--port", port)
+    assert run.returncode == EXIT_USAGE, run.stderr
+    assert "--port" in run.stderr
+    assert "Traceback" not in run.stderr

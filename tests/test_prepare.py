@@ -16,7 +16,14 @@ from asyncimg import AsyncImagesClient, ValidationError
 from asyncimg._files import ImageFile
 from asyncimg._params import EditParams, VariationParams
 from asyncimg._validation import rules_for
-from asyncimg.prepare import MAX_EDGE, Prepared, for_model, mask_from_box, mask_from_image, square_png
+from asyncimg.prepare import (
+    MAX_EDGE,
+    Prepared,
+    for_model,
+    mask_from_box,
+    mask_from_image,
+    square_png,
+)
 from asyncimg.testing import Emulator
 
 from .conftest import TEST_KEY

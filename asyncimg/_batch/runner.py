@@ -35,7 +35,7 @@ import anyio
 import attrs
 
 from .._callstats import CallStats
-from .._exceptions import AsyncImgError, ValidationError
+from .._exceptions import AsyncImgError, LimiterUnavailableError, ValidationError
 from .._keywords import GENERATE_KEYWORDS
 from .._limiter import LimiterStats, RateLimit
 from .._offloop import blocking
@@ -437,6 +437,10 @@ async def _run_entry(
     )
     if item.response is None:
         assert item.error is not None
+        if isinstance(item.error, LimiterUnavailableError):
+            # Not the item's failure: nothing was sent. The run stops; a rerun runs it.
+            control.stop("fatal", fatal_error(item.error) or str(item.error))
+            return None
         fatal = fatal_error(item.error)
         if fatal is not None:  # at once, before this item's slot goes to the next one
             control.stop("fatal", fatal)
