@@ -74,3 +74,48 @@ def test_serve_with_a_bad_port_is_a_usage_error(port: str) -> None:
     assert run.returncode == EXIT_USAGE, run.stderr
     assert "--port" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+AZURE_KEY = "azure-key-first-contact"
+VERSION = "2025-04-01-preview"
+
+
+def test_azure_from_the_sdk_environment_variables(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a lantern\na kite\n")
+    with emulator_thread(azure=True, api_key=AZURE_KEY) as emu:
+        env = _env(AZURE_OPENAI_ENDPOINT=emu.endpoint, AZURE_OPENAI_API_KEY=AZURE_KEY,
+                   OPENAI_API_VERSION=VERSION)
+        one = _cli("generate", "a lantern", "-o", str(tmp_path / "one"), "--deployment", "dalle",
+                   *DALLE, env=env)
+        assert one.returncode == 0, one.stderr
+        assert Path(one.stdout.split()[0]).is_file()
+        many = _cli("batch", str(prompts), "-o", str(tmp_path / "many"), "--deployment",
+                    "dalle", *DALLE, env=env)
+        assert many.returncode == 0, many.stderr
+        sent = emu.requests("/openai/deployments/dalle/images/generations")
+        assert len(sent) == 3
+        # The emulator checks the key (as api-key, never a bearer token) and the version.
+        assert [entry.status for entry in sent] == [200] * 3
+        assert {entry.query.get("api-version") for entry in sent} == {VERSION}
+        assert all("authorization" not in {k.lower() for k in entry.headers} for entry in sent)
+
+
+def test_azure_from_flags_and_what_is_missing(tmp_path: Path) -> None:
+    with emulator_thread(azure=True, api_key=AZURE_KEY) as emu:
+        env = _env(AZURE_OPENAI_API_KEY=AZURE_KEY)
+        flags = ["--azure-endpoint", emu.endpoint, "--api-version", VERSION]
+        # Without --deployment, --model names the deployment, as in the SDK.
+        done = _cli("generate", "a lantern", "-o", str(tmp_path), *flags, *DALLE, env=env)
+        assert done.returncode == 0, done.stderr
+        assert len(emu.requests("/openai/deployments/dall-e-2/images/generations")) == 1
+        for args, env_, said in [
+            (["--azure-endpoint", emu.endpoint], env, "--api-version"),
+            (flags, _env(), "AZURE_OPENAI_API_KEY"),
+            ([*flags, "--base-url", emu.base_url], env, "not with --base-url"),
+            (["--azure-endpoint", "ftp://x", "--api-version", VERSION], env, "--azure-endpoint"),
+        ]:
+            run = _cli("generate", "p", "-o", str(tmp_path), *args, *DALLE, env=env_)
+            assert run.returncode == EXIT_USAGE, (args, run.stderr)
+            assert said in run.stderr, run.stderr
+        assert len(emu.requests(method="POST")) == 1  # no usage error sent anything
