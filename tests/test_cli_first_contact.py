@@ -5,6 +5,7 @@ Every test runs ``python -m asyncimg`` as a subprocess; servers are emulators on
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -119,3 +120,42 @@ def test_azure_from_flags_and_what_is_missing(tmp_path: Path) -> None:
             assert run.returncode == EXIT_USAGE, (args, run.stderr)
             assert said in run.stderr, run.stderr
         assert len(emu.requests(method="POST")) == 1  # no usage error sent anything
+
+
+def _batch(src: Path, out: Path, emu_url: str, *more: str) -> subprocess.CompletedProcess[str]:
+    return _cli("batch", str(src), "-o", str(out), "--base-url", emu_url, *DALLE, *more,
+                env=_env(OPENAI_API_KEY=KEY))
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("prompt,size,colour\na cat,256x256,red\n", "'colour'"),
+        ("id,prompt\nx,a cat\nx,a dog\n", "line 3: the id 'x' is the id of line 2"),
+        ("id,prompt\nok,a cat\n../up,a dog\n", "line 3: the id '../up'"),
+    ],
+)
+def test_csv_columns_are_decided_before_sending(tmp_path: Path, text: str, said: str) -> None:
+    src = tmp_path / "p.csv"
+    src.write_text(text)
+    with emulator_thread(api_key=KEY) as emu:
+        run = _batch(src, tmp_path / "out", emu.base_url)
+        assert run.returncode == EXIT_USAGE, run.stderr
+        assert said in run.stderr
+        assert emu.requests() == []  # not a failure per row: nothing sent
+
+
+def test_an_id_column_names_the_item(tmp_path: Path) -> None:
+    src = tmp_path / "p.csv"
+    src.write_text("id,prompt,size\ncat-1,a cat,256x256\ndog.2,a dog,\n")
+    out = tmp_path / "out"
+    with emulator_thread(api_key=KEY) as emu:
+        run = _batch(src, out, emu.base_url, "-q")
+        assert run.returncode == 0, run.stderr
+        assert sorted(p.name for p in out.glob("*.png")) == ["cat-1-0.png", "dog.2-0.png"]
+        manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+        assert [(m["id"], m["prompt"]) for m in manifest] == [("cat-1", "a cat"),
+                                                              ("dog.2", "a dog")]
+        again = _batch(src, out, emu.base_url, "-q")  # the id is the item: done, skipped
+        assert again.returncode == 0, again.stderr
+        assert len(emu.requests(method="POST")) == 2
