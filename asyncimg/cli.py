@@ -19,9 +19,10 @@ Exit status (the same for every command):
 1    some items failed (listed in the summary and the manifest), including
      failures kept from an earlier run with ``--no-retry-failed``
 2    a usage error: a bad option or input, caught before anything is sent
-3    stopped by a fatal error from the API, which would fail every item
-     (401 key refused, 403 permission denied, 404 model or URL not found,
-     429 quota or billing limit): nothing new was sent after it
+3    stopped by a fatal error, which would fail every item (401 key refused,
+     403 permission denied, 404 model or URL not found, 429 quota or billing
+     limit, --redis out of reach, the server unreachable: 5 items in a row
+     without an answer): nothing new was sent after it
 4    aborted by a local failure (a full disk, an unwritable directory)
 130  interrupted by Ctrl-C (SIGINT)
 143  terminated by SIGTERM
@@ -77,7 +78,8 @@ EXIT_SIGTERM = 143
 _EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
 _EXIT_HELP = (
     "exit status: 0 all succeeded, 1 some items failed, 2 usage error (nothing sent), "
-    "3 stopped by a fatal API error (401, 403, 404, 429 quota) or --redis out of reach, "
+    "3 stopped by a fatal error (401, 403, 404, 429 quota, --redis out of reach, the server "
+    "unreachable), "
     "4 aborted by a local failure (a full disk), 130 Ctrl-C, 143 SIGTERM"
 )
 # The option a user typed, by the parameter its value became.
@@ -333,14 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     generate = sub.add_parser(
-        "generate", parents=[_image_options(), conn], help="generate images for one prompt"
+        "generate", parents=[_image_options(), conn], help="generate images for one prompt",
+        description="Generate images for PROMPT and write them into DIR (default: the "
+        "current directory); prints each file written. The options are checked before "
+        "anything is sent.",
+        epilog=_EXIT_HELP,
     )
     generate.add_argument("prompt", metavar="PROMPT")
     generate.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
     _stream_options(generate)
 
     edit = sub.add_parser(
-        "edit", parents=[_image_options(style=False), conn], help="edit an image"
+        "edit", parents=[_image_options(style=False), conn], help="edit an image",
+        description="Edit IMAGE as PROMPT says (where --mask or --mask-box is transparent, "
+        "or all of it) and write the results into DIR; prints each file written.",
+        epilog=_EXIT_HELP,
     )
     edit.add_argument("image", metavar="IMAGE", help="the image to edit (a PNG for dall-e-2)")
     edit.add_argument("prompt", metavar="PROMPT")
@@ -357,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     variation = sub.add_parser(
         "variation", parents=[_image_options(style=False, gpt=False), conn],
         help="create variations of an image (dall-e-2)",
+        description="Create variations of IMAGE (a square PNG under 4 MB for dall-e-2; "
+        "--prepare makes one from any picture) and write them into DIR; prints each file "
+        "written.",
+        epilog=_EXIT_HELP,
     )
     variation.add_argument("image", metavar="IMAGE")
     variation.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from asyncimg.cli import EXIT_USAGE
+from asyncimg._batch.control import UNREACHABLE_AFTER
+from asyncimg.cli import EXIT_FATAL, EXIT_USAGE
 from asyncimg.testing import emulator_thread
 
 from .pictures import encode, quadrants
@@ -159,3 +161,39 @@ def test_an_id_column_names_the_item(tmp_path: Path) -> None:
         again = _batch(src, out, emu.base_url, "-q")  # the id is the item: done, skipped
         assert again.returncode == 0, again.stderr
         assert len(emu.requests(method="POST")) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_server_refusing_every_connection_stops_the_batch_and_a_rerun_resumes(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "p.txt"
+    src.write_text("".join(f"prompt {i}\n" for i in range(20)))
+    out = tmp_path / "out"
+    port = _free_port()  # nothing listens there: every connection is refused
+    args = ["batch", str(src), "-o", str(out), "--base-url", f"http://127.0.0.1:{port}/v1",
+            *DALLE, "--concurrency", "2", "--max-retries", "0", "-q"]
+    run = _cli(*args, env=_env(OPENAI_API_KEY=KEY))
+    assert run.returncode == EXIT_FATAL, run.stderr
+    assert "the server is unreachable" in run.stderr
+    assert "rerun" in run.stderr
+    failed = (out / "manifest.jsonl").read_text().splitlines()
+    assert UNREACHABLE_AFTER <= len(failed) <= UNREACHABLE_AFTER + 2  # not 20 failed lines
+    with emulator_thread(api_key=KEY, port=port):
+        again = _cli(*args, env=_env(OPENAI_API_KEY=KEY))
+    assert again.returncode == 0, again.stderr
+    saved = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len({m["id"] for m in saved if m["status"] == "ok"}) == 20
+
+
+@pytest.mark.parametrize("command", ["generate", "edit", "variation"])
+def test_single_commands_have_a_description_in_their_help(command: str) -> None:
+    helped = _cli(command, "--help")
+    head = " ".join(helped.stdout.split("positional arguments:")[0].split())
+    assert "prints each file written" in head  # a description, under the usage
+    assert "exit status: 0 all succeeded" in " ".join(helped.stdout.split())

@@ -435,6 +435,7 @@ async def _run_entry(
     item = await make_item(
         client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed, stats
     )
+    control.finished(item.error)
     if item.response is None:
         assert item.error is not None
         if isinstance(item.error, LimiterUnavailableError):
