@@ -33,7 +33,8 @@ finished before it stopped, and rerunning the same command resumes. The first
 Ctrl-C or SIGTERM lets the requests in flight finish; a second cancels them.
 
 rich draws the progress bar and the summary when standard error is a terminal;
-it is imported only then.
+it is imported only then. Without rich (installed without the ``cli`` extra) the
+progress is plain lines there too, and a line says once how to get the bar.
 """
 
 from __future__ import annotations
@@ -677,7 +678,7 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     quiet = args.quiet
     progress: _Plain | None = None
     if not quiet:
-        progress = _Rich(err) if _isatty(err) else _Plain(err)
+        progress = _progress_for(err)
     control = BatchControl()
     loop = asyncio.get_running_loop()
 
@@ -935,6 +936,22 @@ class _Rich(_Plain):
     def stop(self, s: BatchSummary) -> None:
         self._update(s)
         self.progress.stop()
+
+
+_RICHER = "asyncimg: plain progress; pip install 'asyncimg[cli]' gives a progress bar"
+
+
+def _progress_for(stream: TextIO) -> _Plain:
+    """rich's bar on a terminal, when rich (the ``cli`` extra) is installed; plain lines
+    otherwise (said once, on a terminal, with how to get the bar)."""
+    if not _isatty(stream):
+        return _Plain(stream)
+    try:
+        return _Rich(stream)
+    except ImportError:
+        plain = _Plain(stream)
+        plain._say(_RICHER)
+        return plain
 
 
 _KEPT_FAILED = "failed in an earlier run, not retried (--no-retry-failed; see the manifest)"
