@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ._batch import ProgressSink, fatal_error
 from ._exceptions import APIError, AsyncImgError, LimiterUnavailableError, ValidationError
 from ._files import EXTENSIONS
+from ._fs import write_atomic
 from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
 from ._limiter import Limiter, RateLimit
 from ._version import __version__
@@ -390,8 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", metavar="OUT", help="default: IN's name with -prepared, beside it"
     )
     prepare.add_argument(
-        "--size", type=positive_int, help="the square's edge in pixels (default 1024; not "
-        "with --for, whose rules choose it)",
+        "--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)"
+    )
+    prepare.add_argument(
+        "--size", type=positive_int, help="the square's edge in pixels, at most 4096 (default "
+        "1024; not with --for, whose rules choose it)",
     )
     prepare.add_argument(
         "--fit", choices=("pad", "crop"), default="pad",
@@ -616,7 +620,7 @@ async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 response = await client.create_variation(args.image, **params)
             paths = await client.save(response, args.output)
         except ValidationError as exc:
-            print(f"asyncimg: error: {_flag_message(exc)}", file=err)
+            print(f"asyncimg: error: {_flag_message(exc)}{_prepare_hint(args, exc)}", file=err)
             return EXIT_USAGE
         except LimiterUnavailableError as exc:
             print(f"asyncimg: stopped: {fatal_error(exc)}; nothing was sent", file=err)
@@ -634,6 +638,15 @@ async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if image.revised_prompt:
             print(f"revised prompt: {image.revised_prompt}", file=err)
     return EXIT_OK
+
+
+def _prepare_hint(args: argparse.Namespace, exc: ValidationError) -> str:
+    """For ``variation``: a picture the model refuses could be made ready by ``--prepare``."""
+    if args.command != "variation" or args.prepare or not exc.param.startswith("image"):
+        return ""
+    if not isinstance(args.image, str) or not Path(args.image).is_file():
+        return ""
+    return "; --prepare makes one from it (needs asyncimg[images])"
 
 
 def _check_output(out: Path) -> None:
@@ -1019,6 +1032,7 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
 
 # -- asyncimg.prepare from the command line (Pillow: the extra asyncimg[images]) -------
 
+_IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 _PREPARE_FLAGS = {"image": "IN", "size": "--size", "fit": "--fit", "model": "--for"}
 
 
@@ -1033,6 +1047,8 @@ def _prepare_module(flag: str) -> Any:
 def _prepare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     prepare = _prepare_module("prepare")
     source = Path(args.input)
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        raise UsageError(f"-o: {args.output} exists; give another OUT, or --overwrite")
     try:
         if args.for_model is None:
             data = prepare.square_png(source, size=args.size or 1024, fit=args.fit)
@@ -1049,7 +1065,15 @@ def _prepare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     if target.resolve() == source.resolve():
         raise UsageError("-o: OUT is IN itself; write the prepared image elsewhere")
-    target.write_bytes(data)
+    named = _IMAGE_SUFFIXES.get(target.suffix.lower())
+    if named is not None and named != fmt:
+        raise UsageError(
+            f"-o: {target} names a {named.upper()} file, but the prepared image is a "
+            f"{fmt.upper()}; name it {target.stem}.{EXTENSIONS['image/' + fmt]}"
+        )
+    if target.exists() and not args.overwrite:
+        raise UsageError(f"-o: {target} exists; give another OUT, or --overwrite")
+    write_atomic(target, data)
     print(target, file=out)
     print(f"prepared: {fmt.upper()}, {len(data)} bytes", file=err)
     return EXIT_OK
