@@ -44,7 +44,7 @@ from .._version import __version__
 from .control import BatchControl, fatal_error
 from .input import Entry, InputError, TextLines, read_entries
 from .manifest import Manifest, Record, append_run, error_fields, usage_fields
-from .many import BatchIterator, make_item
+from .many import BatchIterator, effective_params, make_item
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient
@@ -416,7 +416,7 @@ async def _run_entry(
     stats: CallStats,
     control: BatchControl,
 ) -> Record | None:
-    effective = {k: v for k, v in {**params, **entry.params}.items() if v is not None}
+    effective = dict(effective_params(client.model, params, entry.params))
 
     def record(**fields: Any) -> Record:
         return Record(
