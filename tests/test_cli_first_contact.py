@@ -122,6 +122,11 @@ def test_azure_from_flags_and_what_is_missing(tmp_path: Path) -> None:
             assert run.returncode == EXIT_USAGE, (args, run.stderr)
             assert said in run.stderr, run.stderr
         assert len(emu.requests(method="POST")) == 1  # no usage error sent anything
+        refused = _cli("generate", "p", "-o", str(tmp_path), *flags, *DALLE,
+                       env=_env(AZURE_OPENAI_API_KEY="azure-key-wrong"))
+        assert refused.returncode == EXIT_FATAL, refused.stderr
+        assert "for Azure AZURE_OPENAI_API_KEY" in refused.stderr  # what to check
+        assert "azure-key-wrong" not in refused.stderr
 
 
 def _batch(src: Path, out: Path, emu_url: str, *more: str) -> subprocess.CompletedProcess[str]:

@@ -45,7 +45,10 @@ def fatal_error(exc: BaseException) -> str | None:
     shared limiter's Redis out of reach.
     """
     if isinstance(exc, AuthenticationError):
-        return "the API key was refused (401): check OPENAI_API_KEY (and --base-url)"
+        return (
+            "the API key was refused (401): check OPENAI_API_KEY (and --base-url), or for "
+            "Azure AZURE_OPENAI_API_KEY (and --azure-endpoint)"
+        )
     if isinstance(exc, PermissionDeniedError):
         return (
             "permission denied (403): this key, organization or project may not use "
