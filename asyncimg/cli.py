@@ -19,9 +19,10 @@ Exit status (the same for every command):
 1    some items failed (listed in the summary and the manifest), including
      failures kept from an earlier run with ``--no-retry-failed``
 2    a usage error: a bad option or input, caught before anything is sent
-3    stopped by a fatal error from the API, which would fail every item
-     (401 key refused, 403 permission denied, 404 model or URL not found,
-     429 quota or billing limit): nothing new was sent after it
+3    stopped by a fatal error, which would fail every item (401 key refused,
+     403 permission denied, 404 model or URL not found, 429 quota or billing
+     limit, --redis out of reach, the server unreachable: 5 items in a row
+     without an answer): nothing new was sent after it
 4    aborted by a local failure (a full disk, an unwritable directory)
 5    stopped at the budget (``--max-cost``): the next request could have taken
      the spend over it; a rerun with a larger budget resumes
@@ -34,7 +35,8 @@ finished before it stopped, and rerunning the same command resumes. The first
 Ctrl-C or SIGTERM lets the requests in flight finish; a second cancels them.
 
 rich draws the progress bar and the summary when standard error is a terminal;
-it is imported only then.
+it is imported only then. Without rich (installed without the ``cli`` extra) the
+progress is plain lines there too, and a line says once how to get the bar.
 """
 
 from __future__ import annotations
@@ -44,20 +46,22 @@ import asyncio
 import codecs
 import contextlib
 import functools
+import logging
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ._batch import ProgressSink, fatal_error
-from ._exceptions import APIError, AsyncImgError, ValidationError
+from ._exceptions import APIError, AsyncImgError, LimiterUnavailableError, ValidationError
 from ._files import EXTENSIONS
+from ._fs import write_atomic
 from ._keywords import EDIT_KEYWORDS, GENERATE_KEYWORDS, OPTIONS, VARIATION_KEYWORDS
-from ._limiter import Limiter, RateLimit, RateLimiter
+from ._limiter import Limiter, RateLimit
 from ._version import __version__
 from .testing._serve import add_serve_options, positive_int, serve_from_args
 
@@ -80,7 +84,8 @@ EXIT_SIGTERM = 143
 _EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
 _EXIT_HELP = (
     "exit status: 0 all succeeded, 1 some items failed, 2 usage error (nothing sent), "
-    "3 stopped by a fatal API error (401, 403, 404, 429 quota) or --redis out of reach, "
+    "3 stopped by a fatal error (401, 403, 404, 429 quota, --redis out of reach, the server "
+    "unreachable), "
     "4 aborted by a local failure (a full disk), 5 stopped at --max-cost, 130 Ctrl-C, "
     "143 SIGTERM"
 )
@@ -183,10 +188,41 @@ def _usd(text: str) -> float:
 # -- the parser -------------------------------------------------------------------------
 
 
+_DEFAULT_LIMIT_NAME = "openai-images"
+
+
+def _endpoint_options(g: argparse._ArgumentGroup) -> None:
+    """Where requests go and how each is tried: every command that talks to a server."""
+    g.add_argument("--base-url", help="the API's base URL (default $OPENAI_BASE_URL or OpenAI)")
+    g.add_argument("--max-retries", type=int, default=3, help="retries per request")
+    g.add_argument("--timeout", type=float, default=600.0, help="seconds for one attempt")
+
+
+def _server_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _endpoint_options(common.add_argument_group("connection"))
+    return common
+
+
 def _connection_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("connection")
-    g.add_argument("--base-url", help="the API's base URL (default $OPENAI_BASE_URL or OpenAI)")
+    _endpoint_options(g)
+    azure = common.add_argument_group("Azure OpenAI (the official SDK's environment variables)")
+    azure.add_argument(
+        "--azure-endpoint", metavar="URL",
+        help="an Azure OpenAI resource, https://NAME.openai.azure.com (default "
+        "$AZURE_OPENAI_ENDPOINT, used when OPENAI_API_KEY is not set); the key comes from "
+        "$AZURE_OPENAI_API_KEY",
+    )
+    azure.add_argument(
+        "--api-version", metavar="VERSION",
+        help="with Azure: the api-version, e.g. 2025-04-01-preview (default $OPENAI_API_VERSION)",
+    )
+    azure.add_argument(
+        "--deployment", metavar="NAME",
+        help="with Azure: the deployment to call (default: --model names it)",
+    )
     g.add_argument(
         "--rate", type=_rate_arg, default=RateLimit(images=50, per=60.0), metavar="RATE",
         help="images per window: 50/min (default), 5/s, 20/2s, or off",
@@ -197,16 +233,15 @@ def _connection_options() -> argparse.ArgumentParser:
         "--limit-name (default $ASYNCIMG_REDIS_URL)",
     )
     g.add_argument(
-        "--limit-name", default="openai-images", metavar="NAME",
-        help="which shared budget (with --redis): one per organization and model family",
+        "--limit-name", metavar="NAME",
+        help="which shared budget (with --redis): one per organization and model family "
+        f"(default: {_DEFAULT_LIMIT_NAME})",
     )
     g.add_argument(
         "--concurrency", type=positive_int, default=None,
         help="a hard ceiling on requests in flight (default: sized from --rate and the "
         "answer times, 16 to 512)",
     )
-    g.add_argument("--max-retries", type=int, default=3, help="retries per request")
-    g.add_argument("--timeout", type=float, default=600.0, help="seconds for one attempt")
     g.add_argument(
         "--emulator", action="store_true",
         help="run against an emulator started in this process (no key needed)",
@@ -366,14 +401,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     generate = sub.add_parser(
-        "generate", parents=[_image_options(), conn], help="generate images for one prompt"
+        "generate", parents=[_image_options(), conn], help="generate images for one prompt",
+        description="Generate images for PROMPT and write them into DIR (default: the "
+        "current directory); prints each file written. The options are checked before "
+        "anything is sent.",
+        epilog=_EXIT_HELP,
     )
     generate.add_argument("prompt", metavar="PROMPT")
     generate.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
     _stream_options(generate)
 
     edit = sub.add_parser(
-        "edit", parents=[_image_options(style=False), conn], help="edit an image"
+        "edit", parents=[_image_options(style=False), conn], help="edit an image",
+        description="Edit IMAGE as PROMPT says (where --mask or --mask-box is transparent, "
+        "or all of it) and write the results into DIR; prints each file written.",
+        epilog=_EXIT_HELP,
     )
     edit.add_argument("image", metavar="IMAGE", help="the image to edit (a PNG for dall-e-2)")
     edit.add_argument("prompt", metavar="PROMPT")
@@ -394,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     variation = sub.add_parser(
         "variation", parents=[_image_options(style=False, gpt=False), conn],
         help="create variations of an image (dall-e-2)",
+        description="Create variations of IMAGE (a square PNG under 4 MB for dall-e-2; "
+        "--prepare makes one from any picture) and write them into DIR; prints each file "
+        "written.",
+        epilog=_EXIT_HELP,
     )
     variation.add_argument("image", metavar="IMAGE")
     variation.add_argument("-o", "--output", default=".", metavar="DIR", help="default: .")
@@ -413,8 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", metavar="OUT", help="default: IN's name with -prepared, beside it"
     )
     prepare.add_argument(
-        "--size", type=positive_int, help="the square's edge in pixels (default 1024; not "
-        "with --for, whose rules choose it)",
+        "--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)"
+    )
+    prepare.add_argument(
+        "--size", type=positive_int, help="the square's edge in pixels, at most 4096 (default "
+        "1024; not with --for, whose rules choose it)",
     )
     prepare.add_argument(
         "--fit", choices=("pad", "crop"), default="pad",
@@ -448,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     batches_sub = batches.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, text in (("status", "show each batch's status and counts"),
                          ("cancel", "cancel the batches still running")):
-        one = batches_sub.add_parser(action, parents=[conn], help=text)
+        one = batches_sub.add_parser(action, parents=[_server_options()], help=text)
         one.add_argument("output", metavar="DIR")
 
     serve = sub.add_parser(
@@ -472,32 +521,110 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 # -- running ----------------------------------------------------------------------------
 
 
+_AZURE_FLAGS = {
+    "endpoint": "--azure-endpoint", "api_version": "--api-version", "deployment": "--deployment",
+}
+
+
+def _wants_azure(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    """Azure when a flag of its own is given, or ``$AZURE_OPENAI_ENDPOINT`` is set while
+    neither ``$OPENAI_API_KEY``, ``--base-url`` nor ``--emulator`` says otherwise.
+
+    Raises:
+        UsageError: an Azure flag together with ``--base-url`` or ``--emulator``.
+    """
+    if not hasattr(args, "azure_endpoint"):  # `batches`: the Batch API is OpenAI's
+        return False
+    flags = [flag for name, flag in (("azure_endpoint", "--azure-endpoint"),
+                                     ("api_version", "--api-version"),
+                                     ("deployment", "--deployment"))
+             if getattr(args, name, None) is not None]
+    other = "--emulator" if getattr(args, "emulator", False) else (
+        "--base-url" if args.base_url else None
+    )
+    if flags and other:
+        raise UsageError(f"{flags[0]}: not with {other} (Azure has its own endpoint)")
+    if flags:
+        return True
+    return other is None and bool(environ.get("AZURE_OPENAI_ENDPOINT")) and not environ.get(
+        "OPENAI_API_KEY"
+    )
+
+
+def _azure_client(args: argparse.Namespace, options: dict[str, Any]) -> AsyncImagesClient:
+    """``AsyncImagesClient.azure`` from the flags and the SDK's environment variables.
+
+    Raises:
+        UsageError: the endpoint, the api version or the key is missing or wrong.
+    """
+    from ._client import AsyncImagesClient
+
+    try:
+        return AsyncImagesClient.azure(
+            endpoint=args.azure_endpoint, deployment=args.deployment,
+            api_version=args.api_version, **options,
+        )
+    except ValidationError as exc:
+        if exc.param == "api_key":
+            raise UsageError(
+                "no Azure key: set AZURE_OPENAI_API_KEY (Azure takes no OPENAI_API_KEY)"
+            ) from None
+        flag = _AZURE_FLAGS.get(exc.param)
+        if flag is None:
+            raise
+        env = {"endpoint": " or set AZURE_OPENAI_ENDPOINT",
+               "api_version": " or set OPENAI_API_VERSION"}.get(exc.param, "")
+        raise UsageError(f"{flag}: {exc.message} (give {flag}{env})") from None
+
+
 @contextlib.asynccontextmanager
 async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncImagesClient]:
     from ._client import AsyncImagesClient
 
     async with contextlib.AsyncExitStack() as stack:
-        limiter: RateLimiter = Limiter(args.rate)
-        if args.redis:
+        options: dict[str, Any] = {
+            "max_retries": args.max_retries, "timeout": args.timeout,
+            "max_concurrency": getattr(args, "concurrency", None),
+        }
+        rate = getattr(args, "rate", None)
+        if getattr(args, "redis", None):
             shared = _redis_limiter(args)
+            _quiet_limiter_log()
             stack.push_async_callback(shared.aclose)
-            limiter = shared
-        base_url = args.base_url
-        api_key = None
-        if args.emulator:
-            from .testing import Emulator
+            options["limiter"] = shared
+        else:
+            options["limiter"] = Limiter(rate)
+        if _wants_azure(args, os.environ):
+            if getattr(args, "via", None) == "batch-api":
+                raise UsageError("--via batch-api: not with Azure (its Batch API differs)")
+            client = _azure_client(args, options)
+        else:
+            base_url = args.base_url
+            api_key = None
+            if getattr(args, "emulator", False):
+                from .testing import Emulator
 
-            emu = await stack.enter_async_context(Emulator(latency=args.emulator_latency))
-            base_url, api_key = emu.base_url, _EMULATOR_KEY
-        client = AsyncImagesClient(
-            api_key=api_key,
-            base_url=base_url,
-            limiter=limiter,
-            max_concurrency=args.concurrency,
-            max_retries=args.max_retries,
-            timeout=args.timeout,
-        )
+                emu = await stack.enter_async_context(
+                    Emulator(latency=args.emulator_latency)
+                )
+                base_url, api_key = emu.base_url, _EMULATOR_KEY
+            client = AsyncImagesClient(api_key=api_key, base_url=base_url, **options)
         yield await stack.enter_async_context(client)
+
+
+class _ReportedByTheCommand(logging.Filter):
+    """Drops the shared limiter's log line about Redis out of reach: the command says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(arg, LimiterUnavailableError) for arg in args)
+
+
+def _quiet_limiter_log() -> None:
+    """Install :class:`_ReportedByTheCommand` on the ``asyncimg`` logger (once)."""
+    logger = logging.getLogger("asyncimg")
+    if not any(isinstance(f, _ReportedByTheCommand) for f in logger.filters):
+        logger.addFilter(_ReportedByTheCommand())
 
 
 def _redis_limiter(args: argparse.Namespace) -> RedisLimiter:
@@ -506,12 +633,13 @@ def _redis_limiter(args: argparse.Namespace) -> RedisLimiter:
         raise UsageError("--redis: a shared limit needs a --rate (not off)")
     from ._redis import RedisLimiter, check_name
 
+    name = args.limit_name or _DEFAULT_LIMIT_NAME
     try:
-        check_name(args.limit_name)
+        check_name(name)
     except ValueError as exc:
         raise UsageError(f"--limit-name: {exc}") from None
     try:
-        return RedisLimiter.from_url(args.redis, rate=args.rate, name=args.limit_name)
+        return RedisLimiter.from_url(args.redis, rate=args.rate, name=name)
     except ImportError as exc:
         raise UsageError(f"--redis: {exc}") from None
     except ValueError:  # never echo the URL: it may hold a password
@@ -560,8 +688,11 @@ async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 response = await client.create_variation(args.image, **params)
             paths = await client.save(response, args.output)
         except ValidationError as exc:
-            print(f"asyncimg: error: {_flag_message(exc)}", file=err)
+            print(f"asyncimg: error: {_flag_message(exc)}{_prepare_hint(args, exc)}", file=err)
             return EXIT_USAGE
+        except LimiterUnavailableError as exc:
+            print(f"asyncimg: stopped: {fatal_error(exc)}; nothing was sent", file=err)
+            return EXIT_FATAL
         except APIError as exc:
             print(f"asyncimg: {type(exc).__name__}: {exc}", file=err)
             fatal = fatal_error(exc)
@@ -577,6 +708,30 @@ async def _single(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _prepare_hint(args: argparse.Namespace, exc: ValidationError) -> str:
+    """For ``variation``: a picture the model refuses could be made ready by ``--prepare``."""
+    if args.command != "variation" or args.prepare or not exc.param.startswith("image"):
+        return ""
+    if not isinstance(args.image, str) or not Path(args.image).is_file():
+        return ""
+    return "; --prepare makes one from it (needs asyncimg[images])"
+
+
+def _check_output(out: Path) -> None:
+    """A usage error when ``-o DIR`` cannot hold the images: checked before anything is sent.
+
+    Raises:
+        UsageError: ``out`` is a file, or cannot be created or written.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o: {out} is a file; give a directory for the images")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"-o: cannot create {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"-o: cannot create or write {out}: {existing} is not writable")
+
+
 def _check_paths(args: argparse.Namespace) -> None:
     """Usage errors about PROMPTS and -o, before anything starts.
 
@@ -590,14 +745,7 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise UsageError(f"PROMPTS: {prompts} is a directory; give a prompts file")
         if not prompts.is_file():
             raise UsageError(f"PROMPTS: no such file: {prompts}")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o: {out} is a file; give a directory for the images")
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise UsageError(f"-o: cannot create {out}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"-o: cannot create or write {out}: {existing} is not writable")
+    _check_output(Path(args.output))
     try:
         codecs.lookup(args.encoding)
     except LookupError:
@@ -634,7 +782,7 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     quiet = args.quiet
     progress: _Plain | None = None
     if not quiet:
-        progress = _Rich(err) if _isatty(err) else _Plain(err)
+        progress = _progress_for(err)
     control = BatchControl()
     loop = asyncio.get_running_loop()
 
@@ -907,6 +1055,22 @@ class _Rich(_Plain):
         self.progress.stop()
 
 
+_RICHER = "asyncimg: plain progress; pip install 'asyncimg[cli]' gives a progress bar"
+
+
+def _progress_for(stream: TextIO) -> _Plain:
+    """rich's bar on a terminal, when rich (the ``cli`` extra) is installed; plain lines
+    otherwise (said once, on a terminal, with how to get the bar)."""
+    if not _isatty(stream):
+        return _Plain(stream)
+    try:
+        return _Rich(stream)
+    except ImportError:
+        plain = _Plain(stream)
+        plain._say(_RICHER)
+        return plain
+
+
 _KEPT_FAILED = "failed in an earlier run, not retried (--no-retry-failed; see the manifest)"
 
 
@@ -978,6 +1142,7 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
 
 # -- asyncimg.prepare from the command line (Pillow: the extra asyncimg[images]) -------
 
+_IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 _PREPARE_FLAGS = {"image": "IN", "size": "--size", "fit": "--fit", "model": "--for"}
 
 
@@ -992,6 +1157,8 @@ def _prepare_module(flag: str) -> Any:
 def _prepare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     prepare = _prepare_module("prepare")
     source = Path(args.input)
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        raise UsageError(f"-o: {args.output} exists; give another OUT, or --overwrite")
     try:
         if args.for_model is None:
             data = prepare.square_png(source, size=args.size or 1024, fit=args.fit)
@@ -1008,7 +1175,15 @@ def _prepare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     if target.resolve() == source.resolve():
         raise UsageError("-o: OUT is IN itself; write the prepared image elsewhere")
-    target.write_bytes(data)
+    named = _IMAGE_SUFFIXES.get(target.suffix.lower())
+    if named is not None and named != fmt:
+        raise UsageError(
+            f"-o: {target} names a {named.upper()} file, but the prepared image is a "
+            f"{fmt.upper()}; name it {target.stem}.{EXTENSIONS['image/' + fmt]}"
+        )
+    if target.exists() and not args.overwrite:
+        raise UsageError(f"-o: {target} exists; give another OUT, or --overwrite")
+    write_atomic(target, data)
     print(target, file=out)
     print(f"prepared: {fmt.upper()}, {len(data)} bytes", file=err)
     return EXIT_OK
@@ -1080,9 +1255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args.directory, thumbnails=args.thumbnails, out=out)
         if args.command == "prepare":
             return _prepare(args, out, err)
+        if getattr(args, "limit_name", None) is not None and not args.redis:
+            raise UsageError("--limit-name: only with --redis (or $ASYNCIMG_REDIS_URL)")
         _prepare_inputs(args)
         if args.command == "batch":
             _check_paths(args)
+        elif args.command in _PARAM_NAMES:
+            _check_output(Path(args.output))
+        elif args.command == "batches" and not Path(args.output).is_dir():
+            raise UsageError(f"DIR: no such directory: {args.output}")
         runner = {"batch": _batch, "batches": _batches}.get(args.command, _single)
         return asyncio.run(_until_sigterm(runner, args, out, err))
     except UsageError as exc:

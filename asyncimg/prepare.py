@@ -40,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - tested in a subprocess without 
     ) from exc
 
 __all__ = [
+    "MAX_EDGE",
     "AnyImage",
     "Fit",
     "Prepared",
@@ -48,6 +49,11 @@ __all__ = [
     "mask_from_image",
     "square_png",
 ]
+
+MAX_EDGE = 4096
+"""The largest edge :func:`square_png` makes, in pixels: more
+than any model takes (the largest free size is 3840 wide), and a bound on the memory
+(an RGBA square of 4096 is 64 MB; of 100000, 40 GB)."""
 
 AnyImage = ImageInput | ImageFile | Image.Image
 """An image input the client takes, or a Pillow ``Image``."""
@@ -84,6 +90,16 @@ def _check_positive(param: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValidationError(param, f"{param} must be a positive whole number, not {value!r}")
     return value
+
+
+def _check_edge(param: str, value: object) -> int:
+    """A positive edge of at most :data:`MAX_EDGE`, checked before any pixel is allocated."""
+    edge = _check_positive(param, value)
+    if edge > MAX_EDGE:
+        raise ValidationError(
+            param, f"{param} may be at most {MAX_EDGE} pixels (no model takes more), not {edge}"
+        )
+    return edge
 
 
 def _header(value: AnyImage, param: str) -> Image.Image:
@@ -228,10 +244,11 @@ def square_png(
 
     Raises:
         ValidationError: the image cannot be read or decoded (``image``), an
-            argument is wrong (named), or no step fits under ``max_bytes``
+            argument is wrong (named; ``size`` above :data:`MAX_EDGE` too), or no
+            step fits under ``max_bytes``
             (the message gives each size tried and its bytes).
     """
-    edge = _check_positive("size", size)
+    edge = _check_edge("size", size)
     limit = _check_positive("max_bytes", max_bytes)
     png, _side = _fitted_square(
         image, edge, _check_fit(fit), _check_background(background), limit, _square_edges()

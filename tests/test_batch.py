@@ -62,6 +62,8 @@ async def test_async_iterable_and_mappings(client: AsyncImagesClient) -> None:
         key=lambda i: i.index,
     )
     assert [i.ok for i in items] == [True, True, False, False, False]
+    # The effective parameters, as a manifest line has them: the batch's under the item's.
+    assert items[0].params == {"size": "256x256"}
     assert items[1].params == {"size": "512x512"}
     assert items[1].response is not None
     assert items[1].response.size in (None, "512x512")

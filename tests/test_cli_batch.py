@@ -359,7 +359,8 @@ def test_a_closed_progress_stream_does_not_stop_the_batch(tmp_path: Path) -> Non
 
 
 def test_the_exit_statuses_are_in_the_help() -> None:
-    for command in ([], ["batch"]):
+    for command in ([], ["batch"], ["generate"], ["edit"], ["variation"]):
         text = " ".join(_cli(*command, "--help").stdout.split())
-        assert "3 stopped by a fatal API error" in text
+        assert "3 stopped by a fatal error" in text
+        assert "the server unreachable" in text
         assert "130 Ctrl-C, 143 SIGTERM" in text

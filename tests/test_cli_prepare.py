@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,45 @@ def test_prepare_usage_errors_name_the_flag(tmp_path: Path) -> None:
     assert "IN:" in done.stderr
 
 
+def _one_gigabyte() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+
+def test_prepare_size_is_bounded_before_any_allocation(tmp_path: Path) -> None:
+    # Unbounded, --size 100000 asks Pillow for a 40 GB square (the kernel killed it);
+    # under a 1 GB address space that would be a MemoryError, not a usage error.
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncimg", "prepare", str(_photo(tmp_path)), "--size", "100000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=_one_gigabyte,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--size" in done.stderr
+    assert "4096" in done.stderr
+    assert not list(tmp_path.glob("*-prepared*"))
+
+
+def test_prepare_never_writes_the_wrong_format_nor_over_a_file(tmp_path: Path) -> None:
+    photo = str(_photo(tmp_path))
+    wrong = _cli("prepare", photo, "-o", str(tmp_path / "out.jpg"))
+    assert wrong.returncode == 2, wrong.stderr
+    assert "-o:" in wrong.stderr
+    assert "out.png" in wrong.stderr  # what to name it
+    assert not (tmp_path / "out.jpg").exists()
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"precious")
+    for args in (["-o", str(kept)], []):
+        first = _cli("prepare", photo, *args)
+        assert first.returncode == (2 if args else 0), first.stderr
+    again = _cli("prepare", photo)  # the default OUT exists now
+    assert again.returncode == 2
+    assert "--overwrite" in again.stderr
+    assert kept.read_bytes() == b"precious"
+    replaced = _cli("prepare", photo, "-o", str(kept), "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert decode(kept.read_bytes()).size == (1024, 1024)
+
+
 def test_prepare_without_pillow_names_the_extra(tmp_path: Path) -> None:
     done = _cli("prepare", str(_photo(tmp_path)), env=without_pillow(tmp_path))
     assert done.returncode == 2
@@ -117,6 +157,7 @@ def test_variation_prepare_fixes_the_input_instead_of_refusing_it(tmp_path: Path
     refused = _cli("variation", photo, "--model", "dall-e-2", *common)
     assert refused.returncode == 2
     assert "PNG" in refused.stderr
+    assert "--prepare makes one from it" in refused.stderr
     done = _cli("variation", photo, "--prepare", *common)
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "out").iterdir())) == 1

@@ -67,8 +67,8 @@ def test_redis_down_fails_the_command_without_echoing_the_url(tmp_path: Path) ->
         port = sock.getsockname()[1]
     run = _cli("generate", "a lantern", "-o", str(tmp_path), *EMU,
                "--redis", f"redis://:hunter2@127.0.0.1:{port}/0")
-    assert run.returncode == 1
-    assert "LimiterUnavailableError" in run.stderr
+    assert run.returncode == 3  # as a batch: every call would fail the same way
+    assert run.stderr.count("check --redis") == 1, run.stderr  # said once
     assert "hunter2" not in run.stderr + run.stdout
     assert not list(tmp_path.iterdir())
 
@@ -103,4 +103,16 @@ def test_a_batch_stops_when_the_shared_limit_is_out_of_reach(tmp_path: Path) -> 
     run = _cli("batch", str(prompts), "-o", str(tmp_path / "out"), *EMU,
                "--redis", f"redis://127.0.0.1:{port}/0")
     assert run.returncode == 3, run.stderr  # fatal: every item would fail the same way
-    assert "check --redis" in run.stderr
+    assert run.stderr.count("out of reach") == 1, run.stderr  # said once
+    assert "LimiterUnavailableError" not in run.stdout + run.stderr  # not an item's failure
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    assert not manifest.exists() or manifest.read_text() == ""  # nothing was sent
+
+
+def test_limit_name_needs_redis_and_its_default_is_in_the_help(tmp_path: Path) -> None:
+    run = _cli("generate", "a lantern", "-o", str(tmp_path), *EMU, "--limit-name", "team-a")
+    assert run.returncode == 2, run.stderr
+    assert "--limit-name: only with --redis" in run.stderr
+    assert not list(tmp_path.iterdir())
+    helped = _cli("batch", "--help")
+    assert "(default: openai-images)" in " ".join(helped.stdout.split())

@@ -16,7 +16,14 @@ from asyncimg import AsyncImagesClient, ValidationError
 from asyncimg._files import ImageFile
 from asyncimg._params import EditParams, VariationParams
 from asyncimg._validation import rules_for
-from asyncimg.prepare import Prepared, for_model, mask_from_box, mask_from_image, square_png
+from asyncimg.prepare import (
+    MAX_EDGE,
+    Prepared,
+    for_model,
+    mask_from_box,
+    mask_from_image,
+    square_png,
+)
 from asyncimg.testing import Emulator
 
 from .conftest import TEST_KEY
@@ -168,6 +175,7 @@ def test_no_step_fits_says_why() -> None:
     [
         ({"size": 0}, "size"),
         ({"size": True}, "size"),
+        ({"size": MAX_EDGE + 1}, "size"),  # refused before a pixel is allocated
         ({"fit": "stretch"}, "fit"),
         ({"background": (300, 0, 0)}, "background"),
         ({"background": "white"}, "background"),

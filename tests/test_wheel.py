@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import pty
 import subprocess
 import sys
 import textwrap
@@ -100,23 +101,73 @@ def test_the_wheel_ships_the_package_data(wheel: Path) -> None:
     assert not [n for n in names if n.startswith("tests/")], "tests must not ship"
 
 
-def test_the_wheel_installed_in_a_fresh_venv_makes_a_call(
-    wheel: Path, tmp_path: Path
-) -> None:
-    env_dir = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with the wheel installed as a user installs it; its ``bin``."""
+    root = tmp_path_factory.mktemp("installed")
+    env_dir = root / "venv"
     venv.create(env_dir, with_pip=True)
-    python = env_dir / "bin" / "python"
-    pins = tmp_path / "pins.txt"
+    pins = root / "pins.txt"
     pins.write_text(_locked_pins(), encoding="utf-8")
     # As a user installs it (pip, no extras), with the dependencies at the lock's versions.
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-c", str(pins), str(wheel)],
+        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet",
+         "--disable-pip-version-check", "-c", str(pins), str(wheel)],
         check=True, env=_clean_env(), timeout=300,
     )
+    return env_dir / "bin"
+
+
+def test_the_wheel_installed_in_a_fresh_venv_makes_a_call(
+    installed: Path, tmp_path: Path
+) -> None:
+    python = installed / "python"
     done = subprocess.run(
         [str(python), "-c", SMOKE], cwd=tmp_path, capture_output=True, text=True,
         env=_clean_env(), timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok "), done.stdout
+
+
+def _in_a_terminal(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal as its stdin, stdout and stderr: its status and
+    everything it wrote there."""
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, stdin=terminal, stdout=terminal, stderr=terminal,
+            env={**_clean_env(), "TERM": "xterm", "COLUMNS": "100"}, start_new_session=True,
+        )
+    finally:
+        os.close(terminal)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: every writer of the terminal is gone
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(controller)
+    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+
+def test_the_cli_without_extras_runs_a_batch_in_a_terminal(
+    installed: Path, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a lantern\na kite\n")
+    status, seen = _in_a_terminal(
+        [str(installed / "asyncimg"), "batch", str(prompts), "-o", str(tmp_path / "out"),
+         "--emulator", "--model", "dall-e-2", "--size", "256x256"],
+        tmp_path,
+    )
+    assert status == 0, seen
+    assert "Traceback" not in seen
+    assert seen.count("pip install 'asyncimg[cli]'") == 1, seen  # said once
+    assert "[2/2]" in seen  # the plain display
+    assert len((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()) == 2

@@ -1,7 +1,8 @@
 """Stopping a batch early: which errors are fatal, and the control that stops a run.
 
 A run stops, sending nothing new, on a fatal error (a refused key, permission, an
-unknown model or URL, an exhausted quota, the shared limiter's Redis out of reach),
+unknown model or URL, an exhausted quota, the shared limiter's Redis out of reach,
+a server that answers none of :data:`UNREACHABLE_AFTER` items in a row),
 a local failure (a full disk), a line of input that does not decode, or a signal.
 :class:`BatchControl` is what the runner and a signal handler share: it cancels the
 items not yet sent (or, the second time a signal comes, every item), and reads the
@@ -18,6 +19,7 @@ import anyio
 
 from .._callstats import CallStats
 from .._exceptions import (
+    APIConnectionError,
     AuthenticationError,
     LimiterUnavailableError,
     NotFoundError,
@@ -27,9 +29,13 @@ from .._exceptions import (
 from .._offloop import ThreadedIterator
 from .._retry import QUOTA_CODES
 
-__all__ = ["BatchControl", "fatal_error"]
+__all__ = ["UNREACHABLE_AFTER", "BatchControl", "fatal_error"]
 
 _T = TypeVar("_T")
+
+UNREACHABLE_AFTER = 5
+"""Items in a row that end in a connection failure (refused, DNS, timed out), with no
+answer from the server between them, before a run stops as unreachable."""
 
 def fatal_error(exc: BaseException) -> str | None:
     """What to tell the user when ``exc`` will fail every item of a batch; None otherwise.
@@ -39,7 +45,10 @@ def fatal_error(exc: BaseException) -> str | None:
     shared limiter's Redis out of reach.
     """
     if isinstance(exc, AuthenticationError):
-        return "the API key was refused (401): check OPENAI_API_KEY (and --base-url)"
+        return (
+            "the API key was refused (401): check OPENAI_API_KEY (and --base-url), or for "
+            "Azure AZURE_OPENAI_API_KEY (and --azure-endpoint)"
+        )
     if isinstance(exc, PermissionDeniedError):
         return (
             "permission denied (403): this key, organization or project may not use "
@@ -70,6 +79,7 @@ class BatchControl:
         self.signal: int | None = None
         self._items: dict[int, tuple[anyio.CancelScope, CallStats]] = {}
         self._reader: anyio.CancelScope | None = None
+        self._unanswered = 0
 
     def stop(self, reason: str, message: str, *, cancel_sent: bool = False) -> None:
         """Start nothing new; cancel the items not yet sent (all of them with ``cancel_sent``).
@@ -83,6 +93,23 @@ class BatchControl:
         for scope, stats in list(self._items.values()):
             if cancel_sent or stats.attempts == 0:
                 scope.cancel()
+
+    def finished(self, error: BaseException | None) -> None:
+        """An item ended, with ``error`` (None: the server answered it).
+
+        :data:`UNREACHABLE_AFTER` connection failures in a row stop the run as
+        ``"fatal"``: the server is out of reach, and every item would fail.
+        """
+        if not isinstance(error, APIConnectionError):
+            self._unanswered = 0
+            return
+        self._unanswered += 1
+        if self._unanswered >= UNREACHABLE_AFTER:
+            self.stop(
+                "fatal",
+                f"the server is unreachable: {self._unanswered} items in a row got no "
+                f"answer (the last: {error}): check --base-url and the network",
+            )
 
     @property
     def in_flight(self) -> int:

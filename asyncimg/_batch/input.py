@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -23,7 +24,10 @@ from typing import IO, Any, Final
 
 import attrs
 
+from .._keywords import GENERATE_KEYWORDS, OPTIONS
+
 __all__ = [
+    "ID_FIELD",
     "INPUT_FORMATS",
     "Entry",
     "InputError",
@@ -34,6 +38,13 @@ __all__ = [
 ]
 
 INPUT_FORMATS: Final = ("txt", "jsonl", "csv")
+ID_FIELD: Final = "id"
+"""A CSV column (or JSONL key) that names its item instead of the hash."""
+# What a CSV column may be: a parameter of generate() (not streamed), the prompt or the id.
+_COLUMNS = (GENERATE_KEYWORDS - OPTIONS - {"partial_images"}) | {
+    "timeout", "max_retries", "prompt", ID_FIELD,
+}
+_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 # Parameters that do not change the images, so not part of an item's id.
 _NOT_IN_ID = frozenset({"timeout", "max_retries"})
 _INT_PARAMS = frozenset({"n", "output_compression", "max_retries"})
@@ -172,6 +183,12 @@ def _raw_records(stream: Iterable[str], fmt: str) -> Iterator[tuple[int, object,
         fields = [f.strip() for f in reader.fieldnames]
         if "prompt" not in fields:
             raise InputError("the CSV file needs a header row with a 'prompt' column")
+        unknown = [f for f in fields if f not in _COLUMNS]
+        if unknown:
+            raise InputError(
+                f"the CSV file's column {unknown[0]!r} is not a parameter (columns: prompt, "
+                f"{ID_FIELD} to name the item, and the parameters, e.g. size, quality, n)"
+            )
         reader.fieldnames = fields
         for row in reader:
             values = {
@@ -186,6 +203,25 @@ def _raw_records(stream: Iterable[str], fmt: str) -> Iterator[tuple[int, object,
         raise InputError(f"unknown input format {fmt!r} (one of {', '.join(INPUT_FORMATS)})")
 
 
+def _own_id(line: int, value: object, named: dict[str, int]) -> str:
+    """An ``id`` the input gives: a safe file name stem, not given twice.
+
+    Raises:
+        InputError: it is not one (its images are named after it), or a repeat.
+    """
+    if not isinstance(value, str) or not _ID.match(value):
+        raise InputError(
+            f"line {line}: the {ID_FIELD} {value!r} is not 1 to 64 letters, digits, '_', "
+            "'-' or '.' (not first): it names the item's image files"
+        )
+    if value in named:
+        raise InputError(
+            f"line {line}: the {ID_FIELD} {value!r} is the id of line {named[value]} too"
+        )
+    named[value] = line
+    return value
+
+
 def read_entries(
     stream: Iterable[str], fmt: str, params: Mapping[str, Any]
 ) -> Iterator[Entry]:
@@ -195,27 +231,36 @@ def read_entries(
     are skipped), ``jsonl`` (a JSON object a line: ``prompt`` plus parameters; or a
     JSON string) or ``csv`` (a header row with a ``prompt`` column; other non-empty
     columns are parameters). ``params`` are the batch's parameters: an entry's id
-    covers them under its own.
+    covers them under its own. An ``id`` column or key names its item instead of
+    the hash (and its files, ``{id}-{i}.png``): a rerun skips a done id even if
+    its prompt changed.
 
     Raises:
-        InputError: the whole input is unusable (a CSV file without a prompt column),
-            or a line does not decode (from :func:`open_text`'s streams).
+        InputError: the whole input is unusable (a CSV file without a prompt column
+            or with a column that is not a parameter, an ``id`` that is not a safe
+            file name or given twice), or a line does not decode (from
+            :func:`open_text`'s streams).
     """
     seen: dict[str, int] = {}
+    named: dict[str, int] = {}
     for line, record, problem in _raw_records(stream, fmt):
+        given: str | None = None
         if isinstance(record, str):
             prompt, own = record, {}
         else:
             assert isinstance(record, dict)
             raw = record.get("prompt")
-            own = {str(k): v for k, v in record.items() if k != "prompt"}
+            own = {str(k): v for k, v in record.items() if k not in ("prompt", ID_FIELD)}
+            if record.get(ID_FIELD) is not None:
+                given = _own_id(line, record[ID_FIELD], named)
             if isinstance(raw, str):
                 prompt = raw
             else:
                 prompt = "" if raw is None else json.dumps(raw)
                 problem = problem or f"line {line} has no string 'prompt'"
         effective = {**params, **own}
-        yield Entry(line, prompt, own, _item_id(prompt, effective, seen), problem)
+        item_id = given or _item_id(prompt, effective, seen)
+        yield Entry(line, prompt, own, item_id, problem)
 
 
 def detect_format(path: str, given: str | None) -> str:

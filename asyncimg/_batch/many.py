@@ -52,6 +52,7 @@ __all__ = [
     "BatchIterator",
     "PromptSource",
     "PromptSpec",
+    "effective_params",
     "generate_many",
     "make_item",
 ]
@@ -80,8 +81,10 @@ class BatchItem:
     Attributes:
         index: the prompt's position in the input (0-based).
         prompt: the prompt text ("" when the input gave none).
-        params: the item's own parameters (those of a mapping, without ``prompt``;
-            empty for a string); the batch's parameters apply under them.
+        params: the item's effective parameters: the batch's, under them the
+            item's own (those of a mapping, without ``prompt``), None left out,
+            and the client's ``model`` when neither gives one; the same as the
+            ``params`` of its line in an ``asyncimg batch`` manifest.
         response: the result, or None if the item failed.
         error: the failure (a ValidationError for a bad item, an APIError after
             the retries), or None.
@@ -125,6 +128,15 @@ def _split_spec(spec: object, allowed: frozenset[str]) -> tuple[str, Mapping[str
     return prompt, MappingProxyType(own)
 
 
+def effective_params(
+    model: str | None, params: Mapping[str, Any], own: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """What an item is run with: ``params`` under the item's ``own``, None left out, and
+    ``model`` (the client's default) when neither names one."""
+    merged = {"model": model, **params, **own} if model else {**params, **own}
+    return MappingProxyType({k: v for k, v in merged.items() if v is not None})
+
+
 async def make_item(
     client: AsyncImagesClient,
     index: int,
@@ -154,10 +166,12 @@ async def make_item(
             prompt = raw if isinstance(raw, str) else ""
             own = MappingProxyType({str(k): v for k, v in spec.items() if k != "prompt"})
         return BatchItem(
-            index, prompt, own, None, exc, stats.attempts, time.monotonic() - started
+            index, prompt, effective_params(client.model, params, own), None, exc,
+            stats.attempts, time.monotonic() - started,
         )
     return BatchItem(
-        index, prompt, own, response, None, stats.attempts, time.monotonic() - started
+        index, prompt, effective_params(client.model, params, own), response, None,
+        stats.attempts, time.monotonic() - started,
     )
 
 

@@ -44,7 +44,7 @@ from .._cost import (
     load_prices,
     request_key,
 )
-from .._exceptions import AsyncImgError, ValidationError
+from .._exceptions import AsyncImgError, LimiterUnavailableError, ValidationError
 from .._keywords import GENERATE_KEYWORDS
 from .._limiter import LimiterStats, RateLimit
 from .._offloop import blocking
@@ -53,7 +53,7 @@ from .._version import __version__
 from .control import BatchControl, fatal_error
 from .input import Entry, InputError, TextLines, read_entries
 from .manifest import Manifest, Record, append_run, error_fields, read_records, usage_fields
-from .many import BatchIterator, make_item
+from .many import BatchIterator, effective_params, make_item
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient
@@ -514,7 +514,7 @@ async def _run_entry(
     control: BatchControl,
     prices: PriceTable,
 ) -> Record | None:
-    effective = {k: v for k, v in {**params, **entry.params}.items() if v is not None}
+    effective = dict(effective_params(client.model, params, entry.params))
 
     def record(**fields: Any) -> Record:
         return Record(
@@ -533,8 +533,13 @@ async def _run_entry(
     item = await make_item(
         client, 0, {"prompt": entry.prompt, **entry.params}, params, allowed, stats
     )
+    control.finished(item.error)
     if item.response is None:
         assert item.error is not None
+        if isinstance(item.error, LimiterUnavailableError):
+            # Not the item's failure: nothing was sent. The run stops; a rerun runs it.
+            control.stop("fatal", fatal_error(item.error) or str(item.error))
+            return None
         fatal = fatal_error(item.error)
         if fatal is not None:  # at once, before this item's slot goes to the next one
             control.stop("fatal", fatal)

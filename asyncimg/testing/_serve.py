@@ -36,10 +36,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535 (0: the system picks one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
     """Add the emulator's options to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1", help="where to listen (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8089, help="the API's port; 0 picks one")
+    parser.add_argument(
+        "--port", type=_port, default=8089, help="the API's port; 0 picks one"
+    )
     parser.add_argument("--api-key", help="the key to expect (default: any, or none)")
     parser.add_argument(
         "--images-per-minute", type=positive_int, metavar="N",
