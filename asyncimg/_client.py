@@ -44,7 +44,7 @@ from ._config import (
     ssl_context,
     with_query,
 )
-from ._exceptions import APIError, APIResponseValidationError, ValidationError
+from ._exceptions import NO_KEY_NOTE, APIError, APIResponseValidationError, ValidationError
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
 from ._fs import safe_stem, write_atomic, write_new
 from ._gate import Gate
@@ -54,7 +54,7 @@ from ._models import Image, ImagesResponse
 from ._offloop import OFF_LOOP_BYTES, blocking, off_loop, off_loop_if_large
 from ._params import EditParams, GenerateParams, JsonEditParams, Params, VariationParams
 from ._refs import EditImages, by_reference, load_ref, load_refs
-from ._retry import RetryPolicy, decide
+from ._retry import Decision, RetryPolicy, decide
 from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 from ._transport import OnWire, RawResponse, Transport, without_query
 from ._version import __version__
@@ -212,6 +212,9 @@ class AsyncImagesClient:
             headers["OpenAI-Project"] = check_header_value("project", project)
         self._headers: Mapping[str, str] = merge_headers(
             headers, check_headers(default_headers, "default_headers")
+        )
+        self._sends_credentials = token_provider is not None or any(
+            name.lower() in ("authorization", "api-key") for name in self._headers
         )
         rate = getattr(self.limiter, "rate", None)  # optional in the limiter protocol
         self._gate = Gate(
@@ -793,6 +796,8 @@ class AsyncImagesClient:
             except APIError as exc:
                 decision = decide(exc, number, policy, now=time.time())
                 status = getattr(exc, "status_code", None)
+                if not self._sends_credentials and status is not None:
+                    decision = _without_credentials(exc, decision, number)
                 if stats is not None:
                     stats.statuses.append(status)
                 logger.debug(
@@ -852,6 +857,22 @@ class AsyncImagesClient:
             return raw
         finally:
             gate.release()
+
+
+def _without_credentials(error: APIError, decision: Decision, attempt: int) -> Decision:
+    """What a client that sent no key does with ``error``: say so, retry a 5xx once at most.
+
+    A 401, 403 or 5xx that answers a request without credentials (a custom base
+    URL and no key) is most likely the missing key (a gateway may answer 500):
+    its message gets :data:`NO_KEY_NOTE` once it is final.
+    """
+    status = getattr(error, "status_code", 0)
+    if status >= 500 and attempt >= 2:
+        decision = Decision(False, reason=f"status {status} without credentials, retried once")
+    if not decision.retry and (status in (401, 403) or status >= 500):
+        error.message = f"{error.message} ({NO_KEY_NOTE})"
+        error.args = (error.message,)
+    return decision
 
 
 @attrs.frozen
