@@ -841,6 +841,8 @@ class AsyncImagesClient:
             def on_wire() -> None:
                 permit.stamp()
                 sent.append(gate.sent())
+                if stats is not None:  # the moment it left, not when it was granted
+                    stats.sent[-1] = (time.time(), images)
 
             try:
                 raw = await attempt(on_wire)

@@ -322,3 +322,50 @@ async def test_a_long_report_is_paged_in_chromium(chromium: str, tmp_path: Path)
         pager = await browser.evaluate("document.getElementById('pager').textContent")
         assert pager == "130 of 130 items · page 3 of 3"
         assert browser.errors == []
+
+
+def test_a_rerun_inside_the_window_is_charted_with_the_earlier_runs_sends(
+    tmp_path: Path,
+) -> None:
+    from asyncimg._batch.manifest import Run, read_runs
+    from asyncimg._batch.report import render
+
+    t0 = 1_700_000_000.0
+    rate = (20, 60.0)
+
+    def run(start: float, end: float, unfinished: tuple[tuple[float, int], ...] = ()) -> Run:
+        return Run(start, end, end - start, rate, {}, 20, 0.0, 0, unfinished)
+
+    first = [Record(f"a{i}", i, "p", {}, "ok", sent=((t0 + i * 0.1, 1),)) for i in range(18)]
+    # Run 1 stopped with two on their way; run 2 sent 20 at once, 5 s later.
+    second = [Record(f"b{i}", 20 + i, "p", {}, "ok", sent=((t0 + 5 + i * 0.01, 1),))
+              for i in range(20)]
+    runs = [run(t0, t0 + 3, ((t0 + 2.0, 1), (t0 + 2.1, 1))), run(t0 + 5, t0 + 70)]
+    page = render(first + second, runs, None, tmp_path)
+    assert "peak 20</text>" in page  # run 1
+    assert "peak 40</text>" in page  # run 2: what the server saw in one window
+    line = json.dumps({"started_at": t0, "finished_at": t0 + 3,
+                       "unfinished_sent": [{"at": t0 + 2.0, "images": 1}, {"at": "x"}]})
+    (tmp_path / "runs.jsonl").write_text(line + "\n")
+    assert read_runs(tmp_path)[0].unfinished_sent == ((t0 + 2.0, 1),)
+
+
+def test_a_rerun_starts_its_limiter_with_the_window_still_open(tmp_path: Path) -> None:
+    import time
+
+    from asyncimg._batch.manifest import Manifest
+
+    now = time.time()
+    old = {"id": "a", "line": 1, "prompt": "p", "status": "failed",
+           "sent": [{"at": now - 100, "images": 1}, {"at": now - 1, "images": 2}]}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(old) + "\n")
+    (tmp_path / "runs.jsonl").write_text(json.dumps(
+        {"started_at": now - 5, "finished_at": now - 1,
+         "unfinished_sent": [{"at": now - 2, "images": 1}]}) + "\n")
+    manifest = Manifest(tmp_path, sends_since=now - 60)
+    manifest.open()
+    try:
+        assert sorted(manifest.recent_sends) == [(now - 2, 1), (now - 1, 2)]
+        assert manifest.dropped == 1  # the failed line goes; its sends were read first
+    finally:
+        manifest.close()

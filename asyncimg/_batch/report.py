@@ -7,7 +7,9 @@ nothing but the standard library (Pillow, when installed, makes the thumbnails):
   on the limiter, 429s, usage tokens when the server reported them;
 * a rate chart per run (the last five): the images sent in the trailing window of
   the configured rate over the run's time, as inline SVG, with the limit drawn as
-  a line; the manifest's send times (``sent``) place each image;
+  a line; the send times (the manifest's ``sent``, ``runs.jsonl``'s
+  ``unfinished_sent``) of every run place each image: a rerun that starts while
+  an earlier run's window is open shows both runs' sends, as the server counted them;
 * a gallery: a card per item, failed items with their error, filters for done and
   failed, a search over the prompts. The items travel as JSON inside the page and a
   few lines of plain JavaScript draw one page of cards at a time, so a 10,000-item
@@ -314,15 +316,18 @@ def _charts(items: Sequence[Record], runs: Sequence[Run]) -> list[str]:
                 "rate were recorded, by an older version or the Batch API route)",
             )
         ]
+    # The directory's sends across runs: a run that starts while an earlier one's
+    # window is open is charted with what that one sent (the server counts both).
+    sends = sorted([*sends, *(s for run in runs for s in run.unfinished_sent)])
     charts = []
     first = max(0, len(runs) - CHARTED_RUNS)
     for number, run in enumerate(runs[first:], first + 1):
-        mine = [s for s in sends if run.started_at - 1 <= s[0] <= run.finished_at]
         window = run.rate[1] if run.rate else 60.0
+        mine = [s for s in sends if run.started_at - window <= s[0] <= run.finished_at]
         peak = window_peaks(mine, run.started_at, run.finished_at, window, 1)[0]
         title = (
             f"run {number}, {_when(run.started_at)}: images sent in any {window:g} s "
-            f"(rate limit {_rate_text(run.rate)}), peak {peak}"
+            f"(every run's; rate limit {_rate_text(run.rate)}), peak {peak}"
         )
         charts.append(chart_svg(mine, run.started_at, run.finished_at, run.rate, title=title))
     return charts

@@ -16,8 +16,11 @@ writes the same file names again.
 
 Each run also appends one line to ``DIR/runs.jsonl`` when it ends (interrupted
 or not): its start and end times, the configured rate, the time waited on the
-limiter, its counts. With the manifest's send times (``sent``) that is what
-``asyncimg report`` draws its rate chart from.
+limiter, its counts, and the sends of items stopped on their way
+(``unfinished_sent``). With the manifest's send times (``sent``) that is what
+``asyncimg report`` draws its rate chart from, and what a rerun's limiter starts
+with (:meth:`asyncimg.Limiter.preload`): the images an earlier run sent in the
+window still open count, so a rerun right after an interrupt keeps the rate.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import os
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +46,7 @@ from .._params import GenerateParams
 from .._version import __version__
 from .control import BatchControl, fatal_error
 from .input import Entry, InputError, TextLines, read_entries
-from .manifest import Manifest, Record, append_run, error_fields, usage_fields
+from .manifest import Manifest, Record, append_run, error_fields, sent_json, usage_fields
 from .many import BatchIterator, make_item
 
 if TYPE_CHECKING:
@@ -284,11 +287,18 @@ async def run_batch(
     folder = Path(directory)
     sink = progress or ProgressSink()
     control = control or BatchControl()
+    rate = getattr(client.limiter, "rate", None)
+    preload = getattr(client.limiter, "preload", None)  # a shared limiter keeps its own window
     manifest = Manifest(
-        folder, retry_failed=retry_failed, server=server or public_url(client.base_url)
+        folder, retry_failed=retry_failed, server=server or public_url(client.base_url),
+        sends_since=time.time() - rate.window
+        if isinstance(rate, RateLimit) and callable(preload) else None,
     )
     try:
         await blocking(manifest.open)
+        if manifest.recent_sends and callable(preload):
+            now = time.time()
+            preload([(max(0.0, now - at), images) for at, images in manifest.recent_sends])
         # The client's default model changes the images: it is in every id too.
         effective = {"model": client.model, **params} if client.model else params
         total: int | None = None
@@ -311,6 +321,7 @@ async def run_batch(
         )
         wall_start = time.time()
         before = client.limiter.stats()
+        unfinished: list[tuple[float, int]] = []
         stream = open_input()
         try:
             entries = _skip_done(
@@ -319,11 +330,16 @@ async def run_batch(
             )
 
             async def work(index: int, entry: Entry) -> Record | None:
-                return await control.run(
-                    lambda stats: _run_entry(
-                        client, entry, effective, allowed, folder, stats, control
-                    )
-                )
+                calls: list[CallStats] = []
+
+                def call(stats: CallStats) -> Awaitable[Record | None]:
+                    calls.append(stats)
+                    return _run_entry(client, entry, effective, allowed, folder, stats, control)
+
+                record = await control.run(call)
+                if record is None and calls:  # stopped on its way: its sends still count
+                    unfinished.extend(calls[0].sent)
+                return record
 
             _observe(summary, client)
             sink.start(summary)
@@ -359,7 +375,7 @@ async def run_batch(
             summary.elapsed = time.monotonic() - summary.started
             summary.stopped, summary.stop_message = control.reason, control.message
             with contextlib.suppress(OSError):  # a full disk: the summary still comes
-                _append_run(folder, client, params, summary, wall_start, before)
+                _append_run(folder, client, params, summary, wall_start, before, unfinished)
             sink.stop(summary)
         return summary
     finally:
@@ -381,6 +397,7 @@ def _append_run(
     summary: BatchSummary,
     wall_start: float,
     before: LimiterStats,
+    unfinished: list[tuple[float, int]],
 ) -> None:
     """Append this run's line to ``runs.jsonl`` (a few hundred bytes, once: on the loop)."""
     after = client.limiter.stats()
@@ -402,6 +419,7 @@ def _append_run(
         "waited": round(after.waited - before.waited, 3),
         "pauses": after.pauses - before.pauses,
         "rate_limited": summary.rate_limited,
+        "unfinished_sent": sent_json(unfinished),
         "version": __version__,
     }
     append_run(folder, line)
