@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import attrs
 
+from .._callstats import CallStats
 from .._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
 from .._offloop import blocking
 from .._params import GenerateParams
@@ -415,7 +416,7 @@ async def run_via_batch_api(
         await blocking(manifest.open)
         # The client's default model changes the images: it is in every id, as directly.
         effective = {"model": client.model, **params} if client.model else params
-        summary = BatchSummary(total=None)
+        summary = BatchSummary(total=None, route="batch-api")
         run = _Run(client, folder, manifest, summary, sink, poll_interval=poll_interval,
                    completion_window=completion_window, params=effective, control=control)
 
@@ -433,7 +434,8 @@ async def run_via_batch_api(
             summary.skipped = len(everything) - len(run.entries)
         summary.total = len(run.entries) if not live else sum(job.lines for job in live)
         sink.start(summary)
-        try:
+
+        async def drive(_stats: CallStats) -> None:
             if not live:
                 await run.plan()
             for job in run.state.live:
@@ -442,6 +444,11 @@ async def run_via_batch_api(
                 await run.finish(job)
                 if control.reason is not None:
                     break
+
+        try:
+            # Every step is recorded before it can have an effect, so a stop may cancel
+            # it anywhere (nothing of an item is on the wire here): Ctrl-C acts at once.
+            await control.run(drive)
         except APIStatusError as exc:
             message = fatal_error(exc)
             if message is None:

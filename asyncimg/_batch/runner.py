@@ -148,6 +148,8 @@ class BatchSummary:
     """Usage tokens the server reported for the images saved (input, output, total)."""
     batch: Any = None
     """The Batch API route: what the last poll of the current batch said."""
+    route: str = "direct"
+    """``"direct"`` (:func:`run_batch`) or ``"batch-api"``: which figures mean something."""
 
     @property
     def done(self) -> int:
