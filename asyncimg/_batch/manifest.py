@@ -392,6 +392,8 @@ class Run:
     rate_limited: int
     unfinished_sent: tuple[tuple[float, int], ...] = ()
     """Sends of items that were on their way when the run stopped (no manifest line)."""
+    route: str = "direct"
+    """``"direct"`` or ``"batch-api"`` (whose pace is the API's: no rate, no sends)."""
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Run | None:
@@ -416,6 +418,7 @@ class Run:
             waited=float_field(obj, "waited") or 0.0,
             rate_limited=(int_field(obj, "rate_limited") or 0),
             unfinished_sent=tuple(sends_of(obj.get("unfinished_sent"))),
+            route="batch-api" if obj.get("route") == "batch-api" else "direct",
         )
 
 

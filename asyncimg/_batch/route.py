@@ -24,6 +24,7 @@ or 200 MB each.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -53,7 +54,13 @@ from .api import (
 from .control import BatchControl, fatal_error
 from .input import Entry, TextLines, read_entries
 from .manifest import Manifest, Record, error_fields, usage_fields
-from .runner import BatchSummary, ProgressSink, check_batch_params, public_url
+from .runner import (
+    BatchSummary,
+    ProgressSink,
+    append_run_line,
+    check_batch_params,
+    public_url,
+)
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient
@@ -417,6 +424,7 @@ async def run_via_batch_api(
         # The client's default model changes the images: it is in every id, as directly.
         effective = {"model": client.model, **params} if client.model else params
         summary = BatchSummary(total=None, route="batch-api")
+        wall_start, before = time.time(), client.limiter.stats()
         run = _Run(client, folder, manifest, summary, sink, poll_interval=poll_interval,
                    completion_window=completion_window, params=effective, control=control)
 
@@ -457,6 +465,8 @@ async def run_via_batch_api(
         finally:
             summary.stopped, summary.stop_message = control.reason, control.message
             summary.elapsed = time.monotonic() - summary.started
+            with contextlib.suppress(OSError):  # a full disk: the summary still comes
+                append_run_line(folder, client, effective, summary, wall_start, before, [])
             sink.stop(summary)
         return summary
     finally:

@@ -55,8 +55,10 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchSummary",
     "ProgressSink",
+    "append_run_line",
     "check_batch_params",
     "estimate_eta",
+    "images_per_minute",
     "public_url",
     "run_batch",
 ]
@@ -111,6 +113,18 @@ def estimate_eta(
     if recent_per_second:
         bounds.append(remaining_images / recent_per_second)
     return max(bounds) if bounds else None
+
+
+def images_per_minute(images: int, seconds: float, rate: tuple[int, float] | None) -> float:
+    """Images per minute over ``seconds``: the one definition of the CLI and the report.
+
+    With a rate ``(images, per)`` it is measured over at least one window and never
+    reads as more than the limit: a sliding window lets a full budget go at once,
+    so a short run's raw figure would exceed the sustained rate. 0 for no time.
+    """
+    span = max(seconds, rate[1]) if rate is not None else seconds
+    value = images * 60.0 / span if span > 0 else 0.0
+    return value if rate is None else min(value, rate[0] * 60.0 / rate[1])
 
 
 # -- running a batch --------------------------------------------------------------------
@@ -181,22 +195,14 @@ class BatchSummary:
 
     @property
     def images_per_minute(self) -> float:
-        """Images saved per minute: over the last window while running, else over the run.
-
-        With a rate it is measured over at least one window and never reads as
-        more than the limit: a sliding window lets a full budget go at once, so
-        a short run's raw figure would exceed the sustained rate.
-        """
+        """Images saved per minute: over the last window while running, else over the run
+        (:func:`images_per_minute`, the report's figure too)."""
+        rate = None if self.rate is None else (self.rate.images, self.rate.per)
         if self.elapsed:
-            span = max(self.elapsed, self.window) if self.rate is not None else self.elapsed
-            value = self.images * 60.0 / span if span > 0 else 0.0
-        else:
-            now = time.monotonic()
-            span = self.window if self.rate is not None else min(now - self.started, 60.0)
-            value = self._recent_images(now) * 60.0 / span if span > 0 else 0.0
-        if self.rate is None:
-            return value
-        return min(value, self.rate.images * 60.0 / self.rate.per)
+            return images_per_minute(self.images, self.elapsed, rate)
+        now = time.monotonic()
+        span = self.window if self.rate is not None else min(now - self.started, 60.0)
+        return images_per_minute(self._recent_images(now), span, rate)
 
     @property
     def eta(self) -> float | None:
@@ -377,7 +383,7 @@ async def run_batch(
             summary.elapsed = time.monotonic() - summary.started
             summary.stopped, summary.stop_message = control.reason, control.message
             with contextlib.suppress(OSError):  # a full disk: the summary still comes
-                _append_run(folder, client, params, summary, wall_start, before, unfinished)
+                append_run_line(folder, client, params, summary, wall_start, before, unfinished)
             sink.stop(summary)
         return summary
     finally:
@@ -392,7 +398,7 @@ def public_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _append_run(
+def append_run_line(
     folder: Path,
     client: AsyncImagesClient,
     params: Mapping[str, Any],
@@ -401,10 +407,17 @@ def _append_run(
     before: LimiterStats,
     unfinished: list[tuple[float, int]],
 ) -> None:
-    """Append this run's line to ``runs.jsonl`` (a few hundred bytes, once: on the loop)."""
+    """Append this run's line to ``runs.jsonl`` (a few hundred bytes, once: on the loop).
+
+    The Batch API route's line has no rate (the API sets the pace) and says its route.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     after = client.limiter.stats()
-    rate = getattr(client.limiter, "rate", None)
+    rate = getattr(client.limiter, "rate", None) if summary.route == "direct" else None
     line = {
+        "route": summary.route,
         "started_at": round(wall_start, 3),
         "finished_at": round(time.time(), 3),
         "seconds": round(summary.elapsed, 3),
