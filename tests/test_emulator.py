@@ -973,7 +973,9 @@ async def test_the_spec_bounds_hold_for_every_model(
         async with Emulator(api_key=KEY, any_model=model != "dall-e-4") as emu:
             body_in = {"prompt": "p", **extra, **({} if model is None else {"model": model})}
             status, _, body = await post(session, emu, GEN, body_in)
-            assert (status, body["error"]["param"]) == (400, param), model
+            assert status == 400, model
+            if model is not None:  # else the default model's own rules may speak first
+                assert body["error"]["param"] == param, model
 
 
 async def test_a_multipart_part_header_with_a_control_character_is_400(

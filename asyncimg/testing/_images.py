@@ -223,6 +223,12 @@ def judge_images(
         params = from_wire(endpoint, fields, files, as_json=as_json)
     except ValidationError as exc:
         refuse(400, str(exc), param=exc.param)
+    model = _effective_model(endpoint, params)
+    if params.model is None:  # the default model's rules apply, as at the API
+        try:
+            validate(attrs.evolve(params, model=model))
+        except ValidationError as exc:
+            refuse(400, f"{exc} (the default model is {model})", param=exc.param)
     _check_spec_bounds(params)
     if not any_model and params.model is not None and params.model not in MODEL_RULES:
         refuse(
@@ -231,12 +237,6 @@ def judge_images(
             code="model_not_found",
         )
     inputs, mask = _inputs(params, refs)
-    model = _effective_model(endpoint, params)
-    if params.model is None:  # the default model's rules apply, as at the API
-        try:
-            validate(attrs.evolve(params, model=model))
-        except ValidationError as exc:
-            refuse(400, f"{exc} (the default model is {model})", param=exc.param)
     if getattr(params, "stream", None) and not _is_gpt(model):
         refuse(400, "Streaming is only supported for the GPT image models.", param="stream")
     width, height = _size_of(params.size)
