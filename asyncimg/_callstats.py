@@ -22,7 +22,8 @@ class CallStats:
 
     Attributes:
         sent: ``(time.time(), images)`` for each attempt, taken when its images
-            were granted by the limiter: the moment it left for the server.
+            were granted by the limiter and updated when the request is on the
+            wire: the moment it left for the server.
         statuses: the error status of each failed attempt (None for a
             connection failure), in order.
         waited: seconds spent waiting for the rate limiter, over all attempts.

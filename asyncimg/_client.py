@@ -45,7 +45,13 @@ from ._config import (
     ssl_context,
     with_query,
 )
-from ._exceptions import APIError, APIResponseValidationError, NotFoundError, ValidationError
+from ._exceptions import (
+    NO_KEY_NOTE,
+    APIError,
+    APIResponseValidationError,
+    NotFoundError,
+    ValidationError,
+)
 from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
 from ._fs import safe_stem, write_atomic, write_new
 from ._gate import Gate
@@ -55,7 +61,7 @@ from ._models import Image, ImagesResponse
 from ._offloop import OFF_LOOP_BYTES, blocking, off_loop, off_loop_if_large
 from ._params import EditParams, GenerateParams, JsonEditParams, Params, VariationParams
 from ._refs import EditImages, by_reference, load_ref, load_refs
-from ._retry import RetryPolicy, decide
+from ._retry import Decision, RetryPolicy, decide
 from ._sdk import AsyncImages, TimeoutLike, split_timeout
 from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 from ._transport import OnWire, RawResponse, Transport, without_query
@@ -228,6 +234,9 @@ class AsyncImagesClient:
             headers["OpenAI-Project"] = check_header_value("project", project)
         self._headers: Mapping[str, str] = merge_headers(
             headers, check_headers(default_headers, "default_headers")
+        )
+        self._sends_credentials = token_provider is not None or any(
+            name.lower() in ("authorization", "api-key") for name in self._headers
         )
         rate = getattr(self.limiter, "rate", None)  # optional in the limiter protocol
         self._gate = Gate(
@@ -901,6 +910,8 @@ class AsyncImagesClient:
             except APIError as exc:
                 decision = decide(exc, number, policy, now=time.time())
                 status = getattr(exc, "status_code", None)
+                if not self._sends_credentials and status is not None:
+                    decision = _without_credentials(exc, decision, number)
                 if stats is not None:
                     stats.statuses.append(status)
                 logger.debug(
@@ -944,6 +955,8 @@ class AsyncImagesClient:
             def on_wire() -> None:
                 permit.stamp()
                 sent.append(gate.sent())
+                if stats is not None:  # the moment it left, not when it was granted
+                    stats.sent[-1] = (time.time(), images)
 
             try:
                 raw = await attempt(on_wire)
@@ -960,6 +973,22 @@ class AsyncImagesClient:
             return raw
         finally:
             gate.release()
+
+
+def _without_credentials(error: APIError, decision: Decision, attempt: int) -> Decision:
+    """What a client that sent no key does with ``error``: say so, retry a 5xx once at most.
+
+    A 401, 403 or 5xx that answers a request without credentials (a custom base
+    URL and no key) is most likely the missing key (a gateway may answer 500):
+    its message gets :data:`NO_KEY_NOTE` once it is final.
+    """
+    status = getattr(error, "status_code", 0)
+    if status >= 500 and attempt >= 2:
+        decision = Decision(False, reason=f"status {status} without credentials, retried once")
+    if not decision.retry and (status in (401, 403) or status >= 500):
+        error.message = f"{error.message} ({NO_KEY_NOTE})"
+        error.args = (error.message,)
+    return decision
 
 
 @attrs.frozen

@@ -171,10 +171,14 @@ class APIStatusError(APIError):
         self.headers: CIMultiDictProxy[str] = as_headers(headers)
 
     def __str__(self) -> str:
-        parts = [f"{self.status_code}"]
-        if self.code:
+        status = str(self.status_code)
+        parts = [status]
+        if self.code and self.code != status:  # a gateway's code "400" adds nothing
             parts.append(self.code)
-        text = f"Error {' '.join(parts)}: {self.message}"
+        message = self.message
+        if message.startswith(f"{status}: "):  # nor its message "400: {...}"'s prefix
+            message = message[len(status) + 2 :]
+        text = f"Error {' '.join(parts)}: {message}"
         if self.request_id:
             text += f" (request id {self.request_id})"
         return text
@@ -278,6 +282,23 @@ _STATUS_CLASSES: Mapping[int, type[APIStatusError]] = {
 CONTENT_POLICY_CODES = frozenset(
     {"content_policy_violation", "moderation_blocked", "contentFilter", "content_filter"}
 )
+
+
+REQUEST_ID_HEADERS = ("x-request-id", "x-litellm-call-id", "apim-request-id", "x-ms-request-id")
+"""Where a request id is read, the first present wins: the API's, then gateways' call ids
+(LiteLLM, Azure API Management, Azure)."""
+
+NO_KEY_NOTE = "no API key was sent: set OPENAI_API_KEY or api_key="
+"""Added to a 401, 403 or 5xx that answers a request sent without credentials."""
+
+
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The request id of a response: the first of :data:`REQUEST_ID_HEADERS` present, or None."""
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
 
 
 def _text_of(body: bytes, limit: int = 200) -> str:

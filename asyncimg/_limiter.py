@@ -54,7 +54,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -452,6 +452,47 @@ class Limiter:
             else:  # granted, then cancelled before it could resume
                 future.result().refund()
             raise
+
+    def preload(self, sends: Iterable[tuple[float, int]]) -> int:
+        """Count images sent before this limiter existed: ``(seconds_ago, images)`` pairs.
+
+        A rerun starts with what an earlier run spent in the window that is still
+        open (a send ``seconds_ago`` seconds back holds its images until
+        ``per + margin - seconds_ago`` from now), so that a rerun right after an
+        interrupt cannot send a second full window at once. Sends whose window
+        has closed are ignored; so is everything without a rate. Returns the
+        images counted.
+
+        Raises:
+            ValueError: a ``seconds_ago`` is negative or not finite, or an
+                ``images`` is not an integer >= 1.
+        """
+        pairs = list(sends)
+        for ago, images in pairs:
+            if not math.isfinite(ago) or ago < 0:
+                raise ValueError(f"seconds_ago must be a finite number >= 0, not {ago!r}")
+            if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+                raise ValueError(f"images must be an integer >= 1, not {images!r}")
+        if not self._limit:
+            return 0
+        now = self._clock.now()
+        counted = 0
+        window = list(self._window)
+        sub_window = list(self._sub_window)
+        for ago, images in pairs:
+            if ago >= self._span:
+                continue
+            window.append((now - ago + self._span, images))
+            self._used += images
+            counted += images
+            if self._sub_limit and ago < self._sub_span:
+                sub_window.append((now - ago + self._sub_span, images))
+                self._sub_used += images
+        self._window = deque(sorted(window))
+        self._sub_window = deque(sorted(sub_window))
+        if self._n_waiting:
+            self._drain()
+        return counted
 
     def pause(self, seconds: float) -> None:
         """Grant nothing to anyone until ``seconds`` from now.

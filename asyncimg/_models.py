@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeGuard
 
 import attrs
 from multidict import CIMultiDict
@@ -201,6 +201,22 @@ class OutputTokensDetails(Dumpable):
         return cls(_int(obj, "image_tokens"), _int(obj, "text_tokens"), _extra(obj, cls._KNOWN))
 
 
+def _counts_something(usage: object) -> TypeGuard[dict[str, Any]]:
+    """Whether ``usage`` is a usage object with a count that is not zero.
+
+    A gateway in front of a model billed per image (dall-e) may add a usage of
+    zeros: that is "unknown", not "free" (a GPT image model never makes an
+    image of 0 output tokens).
+    """
+    if not isinstance(usage, dict):
+        return False
+    counts = [v for v in usage.values() if isinstance(v, int) and not isinstance(v, bool)]
+    for nested in usage.values():
+        if isinstance(nested, dict):
+            counts += [v for v in nested.values() if isinstance(v, int) and not isinstance(v, bool)]
+    return not counts or any(counts)
+
+
 @attrs.frozen
 class Usage(Dumpable):
     """Token usage, sent for the GPT image models."""
@@ -386,7 +402,7 @@ class ImagesResponse(Dumpable):
         return cls(
             created=_int(obj, "created"),
             data=tuple(Image.from_json(item) for item in data if isinstance(item, dict)),
-            usage=Usage.from_json(usage) if isinstance(usage, dict) else None,
+            usage=Usage.from_json(usage) if _counts_something(usage) else None,
             background=_str(obj, "background"),
             output_format=_str(obj, "output_format"),
             quality=_str(obj, "quality"),

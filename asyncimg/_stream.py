@@ -34,6 +34,7 @@ from ._exceptions import (
     APIStatusError,
     ResponseTooLargeError,
     error_from_response,
+    request_id_of,
 )
 from ._json import extra_fields as _extra
 from ._json import int_field as _int
@@ -398,7 +399,7 @@ class ImageStream:
         self._max_event_bytes = max_event_bytes
         self.status: int = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
-        self.request_id: str | None = response.headers.get("x-request-id")
+        self.request_id: str | None = request_id_of(response.headers)
         """The server's ``x-request-id``."""
         self._timeout = timeout
         self._what = what

@@ -29,6 +29,7 @@ from ._exceptions import (
     APITimeoutError,
     ResponseTooLargeError,
     error_from_response,
+    request_id_of,
 )
 from ._json import loads_images_json
 from ._offloop import OFF_LOOP_BYTES, off_loop
@@ -55,8 +56,8 @@ class RawResponse:
 
     @property
     def request_id(self) -> str | None:
-        """The server's ``x-request-id``, if it sent one."""
-        return self.headers.get("x-request-id")
+        """The server's request id, if it sent one (see :func:`request_id_of`)."""
+        return request_id_of(self.headers)
 
 
 OnWire = Callable[[], None] | None
@@ -213,7 +214,7 @@ def _parse(
         raise APIResponseValidationError(
             f"the {status} response is not valid JSON ({size} bytes): {exc}",
             status_code=status,
-            request_id=headers.get("x-request-id"),
+            request_id=request_id_of(headers),
         ) from None
 
 
@@ -389,7 +390,7 @@ class Transport:
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             if status >= 400:
                 raise error_from_response(
-                    status, raw, resp_headers, request_id=resp_headers.get("x-request-id")
+                    status, raw, resp_headers, request_id=request_id_of(resp_headers)
                 )
             return RawResponse(status, resp_headers, raw)
         if size > self._off_loop_bytes:
@@ -425,7 +426,7 @@ class Transport:
             return ResponseTooLargeError(
                 f"the response is {size}, over max_response_bytes={cap}",
                 status_code=resp.status,
-                request_id=resp.headers.get("x-request-id"),
+                request_id=request_id_of(resp.headers),
             )
 
         length = resp.content_length
@@ -483,7 +484,7 @@ class Transport:
         if error is not None:
             raise error  # outside the except block: no __context__ back to aiohttp
         raise error_from_response(
-            resp.status, b"".join(chunks), resp.headers, request_id=resp.headers.get("x-request-id")
+            resp.status, b"".join(chunks), resp.headers, request_id=request_id_of(resp.headers)
         )
 
     def _encode(

@@ -789,11 +789,15 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     def on_signal(signum: int) -> None:
         if control.signal is None:
             control.interrupt(signum)
-            print(
-                f"asyncimg: stopping: nothing new is sent; waiting for the {control.in_flight} "
-                "requests in flight (again to cancel them)",
-                file=err, flush=True,
+            waiting = control.in_flight
+            text = "asyncimg: stopping: nothing new is sent" + (
+                f"; waiting for {_count(waiting, 'request')} in flight (again to cancel them)"
+                if waiting else ""
             )
+            if progress is not None:
+                progress.message(text)  # a line of its own, never glued to the bar
+            else:
+                print(text, file=err, flush=True)
             return
         control.interrupt(signum)
         for each in _EXIT_SIGNAL:
@@ -929,19 +933,49 @@ def _error_text(record: Record) -> str:
     return f"{error.get('type', 'Error')}{code}: {message}{request}"
 
 
-def _eta(s: BatchSummary) -> str:
-    left = s.eta
-    return "?" if left is None else _duration(left)
+def _count(n: int, noun: str) -> str:
+    """``1 item``, ``2 items``: a count with its noun, singular for one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+class _Countdown:
+    """An ETA that ticks down between estimates (rich and tqdm users expect it to move).
+
+    Each finished item gives a fresh estimate; in between, the time shown falls with
+    the clock, and never below zero.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._eta: float | None = None
+        self._at = 0.0
+
+    def anchor(self, eta: float | None) -> None:
+        """A fresh estimate (seconds left, or None when unknown)."""
+        self._eta, self._at = eta, self._clock()
+
+    def left(self) -> float | None:
+        """Seconds left now: the last estimate less the time since."""
+        if self._eta is None:
+            return None
+        return max(0.0, self._eta - (self._clock() - self._at))
 
 
 class _Plain(ProgressSink):
-    """Progress as plain lines: one per finished item, and a status line every 10 s."""
+    """Progress as plain lines: one per finished item, and a status line every 10 s.
 
-    def __init__(self, stream: TextIO) -> None:
+    Every line stands alone: elapsed time, what is left, a ticking ETA, and only
+    the figures that mean something for the route (no images/min or rate-limit
+    wait for the Batch API, whose pace is the API's).
+    """
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
-        self._last = time.monotonic()
+        self._clock = clock
+        self._last = clock()
         self._last_batch: str | None = None
         self._gone = False
+        self._eta = _Countdown(clock)
 
     def _say(self, line: str) -> None:
         """Print a line; a closed stream (``2>&1 | head``) silences progress, not the batch."""
@@ -952,20 +986,43 @@ class _Plain(ProgressSink):
         except (BrokenPipeError, ValueError):
             self._gone = True
 
+    def message(self, text: str) -> None:
+        """A message of its own, on a line of its own (a Ctrl-C notice)."""
+        self._say(text)
+
+    def _eta_text(self, s: BatchSummary) -> str | None:
+        if s.total is None or s.stopped is not None or s.route != "direct":
+            return None
+        left = self._eta.left()
+        return "?" if left is None else _duration(left)
+
+    def _fields(self, s: BatchSummary) -> list[str]:
+        """The status figures, in the order shown."""
+        fields = [f"{s.failed} failed"]
+        if s.total is not None:
+            fields.append(f"{max(0, s.total - s.done)} left")
+        fields.append(f"elapsed {_duration(self._clock() - s.started)}")
+        if s.route == "direct":
+            fields.append(f"{s.images_per_minute:.1f} images/min")
+            fields.append(f"waited {_duration(s.waited)} on the rate limit")
+        eta = self._eta_text(s)
+        if eta is not None:
+            fields.append(f"ETA {eta}")
+        return fields
+
     def _status(self, s: BatchSummary) -> str:
         total = "?" if s.total is None else str(s.total)
-        eta = f", ETA {_eta(s)}" if s.total is not None and s.stopped is None else ""
-        return (
-            f"{s.done}/{total} done, {s.failed} failed, {s.images_per_minute:.1f} images/min, "
-            f"waited {_duration(s.waited)} on the rate limit{eta}"
-        )
+        return f"{s.done}/{total} done, " + ", ".join(self._fields(s))
 
     def start(self, s: BatchSummary) -> None:
         skipped = f" ({s.skipped} already done)" if s.skipped else ""
-        what = "reading prompts from stdin" if s.total is None else f"{s.total} items to run"
+        what = ("reading prompts from stdin" if s.total is None
+                else f"{_count(s.total, 'item')} to run")
         self._say(f"batch: {what}{skipped}")
+        self._eta.anchor(s.eta)
 
     def item(self, record: Record, s: BatchSummary) -> None:
+        self._eta.anchor(s.eta)
         total = "?" if s.total is None else str(s.total)
         head = f"[{s.done}/{total}] line {record.line}"
         if record.ok:
@@ -991,7 +1048,7 @@ class _Plain(ProgressSink):
         line = self._batch_line(s)
         if line is not None:
             self._say(line)
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last >= 10.0:
             self._last = now
             self._say(self._status(s))
@@ -1001,42 +1058,57 @@ class _Plain(ProgressSink):
 
 
 class _Rich(_Plain):
-    """A rich progress bar on a terminal."""
+    """A rich progress bar on a terminal: bar, done/total, failed, left, elapsed, ETA."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.console = Console(file=stream)
         self.progress = Progress(
             TextColumn("[bold]batch"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("[red]{task.fields[failed]} failed"),
-            TextColumn("{task.fields[ipm]} img/min"),
-            TextColumn("rate wait {task.fields[waited]}"),
-            TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"),
             console=self.console,
             transient=False,
         )
-        self.task = self.progress.add_task(
-            "batch", total=None, failed=0, ipm="0.0", waited="0s", eta="?"
-        )
+        self.task = self.progress.add_task("batch", total=None, status="", eta="")
 
     def _update(self, s: BatchSummary, advance: int = 0) -> None:
+        status = [f"[red]{s.failed} failed[/red]"]
+        if s.total is not None:
+            status.append(f"{max(0, s.total - s.done)} left")
+        if s.route == "direct":
+            status.append(f"{s.images_per_minute:.1f} img/min")
+            status.append(f"rate wait {_duration(s.waited)}")
+        eta = self._eta_text(s)
         self.progress.update(
-            self.task, total=s.total, advance=advance, failed=s.failed,
-            ipm=f"{s.images_per_minute:.1f}", waited=_duration(s.waited), eta=_eta(s),
+            self.task, total=s.total, advance=advance, status=" • ".join(status),
+            eta="" if eta is None else f"ETA {eta}",
         )
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False, markup=False)
 
     def start(self, s: BatchSummary) -> None:
         if s.skipped:
-            self.console.print(f"{s.skipped} items already done, skipped")
+            self.console.print(f"{_count(s.skipped, 'item')} already done, skipped")
+        self._eta.anchor(s.eta)
         self._update(s)
         self.progress.start()
 
     def item(self, record: Record, s: BatchSummary) -> None:
+        self._eta.anchor(s.eta)
         if not record.ok:
             self.progress.console.print(
                 f"[red]line {record.line} failed[/red]: {_error_text(record)}", markup=True,
@@ -1092,16 +1164,19 @@ def _cost_text(s: BatchSummary) -> str:
 
 def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, rich: bool) -> None:
     out_dir = Path(args.output)
+    left = max(0, s.total - s.done) if s.total is not None else 0
+    direct = s.route == "direct"
     rows = [
         ("items run", str(s.done)),
         ("succeeded", str(s.ok)),
         ("failed", str(s.failed)),
+        *([("left (rerun to resume)", str(left))] if left else []),
         ("failed earlier, not retried", str(s.failed_earlier)),
         ("skipped (already done)", str(s.skipped)),
         ("images saved", str(s.images)),
         ("time", _duration(s.elapsed)),
-        ("images/min", f"{s.images_per_minute:.1f}"),
-        ("waited on the rate limit", _duration(s.waited)),
+        *([("images/min", f"{s.images_per_minute:.1f}"),
+           ("waited on the rate limit", _duration(s.waited))] if direct else []),
         *([("usage tokens (in/out/total)",
             "{input}/{output}/{total}".format(**s.tokens))] if s.tokens["total"] else []),
         ("cost (USD)", _cost_text(s)),

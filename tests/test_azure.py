@@ -242,11 +242,28 @@ async def test_the_emulator_checks_the_key_and_the_api_version(azure_emu: Emulat
         async with session.post(azure_emu.endpoint + path + f"?api-version={VERSION}",
                                 json={"prompt": "p"},
                                 headers={"Authorization": f"Bearer {AZURE_KEY}"}) as r:
-            assert r.status == 200  # an Entra ID token is accepted in place of the key
+            assert r.status == 401  # the key as a bearer token: Azure wants api-key
+            assert "Access token" in (await r.json())["error"]["message"]
     async with AsyncImagesClient(base_url=azure_emu.base_url, api_key=AZURE_KEY,
                                  rate_limit=None, max_retries=0) as plain:
         with pytest.raises(NotFoundError):
             await plain.generate("p")  # /v1 is not served in Azure mode
+
+
+async def test_the_emulator_takes_an_entra_token_as_bearer_not_the_key() -> None:
+    path = "/openai/deployments/d/images/generations?api-version=" + VERSION
+    async with Emulator(azure=True, api_key=AZURE_KEY, azure_token="entra-token") as emu:
+        async with aiohttp.ClientSession() as session:
+            for auth, status in ((f"Bearer {AZURE_KEY}", 401), ("Bearer entra-token", 200),
+                                 ("Bearer other", 401)):
+                async with session.post(emu.endpoint + path, json={"prompt": "p"},
+                                        headers={"Authorization": auth}) as r:
+                    assert r.status == status, auth
+        async with AsyncImagesClient.azure(
+            endpoint=emu.endpoint, deployment="d", api_version=VERSION,
+            token_provider=lambda: "entra-token", rate_limit=None,
+        ) as client:
+            assert len((await client.generate("p")).data) == 1
 
 
 @pytest.fixture

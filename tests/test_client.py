@@ -347,7 +347,9 @@ async def test_dall_e_2_size_message(client: AsyncImagesClient) -> None:
 
 
 async def test_unknown_models_are_not_blocked(client: AsyncImagesClient, emu: Emulator) -> None:
-    await client.generate("p", model="my-sd-xl", size="768x768", quality="ultra", n=12)
+    with pytest.raises(BadRequestError) as info:  # the server's answer, not the client's
+        await client.generate("p", model="my-sd-xl", size="768x768", quality="ultra", n=12)
+    assert info.value.param == "n"
     assert emu.requests("generate")[0].json["model"] == "my-sd-xl"
 
 

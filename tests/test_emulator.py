@@ -923,3 +923,75 @@ async def test_a_request_is_counted_once_its_body_is_read() -> None:
     ((counted, images),) = emu.arrivals
     assert images == 1
     assert counted > entry.time  # read after the headers' arrival, not at it
+
+
+async def test_files_and_batches_answer_after_their_own_latency_not_the_images() -> None:
+    fixed = Emulator(latency=30.0, api_latency=0.02)
+    assert fixed._latency_for("/v1/batches/batch_1") == 0.02
+    assert fixed._latency_for("/v1/files") == 0.02
+    assert fixed._latency_for("/v1/images/generations") == 30.0
+    async with Emulator(api_key=KEY, latency=30.0) as emu, aiohttp.ClientSession() as session:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with session.get(emu.base_url + "/batches", headers=AUTH) as r:
+            assert r.status == 200
+        assert loop.time() - started < 1.0
+
+
+async def test_an_unknown_model_is_404_model_not_found_unless_any_model(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Emulator(api_key=KEY) as emu:
+        status, _, body = await post(session, emu, GEN, {"prompt": "p", "model": "dall-e-4"})
+        assert status == 404
+        assert_error(body, type_="invalid_request_error", code="model_not_found")
+        assert "dall-e-4" in body["error"]["message"]
+        assert emu.arrivals == []
+    async with Emulator(api_key=KEY, any_model=True) as emu:
+        status, _, body = await post(session, emu, GEN, {"prompt": "p", "model": "my-sd-xl",
+                                                         "size": "64x48",
+                                                         "response_format": "b64_json"})
+        assert status == 200
+        assert len(body["data"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 11}, "n"),
+        ({"n": 1000, "size": "7x9"}, "n"),
+        ({"n": 0}, "n"),
+        ({"output_format": "bogus", "response_format": "b64_json"}, "output_format"),
+        ({"output_format": "bogus", "response_format": "url"}, "output_format"),
+        ({"quality": "ultra"}, "quality"),
+    ],
+)
+async def test_the_spec_bounds_hold_for_every_model(
+    session: aiohttp.ClientSession, extra: dict[str, Any], param: str
+) -> None:
+    for model in ("my-sd-xl", "dall-e-4", None):
+        async with Emulator(api_key=KEY, any_model=model != "dall-e-4") as emu:
+            body_in = {"prompt": "p", **extra, **({} if model is None else {"model": model})}
+            status, _, body = await post(session, emu, GEN, body_in)
+            assert status == 400, model
+            if model is not None:  # else the default model's own rules may speak first
+                assert body["error"]["param"] == param, model
+
+
+async def test_a_multipart_part_header_with_a_control_character_is_400(
+    emulator: Emulator,  # noqa: F811
+) -> None:
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="prompt"\r\n'
+        "X-Bad: a\x01b\r\n\r\n"
+        "p\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+    headers = {**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    async with aiohttp.ClientSession() as session, session.post(
+        emulator.base_url + EDIT, data=body, headers=headers
+    ) as r:
+        assert r.status == 400
+        assert "multipart" in (await r.json())["error"]["message"]

@@ -1003,3 +1003,38 @@ async def test_a_repeated_header_counts_its_first_value_as_everywhere_else() -> 
         ("X-RATELIMIT-RESET-IMAGES", "1m0s"),
     ]))
     assert limiter.stats().server_remaining == 2
+
+
+# -- preload: what an earlier run spent --------------------------------------------------
+
+
+async def test_preload_counts_sends_still_in_the_window() -> None:
+    limiter, clock = make(images=4, per=10.0)
+    # Three images 2 s ago, one 9 s ago, and one 11 s ago (its window has closed).
+    assert limiter.preload([(2.0, 3), (9.0, 1), (11.0, 5)]) == 4
+    assert limiter.stats().available == 0
+    waiter = spawn(limiter.acquire(1))
+    await settle()
+    assert not waiter.done()
+    clock.advance(0.99)  # the send 9 s ago leaves at 1.0 s from the start
+    await settle()
+    assert not waiter.done()
+    clock.advance(0.02)
+    await settle()
+    assert waiter.done()
+    waiter.result().stamp()
+    more = spawn(limiter.acquire(3))
+    await settle()
+    assert not more.done()
+    clock.advance(7.0)  # the three of 2 s ago leave at 8 s
+    await settle()
+    assert more.done()
+
+
+async def test_preload_refuses_odd_sends_and_does_nothing_without_a_rate() -> None:
+    limiter, _ = make()
+    with pytest.raises(ValueError, match="seconds_ago"):
+        limiter.preload([(-1.0, 1)])
+    with pytest.raises(ValueError, match="images"):
+        limiter.preload([(1.0, 0)])
+    assert Limiter(None).preload([(1.0, 3)]) == 0

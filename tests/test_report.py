@@ -157,7 +157,7 @@ def test_a_manifest_of_an_older_version_renders(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"{tmp_path / REPORT_NAME}\n"
     page = (tmp_path / REPORT_NAME).read_text()
-    assert "approximate: no send times or rate were recorded, by an older version" in page
+    assert "approximate: no send times or rate were recorded (a directory of an older" in page
     assert '<div class="v">not recorded</div><div class="k">waited on the limiter</div>' in page
     items = read_records(tmp_path)
     assert [i.id for i in items] == ["abc", "def", "ghi"]
@@ -322,3 +322,135 @@ async def test_a_long_report_is_paged_in_chromium(chromium: str, tmp_path: Path)
         pager = await browser.evaluate("document.getElementById('pager').textContent")
         assert pager == "130 of 130 items · page 3 of 3"
         assert browser.errors == []
+
+
+def test_a_rerun_inside_the_window_is_charted_with_the_earlier_runs_sends(
+    tmp_path: Path,
+) -> None:
+    from asyncimg._batch.manifest import Run, read_runs
+    from asyncimg._batch.report import render
+
+    t0 = 1_700_000_000.0
+    rate = (20, 60.0)
+
+    def run(start: float, end: float, unfinished: tuple[tuple[float, int], ...] = ()) -> Run:
+        return Run(start, end, end - start, rate, {}, 20, 0.0, 0, unfinished)
+
+    first = [Record(f"a{i}", i, "p", {}, "ok", sent=((t0 + i * 0.1, 1),)) for i in range(18)]
+    # Run 1 stopped with two on their way; run 2 sent 20 at once, 5 s later.
+    second = [Record(f"b{i}", 20 + i, "p", {}, "ok", sent=((t0 + 5 + i * 0.01, 1),))
+              for i in range(20)]
+    runs = [run(t0, t0 + 3, ((t0 + 2.0, 1), (t0 + 2.1, 1))), run(t0 + 5, t0 + 70)]
+    page = render(first + second, runs, None, tmp_path)
+    assert "peak 20</figcaption>" in page  # run 1
+    assert "peak 40</figcaption>" in page  # run 2: what the server saw in one window
+    line = json.dumps({"started_at": t0, "finished_at": t0 + 3,
+                       "unfinished_sent": [{"at": t0 + 2.0, "images": 1}, {"at": "x"}]})
+    (tmp_path / "runs.jsonl").write_text(line + "\n")
+    assert read_runs(tmp_path)[0].unfinished_sent == ((t0 + 2.0, 1),)
+
+
+def test_a_rerun_starts_its_limiter_with_the_window_still_open(tmp_path: Path) -> None:
+    import time
+
+    from asyncimg._batch.manifest import Manifest
+
+    now = time.time()
+    old = {"id": "a", "line": 1, "prompt": "p", "status": "failed",
+           "sent": [{"at": now - 100, "images": 1}, {"at": now - 1, "images": 2}]}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(old) + "\n")
+    (tmp_path / "runs.jsonl").write_text(json.dumps(
+        {"started_at": now - 5, "finished_at": now - 1,
+         "unfinished_sent": [{"at": now - 2, "images": 1}]}) + "\n")
+    manifest = Manifest(tmp_path, sends_since=now - 60)
+    manifest.open()
+    try:
+        assert sorted(manifest.recent_sends) == [(now - 2, 1), (now - 1, 2)]
+        assert manifest.dropped == 1  # the failed line goes; its sends were read first
+    finally:
+        manifest.close()
+
+
+_FITS = """(() => {
+  const out = [];
+  for (const svg of document.querySelectorAll('svg.chart')) {
+    const width = svg.viewBox.baseVal.width;
+    for (const text of svg.querySelectorAll('text')) {
+      const box = text.getBBox();
+      if (box.x < -0.5 || box.x + box.width > width + 0.5) out.push(text.textContent);
+    }
+  }
+  const tiles = Object.fromEntries([...document.querySelectorAll('.tile')].map(
+    t => [t.querySelector('.k').textContent, t.querySelector('.v').textContent]));
+  return {clipped: out, charts: document.querySelectorAll('svg.chart').length, tiles,
+          overflow: document.documentElement.scrollWidth - window.innerWidth,
+          meta: [...document.querySelectorAll('.meta')].map(p => p.textContent)};
+})()"""
+
+
+def _direct_dir(folder: Path) -> None:
+    t0 = 1_700_000_000.0
+    lines = [json.dumps({"id": f"i{i}", "line": i, "prompt": "p", "status": "ok",
+                         "files": [], "sent": [{"at": t0 + i * 3.0, "images": 1}],
+                         "seconds": 1.0}) for i in range(20)]
+    (folder / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+    (folder / RUNS_NAME).write_text(json.dumps({
+        "started_at": t0, "finished_at": t0 + 60.0, "seconds": 60.0,
+        "rate": {"images": 20, "per": 60.0}, "images": 20, "waited": 1.5}) + "\n")
+
+
+def _batch_api_dir(folder: Path) -> None:
+    lines = [json.dumps({"id": f"b{i}", "line": i, "prompt": "p", "status": "ok", "files": [],
+                         "seconds": 0.1, "attempts": 1,
+                         "finished_at": "2026-01-01T10:01:01.000+00:00"}) for i in range(3)]
+    (folder / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+    (folder / "batchapi.json").write_text('{"jobs": []}\n')
+    (folder / RUNS_NAME).write_text(json.dumps({
+        "route": "batch-api", "started_at": 1_767_261_600.0, "finished_at": 1_767_261_661.0,
+        "seconds": 61.0, "rate": None, "images": 3}) + "\n")
+
+
+@pytest.mark.parametrize(("width", "height"), [(1400, 1000), (390, 844)])
+async def test_the_charts_and_tiles_fit_on_a_desktop_and_a_phone(
+    chromium: str, tmp_path: Path, width: int, height: int
+) -> None:
+    direct, batch_api = tmp_path / "direct", tmp_path / "api"
+    for folder, make in ((direct, _direct_dir), (batch_api, _batch_api_dir)):
+        folder.mkdir()
+        make(folder)
+        write_report(folder, thumbnails=False)
+    async with Browser(chromium, width=width, height=height) as browser:
+        await browser.open((direct / REPORT_NAME).as_uri())
+        seen = await browser.evaluate(_FITS)
+        await browser.screenshot(tmp_path / f"direct-{width}.png")
+        assert seen["charts"] == 1
+        assert seen["clipped"] == []  # "1 min 00 s" at the right edge too
+        assert seen["overflow"] <= 0
+        assert seen["tiles"]["images/min"] == "20.0"
+        await browser.open((batch_api / REPORT_NAME).as_uri())
+        seen = await browser.evaluate(_FITS)
+        await browser.screenshot(tmp_path / f"api-{width}.png")
+        assert seen["charts"] == 0
+        assert seen["tiles"]["wall time"] == "1 min 01 s"
+        assert "images/min" not in seen["tiles"]
+        assert "waited on the limiter" not in seen["tiles"]
+        assert any("sent through the Batch API" in text for text in seen["meta"])
+        assert seen["overflow"] <= 0
+        assert browser.errors == []
+
+
+async def test_images_per_minute_is_the_same_in_the_cli_summary_and_the_page(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    from asyncimg import RateLimit
+
+    src = tmp_path / "p.txt"
+    src.write_text("".join(f"prompt {i}\n" for i in range(6)))
+    out = tmp_path / "out"
+    async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
+                                 rate_limit=RateLimit(600, 1.0)) as client:
+        summary = await run_batch(client, open_text(str(src)), "txt", out,
+                                  params={"model": "dall-e-2", "size": "256x256"})
+    page = (write_report(out, thumbnails=False)).read_text()
+    shown = f'<div class="v">{summary.images_per_minute:,.1f}</div><div class="k">images/min'
+    assert shown in page

@@ -192,3 +192,25 @@ async def test_the_clients_default_model_is_part_of_the_id(emu: Emulator, tmp_pa
             summary = await run_batch(client, open_text(str(src)), "txt", out)
         assert summary.ok == ran
     assert sorted(x["params"]["model"] for x in _lines(out)) == ["dall-e-2", "dall-e-3"]  # type: ignore[index]
+
+
+async def test_a_rerun_right_after_a_run_keeps_the_rate(tmp_path: Path) -> None:
+    from asyncimg import RateLimit
+
+    rate = RateLimit(4, 0.4, margin=0.05)
+    out = tmp_path / "out"
+    first, both = tmp_path / "first.txt", tmp_path / "both.txt"
+    first.write_text("a\nb\nc\nd\n")
+    both.write_text("a\nb\nc\nd\ne\nf\ng\nh\n")
+    async with Emulator(api_key=TEST_KEY, images_per_minute=rate) as emu:
+        for path in (first, both):  # the second run starts as soon as the first ends
+            async with AsyncImagesClient(
+                api_key=TEST_KEY, base_url=emu.base_url, rate_limit=rate, max_retries=0,
+            ) as client:
+                summary = await run_batch(
+                    client, open_text(str(path)), "txt", out,
+                    params={"model": "dall-e-2", "size": "256x256"},
+                )
+            assert (summary.ok, summary.failed) == (4, 0)
+        assert emu.requests(status=429) == []
+        assert emu.max_images_in_window() <= 4

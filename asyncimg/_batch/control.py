@@ -5,7 +5,8 @@ unknown model or URL, an exhausted quota, the shared limiter's Redis out of reac
 a server that answers none of :data:`UNREACHABLE_AFTER` items in a row),
 a local failure (a full disk), a line of input that does not decode, or a signal.
 :class:`BatchControl` is what the runner and a signal handler share: it cancels the
-items not yet sent (or, the second time a signal comes, every item), and reads the
+items with nothing on the wire, a request sleeping before a retry among them (or,
+the second time a signal comes, every item), and reads the
 input off the event loop so that a silent stdin never holds the loop or the stop.
 """
 
@@ -63,6 +64,15 @@ def fatal_error(exc: BaseException) -> str | None:
     return None
 
 
+def _on_the_wire(stats: CallStats) -> bool:
+    """Whether an item's latest attempt is out and unanswered, or answered well.
+
+    An attempt that failed records its status; one that is sleeping before a
+    retry (a 429's Retry-After) is not on the wire.
+    """
+    return len(stats.sent) > len(stats.statuses)
+
+
 class BatchControl:
     """Stops a running batch: no new item starts, and finished ones are still recorded.
 
@@ -91,7 +101,7 @@ class BatchControl:
         if self._reader is not None:
             self._reader.cancel()
         for scope, stats in list(self._items.values()):
-            if cancel_sent or stats.attempts == 0:
+            if cancel_sent or not _on_the_wire(stats):
                 scope.cancel()
 
     def finished(self, error: BaseException | None) -> None:
@@ -113,8 +123,8 @@ class BatchControl:
 
     @property
     def in_flight(self) -> int:
-        """Items sent and not finished."""
-        return sum(1 for _scope, stats in self._items.values() if stats.attempts)
+        """Items with a request on the wire (or answered and being saved)."""
+        return sum(1 for _scope, stats in self._items.values() if _on_the_wire(stats))
 
     def interrupt(self, signum: int) -> None:
         """A signal arrived. The first: nothing new starts, what is in flight may finish.
@@ -131,7 +141,11 @@ class BatchControl:
         """Run one item's ``work(stats)``; None when it was stopped before it finished.
 
         ``stats`` records the requests the item sends (pass it to the call):
-        :meth:`stop` cancels the items that have sent none.
+        :meth:`stop` cancels the items without a request on the wire: those that
+        have sent none, and those whose every attempt failed (sleeping before a
+        retry, or waiting for the limiter again); such an item is not run, and a
+        rerun runs it. Work that sends through ``stats`` nothing (the Batch API
+        route's polling) is cancelled at once.
         """
         if self.reason is not None:
             return None

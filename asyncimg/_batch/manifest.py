@@ -45,6 +45,8 @@ __all__ = [
     "json_lines",
     "read_records",
     "read_runs",
+    "sends_of",
+    "sent_json",
     "usage_fields",
 ]
 
@@ -62,13 +64,13 @@ _PART = re.compile(
 class Record:
     """One finished item: a manifest line, as written and as read back.
 
-    ``sent`` holds ``(time.time(), images)`` for each attempt, taken when its
-    images were granted by the limiter; ``rate_limited`` counts its attempts
-    answered 429; ``usage`` is the server's token usage, when it sent one;
-    ``cost_usd`` what the item cost in USD (from its usage and the price table; None
-    when unknown, and for a failed item);
-    ``finished_at`` (epoch seconds) is set when the line is read back (a new
-    line is stamped with the time it is written).
+    ``sent`` holds ``(time.time(), images)`` for each attempt, taken when it
+    went on the wire (when its images were granted, for one that never left);
+    ``rate_limited`` counts its attempts answered 429; ``usage`` is the server's
+    token usage, when it sent one; ``cost_usd`` what the item cost in USD (from its
+    usage and the price table; None when unknown, and for a failed item);
+    ``finished_at`` (epoch seconds) is set when the line is read back (a new line is
+    stamped with the time it is written).
     """
 
     id: str
@@ -119,7 +121,7 @@ class Record:
             "revised_prompt": self.revised_prompt,
             "attempts": self.attempts,
             "seconds": round(self.seconds, 3),
-            "sent": [{"at": round(at, 3), "images": n} for at, n in self.sent],
+            "sent": sent_json(self.sent),
             "rate_limited": self.rate_limited,
             "usage": None if self.usage is None else dict(self.usage),
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
@@ -134,12 +136,7 @@ class Record:
         Raises:
             KeyError: the line has no ``id``.
         """
-        sent: list[tuple[float, int]] = []
-        for entry in obj.get("sent") or ():
-            if isinstance(entry, Mapping):
-                at = float_field(entry, "at")
-                if at is not None:
-                    sent.append((at, max(1, int_field(entry, "images") or 0)))
+        sent = sends_of(obj.get("sent"))
         params, error, usage = obj.get("params"), obj.get("error"), obj.get("usage")
         files = tuple(f for f in obj.get("files") or () if isinstance(f, str))
         status = obj.get("status")
@@ -162,6 +159,25 @@ class Record:
             finished_at=_epoch(obj.get("finished_at")),
             cost_usd=float_field(obj, "cost_usd"),
         )
+
+
+def sends_of(value: Any) -> list[tuple[float, int]]:
+    """``(at, images)`` pairs of a ``sent`` list as written (``[{"at", "images"}]``); odd entries
+    are passed over."""
+    sends: list[tuple[float, int]] = []
+    if not isinstance(value, list):
+        return sends
+    for entry in value:
+        if isinstance(entry, Mapping):
+            at = float_field(entry, "at")
+            if at is not None:
+                sends.append((at, max(1, int_field(entry, "images") or 0)))
+    return sends
+
+
+def sent_json(sends: Iterable[tuple[float, int]]) -> list[dict[str, Any]]:
+    """A ``sent`` list as written: ``[{"at": epoch seconds, "images": n}]``."""
+    return [{"at": round(at, 3), "images": n} for at, n in sends]
 
 
 def _text(value: Any) -> str | None:
@@ -197,12 +213,17 @@ class Manifest:
     """``DIR/manifest.jsonl``: read and compacted at start, then appended to, durably.
 
     After :meth:`open`, ``done`` holds the ids to skip, and ``dropped``, ``torn``
-    say what the compaction removed.
+    say what the compaction removed; ``recent_sends`` the ``(at, images)`` sends of
+    every line (those dropped too) at or after ``sends_since`` (epoch seconds),
+    and of ``runs.jsonl``'s items that were sent but never finished: what an
+    earlier run spent in the rate window still open.
     """
 
     directory: Path
     retry_failed: bool = True
     server: str | None = None
+    sends_since: float | None = None
+    recent_sends: list[tuple[float, int]] = attrs.field(factory=list)
     done: set[str] = attrs.field(factory=set)
     failed_kept: int = 0
     dropped: int = 0
@@ -253,7 +274,15 @@ class Manifest:
                 with contextlib.suppress(OSError):
                     leftover.unlink()
         self._compact()
+        if self.sends_since is not None and (self.directory / RUNS_NAME).is_file():
+            for run in json_lines(self.directory / RUNS_NAME):
+                self._keep_sends(run.get("unfinished_sent"))
         self._file = open(self.path, "ab")  # noqa: SIM115
+
+    def _keep_sends(self, value: Any) -> None:
+        since = self.sends_since
+        if since is not None:
+            self.recent_sends.extend(s for s in sends_of(value) if s[0] >= since)
 
     def _check_server(self) -> None:
         if self.server is None:
@@ -295,7 +324,8 @@ class Manifest:
                     item_id = record["id"]
                     status = record.get("status")
                     files = record.get("files") or []
-                except (ValueError, KeyError, TypeError):
+                    self._keep_sends(record.get("sent"))
+                except (ValueError, KeyError, TypeError, AttributeError):
                     bad += 1
                     continue
                 if not isinstance(item_id, str):
@@ -365,6 +395,10 @@ class Run:
     images: int
     waited: float
     rate_limited: int
+    unfinished_sent: tuple[tuple[float, int], ...] = ()
+    """Sends of items that were on their way when the run stopped (no manifest line)."""
+    route: str = "direct"
+    """``"direct"`` or ``"batch-api"`` (whose pace is the API's: no rate, no sends)."""
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Run | None:
@@ -388,6 +422,8 @@ class Run:
             images=(int_field(obj, "images") or 0),
             waited=float_field(obj, "waited") or 0.0,
             rate_limited=(int_field(obj, "rate_limited") or 0),
+            unfinished_sent=tuple(sends_of(obj.get("unfinished_sent"))),
+            route="batch-api" if obj.get("route") == "batch-api" else "direct",
         )
 
 

@@ -8,7 +8,9 @@ nothing but the standard library (Pillow, when installed, makes the thumbnails):
   (the sum of the manifest's ``cost_usd``);
 * a rate chart per run (the last five): the images sent in the trailing window of
   the configured rate over the run's time, as inline SVG, with the limit drawn as
-  a line; the manifest's send times (``sent``) place each image;
+  a line; the send times (the manifest's ``sent``, ``runs.jsonl``'s
+  ``unfinished_sent``) of every run place each image: a rerun that starts while
+  an earlier run's window is open shows both runs' sends, as the server counted them;
 * a spend chart beside them: what the done items cost, summed over time (USD);
 * a gallery: a card per item, failed items with their error, filters for done and
   failed, a search over the prompts. The items travel as JSON inside the page and a
@@ -41,6 +43,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from .manifest import Record, Run, read_records, read_runs
+from .route import STATE_NAME
+from .runner import images_per_minute
 
 __all__ = [
     "REPORT_NAME",
@@ -171,13 +175,15 @@ def chart_svg(
     *,
     title: str,
     width: int = 920,
-    height: int = 220,
+    height: int = 204,
 ) -> str:
     """An inline SVG: images in the trailing window over ``[start, end]``, the limit as a line.
 
-    ``rate`` is ``(images, per)``; without one, the window is 60 s and no line is drawn. Pure.
+    ``rate`` is ``(images, per)``; without one, the window is 60 s and no line is drawn.
+    ``title`` is its accessible name; the page shows it above, as a caption that wraps
+    on a narrow screen (:func:`_figure`). Pure.
     """
-    left, right, top, bottom = 48, 16, 30, 28
+    left, right, top, bottom = 48, 16, 14, 28
     plot_w, plot_h = width - left - right, height - top - bottom
     columns = max(1, min(plot_w, 600))
     window = rate[1] if rate else 60.0
@@ -202,7 +208,6 @@ def chart_svg(
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{html.escape(title)}" xmlns="http://www.w3.org/2000/svg">',
-        f'<text class="title" x="{left}" y="18">{html.escape(title)}</text>',
     ]
     tick = 0.0
     while tick <= y_top:
@@ -219,8 +224,9 @@ def chart_svg(
         x = left + plot_w * i / 5
         at = span * i / 5
         label = f"{at:.{digits}f} s" if span < 60 else _duration(at)
+        anchor = "start" if i == 0 else "end" if i == 5 else "middle"  # never past an edge
         parts.append(
-            f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="middle">'
+            f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="{anchor}">'
             f"{html.escape(label)}</text>"
         )
     parts.append(f'<path class="area" d="{area}"/><path class="series" d="{line}"/>')
@@ -337,9 +343,15 @@ def _usage_totals(items: Iterable[Record]) -> dict[str, int]:
     return totals
 
 
-def _summary(items: Sequence[Record], runs: Sequence[Run]) -> list[tuple[str, str]]:
+def _summary(
+    items: Sequence[Record], runs: Sequence[Run], *, batch_api: bool
+) -> list[tuple[str, str]]:
+    """The tiles. images/min is the CLI summary's (:func:`images_per_minute`); the Batch
+    API route's directory has neither it nor a limiter wait: the API set the pace."""
     done = sum(item.ok for item in items)
     images = sum(len(item.files) for item in items if item.ok)
+    rate = next((run.rate for run in reversed(runs) if run.route == "direct"), None)
+    wall: float | None
     if runs:
         wall = sum(run.seconds for run in runs)
         made = sum(run.images for run in runs) or images
@@ -348,7 +360,7 @@ def _summary(items: Sequence[Record], runs: Sequence[Run]) -> list[tuple[str, st
     else:
         times = [t for item in items for t, _ in item.send_times]
         ends = [item.finished_at for item in items if item.finished_at is not None]
-        wall = max(ends) - min(times) if times and ends else 0.0
+        wall = max(ends) - min(times) if times and ends and not batch_api else None
         made, waited = images, "not recorded"
         limited = sum(item.rate_limited for item in items)
     tiles = [
@@ -356,11 +368,14 @@ def _summary(items: Sequence[Record], runs: Sequence[Run]) -> list[tuple[str, st
         ("done", f"{done:,}"),
         ("failed", f"{len(items) - done:,}"),
         ("images", f"{images:,}"),
-        ("wall time", _duration(wall)),
-        ("images/min", f"{made * 60 / wall:,.1f}" if wall > 0 else "-"),
-        ("waited on the limiter", waited),
-        ("429s", f"{limited:,}"),
+        ("wall time", "not recorded" if wall is None else _duration(wall)),
     ]
+    if not batch_api:
+        tiles += [
+            ("images/min", f"{images_per_minute(made, wall, rate):,.1f}" if wall else "-"),
+            ("waited on the limiter", waited),
+            ("429s", f"{limited:,}"),
+        ]
     for key, value in _usage_totals(items).items():
         tiles.append((key.replace("_", " "), f"{value:,}"))
     spent, unknown, _ = _spend(items)
@@ -372,32 +387,52 @@ def _summary(items: Sequence[Record], runs: Sequence[Run]) -> list[tuple[str, st
     return tiles
 
 
-def _charts(items: Sequence[Record], runs: Sequence[Run]) -> list[str]:
+_APPROXIMATE = (
+    '<p class="meta">approximate: no send times or rate were recorded (a directory of an '
+    "older version): each image is placed at its item's finish time less its duration</p>"
+)
+_BATCH_API = (
+    '<p class="meta">sent through the Batch API: the API set the pace, so there is no '
+    "rate chart and no images/min</p>"
+)
+
+
+def _charts(items: Sequence[Record], runs: Sequence[Run], *, batch_api: bool) -> list[str]:
+    if batch_api:
+        return [_BATCH_API]
+    runs = [run for run in runs if run.route == "direct"]
     sends = sorted(s for item in items for s in item.send_times)
     if not runs:
         if not sends:
             return []
         ends = [item.finished_at for item in items if item.finished_at is not None]
         end = max([*ends, sends[-1][0]])
-        return [
-            chart_svg(
-                sends, sends[0][0], end, None,
-                title="images per 60 s at each item's start (approximate: no send times or "
-                "rate were recorded, by an older version or the Batch API route)",
-            )
-        ]
+        title = "images per 60 s at each item's start (approximate)"
+        return [_figure(title, chart_svg(sends, sends[0][0], end, None, title=title)),
+                _APPROXIMATE]
+    # The directory's sends across runs: a run that starts while an earlier one's
+    # window is open is charted with what that one sent (the server counts both).
+    sends = sorted([*sends, *(s for run in runs for s in run.unfinished_sent)])
     charts = []
     first = max(0, len(runs) - CHARTED_RUNS)
     for number, run in enumerate(runs[first:], first + 1):
-        mine = [s for s in sends if run.started_at - 1 <= s[0] <= run.finished_at]
         window = run.rate[1] if run.rate else 60.0
+        mine = [s for s in sends if run.started_at - window <= s[0] <= run.finished_at]
         peak = window_peaks(mine, run.started_at, run.finished_at, window, 1)[0]
         title = (
             f"run {number}, {_when(run.started_at)}: images sent in any {window:g} s "
-            f"(rate limit {_rate_text(run.rate)}), peak {peak}"
+            f"(every run's; rate limit {_rate_text(run.rate)}), peak {peak}"
         )
-        charts.append(chart_svg(mine, run.started_at, run.finished_at, run.rate, title=title))
+        charts.append(_figure(
+            title, chart_svg(mine, run.started_at, run.finished_at, run.rate, title=title)
+        ))
     return charts
+
+
+def _figure(title: str, svg: str) -> str:
+    """A chart with its title as a caption (it wraps; the SVG's own text scales with it)."""
+    return (f'<figure class="chart-box"><figcaption>{html.escape(title)}</figcaption>'
+            f'<div class="chart-scroll">{svg}</div></figure>')
 
 
 def _card_data(item: Record, shown: Mapping[str, str] | None, directory: Path) -> dict[str, Any]:
@@ -449,20 +484,28 @@ def render(
     thumbnail); None shows every image itself.
     """
     name = html.escape(directory.resolve().name or str(directory))
+    batch_api = all(run.route == "batch-api" for run in runs) if runs else (
+        directory / STATE_NAME
+    ).is_file()
     tiles = "".join(
         f'<div class="tile"><div class="v">{html.escape(v)}</div>'
         f'<div class="k">{html.escape(k)}</div></div>'
-        for k, v in _summary(items, runs)
+        for k, v in _summary(items, runs, batch_api=batch_api)
     )
     details = ""
     if runs:
         last = runs[-1]
         params = ", ".join(f"{k}={v}" for k, v in last.params.items()) or "server defaults"
+        pace = "through the Batch API" if last.route == "batch-api" else (
+            f"rate limit {_rate_text(last.rate)}"
+        )
         details = (
             f"<p class=\"meta\">last run {html.escape(_when(last.started_at))}, "
-            f"rate limit {html.escape(_rate_text(last.rate))}, parameters {html.escape(params)}</p>"
+            f"{html.escape(pace)}, parameters {html.escape(params)}</p>"
         )
-    charts = "".join(_charts(items, runs)) or '<p class="meta">no images were sent</p>'
+    charts = "".join(_charts(items, runs, batch_api=batch_api)) or (
+        '<p class="meta">no images were sent</p>'
+    )
     spent, _, points = _spend(items)
     if points:
         charts += spend_svg(points, title=f"spend over time: ${spent:,.2f} in all (USD)")

@@ -24,6 +24,7 @@ or 200 MB each.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import attrs
 
+from .._callstats import CallStats
 from .._cost import PriceTable, cost_of, load_prices
 from .._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
 from .._offloop import blocking
@@ -53,7 +55,13 @@ from .api import (
 from .control import BatchControl, fatal_error
 from .input import Entry, TextLines, read_entries
 from .manifest import Manifest, Record, error_fields, usage_fields
-from .runner import BatchSummary, ProgressSink, check_batch_params, public_url
+from .runner import (
+    BatchSummary,
+    ProgressSink,
+    append_run_line,
+    check_batch_params,
+    public_url,
+)
 
 if TYPE_CHECKING:
     from .._client import AsyncImagesClient
@@ -424,7 +432,8 @@ async def run_via_batch_api(
         await blocking(manifest.open)
         # The client's default model changes the images: it is in every id, as directly.
         effective = {"model": client.model, **params} if client.model else params
-        summary = BatchSummary(total=None)
+        summary = BatchSummary(total=None, route="batch-api")
+        wall_start, before = time.time(), client.limiter.stats()
         table = prices if prices is not None else await blocking(load_prices)
         run = _Run(client, folder, manifest, summary, sink, poll_interval=poll_interval,
                    completion_window=completion_window, params=effective, control=control,
@@ -444,7 +453,8 @@ async def run_via_batch_api(
             summary.skipped = len(everything) - len(run.entries)
         summary.total = len(run.entries) if not live else sum(job.lines for job in live)
         sink.start(summary)
-        try:
+
+        async def drive(_stats: CallStats) -> None:
             if not live:
                 await run.plan()
             for job in run.state.live:
@@ -453,6 +463,11 @@ async def run_via_batch_api(
                 await run.finish(job)
                 if control.reason is not None:
                     break
+
+        try:
+            # Every step is recorded before it can have an effect, so a stop may cancel
+            # it anywhere (nothing of an item is on the wire here): Ctrl-C acts at once.
+            await control.run(drive)
         except APIStatusError as exc:
             message = fatal_error(exc)
             if message is None:
@@ -461,6 +476,8 @@ async def run_via_batch_api(
         finally:
             summary.stopped, summary.stop_message = control.reason, control.message
             summary.elapsed = time.monotonic() - summary.started
+            with contextlib.suppress(OSError):  # a full disk: the summary still comes
+                append_run_line(folder, client, effective, summary, wall_start, before, [])
             sink.stop(summary)
         return summary
     finally:

@@ -16,8 +16,11 @@ writes the same file names again.
 
 Each run also appends one line to ``DIR/runs.jsonl`` when it ends (interrupted
 or not): its start and end times, the configured rate, the time waited on the
-limiter, its counts. With the manifest's send times (``sent``) that is what
-``asyncimg report`` draws its rate chart from.
+limiter, its counts, and the sends of items stopped on their way
+(``unfinished_sent``). With the manifest's send times (``sent``) that is what
+``asyncimg report`` draws its rate chart from, and what a rerun's limiter starts
+with (:meth:`asyncimg.Limiter.preload`): the images an earlier run sent in the
+window still open count, so a rerun right after an interrupt keeps the rate.
 """
 
 from __future__ import annotations
@@ -52,7 +55,15 @@ from .._params import GenerateParams
 from .._version import __version__
 from .control import BatchControl, fatal_error
 from .input import Entry, InputError, TextLines, read_entries
-from .manifest import Manifest, Record, append_run, error_fields, read_records, usage_fields
+from .manifest import (
+    Manifest,
+    Record,
+    append_run,
+    error_fields,
+    read_records,
+    sent_json,
+    usage_fields,
+)
 from .many import BatchIterator, effective_params, make_item
 
 if TYPE_CHECKING:
@@ -61,9 +72,11 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchSummary",
     "ProgressSink",
+    "append_run_line",
     "check_batch_params",
     "directory_costs",
     "estimate_eta",
+    "images_per_minute",
     "public_url",
     "run_batch",
 ]
@@ -120,6 +133,18 @@ def estimate_eta(
     return max(bounds) if bounds else None
 
 
+def images_per_minute(images: int, seconds: float, rate: tuple[int, float] | None) -> float:
+    """Images per minute over ``seconds``: the one definition of the CLI and the report.
+
+    With a rate ``(images, per)`` it is measured over at least one window and never
+    reads as more than the limit: a sliding window lets a full budget go at once,
+    so a short run's raw figure would exceed the sustained rate. 0 for no time.
+    """
+    span = max(seconds, rate[1]) if rate is not None else seconds
+    value = images * 60.0 / span if span > 0 else 0.0
+    return value if rate is None else min(value, rate[0] * 60.0 / rate[1])
+
+
 # -- running a batch --------------------------------------------------------------------
 
 
@@ -159,6 +184,8 @@ class BatchSummary:
     """Items of this run done whose cost is unknown (no usage, or no price for the model)."""
     batch: Any = None
     """The Batch API route: what the last poll of the current batch said."""
+    route: str = "direct"
+    """``"direct"`` (:func:`run_batch`) or ``"batch-api"``: which figures mean something."""
 
     @property
     def done(self) -> int:
@@ -198,22 +225,14 @@ class BatchSummary:
 
     @property
     def images_per_minute(self) -> float:
-        """Images saved per minute: over the last window while running, else over the run.
-
-        With a rate it is measured over at least one window and never reads as
-        more than the limit: a sliding window lets a full budget go at once, so
-        a short run's raw figure would exceed the sustained rate.
-        """
+        """Images saved per minute: over the last window while running, else over the run
+        (:func:`images_per_minute`, the report's figure too)."""
+        rate = None if self.rate is None else (self.rate.images, self.rate.per)
         if self.elapsed:
-            span = max(self.elapsed, self.window) if self.rate is not None else self.elapsed
-            value = self.images * 60.0 / span if span > 0 else 0.0
-        else:
-            now = time.monotonic()
-            span = self.window if self.rate is not None else min(now - self.started, 60.0)
-            value = self._recent_images(now) * 60.0 / span if span > 0 else 0.0
-        if self.rate is None:
-            return value
-        return min(value, self.rate.images * 60.0 / self.rate.per)
+            return images_per_minute(self.images, self.elapsed, rate)
+        now = time.monotonic()
+        span = self.window if self.rate is not None else min(now - self.started, 60.0)
+        return images_per_minute(self._recent_images(now), span, rate)
 
     @property
     def eta(self) -> float | None:
@@ -314,11 +333,18 @@ async def run_batch(
     folder = Path(directory)
     sink = progress or ProgressSink()
     control = control or BatchControl()
+    rate = getattr(client.limiter, "rate", None)
+    preload = getattr(client.limiter, "preload", None)  # a shared limiter keeps its own window
     manifest = Manifest(
-        folder, retry_failed=retry_failed, server=server or public_url(client.base_url)
+        folder, retry_failed=retry_failed, server=server or public_url(client.base_url),
+        sends_since=time.time() - rate.window
+        if isinstance(rate, RateLimit) and callable(preload) else None,
     )
     try:
         await blocking(manifest.open)
+        if manifest.recent_sends and callable(preload):
+            now = time.time()
+            preload([(max(0.0, now - at), images) for at, images in manifest.recent_sends])
         # The client's default model changes the images: it is in every id too.
         effective = {"model": client.model, **params} if client.model else params
         table = prices if prices is not None else await blocking(load_prices)
@@ -349,6 +375,7 @@ async def run_batch(
         )
         wall_start = time.time()
         before = client.limiter.stats()
+        unfinished: list[tuple[float, int]] = []
         stream = open_input()
         try:
             entries = _skip_done(
@@ -357,14 +384,21 @@ async def run_batch(
             )
 
             async def work(index: int, entry: Entry) -> Record | None:
-                return await control.run(
-                    lambda stats: _budgeted(
+                calls: list[CallStats] = []
+
+                def call(stats: CallStats) -> Awaitable[Record | None]:
+                    calls.append(stats)
+                    return _budgeted(
                         budget, table, entry, effective, stats, control,
                         lambda: _run_entry(
                             client, entry, effective, allowed, folder, stats, control, table
                         ),
                     )
-                )
+
+                record = await control.run(call)
+                if record is None and calls:  # stopped on its way: its sends still count
+                    unfinished.extend(calls[0].sent)
+                return record
 
             _observe(summary, client)
             sink.start(summary)
@@ -400,7 +434,7 @@ async def run_batch(
             summary.elapsed = time.monotonic() - summary.started
             summary.stopped, summary.stop_message = control.reason, control.message
             with contextlib.suppress(OSError):  # a full disk: the summary still comes
-                _append_run(folder, client, params, summary, wall_start, before)
+                append_run_line(folder, client, params, summary, wall_start, before, unfinished)
             sink.stop(summary)
         return summary
     finally:
@@ -471,18 +505,26 @@ def public_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _append_run(
+def append_run_line(
     folder: Path,
     client: AsyncImagesClient,
     params: Mapping[str, Any],
     summary: BatchSummary,
     wall_start: float,
     before: LimiterStats,
+    unfinished: list[tuple[float, int]],
 ) -> None:
-    """Append this run's line to ``runs.jsonl`` (a few hundred bytes, once: on the loop)."""
+    """Append this run's line to ``runs.jsonl`` (a few hundred bytes, once: on the loop).
+
+    The Batch API route's line has no rate (the API sets the pace) and says its route.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     after = client.limiter.stats()
-    rate = getattr(client.limiter, "rate", None)
+    rate = getattr(client.limiter, "rate", None) if summary.route == "direct" else None
     line = {
+        "route": summary.route,
         "started_at": round(wall_start, 3),
         "finished_at": round(time.time(), 3),
         "seconds": round(summary.elapsed, 3),
@@ -499,6 +541,7 @@ def _append_run(
         "waited": round(after.waited - before.waited, 3),
         "pauses": after.pauses - before.pauses,
         "rate_limited": summary.rate_limited,
+        "unfinished_sent": sent_json(unfinished),
         "version": __version__,
     }
     append_run(folder, line)

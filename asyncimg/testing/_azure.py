@@ -2,7 +2,8 @@
 
 Azure serves ``/openai/deployments/{deployment}/images/{generations|edits|variations}``
 and wants ``?api-version=YYYY-MM-DD[-preview]`` on every request and the key
-as an ``api-key`` header (or an Entra ID token as ``Authorization: Bearer``).
+as an ``api-key`` header; ``Authorization: Bearer`` carries an Entra ID token,
+never the key (the emulator accepts the token it is given as ``azure_token``).
 Its errors have its own shape (``{"error": {"code": "401", "message": ...}}``)
 and its content filter answers 400 with code ``contentFilter`` and the
 category results in ``inner_error``. These functions are pure; the Emulator
@@ -32,6 +33,10 @@ _DENIED = (
     "a valid key for an active subscription and use a correct regional API endpoint for your "
     "resource."
 )
+_BAD_TOKEN = (
+    "Unauthorized. Access token is missing, invalid, audience is incorrect "
+    "(https://cognitiveservices.azure.com), or have expired."
+)
 _CATEGORIES = ("hate", "self_harm", "sexual", "violence")
 
 
@@ -44,19 +49,28 @@ def azure_route(path: str) -> tuple[str, Endpoint] | None:
 
 
 def azure_refusal(
-    headers: Mapping[str, str], query: Mapping[str, str], api_key: str | None
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    api_key: str | None,
+    token: str | None = None,
 ) -> tuple[int, dict[str, Any]] | None:
     """Azure's answer to a request without a valid key or api-version, or None to go on.
 
-    With ``api_key`` None any credential (or none) is accepted; otherwise the
-    ``api-key`` header, or a bearer token equal to the key.
+    With ``api_key`` and ``token`` None any credential (or none) is accepted;
+    otherwise the ``api-key`` header equal to ``api_key``, or a bearer token
+    equal to ``token`` (an Entra ID token: a key sent as a bearer token is
+    refused, as Azure refuses it).
     """
-    if api_key is not None:
+    if api_key is not None or token is not None:
         given = headers.get("api-key")
-        if given is None:
-            scheme, _, token = headers.get("Authorization", "").partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else None
-        if given is None or not secrets.compare_digest(given.encode(), api_key.encode()):
+        scheme, _, bearer = headers.get("Authorization", "").partition(" ")
+        if given is not None:
+            if api_key is None or not _same(given, api_key):
+                return 401, {"error": {"code": "401", "message": _DENIED}}
+        elif scheme.lower() == "bearer" and bearer.strip():
+            if token is None or not _same(bearer.strip(), token):
+                return 401, {"error": {"code": "401", "message": _BAD_TOKEN}}
+        else:
             return 401, {"error": {"code": "401", "message": _DENIED}}
     version = query.get("api-version")
     if not version:
@@ -64,6 +78,10 @@ def azure_refusal(
     if not _VERSION.match(version):
         return 400, {"error": {"code": "BadRequest", "message": "API version not supported"}}
     return None
+
+
+def _same(given: str, expected: str) -> bool:
+    return secrets.compare_digest(given.encode(), expected.encode())
 
 
 def azure_content_filter(prompt: str) -> dict[str, Any]:

@@ -99,6 +99,14 @@ class Emulator:
             :mod:`asyncimg.testing._headers`): ``"openai"`` (lower case, with
             ``retry-after-ms``), ``"canonical"`` (capitalised names,
             ``Retry-After`` alone) or ``"http-date"`` (``Retry-After`` as a date).
+        any_model: take any model name, as a compatible server does (only the
+            spec's bounds apply to a name not in the table); by default a model
+            the API does not have is refused with 404 ``model_not_found``.
+        azure_token: in Azure mode, the Entra ID token to accept as
+            ``Authorization: Bearer`` (the key itself is refused there, as Azure
+            refuses it).
+        api_latency: seconds before each Files and Batches answer (the real
+            API answers those at once, whatever an image takes: not ``latency``).
 
     Attributes (for tests): ``journal`` (:class:`Journal`), ``arrivals``
     (``(time, images)`` of every request that passed the limit), ``latency``,
@@ -127,6 +135,9 @@ class Emulator:
         journal_size: int | None = 10_000,
         max_urls: int = 10_000,
         header_style: HeaderStyle = "openai",
+        any_model: bool = False,
+        azure_token: str | None = None,
+        api_latency: float = 0.0,
     ) -> None:
         if journal_size is not None and journal_size < 1:
             raise ValueError(f"journal_size must be >= 1 or None, not {journal_size}")
@@ -136,6 +147,9 @@ class Emulator:
         self.header_style: HeaderStyle = header_style
         self.api_key = api_key
         self.azure = azure
+        self.any_model = any_model
+        self.azure_token = azure_token
+        self.api_latency = api_latency
         self.host = host
         self.port = port
         self.rate_limit: Limit | None = parse_rate(images_per_minute)
@@ -341,6 +355,8 @@ class Emulator:
     def _latency_for(self, path: str) -> float:
         if path.startswith("/blobs/"):
             return self.download_latency
+        if path.startswith(("/v1/files", "/v1/batches")):
+            return self.api_latency
         if self.latency_sigma > 0 and self.latency > 0:
             return self.latency * math.exp(self._rng.gauss(0.0, self.latency_sigma))
         return self.latency
@@ -392,11 +408,11 @@ class Emulator:
             if request.path.startswith("/blobs/") and request.method in ("GET", "HEAD"):
                 return self._blobs.answer(request.path[len("/blobs/") :], arrived), fault
             if request.path.startswith(("/v1/files", "/v1/batches")):
-                check_key(request.headers, request.query, self.api_key, azure=self.azure)
+                self._check_key(request)
                 return await self.batches.handle(request), fault
             if endpoint is None:
                 refuse(404, f"Invalid URL ({request.method} {request.path})")
-            check_key(request.headers, request.query, self.api_key, azure=self.azure)
+            self._check_key(request)
             if read_error is not None:
                 return read_error, fault
             # Counted once the body is in, as a real server must (the model is in it).
@@ -405,6 +421,10 @@ class Emulator:
             return answer, fault
         except Refusal as refusal:
             return refusal.answer, fault
+
+    def _check_key(self, request: web.Request) -> None:
+        check_key(request.headers, request.query, self.api_key, azure=self.azure,
+                  azure_token=self.azure_token)
 
     def _endpoint_of(self, path: str) -> Endpoint | None:
         if self.azure:
@@ -428,7 +448,8 @@ class Emulator:
         Raises:
             Refusal: it is refused (400, 429).
         """
-        judged = judge_images(endpoint, fields, files, self._refs, as_json=as_json)
+        judged = judge_images(endpoint, fields, files, self._refs, as_json=as_json,
+                              any_model=self.any_model or self.azure)
         images = judged.params.images
         record["images"] = images
         headers = self._window.admit(self.rate_limit, images, now) if admit else {}

@@ -48,6 +48,7 @@ from typing import Any
 
 import attrs
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from .._exceptions import ValidationError
 from .._files import ImageFile, sniff_mime
@@ -60,7 +61,7 @@ from .._params import (
     VariationParams,
     from_wire,
 )
-from .._validation import validate
+from .._validation import MODEL_RULES, validate
 from ._azure import azure_content_filter
 from ._errors import Answer, Refusal, refuse
 from ._journal import UploadedFile
@@ -101,6 +102,18 @@ _SIZE_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
 _OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "xhigh": 8320, "max": 16640}
 _SVG_AUTHOR = "gpt-5.5-mini"
 """The SVG author the emulator names in ``svg_usage`` when the request names none."""
+# What the spec allows for every model, whichever answers (a model not in the table too),
+# with what the API gained since (the official SDK's types): quality xhigh/max, GIF, SVG.
+_MAX_N = 10
+_SPEC_CHOICES: Mapping[str, tuple[str, ...]] = {
+    "quality": ("standard", "hd", "low", "medium", "high", "xhigh", "max", "auto"),
+    "output_format": ("png", "jpeg", "webp", "gif", "svg"),
+    "background": ("transparent", "opaque", "auto"),
+    "moderation": ("low", "auto"),
+    "style": ("vivid", "natural"),
+    "input_fidelity": ("high", "low"),
+    "complexity": ("low", "medium", "high"),
+}
 _BAD_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
     "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
@@ -162,7 +175,7 @@ async def read_body(
             uploads.append(UploadedFile(part.name, part.filename, mime, len(data)))
             key = "image[]" if part.name.startswith("image[") else part.name
             found.setdefault(key, []).append(ImageFile(part.filename or "upload", data, mime))
-    except (ValueError, AssertionError) as exc:
+    except (ValueError, AssertionError, BadHttpMessage) as exc:
         refuse(400, f"Could not parse the multipart form: {exc}")
     record["fields"] = dict(fields)
     record["files"] = tuple(uploads)
@@ -200,28 +213,61 @@ def judge_images(
     refs: RefResolver,
     *,
     as_json: bool,
+    any_model: bool = False,
 ) -> ImagesRequest:
     """Check a request's parameters as the model that answers it would.
 
+    The spec's bounds (``n`` 1..10, the enumerated values) hold for every
+    model; a model the emulator does not know is refused as the API refuses it
+    (404 ``model_not_found``) unless ``any_model`` (a compatible server that
+    takes any name, with only those bounds).
+
     Raises:
         Refusal: a parameter is wrong for that model, or a reference cannot be
-            used (400).
+            used (400); the model is unknown (404).
     """
     try:
         params = from_wire(endpoint, fields, files, as_json=as_json)
     except ValidationError as exc:
         refuse(400, str(exc), param=exc.param)
-    inputs, mask = _inputs(params, refs)
     model = _effective_model(endpoint, params)
     if params.model is None:  # the default model's rules apply, as at the API
         try:
             validate(attrs.evolve(params, model=model))
         except ValidationError as exc:
             refuse(400, f"{exc} (the default model is {model})", param=exc.param)
+    _check_spec_bounds(params)
+    if not any_model and params.model is not None and params.model not in MODEL_RULES:
+        refuse(
+            404,
+            f"The model `{params.model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+    inputs, mask = _inputs(params, refs)
     if getattr(params, "stream", None) and not _is_gpt(model):
         refuse(400, "Streaming is only supported for the GPT image models.", param="stream")
     width, height = _size_of(params.size)
     return ImagesRequest(endpoint, params, model, inputs, mask, width, height)
+
+
+def _check_spec_bounds(params: Params) -> None:
+    """Refuse what the spec refuses for every model: ``n`` outside 1..10, a value not in an enum.
+
+    Raises:
+        Refusal: one is (400, naming the parameter).
+    """
+    n = getattr(params, "n", None)
+    if n is not None and not 1 <= n <= _MAX_N:
+        refuse(400, f"Invalid 'n': integer {n} is outside 1..{_MAX_N}.", param="n")
+    for name, choices in _SPEC_CHOICES.items():
+        value = getattr(params, name, None)
+        if value is not None and value not in choices:
+            refuse(
+                400,
+                f"Invalid value: {value!r}. Supported values are: {', '.join(map(repr, choices))}.",
+                param=name,
+                code="invalid_value",
+            )
 
 
 def police(request: ImagesRequest, headers: Mapping[str, str], *, azure: bool) -> None:

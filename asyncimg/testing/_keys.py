@@ -3,7 +3,8 @@
 With ``api_key`` None the emulator accepts any request, with or without a
 key. Otherwise it expects ``Authorization: Bearer KEY`` and answers 401
 ``invalid_api_key`` (the API's own two messages: no key, a wrong key shown
-masked). In Azure mode the key is ``api-key`` (or a bearer token) and a missing
+masked). In Azure mode the key is ``api-key`` (a bearer token is an Entra ID
+token, never the key: :func:`._azure.azure_refusal`) and a missing
 or malformed ``api-version`` is refused too (:func:`._azure.azure_refusal`).
 The journal keeps ``Authorization`` and ``api-key`` masked as the API masks a
 key: its first 3 and last 4 characters.
@@ -51,7 +52,12 @@ def redacted(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def check_key(
-    headers: Mapping[str, str], query: Mapping[str, str], api_key: str | None, *, azure: bool
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    api_key: str | None,
+    *,
+    azure: bool,
+    azure_token: str | None = None,
 ) -> None:
     """Let a request with the expected key pass.
 
@@ -60,7 +66,7 @@ def check_key(
             ``api-version`` is (404, 400).
     """
     if azure:
-        refusal = azure_refusal(headers, query, api_key)
+        refusal = azure_refusal(headers, query, api_key, azure_token)
         if refusal is not None:
             status, body = refusal
             raise Refusal(Answer(status, json.dumps(body).encode()))

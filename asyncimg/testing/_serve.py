@@ -62,6 +62,11 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         "--latency", type=float, default=0.0, metavar="S", help="seconds before each answer"
     )
     parser.add_argument(
+        "--api-latency", type=float, default=0.0, metavar="S",
+        help="seconds before each Files and Batches answer (default: 0; --latency is the "
+        "images endpoints')",
+    )
+    parser.add_argument(
         "--latency-sigma", type=float, default=0.0, metavar="SIGMA",
         help="a lognormal spread of --latency around it (its median); 0: fixed",
     )
@@ -86,6 +91,11 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="serve the Azure OpenAI paths (/openai/deployments/NAME/images/...?api-version=), "
         "the key as api-key",
     )
+    parser.add_argument(
+        "--any-model", action="store_true",
+        help="take any model name, as a compatible server does (default: an unknown model "
+        "answers 404 model_not_found, as the API)",
+    )
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
@@ -99,6 +109,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         latency=args.latency, url_ttl=args.url_ttl, journal_size=args.journal_size,
         max_urls=args.max_urls, latency_sigma=args.latency_sigma,
         download_latency=args.download_latency, azure=args.azure,
+        api_latency=args.api_latency, any_model=args.any_model,
     )
     return 0
 
