@@ -33,7 +33,14 @@ async def main() -> None:
         api_key="sk-fleet", base_url=base_url, limiter=limiter, max_retries=retries,
         max_concurrency=concurrency,
     ) as client:
-        await limiter.fetch_stats()
+        # Connected once Redis answers: on a loaded machine the first answer (a new
+        # connection, the script loaded) can take longer than the limiter's timeout.
+        for _ in range(40):
+            try:
+                await limiter.fetch_stats()
+                break
+            except LimiterUnavailableError:
+                await asyncio.sleep(0.25)
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
