@@ -61,7 +61,7 @@ from .._params import (
     VariationParams,
     from_wire,
 )
-from .._validation import MODEL_RULES, validate
+from .._validation import rules_for, validate
 from ._azure import azure_content_filter
 from ._errors import Answer, Refusal, refuse
 from ._journal import UploadedFile
@@ -237,7 +237,7 @@ def judge_images(
         except ValidationError as exc:
             refuse(400, f"{exc} (the default model is {model})", param=exc.param)
     _check_spec_bounds(params)
-    if not any_model and params.model is not None and params.model not in MODEL_RULES:
+    if not any_model and params.model is not None and rules_for(params.model) is None:
         refuse(
             404,
             f"The model `{params.model}` does not exist or you do not have access to it.",
