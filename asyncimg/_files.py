@@ -27,6 +27,7 @@ __all__ = [
     "ImageFile",
     "ImageInfo",
     "ImageInput",
+    "file_extension",
     "image_info",
     "load_image",
     "load_images",
@@ -48,8 +49,15 @@ ImageInput = Union[
 """Anything accepted where an image is expected."""
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-"""The file extension for each MIME type an image may have."""
+EXTENSIONS = {
+    "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif",
+    "image/svg+xml": "svg",
+}
+"""The file extension for each MIME type an image may have: the only extensions of
+files we write (:func:`file_extension`)."""
+
+_UNKNOWN_EXTENSION = "bin"
+"""The extension of a file whose bytes are of no format we know."""
 
 
 def sniff_mime(data: bytes) -> str | None:
@@ -61,6 +69,27 @@ def sniff_mime(data: bytes) -> str | None:
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return None
+
+
+def _is_svg(data: bytes) -> bool:
+    """XML text whose first 4 KiB hold an ``<svg`` element (after an optional BOM)."""
+    head = data[:4096].removeprefix(b"\xef\xbb\xbf").lstrip()
+    return head.startswith(b"<") and b"<svg" in head
+
+
+def file_extension(data: bytes) -> str:
+    """The extension for a file of ``data``, from its signature alone (pure).
+
+    Only ever one of :data:`EXTENSIONS`' values (GIF and SVG included), or
+    ``"bin"`` for bytes of no known format: never anything a server said.
+    """
+    mime = sniff_mime(data)
+    if mime is None:
+        if data.startswith((b"GIF87a", b"GIF89a")):
+            mime = "image/gif"
+        elif _is_svg(data):
+            mime = "image/svg+xml"
+    return EXTENSIONS.get(mime or "", _UNKNOWN_EXTENSION)
 
 
 @attrs.frozen
