@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import attrs
 import pytest
 from aiohttp import web
 
@@ -163,3 +164,114 @@ def test_a_name_that_would_leave_its_directory_is_refused(tmp_path: Path) -> Non
     with pytest.raises(OSError, match="would leave"):
         write_atomic(tmp_path / "out" / "..", b"data")
     assert _files_under(tmp_path) == []
+
+
+# -- 2. credentials never follow a redirect to another origin ---------------------------
+
+SECRET_HEADERS = {"Authorization", "api-key", "X-Secret-Default", "X-Secret-Extra"}
+
+
+class Landing:
+    """The other origin a redirect points to: it records the headers of every request."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.method, request.path, dict(request.headers)))
+        if request.path.startswith("/v1/images/"):
+            b64 = base64.b64encode(make_png(4, 4, "landed")).decode()
+            return web.json_response({"created": 1, "data": [{"b64_json": b64}]})
+        if request.path.startswith("/file"):
+            return web.Response(body=make_png(4, 4, "landed"), content_type="image/png")
+        return web.json_response({"object": "list", "data": []})
+
+
+@pytest.fixture
+async def redirecting() -> AsyncIterator[tuple[str, Landing, list[dict[str, str]]]]:
+    """The API's origin, answering every request with a redirect (``?status=``, default
+    307) to the same path on a second server of its own (another port); with the
+    second server's record and the headers the first one got."""
+    landing = Landing()
+    other, other_origin = await serve({"/{tail:.*}": landing.handle})
+    at_api: list[dict[str, str]] = []
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        at_api.append(dict(request.headers))
+        status = int(request.query.get("status", "307"))
+        return web.Response(status=status, headers={"Location": other_origin + request.path})
+
+    api, api_origin = await serve({"/{tail:.*}": redirect})
+    yield api_origin, landing, at_api
+    await api.cleanup()
+    await other.cleanup()
+
+
+def _secrets_in(headers: dict[str, str]) -> set[str]:
+    lower = {k.lower() for k in headers}
+    return {name for name in SECRET_HEADERS if name.lower() in lower}
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_no_credential_header_follows_a_redirect_to_another_origin(
+    redirecting: tuple[str, Landing, list[dict[str, str]]], status: int
+) -> None:
+    api_origin, landing, at_api = redirecting
+    async with AsyncImagesClient(
+        api_key=KEY, base_url=f"{api_origin}/v1", rate_limit=None, max_retries=0,
+        default_headers={"api-key": KEY, "X-Secret-Default": "d"},
+        default_query={"status": str(status)},
+    ) as client:
+        response = await client.generate("x", model="dall-e-2",
+                                         extra_headers={"X-Secret-Extra": "e"})
+        own_url = f"{api_origin}/file.png?status={status}"
+        image = await client.download(attrs.evolve(response.data[0], b64_json=None, url=own_url))
+        await client.request("GET", "/files", params={"status": str(status)})
+        await client.request("POST", "/batches", json={"x": 1})
+    assert image == make_png(4, 4, "landed")
+    assert _secrets_in(at_api[0]) == SECRET_HEADERS  # the API's origin got them all
+    assert all(_secrets_in(h) == SECRET_HEADERS - {"X-Secret-Extra"} for h in at_api[1:])
+    assert len(landing.seen) == 4
+    assert [method for method, _, _ in landing.seen] == (
+        ["POST", "GET", "GET", "POST"] if status == 307 else ["GET", "GET", "GET", "GET"])
+    for _, path, headers in landing.seen:
+        assert _secrets_in(headers) == set(), path
+        assert KEY not in json.dumps(headers)
+
+
+async def test_a_redirect_within_the_origin_keeps_the_headers() -> None:
+    seen: list[dict[str, str]] = []
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=307, headers={"Location": "/v1/images/landed"})
+
+    async def landed(request: web.Request) -> web.StreamResponse:
+        seen.append(dict(request.headers))
+        b64 = base64.b64encode(make_png(4, 4, "x")).decode()
+        return web.json_response({"created": 1, "data": [{"b64_json": b64}]})
+
+    runner, origin = await serve({"/v1/images/generations": moved, "/v1/images/landed": landed})
+    try:
+        async with AsyncImagesClient(api_key=KEY, base_url=f"{origin}/v1", rate_limit=None,
+                                     default_headers={"api-key": KEY}) as client:
+            await client.generate("x", model="dall-e-2")
+    finally:
+        await runner.cleanup()
+    (headers,) = seen
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    assert headers["api-key"] == KEY
+
+
+def test_a_redirect_to_another_scheme_or_a_loop_is_not_followed() -> None:
+    from yarl import URL
+
+    from asyncimg._transport import Hop, RedirectError, follow_redirect
+
+    hop = Hop("POST", URL("http://127.0.0.1:1/v1/x"), {"api-key": "k", "Accept": "a"})
+    with pytest.raises(RedirectError):
+        follow_redirect(hop, 307, "file:///etc/passwd")
+    same = follow_redirect(hop, 307, "/v1/y")
+    assert same.headers == hop.headers
+    assert str(same.url) == "http://127.0.0.1:1/v1/y"
+    other = follow_redirect(hop, 303, "https://127.0.0.1:1/v1/y")  # another scheme
+    assert (other.method, other.headers, other.body) == ("GET", {"Accept": "a"}, None)
