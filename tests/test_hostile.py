@@ -275,3 +275,65 @@ def test_a_redirect_to_another_scheme_or_a_loop_is_not_followed() -> None:
     assert str(same.url) == "http://127.0.0.1:1/v1/y"
     other = follow_redirect(hop, 303, "https://127.0.0.1:1/v1/y")  # another scheme
     assert (other.method, other.headers, other.body) == ("GET", {"Accept": "a"}, None)
+
+
+# -- 10. a keep-alive connection the server already closed costs nothing ---------------
+
+class ClosingServer:
+    """A raw HTTP/1.1 server that answers one request per connection, then closes it
+    without saying so (no ``Connection: close``), as a server whose keep-alive timeout
+    is short does. ``on_next``: it closes only when the next request arrives (the
+    worst moment, every time); else right after the answer."""
+
+    def __init__(self, on_next: bool) -> None:
+        self.on_next = on_next
+        self.answered = 0
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            b64 = base64.b64encode(make_png(4, 4, "k")).decode()
+            body = json.dumps({"created": 1, "data": [{"b64_json": b64}]}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            self.answered += 1
+            if self.on_next:
+                await reader.read(1)  # the next request's first byte: close now
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+@pytest.mark.parametrize("on_next", [True, False])
+async def test_a_connection_the_server_closed_is_retried_at_once_and_costs_no_budget(
+    on_next: bool, max_retries: int
+) -> None:
+    from asyncimg import RateLimit
+
+    server = ClosingServer(on_next)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with AsyncImagesClient(
+            api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1", max_retries=max_retries,
+            rate_limit=RateLimit(1000, 60.0),
+        ) as client:
+            for _ in range(30):
+                await client.generate("x", model="dall-e-2")
+            stats = client.limiter.stats()
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert server.answered == 30
+    assert (stats.granted, stats.sent, stats.refunded) == (30, 30, 0)
