@@ -11,6 +11,8 @@ import functools
 import io
 from types import ModuleType
 
+from ._files import pixel_problem
+
 __all__ = ["decode_problem", "pillow"]
 
 
@@ -30,10 +32,15 @@ def decode_problem(data: bytes) -> str | None:
     All the image data is decoded, so a truncated file or corrupt image data is
     found, not only a bad header. A JPEG is decoded at 1/8 scale: libjpeg still
     reads every coefficient, in half the time (12 MP: 60 ms instead of 105 ms).
+    An image whose header says it has more than
+    :data:`~asyncimg._files.MAX_IMAGE_PIXELS` pixels is refused undecoded.
     """
     image_module = pillow()
     if image_module is None:
         return None
+    too_large = pixel_problem(data)
+    if too_large is not None:
+        return too_large
     try:
         with image_module.open(io.BytesIO(data)) as image:
             image.draft(None, (1, 1))  # JPEG only: the smallest scale that covers 1x1

@@ -23,6 +23,7 @@ from ._offloop import blocking
 
 __all__ = [
     "EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "MAX_PNG_EDGE",
     "ImageFile",
     "ImageInfo",
@@ -31,8 +32,10 @@ __all__ = [
     "image_info",
     "load_image",
     "load_images",
+    "pixel_problem",
     "png_problem",
     "read_image",
+    "size_problem",
     "sniff_mime",
 ]
 
@@ -260,6 +263,32 @@ def _webp_info(data: bytes) -> ImageInfo | None:
         height = ((bits >> 14) & 0x3FFF) + 1
         return ImageInfo("webp", width, height, bool((bits >> 28) & 1))
     return None
+
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""The most pixels (width times height) of an image this library decodes: 64
+megapixels, above any phone or camera photo (48-61 MP), eight times the largest
+picture a model makes (3840x2160), far below a decompression bomb (a 641 KB PNG
+of 13000x13000 decodes to 676 MB). Checked in the header, before decoding."""
+
+
+def pixel_problem(data: bytes) -> str | None:
+    """Why ``data`` has too many pixels to decode (its header says so), or None (pure).
+
+    None also when the header cannot be read (the format checks say why).
+    """
+    info = image_info(data)
+    return None if info is None else size_problem(info.width, info.height)
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why an image of ``width`` x ``height`` is too large to decode, or None (pure)."""
+    if width * height <= MAX_IMAGE_PIXELS:
+        return None
+    return (
+        f"is {width}x{height} pixels: over the {MAX_IMAGE_PIXELS // 2**20}-megapixel "
+        "ceiling of what is decoded"
+    )
 
 
 def image_info(data: bytes) -> ImageInfo | None:

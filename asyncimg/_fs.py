@@ -53,16 +53,18 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 """A new file, never an existing one, never through a symlink."""
 
 
-def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
-    """``data`` in a new temporary file of ``folder``, flushed (mode 0o666 less the umask)."""
+def _write_temp(folder: Path, stem: str, data: bytes, sync: bool = True) -> Path:
+    """``data`` in a new temporary file of ``folder``, flushed to disk unless not ``sync``
+    (mode 0o666 less the umask)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = inside(folder, f".{stem}.{secrets.token_hex(6)}.part")
     fd = os.open(tmp, _NEW_FILE, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -70,14 +72,18 @@ def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
     return tmp
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file renamed over it (replacing it).
+
+    The temporary file is new (``O_EXCL``, ``O_NOFOLLOW``: never a file or symlink
+    planted under its name); ``sync=False`` skips flushing it to disk (for files
+    that can be made again, such as thumbnails).
 
     Raises:
         OSError: the file cannot be written, or its name would leave its directory.
     """
     path = inside(path.parent, path.name)
-    tmp = _write_temp(path.parent, path.name, data)
+    tmp = _write_temp(path.parent, path.name, data, sync)
     try:
         os.replace(tmp, path)
     except BaseException:
