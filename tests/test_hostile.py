@@ -337,3 +337,90 @@ async def test_a_connection_the_server_closed_is_retried_at_once_and_costs_no_bu
         await listener.wait_closed()
     assert server.answered == 30
     assert (stats.granted, stats.sent, stats.refunded) == (30, 30, 0)
+
+
+# -- 3. decompression bombs are refused from the header, undecoded -----------------------
+
+def bomb_png(width: int = 13000, height: int = 13000, header_only: bool = False) -> bytes:
+    """A small PNG (zlib-compressed zeros, 8-bit grey) of ``width`` x ``height`` pixels
+    (``header_only``: its signature and IHDR chunk)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(body, zlib.crc32(kind))
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    if header_only:
+        return b"\x89PNG\r\n\x1a\n" + ihdr
+    packer = zlib.compressobj(9)
+    row = bytes(1 + width)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+_PEAK = """
+import asyncio, json, resource, sys
+from pathlib import Path
+import asyncimg, asyncimg.prepare
+from asyncimg._batch.report import make_thumbnails
+
+what, path = sys.argv[1], Path(sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+outcome = "accepted"
+try:
+    if what == "prepare":
+        asyncimg.prepare.square_png(path)
+    elif what == "edit":
+        async def edit():
+            async with asyncimg.AsyncImagesClient(
+                api_key="k", base_url="http://127.0.0.1:9/v1", max_retries=0
+            ) as client:
+                await client.edit(path, "x", model="gpt-image-1")
+        asyncio.run(edit())
+    else:
+        shown = make_thumbnails(path.parent, [path.name, "copy.png"])
+        outcome = "thumbnailed" if ".thumbs/" in str(shown) else "not thumbnailed"
+except asyncimg.ValidationError as exc:
+    outcome = "refused: " + str(exc)
+except asyncimg.APIError as exc:
+    outcome = "sent: " + type(exc).__name__
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"grew_mb": (peak - before) / 1024, "outcome": outcome}))
+"""
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    path.write_bytes(bomb_png())
+    (path.parent / "copy.png").write_bytes(path.read_bytes())
+    return path
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("what", ["prepare", "edit", "report"])
+def test_a_decompression_bomb_is_refused_from_its_header(bomb: Path, what: str) -> None:
+    assert bomb.stat().st_size < 300_000
+    done = subprocess.run([sys.executable, "-c", _PEAK, what, str(bomb)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "DecompressionBombWarning" not in done.stderr
+    result = json.loads(done.stdout)
+    if what == "report":
+        assert result["outcome"] == "not thumbnailed"
+    else:
+        assert result["outcome"].startswith("refused"), result
+        assert "13000x13000 pixels: over the 64-megapixel ceiling" in result["outcome"]
+    assert result["grew_mb"] < 40, result  # decoded, it is 161 MB of grey (RGBA: 645 MB)
+
+
+def test_an_image_under_the_ceiling_still_decodes() -> None:
+    from asyncimg._decode import decode_problem
+    from asyncimg._files import MAX_IMAGE_PIXELS, pixel_problem
+
+    assert MAX_IMAGE_PIXELS == 8192 * 8192
+    assert pixel_problem(bomb_png(8192, 8192, header_only=True)) is None
+    assert pixel_problem(bomb_png(8193, 8192, header_only=True)) is not None
+    assert decode_problem(bomb_png(600, 400)) is None
