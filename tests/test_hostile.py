@@ -424,3 +424,46 @@ def test_an_image_under_the_ceiling_still_decodes() -> None:
     assert pixel_problem(bomb_png(8192, 8192, header_only=True)) is None
     assert pixel_problem(bomb_png(8193, 8192, header_only=True)) is not None
     assert decode_problem(bomb_png(600, 400)) is None
+
+
+# -- 4. symlinks planted in DIR never make the report write elsewhere -------------------
+
+def _report_dir(tmp_path: Path) -> tuple[Path, Path]:
+    """A batch directory with one large image; and a victim file outside it."""
+    from asyncimg._batch.manifest import MANIFEST_NAME
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "big-0.png").write_bytes(make_png(512, 512, "big"))
+    line = {"id": "big", "line": 1, "prompt": "p", "status": "ok", "files": ["big-0.png"]}
+    (folder / MANIFEST_NAME).write_text(json.dumps(line) + "\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    return folder, victim
+
+
+def test_planted_temporary_file_symlinks_are_never_written_through(tmp_path: Path) -> None:
+    from asyncimg._batch.report import write_report
+
+    folder, victim = _report_dir(tmp_path)
+    (folder / ".index.html.part").symlink_to(victim)
+    (folder / ".thumbs").mkdir()
+    for suffix in ("webp", "png"):
+        (folder / ".thumbs" / f".big-0.{suffix}.part").symlink_to(victim)
+    page = write_report(folder)
+    assert victim.read_text() == "mine"
+    assert page.read_text().startswith("<!doctype html>")
+    assert [p.name for p in (folder / ".thumbs").iterdir() if not p.is_symlink()] in (
+        ["big-0.webp"], ["big-0.png"])
+
+
+def test_a_thumbs_symlink_out_of_the_directory_is_refused(tmp_path: Path) -> None:
+    from asyncimg._batch.report import write_report
+
+    folder, _ = _report_dir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (folder / ".thumbs").symlink_to(elsewhere)
+    with pytest.raises(OSError, match="not a directory of its own"):
+        write_report(folder)
+    assert list(elsewhere.iterdir()) == []
