@@ -14,8 +14,9 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["inside", "safe_stem", "write_atomic", "write_new"]
+__all__ = ["inside", "open_new", "safe_stem", "write_atomic", "write_new"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 _DASHES = re.compile(r"-{2,}")
@@ -53,14 +54,23 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 """A new file, never an existing one, never through a symlink."""
 
 
+def open_new(path: Path) -> BinaryIO:
+    """``path`` created here and opened for writing: never an existing file, never
+    through a symlink (``O_EXCL``, ``O_NOFOLLOW``); mode 0o666 less the umask.
+
+    Raises:
+        OSError: ``path`` exists (FileExistsError), or cannot be created.
+    """
+    return os.fdopen(os.open(path, _NEW_FILE, 0o666), "wb")
+
+
 def _write_temp(folder: Path, stem: str, data: bytes, sync: bool = True) -> Path:
     """``data`` in a new temporary file of ``folder``, flushed to disk unless not ``sync``
     (mode 0o666 less the umask)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = inside(folder, f".{stem}.{secrets.token_hex(6)}.part")
-    fd = os.open(tmp, _NEW_FILE, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open_new(tmp) as f:
             f.write(data)
             if sync:
                 f.flush()

@@ -467,3 +467,29 @@ def test_a_thumbs_symlink_out_of_the_directory_is_refused(tmp_path: Path) -> Non
     with pytest.raises(OSError, match="not a directory of its own"):
         write_report(folder)
     assert list(elsewhere.iterdir()) == []
+
+
+# -- 5. resume counts only files inside DIR ----------------------------------------------
+
+def test_resume_counts_only_files_inside_the_directory(tmp_path: Path) -> None:
+    from asyncimg._batch.manifest import MANIFEST_NAME, Manifest
+
+    out = tmp_path / "out"
+    out.mkdir()
+    secret = tmp_path / "victim" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(b"not ours")
+    (out / "link-0.png").symlink_to(secret)
+    (out / "d-0.png").write_bytes(make_png(4, 4, "d"))
+    files = {"a": ["../victim/secret.png"], "b": [str(secret)], "c": ["link-0.png"],
+             "d": ["d-0.png"], "e": ["/etc/passwd"]}
+    (out / MANIFEST_NAME).write_text("".join(
+        json.dumps({"id": i, "line": n, "prompt": "p", "status": "ok", "files": f}) + "\n"
+        for n, (i, f) in enumerate(files.items(), 1)))
+    (out / f".{MANIFEST_NAME}.compact.part").symlink_to(secret)  # planted
+    manifest = Manifest(out)
+    manifest.open()
+    manifest.close()
+    assert manifest.done == {"d"}
+    assert secret.read_bytes() == b"not ours"
+    assert [json.loads(x)["id"] for x in (out / MANIFEST_NAME).read_text().splitlines()] == ["d"]
