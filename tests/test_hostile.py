@@ -493,3 +493,35 @@ def test_resume_counts_only_files_inside_the_directory(tmp_path: Path) -> None:
     assert manifest.done == {"d"}
     assert secret.read_bytes() == b"not ours"
     assert [json.loads(x)["id"] for x in (out / MANIFEST_NAME).read_text().splitlines()] == ["d"]
+
+
+# -- 6. a key in the base URL is never shown; userinfo is refused -------------------------
+
+def test_the_sync_clients_repr_shows_no_key_from_the_base_url() -> None:
+    from asyncimg import ImagesClient
+
+    with ImagesClient(api_key=KEY, base_url="http://127.0.0.1:9/v1?api-key=SECRET-IN-QUERY",
+                      rate_limit=None) as client:
+        shown = repr(client)
+    assert shown.startswith("ImagesClient(base_url='http://127.0.0.1:9/v1'")
+    assert "SECRET" not in shown
+
+
+def test_a_base_url_with_userinfo_is_a_validation_error() -> None:
+    from asyncimg import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        AsyncImagesClient(api_key=KEY, base_url="http://user:PASSWORD@127.0.0.1:9/v1")
+    assert info.value.param == "base_url"
+    assert "PASSWORD" not in str(info.value)
+    assert "carries a user or password" in str(info.value)
+
+
+@pytest.mark.subprocess
+def test_the_cli_says_so_for_a_base_url_with_userinfo(tmp_path: Path) -> None:
+    done = _cli("generate", "--base-url", "http://user:PASSWORD@127.0.0.1:9/v1", "-o",
+                str(tmp_path), "x")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "carries a user or password" in done.stderr
+    assert "PASSWORD" not in done.stderr
