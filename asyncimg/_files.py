@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from ._offloop import blocking
 __all__ = [
     "EXTENSIONS",
     "MAX_IMAGE_PIXELS",
+    "MAX_INPUT_BYTES",
     "MAX_PNG_EDGE",
     "ImageFile",
     "ImageInfo",
@@ -332,9 +334,39 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
+MAX_INPUT_BYTES = 64 * 2**20
+"""The largest image file read from a path (64 MiB): above what any model takes
+(50 MB); the model's own limit is checked after."""
+
+
+class _NotAnImageFile(Exception):
+    """The path names something that is no regular file, or one too large to read."""
+
+
 def _read_path(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    """The bytes of the regular file at ``path``, checked before any byte is read.
+
+    Opened without blocking (a FIFO opens at once, with no writer) and checked
+    with ``fstat``: anything but a regular file, or one over
+    :data:`MAX_INPUT_BYTES` (a sparse file of 2 GB), is refused unread.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        _NotAnImageFile: not a regular file, or too large.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _NotAnImageFile("is not a regular file (a FIFO, a device or a directory?)")
+        size = info.st_size
+        data = f.read(MAX_INPUT_BYTES + 1) if size <= MAX_INPUT_BYTES else b""
+        if max(size, len(data)) > MAX_INPUT_BYTES:  # checked again: it may have grown
+            raise _NotAnImageFile(
+                f"is {max(size, len(data))} bytes, over the {MAX_INPUT_BYTES // 2**20} MiB "
+                "read from a path"
+            )
+        return data
 
 
 def read_image(value: ImageInput | ImageFile, param: str = "image") -> ImageFile:
@@ -355,6 +387,8 @@ def read_image(value: ImageInput | ImageFile, param: str = "image") -> ImageFile
             data = _read_path(path)
         except OSError as exc:
             raise ValidationError(param, f"{param}: cannot read {path!r}: {exc.strerror}") from exc
+        except _NotAnImageFile as exc:
+            raise ValidationError(param, f"{param}: {path!r} {exc}") from None
         return ImageFile.from_bytes(data, os.path.basename(path))
     data, position = _read_file_object(value, param)
     if position and sniff_mime(data) is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -525,3 +526,42 @@ def test_the_cli_says_so_for_a_base_url_with_userinfo(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     assert "carries a user or password" in done.stderr
     assert "PASSWORD" not in done.stderr
+
+
+# -- 13. a FIFO, a huge sparse file: refused before a byte is read -----------------------
+
+async def test_a_fifo_as_an_image_is_refused_at_once(tmp_path: Path) -> None:
+    from asyncimg import ValidationError
+
+    fifo = tmp_path / "image.png"
+    os.mkfifo(fifo)
+    try:
+        async with AsyncImagesClient(api_key=KEY, base_url="http://127.0.0.1:9/v1") as client:
+            with pytest.raises(ValidationError, match="is not a regular file"):
+                await asyncio.wait_for(client.edit(fifo, "x", model="gpt-image-1"), 5)
+    finally:  # had a reader blocked on it (the bug), a writer that closes releases it
+        with contextlib.suppress(OSError):  # ENXIO: no reader, as it should be
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.subprocess
+def test_a_huge_sparse_file_is_refused_unread(tmp_path: Path) -> None:
+    sparse = tmp_path / "huge.png"
+    with open(sparse, "wb") as f:
+        f.write(make_png(4, 4, "s"))
+        f.truncate(2 * 2**30)  # 2 GiB, no block on disk
+    script = (
+        "import resource, sys\n"
+        "from asyncimg import ValidationError\n"
+        "from asyncimg._files import read_image\n"
+        "try:\n"
+        "    read_image(sys.argv[1])\n"
+        "except ValidationError as exc:\n"
+        "    print(exc)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(sparse)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    message, peak_mb = done.stdout.splitlines()
+    assert "is 2147483648 bytes, over the 64 MiB read from a path" in message
+    assert int(peak_mb) < 200  # read, it is 2 GB
