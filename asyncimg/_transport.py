@@ -197,7 +197,7 @@ def follow_redirect(hop: Hop, status: int, location: str) -> Hop:
         target = hop.url.join(URL(location))
         origin = target.origin()
     except ValueError:
-        raise RedirectError(f"a redirect to {location!r}, not a URL") from None
+        raise RedirectError(f"a redirect to {without_query(location)!r}, not a URL") from None
     if target.scheme not in ("http", "https"):
         raise RedirectError(f"a redirect to a {target.scheme or 'relative'} URL")
     method, body = hop.method, hop.body
