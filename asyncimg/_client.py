@@ -52,7 +52,7 @@ from ._exceptions import (
     NotFoundError,
     ValidationError,
 )
-from ._files import EXTENSIONS, ImageFile, ImageInput, load_image, load_images, sniff_mime
+from ._files import ImageFile, ImageInput, file_extension, load_image, load_images
 from ._fs import safe_stem, write_atomic, write_new
 from ._gate import Gate
 from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
@@ -690,9 +690,11 @@ class AsyncImagesClient:
     ) -> list[Path]:
         """Write every image of ``response`` into ``directory``; returns the paths.
 
-        Files are named ``{stem}-{i}.{ext}`` (the extension from the bytes; the
-        stem defaults to the request id, else ``image-{created}-{random}``, and
-        is made safe so that it cannot leave the directory). An existing file
+        Files are named ``{stem}-{i}.{ext}``: the extension from the bytes'
+        signature (png, jpg, webp, gif, svg, else bin; never the response's
+        ``output_format``), the stem defaults to the request id, else
+        ``image-{created}-{random}``, and is made safe so that it cannot leave
+        the directory; every path is checked to stay inside it. An existing file
         is never replaced: a taken name gets ``-1``, ``-2``, ... before its
         extension; with ``overwrite=True`` it is replaced instead (the batch
         runner does so for an item it redoes). Each file is written under a
@@ -709,7 +711,7 @@ class AsyncImagesClient:
         paths = []
         for i, image in enumerate(response.data):
             data = await self.download(image)
-            ext = EXTENSIONS.get(sniff_mime(data) or "", response.output_format or "png")
+            ext = file_extension(data)
             paths.append(
                 await blocking(write_new, folder, f"{base}-{i}", ext, data, overwrite)
             )
@@ -726,7 +728,8 @@ class AsyncImagesClient:
 
         A partial image is named ``{stem}-partial-{i}.{ext}``, the final one
         ``{stem}-0.{ext}`` (as :meth:`save` names it); the stem defaults to the
-        stream's request id. Written atomically, like :meth:`save`.
+        stream's request id; the extension comes from the bytes, as :meth:`save`
+        chooses it. Written atomically, like :meth:`save`.
 
         Raises:
             APIResponseValidationError: the event's base64 does not decode.
@@ -734,7 +737,7 @@ class AsyncImagesClient:
         """
         data = decode_b64(Image(b64_json=event.b64_json))
         base = safe_stem(stem or event.request_id or f"image-{event.created_at or 0}")
-        ext = EXTENSIONS.get(sniff_mime(data) or "", event.output_format or "png")
+        ext = file_extension(data)
         if isinstance(event, PartialImageEvent):
             name = f"{base}-partial-{event.partial_image_index or 0}.{ext}"
         else:

@@ -106,12 +106,20 @@ def split_base_url(base_url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """A base URL without its query (and trailing slash), and that query's pairs.
 
     Raises:
-        ValidationError: the URL is not http(s) with a host.
+        ValidationError: the URL is not http(s) with a host, or it carries a user or
+            password (``http://user:pass@host``): credentials go in ``api_key`` or
+            ``default_headers``, never in a URL that is logged and shown.
     """
     parts = urlsplit(base_url.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValidationError(
             "base_url", f"base_url {redact_url(base_url)!r} is not an http(s) URL with a host"
+        )
+    if "@" in parts.netloc:
+        raise ValidationError(
+            "base_url",
+            f"base_url {redact_url(base_url)!r} carries a user or password; pass the "
+            "credentials as api_key (or default_headers) instead",
         )
     query = tuple(parse_qsl(parts.query, keep_blank_values=True))
     base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))

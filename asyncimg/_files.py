@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import re
+import stat
 import struct
 import zlib
 from collections.abc import Sequence
@@ -24,15 +25,20 @@ from ._offloop import blocking
 
 __all__ = [
     "EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "MAX_INPUT_BYTES",
     "MAX_PNG_EDGE",
     "ImageFile",
     "ImageInfo",
     "ImageInput",
+    "file_extension",
     "image_info",
     "load_image",
     "load_images",
+    "pixel_problem",
     "png_problem",
     "read_image",
+    "size_problem",
     "sniff_mime",
 ]
 
@@ -56,7 +62,11 @@ EXTENSIONS = {
     "image/gif": "gif",
     "image/svg+xml": "svg",
 }
-"""The file extension for each MIME type an image may have (GIF and SVG: results only)."""
+"""The file extension for each MIME type an image may have (GIF and SVG: results only):
+the only extensions of files we write (:func:`file_extension`)."""
+
+_UNKNOWN_EXTENSION = "bin"
+"""The extension of a file whose bytes are of no format we know."""
 
 _SVG_HEAD = re.compile(
     rb"\s*(?:<\?xml[^>]*\?>\s*)?(?:(?:<!--.*?-->|<!DOCTYPE[^>]*>)\s*)*<svg[\s>/]", re.DOTALL
@@ -79,6 +89,15 @@ def sniff_mime(data: bytes) -> str | None:
     if _SVG_HEAD.match(data.removeprefix(b"\xef\xbb\xbf")[:_SVG_SNIFF_BYTES]):
         return "image/svg+xml"
     return None
+
+
+def file_extension(data: bytes) -> str:
+    """The extension for a file of ``data``, from its signature alone (pure).
+
+    Only ever one of :data:`EXTENSIONS`' values (GIF and SVG included), or
+    ``"bin"`` for bytes of no known format: never anything a server said.
+    """
+    return EXTENSIONS.get(sniff_mime(data) or "", _UNKNOWN_EXTENSION)
 
 
 @attrs.frozen
@@ -251,6 +270,32 @@ def _webp_info(data: bytes) -> ImageInfo | None:
     return None
 
 
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""The most pixels (width times height) of an image this library decodes: 64
+megapixels, above any phone or camera photo (48-61 MP), eight times the largest
+picture a model makes (3840x2160), far below a decompression bomb (a 641 KB PNG
+of 13000x13000 decodes to 676 MB). Checked in the header, before decoding."""
+
+
+def pixel_problem(data: bytes) -> str | None:
+    """Why ``data`` has too many pixels to decode (its header says so), or None (pure).
+
+    None also when the header cannot be read (the format checks say why).
+    """
+    info = image_info(data)
+    return None if info is None else size_problem(info.width, info.height)
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why an image of ``width`` x ``height`` is too large to decode, or None (pure)."""
+    if width * height <= MAX_IMAGE_PIXELS:
+        return None
+    return (
+        f"is {width}x{height} pixels: over the {MAX_IMAGE_PIXELS // 2**20}-megapixel "
+        "ceiling of what is decoded"
+    )
+
+
 def image_info(data: bytes) -> ImageInfo | None:
     """Read the header of PNG, JPEG or WebP bytes; None if it cannot be read.
 
@@ -292,9 +337,39 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
+MAX_INPUT_BYTES = 64 * 2**20
+"""The largest image file read from a path (64 MiB): above what any model takes
+(50 MB); the model's own limit is checked after."""
+
+
+class _NotAnImageFile(Exception):
+    """The path names something that is no regular file, or one too large to read."""
+
+
 def _read_path(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    """The bytes of the regular file at ``path``, checked before any byte is read.
+
+    Opened without blocking (a FIFO opens at once, with no writer) and checked
+    with ``fstat``: anything but a regular file, or one over
+    :data:`MAX_INPUT_BYTES` (a sparse file of 2 GB), is refused unread.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        _NotAnImageFile: not a regular file, or too large.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _NotAnImageFile("is not a regular file (a FIFO, a device or a directory?)")
+        size = info.st_size
+        data = f.read(MAX_INPUT_BYTES + 1) if size <= MAX_INPUT_BYTES else b""
+        if max(size, len(data)) > MAX_INPUT_BYTES:  # checked again: it may have grown
+            raise _NotAnImageFile(
+                f"is {max(size, len(data))} bytes, over the {MAX_INPUT_BYTES // 2**20} MiB "
+                "read from a path"
+            )
+        return data
 
 
 def read_image(value: ImageInput | ImageFile, param: str = "image") -> ImageFile:
@@ -315,6 +390,8 @@ def read_image(value: ImageInput | ImageFile, param: str = "image") -> ImageFile
             data = _read_path(path)
         except OSError as exc:
             raise ValidationError(param, f"{param}: cannot read {path!r}: {exc.strerror}") from exc
+        except _NotAnImageFile as exc:
+            raise ValidationError(param, f"{param}: {path!r} {exc}") from None
         return ImageFile.from_bytes(data, os.path.basename(path))
     data, position = _read_file_object(value, param)
     if position and sniff_mime(data) is None:

@@ -8,13 +8,15 @@ disk, then renamed or hard-linked into place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import re
 import secrets
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["safe_stem", "write_atomic", "write_new"]
+__all__ = ["inside", "open_new", "safe_stem", "write_atomic", "write_new"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 _DASHES = re.compile(r"-{2,}")
@@ -26,16 +28,53 @@ def safe_stem(stem: str) -> str:
     return cleaned[:120] or "image"
 
 
-def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
-    """``data`` in a new temporary file of ``folder``, flushed (mode 0o666 less the umask)."""
+def inside(folder: Path, name: str) -> Path:
+    """``folder/name``, checked to stay inside ``folder`` (symlinks resolved).
+
+    ``name`` must be one plain file name (no separator, not ``.`` or ``..``,
+    no NUL), and the resolved parent of the path must be the resolved folder.
+
+    Raises:
+        OSError: (EPERM) the path would leave ``folder``.
+    """
+    path = folder / name
+    plain = (
+        name not in ("", ".", "..")
+        and "/" not in name
+        and os.sep not in name
+        and (os.altsep is None or os.altsep not in name)
+        and "\0" not in name
+    )
+    if not plain or path.parent.resolve() != folder.resolve():
+        raise OSError(errno.EPERM, f"refusing to write {name!r}: it would leave {folder}")
+    return path
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+"""A new file, never an existing one, never through a symlink."""
+
+
+def open_new(path: Path) -> BinaryIO:
+    """``path`` created here and opened for writing: never an existing file, never
+    through a symlink (``O_EXCL``, ``O_NOFOLLOW``); mode 0o666 less the umask.
+
+    Raises:
+        OSError: ``path`` exists (FileExistsError), or cannot be created.
+    """
+    return os.fdopen(os.open(path, _NEW_FILE, 0o666), "wb")
+
+
+def _write_temp(folder: Path, stem: str, data: bytes, sync: bool = True) -> Path:
+    """``data`` in a new temporary file of ``folder``, flushed to disk unless not ``sync``
+    (mode 0o666 less the umask)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{stem}.{secrets.token_hex(6)}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = inside(folder, f".{stem}.{secrets.token_hex(6)}.part")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open_new(tmp) as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -43,13 +82,18 @@ def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
     return tmp
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file renamed over it (replacing it).
 
+    The temporary file is new (``O_EXCL``, ``O_NOFOLLOW``: never a file or symlink
+    planted under its name); ``sync=False`` skips flushing it to disk (for files
+    that can be made again, such as thumbnails).
+
     Raises:
-        OSError: the file cannot be written.
+        OSError: the file cannot be written, or its name would leave its directory.
     """
-    tmp = _write_temp(path.parent, path.name, data)
+    path = inside(path.parent, path.name)
+    tmp = _write_temp(path.parent, path.name, data, sync)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -68,16 +112,17 @@ def write_new(folder: Path, stem: str, ext: str, data: bytes, overwrite: bool = 
     partial image. Returns the path written.
 
     Raises:
-        OSError: the file cannot be written (or the file system has no hard links).
+        OSError: the file cannot be written (or the file system has no hard links),
+            or its name would leave ``folder``.
     """
     if overwrite:
-        path = folder / f"{stem}.{ext}"
+        path = inside(folder, f"{stem}.{ext}")
         write_atomic(path, data)
         return path
     tmp = _write_temp(folder, stem, data)
     try:
         for n in itertools.count():
-            path = folder / (f"{stem}.{ext}" if n == 0 else f"{stem}-{n}.{ext}")
+            path = inside(folder, f"{stem}.{ext}" if n == 0 else f"{stem}-{n}.{ext}")
             try:
                 os.link(tmp, path)
             except FileExistsError:

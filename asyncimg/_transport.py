@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import aiohttp
 import attrs
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from ._body import Body
 from ._config import ProxyConfig, ssl_context
@@ -35,9 +36,13 @@ from ._json import loads_images_json
 from ._offloop import OFF_LOOP_BYTES, off_loop
 
 __all__ = [
+    "MAX_REDIRECTS",
+    "Hop",
     "OnWire",
     "RawResponse",
+    "RedirectError",
     "Transport",
+    "follow_redirect",
     "map_transport_errors",
     "transport_error",
     "without_query",
@@ -71,15 +76,17 @@ class _Wire:
     ``Content-Length``) has been handed to the connection; without a length, when
     the response begins or the request fails after its headers were written. It
     never runs for a request that wrote nothing (no connection, DNS failure,
-    connect timeout): nothing can have reached the server.
+    connect timeout): nothing can have reached the server. ``reused`` says
+    whether the current try went out on a pooled connection.
     """
 
-    __slots__ = ("callback", "left", "started")
+    __slots__ = ("callback", "left", "reused", "started")
 
-    def __init__(self, callback: Callable[[], None]) -> None:
+    def __init__(self, callback: Callable[[], None] | None) -> None:
         self.callback: Callable[[], None] | None = callback
         self.left: int | None = None  # body bytes still to hand over; None: length unknown
         self.started = False  # the headers went out
+        self.reused = False  # this try's connection came from the pool
 
     def fire(self) -> None:
         callback, self.callback = self.callback, None
@@ -113,33 +120,37 @@ async def _on_sent(
         wire.chunk_sent(len(params.chunk))
 
 
+async def _on_reused(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace,
+    params: aiohttp.TraceConnectionReuseconnParams,
+) -> None:
+    wire = ctx.trace_request_ctx
+    if isinstance(wire, _Wire):
+        wire.reused = True
+
+
 @contextlib.contextmanager
-def _on_the_wire(on_wire: OnWire, traced: bool = True) -> Iterator[_Wire | None]:
-    """The :class:`_Wire` for the ``on_wire`` callback, if one is given; on the way out
-    it fires if anything went out (the server may have counted it).
+def _on_the_wire(on_wire: OnWire, traced: bool = True) -> Iterator[_Wire]:
+    """The :class:`_Wire` of one request (``on_wire`` its callback, if given); on the
+    way out it fires if anything went out (the server may have counted it).
 
     Not ``traced`` (a caller's session, without our trace hooks), it fires at once:
     the request counts as sent from its start, the cautious side."""
-    wire = None if on_wire is None else _Wire(on_wire)
-    if wire is not None and not traced:
+    wire = _Wire(on_wire)
+    if not traced:
         wire.fire()
     try:
         yield wire
     finally:
-        if wire is not None and wire.started:
+        if wire.started:
             wire.fire()
-
-
-def _answered(wire: _Wire | None) -> None:
-    """An answer began: the request was on the wire, whatever its length."""
-    if wire is not None:
-        wire.fire()
 
 
 def _trace_config() -> aiohttp.TraceConfig:
     config = aiohttp.TraceConfig()
     config.on_request_headers_sent.append(_on_sent)
     config.on_request_chunk_sent.append(_on_sent)
+    config.on_connection_reuseconn.append(_on_reused)
     config.freeze()
     return config
 
@@ -149,7 +160,57 @@ def without_query(url: str) -> str:
     return url.split("?", 1)[0].split("#", 1)[0]
 
 
-_TRANSPORT_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError, OSError)
+MAX_REDIRECTS = 10
+"""The most redirects one request follows."""
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_KEPT_ACROSS_ORIGINS = frozenset({"user-agent", "accept"})
+"""The only headers a request keeps when a redirect sends it to another origin."""
+
+
+@attrs.frozen
+class Hop:
+    """One request of a redirect chain: what is sent, and where."""
+
+    method: str
+    url: URL
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    body: Body | None = attrs.field(default=None, repr=False)
+
+
+class RedirectError(Exception):
+    """A redirect that is not followed (no http(s) URL, or too many)."""
+
+
+def follow_redirect(hop: Hop, status: int, location: str) -> Hop:
+    """The request to send after ``hop`` was answered ``status`` with ``location`` (pure).
+
+    A 303 (and a 301/302 to a POST) becomes a GET without a body, as browsers
+    and aiohttp do; a 307/308 repeats the method and body. Sent to another
+    origin (scheme, host or port), the request keeps no header but
+    ``User-Agent`` and ``Accept``: the API key (``Authorization``, ``api-key``)
+    and every default or extra header stay with the API's origin.
+
+    Raises:
+        RedirectError: ``location`` is not an http(s) URL.
+    """
+    try:
+        target = hop.url.join(URL(location))
+        origin = target.origin()
+    except ValueError:
+        raise RedirectError(f"a redirect to {without_query(location)!r}, not a URL") from None
+    if target.scheme not in ("http", "https"):
+        raise RedirectError(f"a redirect to a {target.scheme or 'relative'} URL")
+    method, body = hop.method, hop.body
+    if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+        method, body = "GET", None
+    headers = hop.headers
+    if origin != hop.url.origin():
+        headers = {k: v for k, v in headers.items() if k.lower() in _KEPT_ACROSS_ORIGINS}
+    return Hop(method, target, headers, body)
+
+
+_TRANSPORT_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError, OSError, RedirectError)
 """What aiohttp, asyncio and the OS raise while sending; :func:`transport_error` maps them."""
 
 
@@ -162,6 +223,8 @@ def transport_error(exc: BaseException, what: str, timeout: float | None) -> API
     API key, a connection key may hold proxy credentials). What they said is in
     the message instead.
     """
+    if isinstance(exc, RedirectError):
+        return APIConnectionError(f"{what}: {exc}")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return APITimeoutError(f"{what}: connecting timed out")
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
@@ -369,17 +432,15 @@ class Transport:
             ResponseTooLargeError: the body is larger than ``max_response_bytes``.
             APITimeoutError, APIConnectionError: no usable answer.
         """
-        data, send_headers = self._encode(headers, body)
         what = f"{method} {without_query(url)}"
         error = None
         try:
             with _on_the_wire(on_wire, not self._external) as wire:
-                async with self.session.request(
-                    method, url, data=data, headers=send_headers,
-                    timeout=self._timeout(timeout), trace_request_ctx=wire,
-                    proxy=self._proxy(url), raise_for_status=False,
-                ) as resp:
-                    _answered(wire)
+                resp = await self._open(
+                    Hop(method, URL(url), headers, body), self._timeout(timeout), wire
+                )
+                async with resp:
+                    wire.fire()  # an answer began: the request was on the wire
                     chunks, size = await self._read(resp)
                     status, resp_headers = resp.status, resp.headers
         except _TRANSPORT_ERRORS as exc:
@@ -459,20 +520,18 @@ class Transport:
             APIStatusError: (a subclass of it) the status is 400 or above.
             APITimeoutError, APIConnectionError: no usable answer.
         """
-        data, send_headers = self._encode(headers, body)
-        send_headers["Accept"] = "text/event-stream"
         what = f"POST {without_query(url)}"
         stream_timeout = aiohttp.ClientTimeout(
             total=None, connect=timeout, sock_read=timeout, sock_connect=self._connect_timeout
         )
+        headers = {**headers, "Accept": "text/event-stream"}
         error = None
         try:
             with _on_the_wire(on_wire, not self._external) as wire:
-                resp = await self.session.request(
-                    "POST", url, data=data, headers=send_headers, timeout=stream_timeout,
-                    trace_request_ctx=wire, proxy=self._proxy(url), raise_for_status=False,
+                resp = await self._open(
+                    Hop("POST", URL(url), headers, body), stream_timeout, wire
                 )
-                _answered(wire)
+                wire.fire()  # an answer began: the request was on the wire
             if resp.status < 400:
                 return resp
             try:
@@ -486,6 +545,47 @@ class Transport:
         raise error_from_response(
             resp.status, b"".join(chunks), resp.headers, request_id=request_id_of(resp.headers)
         )
+
+    async def _open(
+        self, hop: Hop, timeout: aiohttp.ClientTimeout, wire: _Wire
+    ) -> aiohttp.ClientResponse:
+        """Send ``hop``; the open response, its body unread (the caller releases it).
+
+        Redirects are followed here, not by aiohttp (which keeps every header
+        but ``Authorization`` across origins): see :func:`follow_redirect`. A
+        try that fails on a pooled connection before any answer (the server had
+        already closed it) is sent again at once on another connection: as many
+        times as the pool has connections, so the last try is on a fresh one.
+
+        Raises:
+            aiohttp.ClientError, OSError, asyncio.TimeoutError: as aiohttp raises them.
+            RedirectError: a redirect that is not followed.
+        """
+        stale = self._max_connections
+        redirects = 0
+        while True:
+            data, send_headers = self._encode(hop.headers, hop.body)
+            wire.reused = False
+            url = str(hop.url)
+            try:
+                resp = await self.session.request(
+                    hop.method, hop.url, data=data, headers=send_headers, timeout=timeout,
+                    trace_request_ctx=wire, proxy=self._proxy(url), raise_for_status=False,
+                    allow_redirects=False,
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if not wire.reused or stale == 0 or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise
+                stale -= 1
+                continue
+            location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+            if location is None:
+                return resp
+            resp.release()
+            redirects += 1
+            if redirects > MAX_REDIRECTS:
+                raise RedirectError(f"more than {MAX_REDIRECTS} redirects")
+            hop = follow_redirect(hop, resp.status, location)
 
     def _encode(
         self, headers: Mapping[str, str], body: Body | None

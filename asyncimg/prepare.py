@@ -29,7 +29,7 @@ from typing import Literal
 import attrs
 
 from ._exceptions import ValidationError
-from ._files import ImageFile, ImageInput, read_image, sniff_mime
+from ._files import ImageFile, ImageInput, pixel_problem, read_image, size_problem, sniff_mime
 from ._validation import MODEL_RULES, ModelRules, rules_for
 
 try:
@@ -103,18 +103,31 @@ def _check_edge(param: str, value: object) -> int:
 
 
 def _header(value: AnyImage, param: str) -> Image.Image:
-    """``value`` opened, not yet decoded (a Pillow ``Image`` as it is)."""
+    """``value`` opened, not yet decoded (a Pillow ``Image`` as it is).
+
+    Raises:
+        ValidationError: not an image Pillow reads, or over
+            :data:`~asyncimg._files.MAX_IMAGE_PIXELS` by its header.
+    """
     if isinstance(value, Image.Image):
         return value
     file = read_image(value, param)
+    too_large = pixel_problem(file.data)
+    if too_large is not None:
+        raise ValidationError(param, f"{param}: {file.filename!r} {too_large}")
     try:
-        return Image.open(io.BytesIO(file.data))
+        image = Image.open(io.BytesIO(file.data))
     except Image.DecompressionBombError as exc:
         raise ValidationError(param, f"{param}: {file.filename!r} has too many pixels") from exc
     except OSError as exc:  # UnidentifiedImageError is one
         raise ValidationError(
             param, f"{param}: {file.filename!r} is not an image Pillow can read"
         ) from exc
+    too_large = size_problem(*image.size)  # a format whose header we do not read
+    if too_large is not None:
+        image.close()
+        raise ValidationError(param, f"{param}: {file.filename!r} {too_large}")
+    return image
 
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from typing import IO, Any, Final
 import attrs
 
 from .._exceptions import APIStatusError
+from .._fs import inside, open_new
 from .._json import float_field, int_field
 from .._models import Usage
 from .input import InputError
@@ -332,10 +333,7 @@ class Manifest:
                     bad += 1
                     continue
                 if status == "ok":
-                    keep = bool(files) and all(
-                        isinstance(name, str) and (self.directory / name).is_file()
-                        for name in files
-                    )
+                    keep = bool(files) and all(self._holds(name) for name in files)
                 else:
                     keep = not self.retry_failed
                 latest[item_id] = (here, length, keep, status == "ok")
@@ -348,7 +346,9 @@ class Manifest:
         if len(kept) == total:
             return
         tmp = path.with_name(f".{MANIFEST_NAME}.compact.part")
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a crashed run's (or a planted symlink: never followed)
+        with open(path, "rb") as src, open_new(tmp) as dst:
             for off, length in kept:
                 src.seek(off)
                 dst.write(src.read(length))
@@ -356,6 +356,17 @@ class Manifest:
             os.fsync(dst.fileno())
         os.replace(tmp, path)
         _fsync_dir(self.directory)
+
+    def _holds(self, name: object) -> bool:
+        """``name`` is a regular file inside the directory: a plain name (no ``..``, no
+        absolute path), and no symlink leading out; nothing else counts as done."""
+        if not isinstance(name, str):
+            return False
+        try:
+            path = inside(self.directory, name)
+            return path.resolve().parent == self.directory.resolve() and path.is_file()
+        except OSError:
+            return False
 
     def append(self, record: Record) -> None:
         """Append one line and make it durable (write, flush, fsync)."""

@@ -31,17 +31,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import errno
 import functools
 import html
 import importlib.resources
+import io
 import json
 import math
 import os
+import stat
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from .._files import pixel_problem, size_problem
+from .._fs import write_atomic
 from .manifest import Record, Run, read_records, read_runs
 from .route import STATE_NAME
 from .runner import images_per_minute
@@ -63,6 +68,9 @@ THUMB_SIZE: Final = 256
 PAGE_SIZE: Final = 60
 CHARTED_RUNS: Final = 5
 _BROWSER_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
+_HEADER_BYTES: Final = 256 * 1024
+"""Read to find an image's size before decoding it (a JPEG's frame header may follow
+its EXIF data)."""
 
 
 # -- thumbnails ---------------------------------------------------------------------------
@@ -72,9 +80,16 @@ def make_thumbnails(directory: Path, names: Sequence[str]) -> dict[str, str] | N
     """Small copies of the images ``names`` in ``directory/.thumbs/``, made with Pillow.
 
     Returns the relative path to show for each name: its thumbnail, or the image
-    itself when it is already small (or Pillow cannot read it). A thumbnail newer
-    than its image is reused. Returns None when Pillow is not installed (the
-    ``images`` extra): the page then shows the images scaled by the browser.
+    itself when it is already small (or Pillow cannot read it, or its header says
+    it has more pixels than are decoded: :data:`~asyncimg._files.MAX_IMAGE_PIXELS`).
+    A JPEG is decoded at the smallest scale that still covers the thumbnail. A
+    thumbnail newer than its image is reused. Returns None when Pillow is not
+    installed (the ``images`` extra): the page then shows the images scaled by
+    the browser.
+
+    Raises:
+        OSError: ``directory/.thumbs`` exists and is not a directory (a symlink
+            is refused: thumbnails never go elsewhere).
     """
     try:
         from PIL import Image, features
@@ -82,6 +97,7 @@ def make_thumbnails(directory: Path, names: Sequence[str]) -> dict[str, str] | N
         return None
     suffix = ".webp" if features.check("webp") else ".png"
     folder = directory / THUMBS_DIR
+    _check_real_directory(folder)
 
     def one(name: str) -> tuple[str, str]:
         source = directory / name
@@ -93,16 +109,22 @@ def make_thumbnails(directory: Path, names: Sequence[str]) -> dict[str, str] | N
         except OSError:
             pass
         try:
+            with open(source, "rb") as f:
+                if pixel_problem(f.read(_HEADER_BYTES)) is not None:
+                    return name, name
             with Image.open(source) as img:
                 if max(img.size) <= THUMB_SIZE and img.format in _BROWSER_FORMATS:
                     return name, name
-                img.thumbnail((THUMB_SIZE, THUMB_SIZE))
+                if size_problem(*img.size) is not None:
+                    return name, name
+                img.thumbnail((THUMB_SIZE, THUMB_SIZE))  # draft(): JPEG at a reduced scale
                 if img.mode not in ("RGB", "RGBA"):
                     img = img.convert("RGBA")
-                folder.mkdir(exist_ok=True)
-                part = thumb.with_name(f".{thumb.name}.part")
-                img.save(part, format=suffix[1:].upper(), quality=80, method=0)
-            os.replace(part, thumb)
+                out = io.BytesIO()
+                img.save(out, format=suffix[1:].upper(), quality=80, method=0)
+            folder.mkdir(exist_ok=True)
+            _check_real_directory(folder)
+            write_atomic(thumb, out.getvalue(), sync=False)
         except (OSError, ValueError, Image.DecompressionBombError):
             return name, name
         return name, relative
@@ -110,6 +132,22 @@ def make_thumbnails(directory: Path, names: Sequence[str]) -> dict[str, str] | N
     workers = min(4, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         return dict(pool.map(one, names))
+
+
+def _check_real_directory(folder: Path) -> None:
+    """Refuse ``folder`` when it exists as anything but a directory (a symlink included).
+
+    Raises:
+        OSError: (ENOTDIR) it is a symlink or a file.
+    """
+    try:
+        mode = os.lstat(folder).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise OSError(
+            errno.ENOTDIR, f"{folder} is not a directory of its own (a symlink?); remove it"
+        )
 
 
 # -- the rate chart -------------------------------------------------------------------
@@ -546,9 +584,7 @@ def write_report(directory: str | os.PathLike[str], *, thumbnails: bool = True) 
         shown = make_thumbnails(folder, names)
     page = render(items, runs, shown, folder)
     target = folder / REPORT_NAME
-    part = folder / f".{REPORT_NAME}.part"
-    part.write_text(page, encoding="utf-8")
-    os.replace(part, target)
+    write_atomic(target, page.encode("utf-8"))  # a new temporary file, never a planted one
     return target
 
 
