@@ -23,8 +23,10 @@ SYNC_test := --all-extras --group test --group lint --group build
 SYNC_bench := --all-extras --all-groups
 # The demo: the CLI (rich) and the report's thumbnails (Pillow), nothing else.
 SYNC_demo := --extra cli --extra images
+# The docs site: MkDocs and mkdocstrings, with every extra so the CLI reference can import the parser.
+SYNC_docs := --all-extras --group docs
 
-.PHONY: test test-fast venv demo bench bench-throughput lint lock clean
+.PHONY: test test-fast venv demo docs bench bench-throughput lint lock clean
 
 $(UV_STAMP):
 	rm -rf $(TOOLS)
@@ -86,6 +88,11 @@ demo: $(VENV)/.synced-demo
 	$(VENV)/bin/asyncimg batch examples/prompts.txt -o out --emulator --emulator-latency 0.2 \
 		--model dall-e-2 --size 256x256 --rate 8/2s --report; test $$? -le 1
 
+# The docs site into site/, offline, any warning an error (a broken link, a public name
+# without a docstring: docs/hooks.py).
+docs: $(VENV)/.synced-docs
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: $(VENV)/.synced-bench
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/throughput.py
@@ -95,4 +102,4 @@ bench-throughput: $(VENV)/.synced-bench
 	$(PY) benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) out site .pytest_cache .mypy_cache .ruff_cache
