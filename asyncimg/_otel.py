@@ -1,0 +1,438 @@
+"""OpenTelemetry: one span per call, the GenAI client metrics and the limiter's own.
+
+Only ``opentelemetry-api`` is used (the ``asyncimg[otel]`` extra), and only when it
+is importable: it is imported on the first call, never by ``import asyncimg``, and
+when it is absent every function here returns at once. The application configures
+an SDK (or not: the API's no-op tracer and meter then cost a few microseconds a
+call, ``benchmarks/otel.py``).
+
+Names follow the GenAI semantic conventions (``gen_ai.*``, ``server.*``,
+``error.type``). They define no image operation: an image call is a
+``generate_content`` (the conventions' well-known value for a multimodal
+generation), with ``gen_ai.output.type = image`` saying what it makes, so
+GenAI-aware backends, which key their views on the well-known values, show image
+calls beside chat calls with their token usage; ``asyncimg.endpoint`` tells a
+generation, an edit and a variation apart. A download or a Files/Batches request
+is an HTTP client span named after its method, as the HTTP conventions name them.
+asyncimg's own figures are under ``asyncimg.``.
+
+The client calls :func:`start` when a call begins (the span becomes current, so
+the call is a child of the application's span and an HTTP instrumentation's spans
+children of the call), :meth:`CallSpan.retry` per retry (an event on the span), and
+:meth:`CallSpan.succeeded` or :meth:`CallSpan.failed` at the end; the figures come
+from the call's :class:`CallStats`.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._callstats import CallStats
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import CallbackOptions, Observation
+    from opentelemetry.trace import Span
+
+    from ._gate import Gate
+    from ._limiter import RateLimiter
+
+__all__ = [
+    "IMAGE_OPERATION",
+    "CallInfo",
+    "CallSpan",
+    "Target",
+    "log_fields",
+    "start",
+    "trace_headers",
+    "watch",
+]
+
+IMAGE_OPERATION: Final = "generate_content"
+"""``gen_ai.operation.name`` of generations, edits and variations (see the module)."""
+
+SCOPE: Final = "asyncimg"
+
+_ENDPOINTS: Final = {
+    "/images/generations": "images.generate",
+    "/images/edits": "images.edit",
+    "/images/variations": "images.create_variation",
+}
+
+# The conventions' advised bucket boundaries for the two GenAI client histograms.
+DURATION_BUCKETS: Final = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)
+TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))  # 1, 4, 16, ... 67108864
+WAIT_BUCKETS: Final = (0.0, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@attrs.frozen
+class Target:
+    """Where a client's requests go: ``gen_ai.provider.name``, ``server.address``/``port``."""
+
+    provider: str
+    address: str
+    port: int | None
+
+    @classmethod
+    def of(cls, base_url: str) -> Target:
+        """The target of a client with ``base_url`` (Azure: ``/openai/deployments/`` or
+        an ``*.azure.com`` host gives ``azure.ai.openai``, anything else ``openai``)."""
+        parts = urlsplit(base_url)
+        host = (parts.hostname or "").lower()
+        azure = "/openai/deployments/" in parts.path or host.endswith(".azure.com")
+        try:
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        except ValueError:
+            port = None
+        return cls("azure.ai.openai" if azure else "openai", host, port)
+
+    def attributes(self) -> dict[str, Any]:
+        """The target as span and metric attributes."""
+        found: dict[str, Any] = {
+            "gen_ai.provider.name": self.provider,
+            "server.address": self.address,
+        }
+        if self.port is not None:
+            found["server.port"] = self.port
+        return found
+
+
+@attrs.frozen
+class CallInfo:
+    """What a call is, for its span, its metrics and its log records.
+
+    ``operation`` is the GenAI operation (None: a plain HTTP request, a download
+    or a Files/Batches request).
+    """
+
+    target: Target
+    endpoint: str
+    method: str = "POST"
+    operation: str | None = None
+    model: str | None = None
+    choices: int | None = None
+    stream: bool = False
+    path: str | None = None
+
+    @classmethod
+    def image(
+        cls, target: Target, path: str, model: str | None, n: int | None, stream: bool | None
+    ) -> CallInfo:
+        """An image call to ``path`` (``/images/generations``, ``/images/edits`` or
+        ``/images/variations``)."""
+        endpoint = _ENDPOINTS.get(path, path)
+        return cls(target, endpoint, "POST", IMAGE_OPERATION, model, n, bool(stream))
+
+    @classmethod
+    def http(cls, target: Target, endpoint: str, method: str, path: str) -> CallInfo:
+        """A request that is no GenAI operation (``endpoint``: ``download`` or
+        ``request``) of ``method`` to ``path`` (``url.path``)."""
+        return cls(target, endpoint, method.upper(), path=path)
+
+    @property
+    def span_name(self) -> str:
+        """``{operation} {model}`` (GenAI), else the HTTP method."""
+        if self.operation is None:
+            return self.method
+        return f"{self.operation} {self.model}" if self.model else self.operation
+
+    def attributes(self) -> dict[str, Any]:
+        """The attributes known when the call begins (also the metrics' attributes)."""
+        found = self.target.attributes()
+        found["asyncimg.endpoint"] = self.endpoint
+        if self.operation is None:
+            found["http.request.method"] = self.method
+            if self.path is not None:
+                found["url.path"] = self.path
+            return found
+        found["gen_ai.operation.name"] = self.operation
+        found["gen_ai.output.type"] = "image"
+        found["gen_ai.request.stream"] = self.stream
+        if self.model is not None:
+            found["gen_ai.request.model"] = self.model
+        if self.choices is not None:
+            found["gen_ai.request.choice.count"] = self.choices
+        return found
+
+
+def log_fields(call: CallInfo | None, request_id: str | None, attempt: int) -> dict[str, Any]:
+    """The ``extra=`` of the client's log records: the request id, the attempt and the
+    call's attributes (the span's names), so that logs and traces correlate."""
+    fields: dict[str, Any] = {"request_id": request_id, "attempt": attempt}
+    if call is not None:
+        fields.update(call.attributes())
+    return fields
+
+
+def error_type(exc: BaseException) -> str:
+    """``error.type``: the exception's class name (``RateLimitError``, ``APITimeoutError``)."""
+    return type(exc).__qualname__
+
+
+# -- the instruments, made on first use -------------------------------------------------
+
+
+class _Instruments:
+    """The tracer, the meter's instruments and the API's functions, got once."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, metrics, propagate, trace
+
+        self.context = context
+        self.propagate = propagate
+        self.trace = trace
+        self.client_kind = trace.SpanKind.CLIENT
+        self.error = trace.StatusCode.ERROR
+        self.tracer = trace.get_tracer(SCOPE, _version())
+        meter = metrics.get_meter(SCOPE, _version())
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.tokens = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self.wait = meter.create_histogram(
+            "asyncimg.limiter.wait",
+            unit="s",
+            description="Time a call waited for the rate limiter, over its attempts",
+            explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
+        )
+        self.granted = meter.create_counter(
+            "asyncimg.limiter.granted",
+            unit="{image}",
+            description="Images granted by the rate limiter (one grant per attempt)",
+        )
+        self.pauses = meter.create_counter(
+            "asyncimg.limiter.pauses",
+            unit="{pause}",
+            description="429 answers whose wait paused the rate limiter for every caller",
+        )
+        meter.create_observable_gauge(
+            "asyncimg.limiter.in_flight",
+            callbacks=[_in_flight],
+            unit="{request}",
+            description="Image requests holding a concurrency slot",
+        )
+        meter.create_observable_gauge(
+            "asyncimg.limiter.ceiling",
+            callbacks=[_ceiling],
+            unit="{request}",
+            description="The concurrency ceiling: the most image requests in flight",
+        )
+        meter.create_observable_counter(
+            "asyncimg.limiter.redis.round_trips",
+            callbacks=[_round_trips],
+            unit="{round_trip}",
+            description="Redis round trips of the shared limiters (RedisLimiter)",
+        )
+
+
+def _version() -> str:
+    from ._version import __version__
+
+    return __version__
+
+
+_UNSET: Final = object()
+_instruments: Any = _UNSET
+
+
+def _get() -> _Instruments | None:
+    """The instruments, made on the first call; None when opentelemetry-api is absent."""
+    global _instruments
+    if _instruments is _UNSET:
+        try:
+            _instruments = _Instruments()
+        except ImportError:
+            _instruments = None
+    return _instruments  # type: ignore[no-any-return]
+
+
+# -- the clients watched by the observable gauges ----------------------------------------
+
+
+_watched: weakref.WeakKeyDictionary[object, tuple[Gate, RateLimiter, Target]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def watch(client: object, gate: Gate, limiter: RateLimiter, target: Target) -> None:
+    """Report ``client``'s requests in flight, its ceiling and its limiter's Redis
+    round trips while it lives (no import: the gauges read this when collected)."""
+    _watched[client] = (gate, limiter, target)
+
+
+def _by_target(value: Any) -> Iterator[Observation]:
+    from opentelemetry.metrics import Observation
+
+    sums: dict[tuple[tuple[str, Any], ...], int] = {}
+    for gate, _limiter, target in list(_watched.values()):
+        key = tuple(sorted(target.attributes().items()))
+        sums[key] = sums.get(key, 0) + value(gate)
+    for key, total in sums.items():
+        yield Observation(total, dict(key))
+
+
+def _in_flight(_options: CallbackOptions) -> Iterable[Observation]:
+    return _by_target(lambda gate: gate.in_use)
+
+
+def _ceiling(_options: CallbackOptions) -> Iterable[Observation]:
+    return _by_target(lambda gate: gate.limit)
+
+
+def _round_trips(_options: CallbackOptions) -> Iterable[Observation]:
+    from opentelemetry.metrics import Observation
+
+    limiters = {id(lim): lim for _gate, lim, _target in list(_watched.values())}
+    for limiter in limiters.values():
+        trips = getattr(limiter, "round_trips", None)
+        if isinstance(trips, int):
+            yield Observation(trips, {"asyncimg.limiter.id": f"{id(limiter):x}"})
+
+
+# -- one call ----------------------------------------------------------------------------
+
+
+def start(call: CallInfo, stats: CallStats | None) -> CallSpan | None:
+    """Begin ``call``'s span as a child of the current context and make it current;
+    None (nothing done) when opentelemetry-api is not installed. The span reads the
+    call's attempts from ``stats`` (a new one when None: the client records into
+    ``CallSpan.stats``)."""
+    found = _get()
+    if found is None:
+        return None
+    return CallSpan(found, call, stats if stats is not None else CallStats())
+
+
+def trace_headers() -> dict[str, str]:
+    """The current context as W3C ``traceparent``/``tracestate`` headers (empty without
+    opentelemetry-api or a span)."""
+    found = _get()
+    carrier: dict[str, str] = {}
+    if found is not None:
+        found.propagate.inject(carrier)
+    return carrier
+
+
+class CallSpan:
+    """One call's span, current from :func:`start` until :meth:`succeeded` or
+    :meth:`failed` ends it; both must be called in the task that started it."""
+
+    __slots__ = (
+        "_attributes", "_call", "_found", "_paused", "_span", "_started", "_token", "stats"
+    )
+
+    def __init__(self, found: _Instruments, call: CallInfo, stats: CallStats) -> None:
+        self.stats = stats
+        self._found = found
+        self._call = call
+        self._attributes = call.attributes()
+        self._started = time.monotonic()
+        self._paused = 0
+        self._span: Span = found.tracer.start_span(
+            call.span_name, kind=found.client_kind, attributes=self._attributes
+        )
+        parent: Context = found.trace.set_span_in_context(self._span)
+        self._token = found.context.attach(parent)
+
+    def retry(
+        self, exc: BaseException, attempt: int, reason: str, wait: float, pause_all: bool
+    ) -> None:
+        """Record a retry as an event on the span (a 429 that pauses the limiter counts)."""
+        if pause_all:
+            self._paused += 1
+            self._found.pauses.add(1, self._call.target.attributes())
+        if self._span.is_recording():
+            event: dict[str, Any] = {
+                "asyncimg.attempt": attempt,
+                "asyncimg.retry.reason": reason,
+                "asyncimg.retry.wait": wait,
+                "asyncimg.retry.pause_all": pause_all,
+                "error.type": error_type(exc),
+            }
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int):
+                event["http.response.status_code"] = status
+            self._span.add_event("asyncimg.retry", event)
+
+    def succeeded(self, request_id: str | None, status: int, result: object) -> None:
+        """End the span and record the metrics of a call that returned ``result``."""
+        span = self._span
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", status)
+            if request_id is not None:
+                span.set_attribute("asyncimg.request_id", request_id)
+        usage = getattr(result, "usage", None)
+        if usage is not None and self._call.operation is not None:
+            metric = self._metric_attributes()
+            for kind in ("input", "output"):
+                tokens = getattr(usage, f"{kind}_tokens", None)
+                if isinstance(tokens, int):
+                    span.set_attribute(f"gen_ai.usage.{kind}_tokens", tokens)
+                    self._found.tokens.record(tokens, {**metric, "gen_ai.token.type": kind})
+        self._end(None)
+
+    def failed(self, exc: BaseException) -> None:
+        """End the span of a call that raised ``exc``: status ERROR and ``error.type``
+        (a cancelled call is marked ``asyncimg.cancelled``, not an error)."""
+        span = self._span
+        if not isinstance(exc, Exception):
+            span.set_attribute("asyncimg.cancelled", True)
+            self._end(None)
+            return
+        kind = error_type(exc)
+        if span.is_recording():
+            span.set_attribute("error.type", kind)
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int):
+                span.set_attribute("http.response.status_code", status)
+            request_id = getattr(exc, "request_id", None)
+            if isinstance(request_id, str):
+                span.set_attribute("asyncimg.request_id", request_id)
+            span.record_exception(exc)
+            span.set_status(self._found.error, str(exc))
+        self._end(kind)
+
+    def _metric_attributes(self) -> dict[str, Any]:
+        found = self._call.target.attributes()
+        if self._call.operation is not None:
+            found["gen_ai.operation.name"] = self._call.operation
+        if self._call.model is not None:
+            found["gen_ai.request.model"] = self._call.model
+        return found
+
+    def _end(self, error: str | None) -> None:
+        found, span, stats = self._found, self._span, self.stats
+        granted = sum(images for _at, images in stats.sent)
+        if span.is_recording():
+            span.set_attribute("asyncimg.attempts", stats.attempts)
+            if granted:
+                span.set_attribute("asyncimg.limiter.wait", stats.waited)
+                span.set_attribute("asyncimg.limiter.pauses", self._paused)
+        if self._call.operation is not None:
+            metric = self._metric_attributes()
+            if error is not None:
+                metric["error.type"] = error
+            found.duration.record(time.monotonic() - self._started, metric)
+        if granted:
+            target = self._call.target.attributes()
+            found.wait.record(stats.waited, target)
+            found.granted.add(granted, target)
+        span.end()
+        found.context.detach(self._token)
+
