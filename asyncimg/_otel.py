@@ -292,7 +292,7 @@ def _in_flight(_options: CallbackOptions) -> Iterable[Observation]:
 
 
 def _ceiling(_options: CallbackOptions) -> Iterable[Observation]:
-    return _by_target(lambda gate: gate.limit)
+    return _by_target(lambda gate: gate.limit())
 
 
 def _round_trips(_options: CallbackOptions) -> Iterable[Observation]:
