@@ -25,9 +25,11 @@ from the call's :class:`CallStats`.
 
 from __future__ import annotations
 
+import importlib
+import os
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -47,7 +49,9 @@ __all__ = [
     "IMAGE_OPERATION",
     "CallInfo",
     "CallSpan",
+    "ExporterUnavailable",
     "Target",
+    "export_otlp",
     "log_fields",
     "start",
     "trace_headers",
@@ -436,3 +440,64 @@ class CallSpan:
         span.end()
         found.context.detach(self._token)
 
+
+
+# -- the batch CLI's exporter -------------------------------------------------------------
+
+
+class ExporterUnavailable(Exception):
+    """``--otel`` was asked for, but the SDK or the OTLP exporter is not installed."""
+
+
+def export_otlp(service_name: str = "asyncimg") -> Callable[[], None]:
+    """Set the global tracer and meter providers of the OpenTelemetry SDK, exporting by
+    OTLP (for the batch CLI's ``--otel``; a library never does this); returns the function
+    that flushes and shuts them down.
+
+    The standard variables configure it: ``OTEL_EXPORTER_OTLP_ENDPOINT`` (and the
+    per-signal ones), ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_EXPORTER_OTLP_PROTOCOL``
+    (``http/protobuf`` by default, or ``grpc``), ``OTEL_SERVICE_NAME`` and
+    ``OTEL_RESOURCE_ATTRIBUTES`` (else the service is ``service_name``),
+    ``OTEL_METRIC_EXPORT_INTERVAL``; ``OTEL_SDK_DISABLED=true`` sets nothing up.
+
+    Raises:
+        ExporterUnavailable: opentelemetry-sdk or the protocol's OTLP exporter is missing.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return lambda: None
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip()
+    kind = "grpc" if protocol == "grpc" else "http"
+    package = f"opentelemetry-exporter-otlp-proto-{kind}"
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        base = f"opentelemetry.exporter.otlp.proto.{kind}"
+        spans = importlib.import_module(f"{base}.trace_exporter").OTLPSpanExporter()
+        points = importlib.import_module(f"{base}.metric_exporter").OTLPMetricExporter()
+    except ImportError as exc:
+        raise ExporterUnavailable(
+            f"--otel needs opentelemetry-sdk and {package} ({exc}): "
+            f"pip install 'asyncimg[otel]' opentelemetry-sdk {package}"
+        ) from None
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": service_name}))
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(spans))
+    meter_provider = MeterProvider(
+        resource=resource,
+        metric_readers=[PeriodicExportingMetricReader(points)],
+    )
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+
+    def shutdown() -> None:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+    return shutdown

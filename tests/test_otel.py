@@ -7,15 +7,19 @@ them (:func:`otel`), every test reads only what its own emulator (its own port) 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+from aiohttp import web
 from fastapi import FastAPI
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -392,3 +396,108 @@ def test_without_opentelemetry_calls_work_and_import_nothing_of_it() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run ``python -m asyncimg`` without blocking the loop; its status and stderr."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncimg", *args, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode is not None
+    return child.returncode, err.decode()
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OTEL_"))}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.subprocess
+async def test_the_batch_cli_sends_spans_and_metrics_by_otlp_with_otel(
+    tmp_path: Path,
+) -> None:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    received: dict[str, list[bytes]] = {"/v1/traces": [], "/v1/metrics": []}
+
+    async def collect(request: web.Request) -> web.Response:
+        received[request.path].append(await request.read())
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    app.router.add_post("/v1/metrics", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a lantern\na kite\na moon\n")
+    try:
+        status, err = await run_cli(
+            "batch", str(prompts), "-o", str(tmp_path / "out"), "--emulator", "--model",
+            "dall-e-2", "--size", "256x256", "-q", "--otel",
+            env=cli_env(
+                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+                OTEL_SERVICE_NAME="nightly-batch",
+            ),
+        )
+    finally:
+        await runner.cleanup()
+    assert status == 0, err
+
+    names, services = [], set()
+    for body in received["/v1/traces"]:
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource in request.resource_spans:
+            services |= {a.value.string_value for a in resource.resource.attributes
+                         if a.key == "service.name"}
+            names += [s.name for scope in resource.scope_spans for s in scope.spans]
+    assert names.count("generate_content dall-e-2") == 3
+    assert services == {"nightly-batch"}
+    metric_names = set()
+    for body in received["/v1/metrics"]:
+        export = ExportMetricsServiceRequest.FromString(body)
+        metric_names |= {
+            m.name for r in export.resource_metrics for s in r.scope_metrics for m in s.metrics
+        }
+    assert {"gen_ai.client.operation.duration", "asyncimg.limiter.granted"} <= metric_names
+
+
+@pytest.mark.subprocess
+async def test_otel_without_the_sdk_is_a_usage_error(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a lantern\n")
+    # sitecustomize on the path hides the SDK: `import opentelemetry.sdk` fails there.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    blocker = hide / "sitecustomize.py"
+    blocker.write_text(textwrap.dedent(
+        """
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "opentelemetry.sdk":
+                    raise ImportError("blocked")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        """
+    ))
+    status, err = await run_cli(
+        "batch", str(prompts), "-o", str(tmp_path / "out"), "--emulator", "--otel",
+        env=cli_env(PYTHONPATH=str(hide)),
+    )
+    assert status == 2
+    assert "--otel needs opentelemetry-sdk" in err
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
