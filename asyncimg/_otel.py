@@ -84,6 +84,17 @@ class Target:
     provider: str
     address: str
     port: int | None
+    attributes: dict[str, Any] = attrs.field(init=False, eq=False, repr=False)
+    """The target as span and metric attributes (made once; read only)."""
+
+    def __attrs_post_init__(self) -> None:
+        found: dict[str, Any] = {
+            "gen_ai.provider.name": self.provider,
+            "server.address": self.address,
+        }
+        if self.port is not None:
+            found["server.port"] = self.port
+        object.__setattr__(self, "attributes", found)
 
     @classmethod
     def of(cls, base_url: str) -> Target:
@@ -97,16 +108,6 @@ class Target:
         except ValueError:
             port = None
         return cls("azure.ai.openai" if azure else "openai", host, port)
-
-    def attributes(self) -> dict[str, Any]:
-        """The target as span and metric attributes."""
-        found: dict[str, Any] = {
-            "gen_ai.provider.name": self.provider,
-            "server.address": self.address,
-        }
-        if self.port is not None:
-            found["server.port"] = self.port
-        return found
 
 
 @attrs.frozen
@@ -149,8 +150,8 @@ class CallInfo:
         return f"{self.operation} {self.model}" if self.model else self.operation
 
     def attributes(self) -> dict[str, Any]:
-        """The attributes known when the call begins (also the metrics' attributes)."""
-        found = self.target.attributes()
+        """The attributes known when the call begins."""
+        found = dict(self.target.attributes)
         found["asyncimg.endpoint"] = self.endpoint
         if self.operation is None:
             found["http.request.method"] = self.method
@@ -164,6 +165,15 @@ class CallInfo:
             found["gen_ai.request.model"] = self.model
         if self.choices is not None:
             found["gen_ai.request.choice.count"] = self.choices
+        return found
+
+    def metric_attributes(self) -> dict[str, Any]:
+        """The attributes of the GenAI metrics: the target, the operation, the model."""
+        found = dict(self.target.attributes)
+        if self.operation is not None:
+            found["gen_ai.operation.name"] = self.operation
+        if self.model is not None:
+            found["gen_ai.request.model"] = self.model
         return found
 
 
@@ -285,7 +295,7 @@ def _by_target(value: Any) -> Iterator[Observation]:
 
     sums: dict[tuple[tuple[str, Any], ...], int] = {}
     for gate, _limiter, target in list(_watched.values()):
-        key = tuple(sorted(target.attributes().items()))
+        key = tuple(sorted(target.attributes.items()))
         sums[key] = sums.get(key, 0) + value(gate)
     for key, total in sums.items():
         yield Observation(total, dict(key))
@@ -337,19 +347,16 @@ class CallSpan:
     """One call's span, current from :func:`start` until :meth:`succeeded` or
     :meth:`failed` ends it; both must be called in the task that started it."""
 
-    __slots__ = (
-        "_attributes", "_call", "_found", "_paused", "_span", "_started", "_token", "stats"
-    )
+    __slots__ = ("_call", "_found", "_paused", "_span", "_started", "_token", "stats")
 
     def __init__(self, found: _Instruments, call: CallInfo, stats: CallStats) -> None:
         self.stats = stats
         self._found = found
         self._call = call
-        self._attributes = call.attributes()
         self._started = time.monotonic()
         self._paused = 0
         self._span: Span = found.tracer.start_span(
-            call.span_name, kind=found.client_kind, attributes=self._attributes
+            call.span_name, kind=found.client_kind, attributes=call.attributes()
         )
         parent: Context = found.trace.set_span_in_context(self._span)
         self._token = found.context.attach(parent)
@@ -360,7 +367,7 @@ class CallSpan:
         """Record a retry as an event on the span (a 429 that pauses the limiter counts)."""
         if pause_all:
             self._paused += 1
-            self._found.pauses.add(1, self._call.target.attributes())
+            self._found.pauses.add(1, self._call.target.attributes)
         if self._span.is_recording():
             event: dict[str, Any] = {
                 "asyncimg.attempt": attempt,
@@ -383,7 +390,7 @@ class CallSpan:
                 span.set_attribute("asyncimg.request_id", request_id)
         usage = getattr(result, "usage", None)
         if usage is not None and self._call.operation is not None:
-            metric = self._metric_attributes()
+            metric = self._call.metric_attributes()
             for kind in ("input", "output"):
                 tokens = getattr(usage, f"{kind}_tokens", None)
                 if isinstance(tokens, int):
@@ -412,14 +419,6 @@ class CallSpan:
             span.set_status(self._found.error, str(exc))
         self._end(kind)
 
-    def _metric_attributes(self) -> dict[str, Any]:
-        found = self._call.target.attributes()
-        if self._call.operation is not None:
-            found["gen_ai.operation.name"] = self._call.operation
-        if self._call.model is not None:
-            found["gen_ai.request.model"] = self._call.model
-        return found
-
     def _end(self, error: str | None) -> None:
         found, span, stats = self._found, self._span, self.stats
         granted = sum(images for _at, images in stats.sent)
@@ -429,12 +428,12 @@ class CallSpan:
                 span.set_attribute("asyncimg.limiter.wait", stats.waited)
                 span.set_attribute("asyncimg.limiter.pauses", self._paused)
         if self._call.operation is not None:
-            metric = self._metric_attributes()
+            metric = self._call.metric_attributes()
             if error is not None:
                 metric["error.type"] = error
             found.duration.record(time.monotonic() - self._started, metric)
         if granted:
-            target = self._call.target.attributes()
+            target = self._call.target.attributes
             found.wait.record(stats.waited, target)
             found.granted.add(granted, target)
         span.end()
