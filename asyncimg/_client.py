@@ -817,7 +817,8 @@ class AsyncImagesClient:
                     logger.debug(
                         "%s attempt %d: %d in %.3fs (request id %s)",
                         what, number, raw.status, time.monotonic() - started, raw.request_id,
-                        extra=log_fields(call, raw.request_id, number),
+                        extra=log_fields(call, raw.request_id, number)
+                        if logger.isEnabledFor(logging.DEBUG) else None,
                     )
                     result = parse(raw)
                     if span is not None:

@@ -355,11 +355,12 @@ class CallSpan:
         self._call = call
         self._started = time.monotonic()
         self._paused = 0
-        self._span: Span = found.tracer.start_span(
-            call.span_name, kind=found.client_kind, attributes=call.attributes()
-        )
-        parent: Context = found.trace.set_span_in_context(self._span)
-        self._token = found.context.attach(parent)
+        self._token: object = None
+        self._span: Span = found.tracer.start_span(call.span_name, kind=found.client_kind)
+        if self._span.is_recording():  # not the API's no-op span, nor one sampled out
+            self._span.set_attributes(call.attributes())
+            parent: Context = found.trace.set_span_in_context(self._span)
+            self._token = found.context.attach(parent)
 
     def retry(
         self, exc: BaseException, attempt: int, reason: str, wait: float, pause_all: bool
@@ -437,7 +438,8 @@ class CallSpan:
             found.wait.record(stats.waited, target)
             found.granted.add(granted, target)
         span.end()
-        found.context.detach(self._token)
+        if self._token is not None:
+            found.context.detach(self._token)
 
 
 
