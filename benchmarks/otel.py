@@ -61,16 +61,10 @@ def _configure_sdk() -> None:
 
 async def _drive(call: Callable[[], Awaitable[Any]], calls: int, concurrency: int) -> float:
     """CPU seconds per call of ``calls`` calls with ``concurrency`` in flight."""
-    remaining = calls
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await call()
+    from _worker import _drive as drive  # benchmarks/ is on sys.path (main)
 
     started = time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await drive(call, calls, concurrency)
     return (time.process_time() - started) / calls
 
 
@@ -142,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the benchmark server did not start")
         if pin:
             os.sched_setaffinity(0, {1})
+        sys.path.insert(0, str(HERE))
         started = time.perf_counter()
         found = asyncio.run(measure(port, pairs, block))
         elapsed = time.perf_counter() - started
