@@ -316,7 +316,7 @@ def _round_trips(_options: CallbackOptions) -> Iterable[Observation]:
     for limiter in limiters.values():
         trips = getattr(limiter, "round_trips", None)
         if isinstance(trips, int):
-            yield Observation(trips, {"asyncimg.limiter.id": f"{id(limiter):x}"})
+            yield Observation(trips, {"asyncimg.limiter.name": str(getattr(limiter, "name", ""))})
 
 
 # -- one call ----------------------------------------------------------------------------

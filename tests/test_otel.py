@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from asyncimg import AsyncImagesClient, BadRequestError, RateLimit
+from asyncimg._otel import Target
 from asyncimg._retry import RetryPolicy
 from asyncimg.testing import Emulator, Fault
 
@@ -501,3 +503,42 @@ async def test_otel_without_the_sdk_is_a_usage_error(tmp_path: Path) -> None:
     assert status == 2
     assert "--otel needs opentelemetry-sdk" in err
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("base_url", "provider", "address", "port"),
+    [
+        ("https://api.openai.com/v1", "openai", "api.openai.com", 443),
+        ("http://127.0.0.1:8089/v1", "openai", "127.0.0.1", 8089),
+        ("https://acme.openai.azure.com/openai/deployments/images", "azure.ai.openai",
+         "acme.openai.azure.com", 443),
+        ("https://GW.example/openai/deployments/{model}", "azure.ai.openai", "gw.example", 443),
+    ],
+)
+def test_the_target_names_the_provider_and_the_server(
+    base_url: str, provider: str, address: str, port: int
+) -> None:
+    assert Target.of(base_url).attributes == {
+        "gen_ai.provider.name": provider, "server.address": address, "server.port": port,
+    }
+
+
+async def test_a_redis_limiters_round_trips_are_counted(emu: Emulator, otel: Otel) -> None:
+    from asyncimg import RedisLimiter
+
+    from ._redis_server import running_redis
+
+    pytest.importorskip("redis.asyncio")
+    name = "otel-" + uuid.uuid4().hex[:8]
+    with running_redis() as server:
+        limiter = RedisLimiter.from_url(server.url, rate=RateLimit(50, 60.0), name=name)
+        async with limiter, AsyncImagesClient(
+            api_key=TEST_KEY, base_url=emu.base_url, limiter=limiter
+        ) as client:
+            await client.generate("a lantern", model="dall-e-2", size="256x256")
+            ((unit, _a, trips),) = [
+                (unit, a, p) for unit, a, p in points(otel, "asyncimg.limiter.redis.round_trips", 0)
+                if a.get("asyncimg.limiter.name") == name
+            ]
+            assert unit == "{round_trip}"
+            assert trips.value == limiter.round_trips >= 1
