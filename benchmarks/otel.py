@@ -193,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{1e6 * min(present):.1f} us ({min(present) / min(absent) - 1:+.1%})"
         )
         if name == "api":
-            met = ratio <= GOAL and share <= GOAL
-            verdict = 0 if met else 1
-            print(f"  goal: api within +{GOAL:.0%} of absent: {'met' if met else 'MISSED'}")
+            verdict = 0 if ratio <= GOAL and share <= GOAL else 1
+            print(
+                f"  goal: api within +{GOAL:.0%} of absent: hooks alone "
+                f"{'met' if share <= GOAL else 'MISSED'}, end to end "
+                f"{'met' if ratio <= GOAL else 'MISSED'}"
+            )
     return verdict
 
 
