@@ -98,12 +98,42 @@ def test_result_lines_become_responses_or_errors() -> None:
     assert (expired.error.code, expired.error.message) == ("batch_expired", "too late")
 
 
-@pytest.mark.parametrize("line", ["not json", "[]", '{"id": 1}', '{"custom_id": "x"}'])
-def test_a_line_that_is_not_a_result_is_an_error(line: str) -> None:
+@pytest.mark.parametrize("line", ["not json", "[]", '{"id": 1}', '{"custom_id": 3, "resp',
+                                  '{"custom_id": "", "response": {"st'])
+def test_a_line_that_names_no_item_is_an_error(line: str) -> None:
     from asyncimg import APIResponseValidationError
 
     with pytest.raises(APIResponseValidationError):
         BatchAPIResult.from_line(line)
+
+
+@pytest.mark.parametrize("line", [
+    '{"custom_id": "x"}',
+    '{"id": "batch_req_1", "custom_id": "x", "response": {"status_code": 200, "body": {"da',
+    '{"custom_id":"x","response":null,"error":{"code":"batch_expired"',
+])
+def test_a_malformed_line_that_names_its_item_fails_that_item(line: str) -> None:
+    from asyncimg import APIResponseValidationError
+
+    result = BatchAPIResult.from_line(line)
+    assert result.custom_id == "x"
+    assert isinstance(result.error, APIResponseValidationError)
+    assert not result.ok
+
+
+def test_polling_backs_off_up_to_the_poll_interval() -> None:
+    from asyncimg import APIConnectionError, InternalServerError, NotFoundError
+    from asyncimg._batch.api import poll_delay, transient, window_seconds
+
+    delays = [poll_delay(n, initial=0.5, poll_interval=60) for n in range(1, 10)]
+    assert delays == [0.5, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert poll_delay(1, initial=0.5, poll_interval=0) == 0.5
+    assert window_seconds("24h") == 86400
+    with pytest.raises(ValidationError):
+        window_seconds("1d")
+    assert transient(InternalServerError("x", status_code=502))
+    assert transient(APIConnectionError("x"))
+    assert not transient(NotFoundError("x", status_code=404))
 
 
 def test_a_batch_object_is_read_and_keeps_what_it_does_not_know() -> None:
