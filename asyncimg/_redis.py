@@ -631,8 +631,13 @@ class RedisLimiter:
                         self._subscribed.set()
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=beat)
                 except Exception as exc:
-                    from redis.exceptions import RedisError
+                    from redis.exceptions import NoPermissionError, RedisError
 
+                    if isinstance(exc, NoPermissionError):
+                        raise LimiterUnavailableError(
+                            f"the Redis user may not subscribe to {self._channel} ({exc}): "
+                            f"it needs the ACL rule &{self._channel} (see the README)"
+                        ) from exc
                     if not isinstance(exc, (RedisError, OSError, asyncio.TimeoutError)):
                         raise
                     if pubsub is not None:

@@ -675,3 +675,74 @@ async def test_the_readme_fastapi_recipe_runs(
             answer = await app["draw"]("a lantern")
         assert answer["url"].startswith("http://127.0.0.1:")
         assert len(emu.requests("generate")) == 1
+
+
+# -- Redis as it is deployed: its own server, configured as the test needs -----------------
+
+
+async def _acl_user(server: RedisServer, *rules: str) -> str:
+    """Create the user ``worker`` with ``rules``; returns a URL that logs in as it."""
+    admin = redis_asyncio.Redis.from_url(server.url)
+    try:
+        await admin.execute_command("ACL", "SETUSER", "worker", "on", ">pw", *rules)
+    finally:
+        await admin.aclose()
+    return f"redis://worker:pw@127.0.0.1:{server.port}/0"
+
+
+async def test_a_refused_publish_leaves_the_state_whole_and_says_why(name: str) -> None:
+    with running_redis() as server:
+        url = await _acl_user(server, "resetchannels", "~asyncimg:*", "+@all")
+        r = redis_asyncio.Redis.from_url(url)
+        try:
+            lua = Lua(r, name)
+            assert (await lua("acquire", "a", 0, "a:1:5")).granted == ("a:1:5",)
+            await lua("acquire", "b", 1, "b:1:1")
+            # The refund frees room for b's waiter: the script would wake b, and may not.
+            with pytest.raises(redis_asyncio.ResponseError, match=r"&asyncimg:\{"):
+                await lua("settle", "a", 2, "r:a:1:5")
+            after = state(await lua("stats", "a", 3))
+            assert (after["held"], after["available"], after["refunded"]) == (0, LIMIT, 5)
+            assert (after["waiting"], after["waiting_images"]) == (1, 1)
+            assert (await lua.take("b", 4, "b:1:1")).granted == ("b:1:1",)
+        finally:
+            await r.aclose()
+
+
+async def test_a_user_without_the_channel_fails_the_waiters_at_once(name: str) -> None:
+    with running_redis() as server:
+        url = await _acl_user(server, "resetchannels", "~asyncimg:*", "+@all")
+        a = limiter(url, name, RateLimit(1, 60.0))
+        b = limiter(url, name, RateLimit(1, 60.0))
+        try:
+            await a.acquire(1)
+            start = time.monotonic()
+            with pytest.raises(LimiterUnavailableError, match=r"&asyncimg:\{"):
+                await asyncio.wait_for(b.acquire(1), 5)
+            assert time.monotonic() - start < 1.0
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+
+def _readme_acl_rules() -> list[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    found = re.search(r"^ACL SETUSER images on >secret (.+)$", readme, re.MULTILINE)
+    assert found is not None, "the README names the ACL rules"
+    return found.group(1).split()
+
+
+async def test_the_acl_rules_the_readme_names_are_enough(name: str) -> None:
+    with running_redis() as server:
+        url = await _acl_user(server, *_readme_acl_rules())
+        a = limiter(url, name, RateLimit(1, 0.2, margin=0.01))
+        b = limiter(url, name, RateLimit(1, 0.2, margin=0.01))
+        try:
+            permit = await a.acquire(1)
+            waiter = asyncio.create_task(b.acquire(1))
+            await asyncio.sleep(0.05)
+            permit.refund()
+            (await asyncio.wait_for(waiter, 1.0)).refund()
+        finally:
+            await a.aclose()
+            await b.aclose()

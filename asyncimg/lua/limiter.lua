@@ -308,9 +308,10 @@ if op == 'take' or op == 'stats' then
   end
 end
 
--- When may the head be served, and whom to tell.
+-- When may the head be served, and whom to tell (published after the save: Redis does
+-- not roll a failed script back, so nothing that can fail comes before a write).
 local h = head()
-local wait, mine = -1, 0
+local wait, mine, tell = -1, 0, nil
 if h then
   local n = count(h)
   if fits(n) then
@@ -318,7 +319,7 @@ if h then
     if owner(h) == sid then
       mine = 1
     elseif freed or h ~= head0 then
-      redis.call('PUBLISH', channel, owner(h))
+      tell = owner(h)
     end
   else
     local when = nil
@@ -344,7 +345,7 @@ if h then
     if owner(h) == sid then
       mine = 2
     elseif freed or h ~= head0 then
-      redis.call('PUBLISH', channel, owner(h))  -- a new head, or news for it
+      tell = owner(h)  -- a new head, or news for it
     end
   end
 end
@@ -366,6 +367,15 @@ if S.allow == nil then
 end
 for i = 1, 7 do
   redis.call('PEXPIRE', KEYS[i], math.ceil(keep))
+end
+
+if tell then
+  local told = redis.pcall('PUBLISH', channel, tell)
+  if type(told) == 'table' and told.err then
+    return redis.error_reply('asyncimg limiter: PUBLISH refused (' .. told.err .. '); the '
+      .. 'state is saved, but the other processes cannot be woken: the Redis user needs '
+      .. 'the channel (ACL rule &' .. channel .. ')')
+  end
 end
 
 local allow, reset_in = -1, -1
