@@ -36,9 +36,12 @@ Redis down or slow: ``acquire`` raises :class:`LimiterUnavailableError` within
 ``timeout`` seconds (a waiter already queued: within ``lease / 3 + timeout``), having
 sent nothing; or, with ``on_unavailable="local"``, it logs one warning and carries on
 with a local :class:`~asyncimg.Limiter` at ``local_share`` of the rate, trying Redis
-again after ``lease`` seconds. Redis restarted (its state lost): the images sent in
-the window before the restart are forgotten, so the next window can hold up to twice
-the budget, once; waiters re-join the queue in their order.
+again after ``lease`` seconds. Redis restarted or some keys evicted (its state lost):
+the script finds it when the counters and the sets disagree or a process stamps or
+renews a permit the budget no longer knows, starts afresh and pauses everyone for one
+window; waiters re-join the queue in their order. A Redis whose ``maxmemory-policy``
+evicts any key (``allkeys-*``) is refused on the first call; ``volatile-*``, or a
+``CONFIG GET`` refused, is logged as a warning.
 
 Background tasks: the submitter, the settler, the pump and the listener belong to one
 owner (:class:`~asyncimg._background.BackgroundTasks`, whose docstring says why it is
@@ -144,16 +147,34 @@ class _Reply:
     wait: float | None  # seconds the head must wait; None: until told
     mine: int  # 1: the head is ours and fits; 2: ours, not yet; 0: not ours
     state: tuple[int, ...]
+    lost: bool = False  # this call found the state lost (evicted, restarted): paused
 
     @classmethod
     def from_redis(cls, raw: Any) -> _Reply:
-        granted, wait, mine, state = raw
+        granted, wait, mine, lost, state = raw
         return cls(
             tuple(g.decode() if isinstance(g, bytes) else str(g) for g in granted),
             None if int(wait) < 0 else int(wait) / 1000,
             int(mine),
             tuple(int(v) for v in state),
+            bool(int(lost)),
         )
+
+
+_SAFE_POLICIES = frozenset({"noeviction"})
+
+
+def eviction_problem(policy: str) -> str | None:
+    """What is wrong with a Redis ``maxmemory-policy`` for the limiter (None: nothing).
+
+    ``allkeys-*`` may evict the limiter's keys at any time (a budget granted again,
+    silently); ``volatile-*`` may too, since every key of the limiter has a TTL.
+    """
+    if policy in _SAFE_POLICIES:
+        return None
+    return (f"Redis's maxmemory-policy is {policy}: under memory pressure it evicts the "
+            "limiter's keys and the budget is granted again; set maxmemory-policy "
+            "noeviction (or give the limiter a Redis of its own)")
 
 
 class RedisPermit:
@@ -291,6 +312,7 @@ class RedisLimiter:
         self._warned = False
         self._snapshot: tuple[float, tuple[int, ...]] | None = None
         self._closed = False
+        self._policy_checked = False
 
     @classmethod
     def from_url(cls, url: str, *, rate: RateLimit, name: str, **kwargs: Any) -> RedisLimiter:
@@ -438,8 +460,32 @@ class RedisLimiter:
 
     # -- the machinery --
 
+    async def _check_policy(self) -> None:
+        """Refuse a Redis that may evict any key (``allkeys-*``); warn of one that may evict
+        keys with a TTL (``volatile-*``), or that will not say (``CONFIG`` refused)."""
+        from redis.exceptions import ResponseError
+
+        try:
+            config = await self._redis.config_get("maxmemory*")
+        except ResponseError as exc:
+            logger.warning(
+                "asyncimg shared limiter %r: cannot read Redis's maxmemory-policy (%s); if it "
+                "evicts keys (allkeys-*, volatile-*), the budget can be granted again: use "
+                "noeviction", self.name, exc)
+            self._policy_checked = True
+            return
+        policy = str(config.get("maxmemory-policy", "noeviction"))
+        problem = eviction_problem(policy)
+        if problem is not None and str(config.get("maxmemory", "0")) != "0":
+            if policy.startswith("allkeys-"):
+                raise LimiterUnavailableError(f"the shared limiter refuses this Redis: {problem}")
+            logger.warning("asyncimg shared limiter %r: %s", self.name, problem)
+        self._policy_checked = True
+
     async def _call(self, op: str, *args: Any) -> _Reply:
         try:
+            if not self._policy_checked:
+                await asyncio.wait_for(self._check_policy(), self.timeout)
             raw = await asyncio.wait_for(
                 self._script(keys=self._keys, args=[op, *self._fixed, "", *args]),
                 self.timeout,
@@ -458,6 +504,11 @@ class RedisLimiter:
             raise
         self.round_trips += 1
         reply = _Reply.from_redis(raw)
+        if reply.lost:
+            logger.warning(
+                "asyncimg shared limiter %r: its state in Redis was lost (keys evicted, or "
+                "Redis restarted without its data); every process pauses for one window",
+                self.name)
         state = reply.state
         if state[-1] < 0 and self._snapshot is not None:  # only some calls count it
             state = (*state[:-1], self._snapshot[1][-1])

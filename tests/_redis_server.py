@@ -27,8 +27,9 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process, with no persistence; can be killed and restarted."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *options: str) -> None:
         self.binary = binary
+        self.options = options
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -41,7 +42,7 @@ class RedisServer:
         """Start the server and wait (at most 5 s) until it accepts connections."""
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
+             "--appendonly", "no", "--protected-mode", "no", *self.options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -79,9 +80,10 @@ def redis_server_binary() -> str:
 
 
 @contextlib.contextmanager
-def running_redis() -> Iterator[RedisServer]:
-    """A started server (see :func:`redis_server_binary` for when it skips), killed after."""
-    server = RedisServer(redis_server_binary())
+def running_redis(*options: str) -> Iterator[RedisServer]:
+    """A started server with extra command-line ``options`` (``"--maxmemory", "2mb"``; see
+    :func:`redis_server_binary` for when it skips), killed after."""
+    server = RedisServer(redis_server_binary(), *options)
     server.start()
     try:
         yield server

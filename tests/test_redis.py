@@ -746,3 +746,75 @@ async def test_the_acl_rules_the_readme_names_are_enough(name: str) -> None:
         finally:
             await a.aclose()
             await b.aclose()
+
+
+@pytest.mark.parametrize("evicted", ["st", "held", "win", "q"])
+async def test_a_key_evicted_while_tickets_are_held_pauses_a_window(
+    r: Any, name: str, evicted: str
+) -> None:
+    lua = Lua(r, name)
+    await lua("acquire", "a", 0, "a:1:3")
+    await lua("settle", "a", 1, "s:a:1:3")  # 3 images in the window
+    await lua("acquire", "a", 2, "a:2:2")  # 2 held
+    await lua("acquire", "b", 3, "b:1:1")  # waiting
+    await r.delete(f"asyncimg:{{{name}}}:{evicted}")  # what maxmemory's eviction does
+    c = await lua("acquire", "c", 4, "c:1:1")
+    assert c.granted == ()
+    assert c.lost
+    assert state(c)["paused_ms"] == WINDOW
+    assert not (await lua("stats", "c", 5)).lost  # found once, then a fresh start
+    assert (await lua.take("b", 4 + WINDOW, "b:1:1")).granted == ("b:1:1",)
+
+
+async def test_a_restart_found_by_a_stamp_pauses_a_window(r: Any, lua: Lua) -> None:
+    await lua("acquire", "a", 0, "a:1:5")
+    await r.flushall()
+    stamped = await lua("settle", "a", 1, "s:a:1:5")
+    assert stamped.lost
+    assert state(stamped)["in_window"] == 5
+
+
+async def test_real_eviction_is_found_and_pauses_a_window(name: str) -> None:
+    with running_redis("--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru") as server:
+        r = redis_asyncio.Redis.from_url(server.url)
+        try:
+            lua = Lua(r, name)
+            await lua("acquire", "a", 0, "a:1:5")
+            keys = [f"asyncimg:{{{name}}}:{k}" for k in ("st", "held")]
+            for i in range(2000):  # another writer fills the memory
+                await r.set(f"filler:{i}", b"x" * 20_000)
+                if await r.exists(*keys) < 2:
+                    break
+            else:
+                pytest.fail("nothing of the limiter was evicted")
+            renewed = await lua.take("a", 1, held=("a:1:5",))
+            assert renewed.lost
+            assert (await lua("acquire", "c", 2, "c:1:5")).granted == ()
+        finally:
+            await r.aclose()
+
+
+async def test_a_redis_that_evicts_any_key_is_refused_naming_the_setting(name: str) -> None:
+    with running_redis("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
+        async with limiter(server.url, name, RateLimit(5, 1.0)) as lim:
+            with pytest.raises(LimiterUnavailableError, match="maxmemory-policy is allkeys-lru"):
+                await lim.acquire(1)
+
+
+async def test_a_redis_that_evicts_keys_with_a_ttl_is_warned_of(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_redis("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru") as server:
+        async with limiter(server.url, name, RateLimit(5, 1.0)) as lim:
+            (await lim.acquire(1)).refund()
+    assert "maxmemory-policy is volatile-lru" in caplog.text
+
+
+async def test_a_user_who_may_not_read_the_config_is_warned_of(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_redis() as server:
+        url = await _acl_user(server, "~asyncimg:*", "&asyncimg:*", "+@all", "-config")
+        async with limiter(url, name, RateLimit(5, 1.0)) as lim:
+            (await lim.acquire(1)).refund()
+    assert "cannot read Redis's maxmemory-policy" in caplog.text

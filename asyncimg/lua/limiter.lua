@@ -19,9 +19,10 @@
 --       arguments.
 -- A ticket is "<session>:<sequence>:<images>".
 --
--- Reply: {granted tickets, wait, mine, state}; wait is how long the queue's
+-- Reply: {granted tickets, wait, mine, lost, state}; wait is how long the queue's
 -- head must wait (-1: until something happens, which publishes), mine is 1
--- when the head belongs to the caller and fits, state is the shared snapshot.
+-- when the head belongs to the caller and fits, lost is 1 when this call found
+-- the state lost (and paused everyone for a window), state is the shared snapshot.
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -43,14 +44,44 @@ else
 end
 
 local FIELDS = {'used', 'held', 'qimg', 'seq', 'granted', 'refunded', 'sent', 'pauses',
-  'pause_until', 'epoch', 'sub_used', 'allow', 'allow_until', 'allow_img', 'slimit'}
+  'pause_until', 'epoch', 'sub_used', 'lost', 'allow', 'allow_until', 'allow_img', 'slimit'}
 local S = {}
 local raw = redis.call('HMGET', st, unpack(FIELDS))
 for i, f in ipairs(FIELDS) do
   S[f] = tonumber(raw[i])
 end
-for i = 1, 11 do
+for i = 1, 12 do
   S[FIELDS[i]] = S[FIELDS[i]] or 0
+end
+
+-- Lost state: Redis evicted some of these keys (a maxmemory policy that evicts) or lost
+-- them all (a restart). The counters and the sets must agree, and a caller that stamps
+-- or renews a permit proves the budget is not new. Whatever was sent in the window
+-- before is unknown: start afresh, everyone paused for one window.
+local function missing(key)
+  return redis.call('EXISTS', key) == 0
+end
+local claims = false
+if op == 'take' then
+  claims = tonumber(ARGV[11]) > 0
+elseif op == 'settle' then
+  for i = 11, #ARGV do
+    if string.sub(ARGV[i], 1, 2) == 's:' then claims = true end
+  end
+end
+local lost
+if raw[4] == false then  -- no hash: a new budget, unless something says otherwise
+  lost = claims or redis.call('EXISTS', win, held, q, sub) > 0
+else
+  lost = (S.held > 0 and missing(held)) or (S.used > S.held and missing(win))
+    or (S.qimg > 0 and missing(q))
+end
+if lost then
+  redis.call('DEL', win, held, q, ql, ep, sub)
+  S.used, S.held, S.qimg, S.sub_used, S.allow = 0, 0, 0, 0, nil
+  S.lost = S.lost + 1
+  S.pauses = S.pauses + 1
+  S.pause_until = math.max(S.pause_until, now + window)
 end
 
 local function count(m)
@@ -383,7 +414,7 @@ if S.allow then
   allow = S.allow
   reset_in = S.allow_until - now
 end
-return {granted, math.floor(wait), mine, {
+return {granted, math.floor(wait), mine, lost and 1 or 0, {
   S.granted, S.refunded, S.sent, redis.call('ZCARD', q), S.qimg, S.held, S.used - S.held,
   limit - S.used, S.pauses, math.max(0, S.pause_until - now), allow, math.floor(reset_in),
   S.slimit or -1, last}}
