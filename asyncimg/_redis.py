@@ -72,7 +72,7 @@ import attrs
 
 from ._background import BackgroundTasks, first_error
 from ._exceptions import LimiterUnavailableError, ValidationError
-from ._limiter import Limiter, LimiterStats, RateLimit, RatePermit
+from ._limiter import Limiter, LimiterStats, Permit, RateLimit, RatePermit
 from ._ratelimit_headers import read_ratelimit_headers
 
 if TYPE_CHECKING:
@@ -308,6 +308,7 @@ class RedisLimiter:
         self._wake = asyncio.Event()  # an asyncio.Event binds to a loop on first use
         self._subscribed = asyncio.Event()
         self._local: Limiter | None = None
+        self._local_permits: list[Permit] = []  # granted by the fallback, not yet reported
         self._local_until = -math.inf
         self._warned = False
         self._snapshot: tuple[float, tuple[int, ...]] | None = None
@@ -362,13 +363,40 @@ class RedisLimiter:
         if self._closed:
             raise LimiterUnavailableError("the limiter is closed")
         if self._local is not None and time.monotonic() < self._local_until:
-            return await self._local.acquire(n)
+            return await self._local_acquire(n)
         try:
+            if self._local_permits:
+                await self._report_local()
             return await self._acquire_shared(n)
         except LimiterUnavailableError:
             if self.on_unavailable != "local":
                 raise
-            return await self._fall_back().acquire(n)
+            self._fall_back()
+            return await self._local_acquire(n)
+
+    async def _local_acquire(self, n: int) -> RatePermit:
+        """A permit of the local fallback, kept so that Redis hears of it when it returns."""
+        assert self._local is not None
+        permit = await self._local.acquire(n)
+        self._local_permits.append(permit)
+        return permit
+
+    async def _report_local(self) -> None:
+        """Redis is back: the images sent under the local fallback that are still in the
+        window count in the shared one (``l:`` settlements, landed before any grant)."""
+        now = time.monotonic()
+        kept: list[Permit] = []
+        for permit in self._local_permits:
+            if permit.stamped_at is None:
+                if not permit.refunded:
+                    kept.append(permit)  # still held: reported once it is sent
+                continue
+            ago = now - permit.stamped_at
+            if ago < self.rate.window:
+                self._seq += 1
+                self._tell(f"l:{_ms(ago)}:{self._sid}:{self._seq}:{permit.images}")
+        self._local_permits = kept
+        await self._flushed()
 
     def pause(self, seconds: float) -> None:
         """Grant nothing to anyone, in any process, until ``seconds`` from now.

@@ -818,3 +818,27 @@ async def test_a_user_who_may_not_read_the_config_is_warned_of(
         async with limiter(url, name, RateLimit(5, 1.0)) as lim:
             (await lim.acquire(1)).refund()
     assert "cannot read Redis's maxmemory-policy" in caplog.text
+
+
+async def test_what_the_local_fallback_sent_counts_when_redis_returns(name: str) -> None:
+    rate = RateLimit(4, 2.0, margin=0.1)
+    with running_redis() as server:
+        a = limiter(server.url, name, rate, on_unavailable="local", local_share=0.5,
+                    lease=0.2, timeout=0.5)
+        b = limiter(server.url, name, rate)
+        try:
+            (await a.acquire(1)).stamp()
+            server.kill()
+            for _ in range(2):  # Redis is gone: a goes on alone, at half the rate
+                (await a.acquire(1)).stamp()
+            server.start()  # back, empty
+            await asyncio.sleep(0.25)  # a's fallback period (lease) is over
+            (await a.acquire(1)).stamp()
+            await a.fetch_stats()
+            # The two images a sent alone are in the shared window with the new one.
+            assert (await b.fetch_stats()).in_window == 3
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(b.acquire(2), 0.3)
+        finally:
+            await a.aclose()
+            await b.aclose()

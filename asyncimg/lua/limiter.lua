@@ -248,6 +248,21 @@ local function stamp(m)
   freed = true  -- the head now has an expiry to wait for
 end
 
+-- Sent `ago` ms ago while Redis was out of reach (the local fallback): it counts in
+-- the windows for what is left of them.
+local function sent_before(m, ago)
+  local n = count(m)
+  if window - ago > 0 then
+    redis.call('ZADD', win, now - ago + window, m)
+    S.used = S.used + n
+    S.sent = S.sent + n
+  end
+  if burst > 0 and subspan - ago > 0 then
+    redis.call('ZADD', sub, now - ago + subspan, m)
+    S.sub_used = S.sub_used + n
+  end
+end
+
 local function pause(ms)
   local until_ = now + ms
   if until_ > S.pause_until then
@@ -306,7 +321,8 @@ elseif op == 'take' then
   serve(granted)
 elseif op == 'settle' then
   -- ARGV[11...], in order: "s:<ticket>" sent now, "r:<ticket>" give back (or leave
-  -- the queue), "p:<ms>" pause everyone, "o:<remaining>:<reset ms>:<1 images|0
+  -- the queue), "l:<ms ago>:<ticket>" sent that long ago by a process that could not
+  -- reach Redis, "p:<ms>" pause everyone, "o:<remaining>:<reset ms>:<1 images|0
   -- requests>:<limit, -1 none>" the server's headers.
   for i = 11, #ARGV do
     local kind, rest = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 3)
@@ -318,6 +334,9 @@ elseif op == 'settle' then
       elseif release(rest) then
         freed = true
       end
+    elseif kind == 'l' then
+      local ago, m = string.match(rest, '^(%d+):(.+)$')
+      sent_before(m, tonumber(ago))
     elseif kind == 'p' then
       pause(tonumber(rest))
     elseif kind == 'o' then
