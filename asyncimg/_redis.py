@@ -523,8 +523,10 @@ class RedisLimiter:
                 f"the shared limiter's Redis did not answer within {self.timeout:g}s"
             ) from exc
         except Exception as exc:
-            from redis.exceptions import RedisError
+            from redis.exceptions import RedisError, ResponseError
 
+            if isinstance(exc, ResponseError) and str(exc).startswith("asyncimg limiter: "):
+                raise LimiterUnavailableError(str(exc)) from exc  # the script's own refusal
             if isinstance(exc, (RedisError, OSError)):
                 raise LimiterUnavailableError(
                     f"the shared limiter's Redis failed: {type(exc).__name__}: {str(exc)[:200]}"

@@ -843,3 +843,12 @@ async def test_what_the_local_fallback_sent_counts_when_redis_returns(name: str)
         finally:
             await a.aclose()
             await b.aclose()
+
+
+async def test_the_same_name_with_another_rate_is_refused(shared: Shared) -> None:
+    slow, fast = shared(RateLimit(5, 2.0)), shared(RateLimit(20, 2.0))
+    (await slow.acquire(1)).refund()
+    with pytest.raises(LimiterUnavailableError,
+                       match="is a budget of 5 images per 2000 ms.*this process gives 20"):
+        await fast.acquire(1)
+    (await slow.acquire(1)).refund()  # the budget is untouched

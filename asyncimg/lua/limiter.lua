@@ -54,6 +54,16 @@ for i = 1, 12 do
   S[FIELDS[i]] = S[FIELDS[i]] or 0
 end
 
+-- The budget's rate is stored with it: every process naming it must give the same.
+local rate = ARGV[3] .. ' images per ' .. ARGV[5] .. ' ms (window ' .. ARGV[4] .. ' ms, burst '
+  .. ARGV[7] .. ')'
+local stored = redis.call('HGET', st, 'rate')
+if stored and stored ~= rate then
+  return redis.error_reply('asyncimg limiter: ' .. st .. ' is a budget of ' .. stored
+    .. ', and this process gives ' .. rate .. ': every process sharing a name must give '
+    .. 'the same rate')
+end
+
 -- Lost state: Redis evicted some of these keys (a maxmemory policy that evicts) or lost
 -- them all (a restart). The counters and the sets must agree, and a caller that stamps
 -- or renews a permit proves the budget is not new. Whatever was sent in the window
@@ -411,6 +421,8 @@ for _, f in ipairs(FIELDS) do
     save[#save + 1] = S[f]
   end
 end
+save[#save + 1] = 'rate'
+save[#save + 1] = rate
 redis.call('HSET', st, unpack(save))
 if S.allow == nil then
   redis.call('HDEL', st, 'allow')
