@@ -849,6 +849,6 @@ async def test_the_same_name_with_another_rate_is_refused(shared: Shared) -> Non
     slow, fast = shared(RateLimit(5, 2.0)), shared(RateLimit(20, 2.0))
     (await slow.acquire(1)).refund()
     with pytest.raises(LimiterUnavailableError,
-                       match="is a budget of 5 images per 2000 ms.*this process gives 20"):
+                       match=r"is a budget of 5 images per 2000 ms.*this process gives 20"):
         await fast.acquire(1)
     (await slow.acquire(1)).refund()  # the budget is untouched
