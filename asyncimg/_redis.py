@@ -76,7 +76,7 @@ from ._limiter import Limiter, LimiterStats, Permit, RateLimit, RatePermit
 from ._ratelimit_headers import read_ratelimit_headers
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
     from redis.asyncio.client import PubSub
     from redis.commands.core import AsyncScript
 
@@ -218,7 +218,7 @@ class RedisLimiter:
     """A FIFO sliding-window limiter shared through Redis (see the module docstring).
 
     Args:
-        redis: a ``redis.asyncio.Redis`` the caller owns (and closes).
+        redis: a ``redis.asyncio.Redis`` or ``RedisCluster`` the caller owns (and closes).
         rate: the budget (``burst`` included); every process sharing ``name``
             must give the same one.
         name: which budget this is: one per organization (or project) and model
@@ -241,7 +241,7 @@ class RedisLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         *,
         rate: RateLimit,
         name: str,
@@ -317,7 +317,8 @@ class RedisLimiter:
 
     @classmethod
     def from_url(cls, url: str, *, rate: RateLimit, name: str, **kwargs: Any) -> RedisLimiter:
-        """Connect to ``url`` (``redis://host:6379/0``, ``rediss://``, ``unix://``).
+        """Connect to ``url`` (``redis://host:6379/0``, ``rediss://``, ``unix://``; a Redis
+        Cluster as ``redis+cluster://node:7000`` or ``rediss+cluster://``, any node).
 
         Takes the keyword arguments of the constructor; :meth:`aclose` closes the
         connection pool it opens. Connecting happens on first use.
@@ -326,13 +327,21 @@ class RedisLimiter:
             ValueError: an argument is out of range, or the URL is not a Redis URL.
         """
         try:
-            from redis.asyncio import Redis
+            from redis.asyncio import Redis, RedisCluster
         except ImportError as exc:
             raise ImportError(
                 "RedisLimiter needs redis-py: pip install 'asyncimg[redis]'"
             ) from exc
         timeout = kwargs.get("timeout", 2.0)
-        client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client: Redis | RedisCluster
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme in ("redis+cluster", "rediss+cluster"):
+            client = RedisCluster.from_url(
+                f"{scheme.removesuffix('+cluster')}://{rest}",
+                socket_timeout=timeout, socket_connect_timeout=timeout,
+            )
+        else:
+            client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         limiter = cls(client, rate=rate, name=name, **kwargs)
         limiter._owns = True
         return limiter
@@ -523,10 +532,16 @@ class RedisLimiter:
                 f"the shared limiter's Redis did not answer within {self.timeout:g}s"
             ) from exc
         except Exception as exc:
-            from redis.exceptions import RedisError, ResponseError
+            from redis.exceptions import MovedError, RedisError, ResponseError
 
             if isinstance(exc, ResponseError) and str(exc).startswith("asyncimg limiter: "):
                 raise LimiterUnavailableError(str(exc)) from exc  # the script's own refusal
+            if isinstance(exc, MovedError):
+                raise LimiterUnavailableError(
+                    f"the shared limiter's Redis is a cluster node ({exc}): connect to the "
+                    "cluster (RedisLimiter.from_url('redis+cluster://host:port'), or pass a "
+                    "redis.asyncio.RedisCluster)"
+                ) from exc
             if isinstance(exc, (RedisError, OSError)):
                 raise LimiterUnavailableError(
                     f"the shared limiter's Redis failed: {type(exc).__name__}: {str(exc)[:200]}"

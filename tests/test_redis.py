@@ -852,3 +852,41 @@ async def test_the_same_name_with_another_rate_is_refused(shared: Shared) -> Non
                        match=r"is a budget of 5 images per 2000 ms.*this process gives 20"):
         await fast.acquire(1)
     (await slow.acquire(1)).refund()  # the budget is untouched
+
+
+def _not_on(node: RedisServer, servers: list[RedisServer]) -> str:
+    """A limiter name whose keys' slot lives on another node than ``node``."""
+    out = subprocess.run(["redis-cli", "-p", str(node.port), "cluster", "slots"],
+                         capture_output=True, text=True, timeout=5, check=True).stdout.split()
+    # Each range: start, end, ip, port, id (flattened by redis-cli, one value per line).
+    ranges = [(int(out[i]), int(out[i + 1]), int(out[i + 3])) for i in range(0, len(out), 5)]
+    from redis.crc import key_slot
+
+    for i in range(1000):
+        name = f"t-cluster-{i}"
+        slot = key_slot(f"asyncimg:{{{name}}}:st".encode())
+        if any(lo <= slot <= hi and port != node.port for lo, hi, port in ranges):
+            return name
+    raise AssertionError("no name off the first node")
+
+
+async def test_a_cluster_url_shares_one_budget_whichever_node_it_names() -> None:
+    from ._redis_server import running_cluster
+
+    with running_cluster(3) as servers:
+        first = servers[0]
+        name = _not_on(first, servers)
+        rate = RateLimit(2, 30.0)
+        async with limiter(f"redis://127.0.0.1:{first.port}/0", name, rate) as plain:
+            with pytest.raises(LimiterUnavailableError, match=r"redis\+cluster://"):
+                await plain.acquire(1)
+        a = limiter(f"redis+cluster://127.0.0.1:{first.port}", name, rate)
+        b = limiter(f"redis+cluster://127.0.0.1:{servers[2].port}", name, rate)
+        try:
+            await a.acquire(2)
+            assert (await b.fetch_stats()).held == 2
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(b.acquire(1), 0.2)
+        finally:
+            await a.aclose()
+            await b.aclose()
