@@ -890,3 +890,12 @@ async def test_a_cluster_url_shares_one_budget_whichever_node_it_names() -> None
         finally:
             await a.aclose()
             await b.aclose()
+
+
+async def test_a_refused_settlement_writes_nothing(r: Any, lua: Lua) -> None:
+    await lua("acquire", "a", 0, "a:1:2")
+    with pytest.raises(redis_asyncio.ResponseError, match="unknown settlement x:junk"):
+        await lua("settle", "a", 1, "s:a:1:2", "x:junk")
+    after = state(await lua("stats", "a", 2))
+    assert (after["held"], after["in_window"], after["sent"]) == (2, 0, 0)
+    assert await r.zscore(lua.keys[1], "a:1:2") is None  # not in the window either

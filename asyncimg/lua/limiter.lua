@@ -54,6 +54,23 @@ for i = 1, 12 do
   S[FIELDS[i]] = S[FIELDS[i]] or 0
 end
 
+-- Refuse a bad call before anything is written (Redis does not roll a script back).
+if op ~= 'acquire' and op ~= 'take' and op ~= 'settle' and op ~= 'stats' then
+  return redis.error_reply('asyncimg limiter: unknown operation ' .. op)
+end
+if op == 'settle' then
+  for i = 11, #ARGV do
+    local item = ARGV[i]
+    local kind = string.sub(item, 1, 2)
+    if not (kind == 's:' or kind == 'r:' or kind == 'l:' or kind == 'p:' or kind == 'o:')
+        or (kind == 'o:' and not string.match(item, '^o:%-?%d+:%-?%d+:%d:%-?%d+$'))
+        or (kind == 'l:' and not string.match(item, '^l:%d+:.+$'))
+        or (kind == 'p:' and not tonumber(string.sub(item, 3))) then
+      return redis.error_reply('asyncimg limiter: unknown settlement ' .. item)
+    end
+  end
+end
+
 -- The budget's rate is stored with it: every process naming it must give the same.
 local rate = ARGV[3] .. ' images per ' .. ARGV[5] .. ' ms (window ' .. ARGV[4] .. ' ms, burst '
   .. ARGV[7] .. ')'
@@ -352,12 +369,8 @@ elseif op == 'settle' then
     elseif kind == 'o' then
       local a, b, c, d = string.match(rest, '^(%-?%d+):(%-?%d+):(%d):(%-?%d+)$')
       observe(tonumber(a), tonumber(b), tonumber(c), tonumber(d))
-    else
-      return redis.error_reply('asyncimg limiter: unknown settlement ' .. ARGV[i])
     end
   end
-elseif op ~= 'stats' then
-  return redis.error_reply('asyncimg limiter: unknown operation ' .. op)
 end
 
 if op == 'take' or op == 'stats' then
