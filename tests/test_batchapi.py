@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import openai
 import pytest
+from aiohttp import web
 
 from asyncimg import (
     AsyncImagesClient,
@@ -314,3 +315,74 @@ async def test_the_official_sdk_files_and_batches(emu: Emulator) -> None:
         assert cancelled.status == "cancelling"
         deleted = await sdk.files.delete(file.id)
         assert deleted.deleted
+
+
+# -- against a status endpoint of the test's own that keeps failing ---------------------------
+
+
+class _Instant:
+    """A clock whose sleeps pass at once: the give-up rule without waiting."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def call_at(self, when: float, callback: object) -> None:  # pragma: no cover - unused
+        raise NotImplementedError
+
+    async def sleep_until(self, deadline: float) -> None:
+        self.sleeps.append(deadline - self.t)
+        self.t = max(self.t, deadline)
+
+
+async def _always(status: int) -> tuple[web.AppRunner, str, list[int]]:
+    seen: list[int] = []
+
+    async def poll(request: web.Request) -> web.Response:
+        seen.append(status)
+        return web.json_response({"error": {"message": "nope"}}, status=status)
+
+    app = web.Application()
+    app.router.add_get("/v1/batches/{id}", poll)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1", seen
+
+
+async def test_polling_gives_up_after_failing_for_the_whole_window() -> None:
+    from asyncimg import InternalServerError
+
+    runner, url, seen = await _always(503)
+    try:
+        async with AsyncImagesClient(api_key=TEST_KEY, base_url=url, rate_limit=None) as c:
+            c.retry_policy = RetryPolicy(max_retries=2, initial=1.0, maximum=4.0)
+            clock = _Instant()
+            told: list[tuple[float, float]] = []
+            with pytest.raises(InternalServerError):
+                await BatchAPIJob(c, "batch_x").poll(
+                    poll_interval=60, give_up_after=600, clock=clock,  # type: ignore[arg-type]
+                    on_retry=lambda exc, delay, until: told.append((delay, until)))
+    finally:
+        await runner.cleanup()
+    assert clock.sleeps[:7] == [1, 2, 4, 8, 16, 32, 60]
+    assert max(clock.sleeps) == 60
+    assert clock.t >= 600
+    assert {until for _delay, until in told} == {600}
+    assert len(seen) == len(clock.sleeps) + 1  # one request per poll: no hidden retries
+
+
+async def test_polling_stops_at_once_on_a_refusal() -> None:
+    from asyncimg import AuthenticationError
+
+    runner, url, seen = await _always(401)
+    try:
+        async with AsyncImagesClient(api_key=TEST_KEY, base_url=url, rate_limit=None) as c:
+            with pytest.raises(AuthenticationError):
+                await BatchAPIJob(c, "batch_x").poll(poll_interval=60, clock=_Instant())  # type: ignore[arg-type]
+    finally:
+        await runner.cleanup()
+    assert seen == [401]
