@@ -506,3 +506,15 @@ async def test_an_image_orphaned_by_a_kill_is_overwritten_not_doubled(
     names = sorted(p.name for p in out.glob("*.png"))
     assert len(names) == len(PROMPTS)
     assert not any(name.endswith("-0-1.png") for name in names)
+
+
+async def test_the_cli_polls_through_500s_and_says_so(
+    emu: Emulator, prompts: Path, tmp_path: Path
+) -> None:
+    emu.batches.pace = BatchPace(polls=1)
+    emu.add_fault(Fault.status(500, times=3, path="/v1/batches/"))
+    out = tmp_path / "out"
+    code, _, stderr = await _cli(emu, *_batch_args(prompts, out, "--max-retries", "2"))
+    assert code == 0, stderr
+    _all_done_once(out)
+    assert "poll failed (500), polling again in" in stderr
