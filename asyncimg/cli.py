@@ -1044,6 +1044,8 @@ class _Plain(ProgressSink):
         counts = batch.request_counts
         line = (f"batch {batch.id}: {batch.status}, {counts.completed}/{counts.total} "
                 f"completed, {counts.failed} failed")
+        if batch.note:
+            line += f" ({batch.note})"
         if line == self._last_batch:
             return None
         self._last_batch = line
