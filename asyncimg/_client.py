@@ -59,6 +59,8 @@ from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
 from ._limiter import Limiter, RateLimit, RateLimiter
 from ._models import Image, ImagesResponse
 from ._offloop import OFF_LOOP_BYTES, blocking, off_loop, off_loop_if_large
+from ._otel import CallInfo, Target, log_fields, trace_headers, watch
+from ._otel import start as start_span
 from ._params import EditParams, GenerateParams, JsonEditParams, Params, VariationParams
 from ._refs import EditImages, by_reference, load_ref, load_refs
 from ._retry import Decision, RetryPolicy, decide
@@ -150,6 +152,10 @@ class AsyncImagesClient:
             connector, proxy and TLS settings are then yours; made on the loop
             that runs this async client); the client never closes it. Not with
             ``proxy``/``ssl``.
+        propagate_trace: send the current OpenTelemetry context as W3C
+            ``traceparent``/``tracestate`` headers (with ``asyncimg[otel]``; the API
+            does not need them, a gateway of yours might). Every call is traced
+            with opentelemetry-api installed, whatever this says.
 
     Raises:
         ValidationError: an argument is invalid, or no API key is set for the official API.
@@ -176,6 +182,7 @@ class AsyncImagesClient:
         proxy: str | None = None,
         ssl: SSLOption = None,
         http_session: aiohttp.ClientSession | None = None,
+        propagate_trace: bool = False,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
@@ -225,6 +232,8 @@ class AsyncImagesClient:
         self.retry_policy = RetryPolicy(max_retries=max_retries)
         self.limiter: RateLimiter = limiter if limiter is not None else Limiter(rate_limit)
         self._origin = _origin(self.base_url)
+        self._target = Target.of(self.base_url)
+        self._propagate_trace = bool(propagate_trace)
         headers = {}
         if api_key:
             headers["Authorization"] = f"Bearer {check_header_value('api_key', api_key)}"
@@ -242,6 +251,7 @@ class AsyncImagesClient:
         self._gate = Gate(
             rate if isinstance(rate, RateLimit) else None, fixed=max_concurrency
         )
+        watch(self, self._gate, self.limiter, self._target)
         user_agent = (
             f"asyncimg/{__version__} aiohttp/{aiohttp.__version__} "
             f"python/{platform.python_version()}"
@@ -623,6 +633,7 @@ class AsyncImagesClient:
         return await self._send(
             attempt, _body, images=0, policy=self.retry_policy,
             what=f"GET {without_query(url)}",
+            call=CallInfo.http(Target.of(url), "download", "GET", urlsplit(url).path),
         )
 
     async def request(
@@ -677,7 +688,8 @@ class AsyncImagesClient:
             )
 
         return await self._send(
-            attempt, _raw, images=0, policy=policy, what=f"{method} {path}"
+            attempt, _raw, images=0, policy=policy, what=f"{method} {path}",
+            call=CallInfo.http(self._target, "request", method, path),
         )
 
     async def save(
@@ -773,6 +785,8 @@ class AsyncImagesClient:
         Raises:
             ValidationError: the token provider gave no token (nothing is sent).
         """
+        if self._propagate_trace:
+            extra = merge_headers(extra, trace_headers())
         provider = self._token_provider
         if provider is None:
             return merge_headers(self._headers, extra) if extra else self._headers
@@ -826,11 +840,18 @@ class AsyncImagesClient:
         try:
             return await self._send(
                 attempt, parse_images_response, images=params.images, policy=policy,
-                what=f"POST {params.path}", stats=options.stats,
+                what=f"POST {params.path}", stats=options.stats, call=self._image_call(params),
             )
         except NotFoundError as exc:
             _say_if_retired(exc, params.model)
             raise
+
+    def _image_call(self, params: Params) -> CallInfo:
+        """What an image call is, for its span, metrics and log records."""
+        return CallInfo.image(
+            self._target, params.path, params.model, getattr(params, "n", None),
+            getattr(params, "stream", None),
+        )
 
     def _attempt_timeout(self, timeout: TimeoutLike) -> float | None:
         """A call's ``timeout=`` (seconds or an httpx-shaped object), else the client's.
@@ -874,6 +895,7 @@ class AsyncImagesClient:
             return await self._send(
                 attempt, lambda _: opened.pop(), images=params.images, policy=policy,
                 what=f"POST {params.path} (stream)", stats=options.stats,
+                call=self._image_call(params),
             )
         except NotFoundError as exc:
             _say_if_retired(exc, params.model)
@@ -888,6 +910,7 @@ class AsyncImagesClient:
         policy: RetryPolicy,
         what: str,
         stats: CallStats | None = None,
+        call: CallInfo | None = None,
     ) -> _T:
         """The one request path: every request the library sends goes through here.
 
@@ -897,40 +920,60 @@ class AsyncImagesClient:
         request that spends ``images`` takes a concurrency slot and the images
         from the limiter per attempt, stamping the permit when the request is on
         the wire (``on_wire``) and refunding it when nothing was written.
-        ``stats``, when given, records each attempt.
+        ``stats``, when given, records each attempt. ``call`` says what the call
+        is for its OpenTelemetry span (``_otel.py``), current while it runs, and
+        its log records.
         """
+        span = None if call is None else start_span(call, stats)
+        if span is not None:
+            stats = span.stats  # the span's attempts and limiter wait come from it
         number = 0
-        while True:
-            number += 1
-            started = time.monotonic()
-            try:
-                raw = await self._attempt(attempt, images, stats)
-                logger.debug(
-                    "%s attempt %d: %d in %.3fs (request id %s)",
-                    what, number, raw.status, time.monotonic() - started, raw.request_id,
-                )
-                return parse(raw)
-            except APIError as exc:
-                decision = decide(exc, number, policy, now=time.time())
-                status = getattr(exc, "status_code", None)
-                if not self._sends_credentials and status is not None:
-                    decision = _without_credentials(exc, decision, number)
-                if stats is not None:
-                    stats.statuses.append(status)
-                logger.debug(
-                    "%s attempt %d: %s %s (request id %s)",
-                    what, number, status or type(exc).__name__, exc.message, exc.request_id,
-                )
-                if not decision.retry:
-                    raise
-                logger.info(
-                    "%s: retrying after attempt %d (%s) in %.2fs",
-                    what, number, decision.reason, decision.wait,
-                )
-                if decision.pause_all and images > 0:
-                    self.limiter.pause(decision.wait)
-                else:  # a download's 429 is its host's, not the image budget's
-                    await asyncio.sleep(decision.wait)
+        try:
+            while True:
+                number += 1
+                started = time.monotonic()
+                try:
+                    raw = await self._attempt(attempt, images, stats)
+                    logger.debug(
+                        "%s attempt %d: %d in %.3fs (request id %s)",
+                        what, number, raw.status, time.monotonic() - started, raw.request_id,
+                        extra=log_fields(call, raw.request_id, number)
+                        if logger.isEnabledFor(logging.DEBUG) else None,
+                    )
+                    result = parse(raw)
+                    if span is not None:
+                        span.succeeded(raw.request_id, raw.status, result)
+                    return result
+                except APIError as exc:
+                    decision = decide(exc, number, policy, now=time.time())
+                    status = getattr(exc, "status_code", None)
+                    if not self._sends_credentials and status is not None:
+                        decision = _without_credentials(exc, decision, number)
+                    if stats is not None:
+                        stats.statuses.append(status)
+                    fields = log_fields(call, exc.request_id, number)
+                    logger.debug(
+                        "%s attempt %d: %s %s (request id %s)",
+                        what, number, status or type(exc).__name__, exc.message, exc.request_id,
+                        extra=fields,
+                    )
+                    if not decision.retry:
+                        raise
+                    logger.info(
+                        "%s: retrying after attempt %d (%s) in %.2fs",
+                        what, number, decision.reason, decision.wait, extra=fields,
+                    )
+                    pause_all = decision.pause_all and images > 0
+                    if span is not None:
+                        span.retry(exc, number, decision.reason, decision.wait, pause_all)
+                    if pause_all:
+                        self.limiter.pause(decision.wait)
+                    else:  # a download's 429 is its host's, not the image budget's
+                        await asyncio.sleep(decision.wait)
+        except BaseException as exc:
+            if span is not None:
+                span.failed(exc)
+            raise
 
     async def _attempt(
         self,

@@ -212,6 +212,9 @@ def cost_of(
     image tokens). ``batch_api`` applies the Batch API's half price. A streamed call costs
     what its completed event's usage says: the partial images' extra output tokens are
     in it as the server counts them (:func:`estimate_request` adds them before sending).
+    An SVG response's ``svg_usage`` adds its author model's text rates (input, and
+    output with reasoning tokens); an author the table does not price makes the whole
+    cost unknown.
 
     Args:
         usage: the call's usage, its :class:`ImagesResponse`, or a stream's
@@ -224,11 +227,25 @@ def cost_of(
         None when there is no usage, the model has no prices, or a rate its tokens need
         is missing.
     """
+    svg = usage.svg_usage if isinstance(usage, ImagesResponse) else None
     if isinstance(usage, (ImagesResponse, CompletedImageEvent)):
         usage = usage.usage
     if usage is None:
         return None
     table = load_prices() if prices is None else prices
+    svg_cost = 0.0
+    if svg is not None:  # the SVG's author is a text model, priced as such (or unknown)
+        author = table.get(svg.model)
+        reasoning = svg.reasoning_tokens or 0
+        svg_parts = (
+            None if author is None else _part(svg.input_tokens or 0, author.text_input),
+            None if author is None else _part(
+                (svg.output_tokens or 0) + reasoning, author.text_output
+            ),
+        )
+        if any(p is None for p in svg_parts):
+            return None
+        svg_cost = sum(p for p in svg_parts if p is not None)
     rates = table.get(model)
     if rates is None:
         return None
@@ -256,7 +273,7 @@ def cost_of(
     )
     if any(p is None for p in parts):
         return None
-    total = sum(p for p in parts if p is not None)
+    total = sum(p for p in parts if p is not None) + svg_cost
     return total * BATCH_API_DISCOUNT if batch_api else total
 
 

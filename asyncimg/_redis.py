@@ -36,9 +36,12 @@ Redis down or slow: ``acquire`` raises :class:`LimiterUnavailableError` within
 ``timeout`` seconds (a waiter already queued: within ``lease / 3 + timeout``), having
 sent nothing; or, with ``on_unavailable="local"``, it logs one warning and carries on
 with a local :class:`~asyncimg.Limiter` at ``local_share`` of the rate, trying Redis
-again after ``lease`` seconds. Redis restarted (its state lost): the images sent in
-the window before the restart are forgotten, so the next window can hold up to twice
-the budget, once; waiters re-join the queue in their order.
+again after ``lease`` seconds. Redis restarted or some keys evicted (its state lost):
+the script finds it when the counters and the sets disagree or a process stamps or
+renews a permit the budget no longer knows, starts afresh and pauses everyone for one
+window; waiters re-join the queue in their order. A Redis whose ``maxmemory-policy``
+evicts any key (``allkeys-*``) is refused on the first call; ``volatile-*``, or a
+``CONFIG GET`` refused, is logged as a warning.
 
 Background tasks: the submitter, the settler, the pump and the listener belong to one
 owner (:class:`~asyncimg._background.BackgroundTasks`, whose docstring says why it is
@@ -69,11 +72,11 @@ import attrs
 
 from ._background import BackgroundTasks, first_error
 from ._exceptions import LimiterUnavailableError, ValidationError
-from ._limiter import Limiter, LimiterStats, RateLimit, RatePermit
+from ._limiter import Limiter, LimiterStats, Permit, RateLimit, RatePermit
 from ._ratelimit_headers import read_ratelimit_headers
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
     from redis.asyncio.client import PubSub
     from redis.commands.core import AsyncScript
 
@@ -144,16 +147,34 @@ class _Reply:
     wait: float | None  # seconds the head must wait; None: until told
     mine: int  # 1: the head is ours and fits; 2: ours, not yet; 0: not ours
     state: tuple[int, ...]
+    lost: bool = False  # this call found the state lost (evicted, restarted): paused
 
     @classmethod
     def from_redis(cls, raw: Any) -> _Reply:
-        granted, wait, mine, state = raw
+        granted, wait, mine, lost, state = raw
         return cls(
             tuple(g.decode() if isinstance(g, bytes) else str(g) for g in granted),
             None if int(wait) < 0 else int(wait) / 1000,
             int(mine),
             tuple(int(v) for v in state),
+            bool(int(lost)),
         )
+
+
+_SAFE_POLICIES = frozenset({"noeviction"})
+
+
+def eviction_problem(policy: str) -> str | None:
+    """What is wrong with a Redis ``maxmemory-policy`` for the limiter (None: nothing).
+
+    ``allkeys-*`` may evict the limiter's keys at any time (a budget granted again,
+    silently); ``volatile-*`` may too, since every key of the limiter has a TTL.
+    """
+    if policy in _SAFE_POLICIES:
+        return None
+    return (f"Redis's maxmemory-policy is {policy}: under memory pressure it evicts the "
+            "limiter's keys and the budget is granted again; set maxmemory-policy "
+            "noeviction (or give the limiter a Redis of its own)")
 
 
 class RedisPermit:
@@ -197,7 +218,7 @@ class RedisLimiter:
     """A FIFO sliding-window limiter shared through Redis (see the module docstring).
 
     Args:
-        redis: a ``redis.asyncio.Redis`` the caller owns (and closes).
+        redis: a ``redis.asyncio.Redis`` or ``RedisCluster`` the caller owns (and closes).
         rate: the budget (``burst`` included); every process sharing ``name``
             must give the same one.
         name: which budget this is: one per organization (or project) and model
@@ -220,7 +241,7 @@ class RedisLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         *,
         rate: RateLimit,
         name: str,
@@ -287,14 +308,17 @@ class RedisLimiter:
         self._wake = asyncio.Event()  # an asyncio.Event binds to a loop on first use
         self._subscribed = asyncio.Event()
         self._local: Limiter | None = None
+        self._local_permits: list[Permit] = []  # granted by the fallback, not yet reported
         self._local_until = -math.inf
         self._warned = False
         self._snapshot: tuple[float, tuple[int, ...]] | None = None
         self._closed = False
+        self._policy_checked = False
 
     @classmethod
     def from_url(cls, url: str, *, rate: RateLimit, name: str, **kwargs: Any) -> RedisLimiter:
-        """Connect to ``url`` (``redis://host:6379/0``, ``rediss://``, ``unix://``).
+        """Connect to ``url`` (``redis://host:6379/0``, ``rediss://``, ``unix://``; a Redis
+        Cluster as ``redis+cluster://node:7000`` or ``rediss+cluster://``, any node).
 
         Takes the keyword arguments of the constructor; :meth:`aclose` closes the
         connection pool it opens. Connecting happens on first use.
@@ -303,13 +327,21 @@ class RedisLimiter:
             ValueError: an argument is out of range, or the URL is not a Redis URL.
         """
         try:
-            from redis.asyncio import Redis
+            from redis.asyncio import Redis, RedisCluster
         except ImportError as exc:
             raise ImportError(
                 "RedisLimiter needs redis-py: pip install 'asyncimg[redis]'"
             ) from exc
         timeout = kwargs.get("timeout", 2.0)
-        client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client: Redis | RedisCluster
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme in ("redis+cluster", "rediss+cluster"):
+            client = RedisCluster.from_url(
+                f"{scheme.removesuffix('+cluster')}://{rest}",
+                socket_timeout=timeout, socket_connect_timeout=timeout,
+            )
+        else:
+            client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         limiter = cls(client, rate=rate, name=name, **kwargs)
         limiter._owns = True
         return limiter
@@ -340,13 +372,40 @@ class RedisLimiter:
         if self._closed:
             raise LimiterUnavailableError("the limiter is closed")
         if self._local is not None and time.monotonic() < self._local_until:
-            return await self._local.acquire(n)
+            return await self._local_acquire(n)
         try:
+            if self._local_permits:
+                await self._report_local()
             return await self._acquire_shared(n)
         except LimiterUnavailableError:
             if self.on_unavailable != "local":
                 raise
-            return await self._fall_back().acquire(n)
+            self._fall_back()
+            return await self._local_acquire(n)
+
+    async def _local_acquire(self, n: int) -> RatePermit:
+        """A permit of the local fallback, kept so that Redis hears of it when it returns."""
+        assert self._local is not None
+        permit = await self._local.acquire(n)
+        self._local_permits.append(permit)
+        return permit
+
+    async def _report_local(self) -> None:
+        """Redis is back: the images sent under the local fallback that are still in the
+        window count in the shared one (``l:`` settlements, landed before any grant)."""
+        now = time.monotonic()
+        kept: list[Permit] = []
+        for permit in self._local_permits:
+            if permit.stamped_at is None:
+                if not permit.refunded:
+                    kept.append(permit)  # still held: reported once it is sent
+                continue
+            ago = now - permit.stamped_at
+            if ago < self.rate.window:
+                self._seq += 1
+                self._tell(f"l:{_ms(ago)}:{self._sid}:{self._seq}:{permit.images}")
+        self._local_permits = kept
+        await self._flushed()
 
     def pause(self, seconds: float) -> None:
         """Grant nothing to anyone, in any process, until ``seconds`` from now.
@@ -438,8 +497,32 @@ class RedisLimiter:
 
     # -- the machinery --
 
+    async def _check_policy(self) -> None:
+        """Refuse a Redis that may evict any key (``allkeys-*``); warn of one that may evict
+        keys with a TTL (``volatile-*``), or that will not say (``CONFIG`` refused)."""
+        from redis.exceptions import ResponseError
+
+        try:
+            config = await self._redis.config_get("maxmemory*")
+        except ResponseError as exc:
+            logger.warning(
+                "asyncimg shared limiter %r: cannot read Redis's maxmemory-policy (%s); if it "
+                "evicts keys (allkeys-*, volatile-*), the budget can be granted again: use "
+                "noeviction", self.name, exc)
+            self._policy_checked = True
+            return
+        policy = str(config.get("maxmemory-policy", "noeviction"))
+        problem = eviction_problem(policy)
+        if problem is not None and str(config.get("maxmemory", "0")) != "0":
+            if policy.startswith("allkeys-"):
+                raise LimiterUnavailableError(f"the shared limiter refuses this Redis: {problem}")
+            logger.warning("asyncimg shared limiter %r: %s", self.name, problem)
+        self._policy_checked = True
+
     async def _call(self, op: str, *args: Any) -> _Reply:
         try:
+            if not self._policy_checked:
+                await asyncio.wait_for(self._check_policy(), self.timeout)
             raw = await asyncio.wait_for(
                 self._script(keys=self._keys, args=[op, *self._fixed, "", *args]),
                 self.timeout,
@@ -449,8 +532,16 @@ class RedisLimiter:
                 f"the shared limiter's Redis did not answer within {self.timeout:g}s"
             ) from exc
         except Exception as exc:
-            from redis.exceptions import RedisError
+            from redis.exceptions import MovedError, RedisError, ResponseError
 
+            if isinstance(exc, ResponseError) and str(exc).startswith("asyncimg limiter: "):
+                raise LimiterUnavailableError(str(exc)) from exc  # the script's own refusal
+            if isinstance(exc, MovedError):
+                raise LimiterUnavailableError(
+                    f"the shared limiter's Redis is a cluster node ({exc}): connect to the "
+                    "cluster (RedisLimiter.from_url('redis+cluster://host:port'), or pass a "
+                    "redis.asyncio.RedisCluster)"
+                ) from exc
             if isinstance(exc, (RedisError, OSError)):
                 raise LimiterUnavailableError(
                     f"the shared limiter's Redis failed: {type(exc).__name__}: {str(exc)[:200]}"
@@ -458,6 +549,11 @@ class RedisLimiter:
             raise
         self.round_trips += 1
         reply = _Reply.from_redis(raw)
+        if reply.lost:
+            logger.warning(
+                "asyncimg shared limiter %r: its state in Redis was lost (keys evicted, or "
+                "Redis restarted without its data); every process pauses for one window",
+                self.name)
         state = reply.state
         if state[-1] < 0 and self._snapshot is not None:  # only some calls count it
             state = (*state[:-1], self._snapshot[1][-1])
@@ -631,8 +727,13 @@ class RedisLimiter:
                         self._subscribed.set()
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=beat)
                 except Exception as exc:
-                    from redis.exceptions import RedisError
+                    from redis.exceptions import NoPermissionError, RedisError
 
+                    if isinstance(exc, NoPermissionError):
+                        raise LimiterUnavailableError(
+                            f"the Redis user may not subscribe to {self._channel} ({exc}): "
+                            f"it needs the ACL rule &{self._channel} (see the README)"
+                        ) from exc
                     if not isinstance(exc, (RedisError, OSError, asyncio.TimeoutError)):
                         raise
                     if pubsub is not None:

@@ -368,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
     batch.add_argument(
+        "--otel", action="store_true",
+        help="send traces and metrics by OTLP, configured by the standard OTEL_* variables "
+        "(needs opentelemetry-sdk and opentelemetry-exporter-otlp-proto-http)",
+    )
+    batch.add_argument(
         "--report", action="store_true",
         help="write DIR/index.html (see `asyncimg report`) at the end and print its path",
 )
@@ -1039,6 +1044,8 @@ class _Plain(ProgressSink):
         counts = batch.request_counts
         line = (f"batch {batch.id}: {batch.status}, {counts.completed}/{counts.total} "
                 f"completed, {counts.failed} failed")
+        if batch.note:
+            line += f" ({batch.note})"
         if line == self._last_batch:
             return None
         self._last_batch = line
@@ -1340,7 +1347,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "batches" and not Path(args.output).is_dir():
             raise UsageError(f"DIR: no such directory: {args.output}")
         runner = {"batch": _batch, "batches": _batches}.get(args.command, _single)
-        return asyncio.run(_until_sigterm(runner, args, out, err))
+        if not getattr(args, "otel", False):
+            return asyncio.run(_until_sigterm(runner, args, out, err))
+        from ._otel import ExporterUnavailable, export_otlp
+
+        try:
+            shutdown = export_otlp("asyncimg-batch")
+        except ExporterUnavailable as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            return asyncio.run(_until_sigterm(runner, args, out, err))
+        finally:
+            shutdown()  # the last spans and metrics go out
     except UsageError as exc:
         print(f"asyncimg: error: {exc}", file=err)
         return EXIT_USAGE

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -24,11 +25,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = _free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 class RedisServer:
     """One ``redis-server`` process, with no persistence; can be killed and restarted."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *options: str) -> None:
         self.binary = binary
+        self.options = options
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -41,7 +57,7 @@ class RedisServer:
         """Start the server and wait (at most 5 s) until it accepts connections."""
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
+             "--appendonly", "no", "--protected-mode", "no", *self.options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -79,11 +95,52 @@ def redis_server_binary() -> str:
 
 
 @contextlib.contextmanager
-def running_redis() -> Iterator[RedisServer]:
-    """A started server (see :func:`redis_server_binary` for when it skips), killed after."""
-    server = RedisServer(redis_server_binary())
+def running_redis(*options: str) -> Iterator[RedisServer]:
+    """A started server with extra command-line ``options`` (``"--maxmemory", "2mb"``; see
+    :func:`redis_server_binary` for when it skips), killed after."""
+    server = RedisServer(redis_server_binary(), *options)
     server.start()
     try:
         yield server
     finally:
         server.kill()
+
+
+@contextlib.contextmanager
+def running_cluster(nodes: int = 3) -> Iterator[list[RedisServer]]:
+    """A Redis Cluster of ``nodes`` masters on loopback (no replicas), its slots spread
+    by ``redis-cli --cluster create``; skips when redis-server cannot run one."""
+    binary = redis_server_binary()
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("redis-cli is not on PATH")
+    with tempfile.TemporaryDirectory() as folder:
+        servers = []
+        try:
+            for _ in range(nodes):
+                port = _free_cluster_port()
+                server = RedisServer(binary, "--cluster-enabled", "yes", "--dir", folder,
+                                     "--cluster-config-file", f"nodes-{port}.conf")
+                server.port = port
+                server.start()
+                servers.append(server)
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in servers),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, capture_output=True, timeout=30,
+            )
+            deadline = time.monotonic() + 10.0
+            while not all(_cluster_ok(cli, s.port) for s in servers):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not reach cluster_state:ok")
+                time.sleep(0.05)
+            yield servers
+        finally:
+            for server in servers:
+                server.kill()
+
+
+def _cluster_ok(cli: str, port: int) -> bool:
+    info = subprocess.run([cli, "-p", str(port), "cluster", "info"], capture_output=True,
+                          text=True, timeout=5).stdout
+    return "cluster_state:ok" in info

@@ -76,3 +76,10 @@ async def client(emu: object) -> AsyncIterator[object]:
 
 # pytester: the pytest plugin is tested the way a user's suite uses it.
 pytest_plugins = ["pytester"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that drives a real browser is slow: `make test-fast` leaves it out."""
+    for item in items:
+        if "chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

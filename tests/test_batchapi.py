@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import openai
 import pytest
+from aiohttp import web
 
 from asyncimg import (
     AsyncImagesClient,
@@ -98,12 +99,42 @@ def test_result_lines_become_responses_or_errors() -> None:
     assert (expired.error.code, expired.error.message) == ("batch_expired", "too late")
 
 
-@pytest.mark.parametrize("line", ["not json", "[]", '{"id": 1}', '{"custom_id": "x"}'])
-def test_a_line_that_is_not_a_result_is_an_error(line: str) -> None:
+@pytest.mark.parametrize("line", ["not json", "[]", '{"id": 1}', '{"custom_id": 3, "resp',
+                                  '{"custom_id": "", "response": {"st'])
+def test_a_line_that_names_no_item_is_an_error(line: str) -> None:
     from asyncimg import APIResponseValidationError
 
     with pytest.raises(APIResponseValidationError):
         BatchAPIResult.from_line(line)
+
+
+@pytest.mark.parametrize("line", [
+    '{"custom_id": "x"}',
+    '{"id": "batch_req_1", "custom_id": "x", "response": {"status_code": 200, "body": {"da',
+    '{"custom_id":"x","response":null,"error":{"code":"batch_expired"',
+])
+def test_a_malformed_line_that_names_its_item_fails_that_item(line: str) -> None:
+    from asyncimg import APIResponseValidationError
+
+    result = BatchAPIResult.from_line(line)
+    assert result.custom_id == "x"
+    assert isinstance(result.error, APIResponseValidationError)
+    assert not result.ok
+
+
+def test_polling_backs_off_up_to_the_poll_interval() -> None:
+    from asyncimg import APIConnectionError, InternalServerError, NotFoundError
+    from asyncimg._batch.api import poll_delay, transient, window_seconds
+
+    delays = [poll_delay(n, initial=0.5, poll_interval=60) for n in range(1, 10)]
+    assert delays == [0.5, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert poll_delay(1, initial=0.5, poll_interval=0) == 0.5
+    assert window_seconds("24h") == 86400
+    with pytest.raises(ValidationError):
+        window_seconds("1d")
+    assert transient(InternalServerError("x", status_code=502))
+    assert transient(APIConnectionError("x"))
+    assert not transient(NotFoundError("x", status_code=404))
 
 
 def test_a_batch_object_is_read_and_keeps_what_it_does_not_know() -> None:
@@ -284,3 +315,74 @@ async def test_the_official_sdk_files_and_batches(emu: Emulator) -> None:
         assert cancelled.status == "cancelling"
         deleted = await sdk.files.delete(file.id)
         assert deleted.deleted
+
+
+# -- against a status endpoint of the test's own that keeps failing ---------------------------
+
+
+class _Instant:
+    """A clock whose sleeps pass at once: the give-up rule without waiting."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def call_at(self, when: float, callback: object) -> None:  # pragma: no cover - unused
+        raise NotImplementedError
+
+    async def sleep_until(self, deadline: float) -> None:
+        self.sleeps.append(deadline - self.t)
+        self.t = max(self.t, deadline)
+
+
+async def _always(status: int) -> tuple[web.AppRunner, str, list[int]]:
+    seen: list[int] = []
+
+    async def poll(request: web.Request) -> web.Response:
+        seen.append(status)
+        return web.json_response({"error": {"message": "nope"}}, status=status)
+
+    app = web.Application()
+    app.router.add_get("/v1/batches/{id}", poll)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1", seen
+
+
+async def test_polling_gives_up_after_failing_for_the_whole_window() -> None:
+    from asyncimg import InternalServerError
+
+    runner, url, seen = await _always(503)
+    try:
+        async with AsyncImagesClient(api_key=TEST_KEY, base_url=url, rate_limit=None) as c:
+            c.retry_policy = RetryPolicy(max_retries=2, initial=1.0, maximum=4.0)
+            clock = _Instant()
+            told: list[tuple[float, float]] = []
+            with pytest.raises(InternalServerError):
+                await BatchAPIJob(c, "batch_x").poll(
+                    poll_interval=60, give_up_after=600, clock=clock,  # type: ignore[arg-type]
+                    on_retry=lambda exc, delay, until: told.append((delay, until)))
+    finally:
+        await runner.cleanup()
+    assert clock.sleeps[:7] == [1, 2, 4, 8, 16, 32, 60]
+    assert max(clock.sleeps) == 60
+    assert clock.t >= 600
+    assert {until for _delay, until in told} == {600}
+    assert len(seen) == len(clock.sleeps) + 1  # one request per poll: no hidden retries
+
+
+async def test_polling_stops_at_once_on_a_refusal() -> None:
+    from asyncimg import AuthenticationError
+
+    runner, url, seen = await _always(401)
+    try:
+        async with AsyncImagesClient(api_key=TEST_KEY, base_url=url, rate_limit=None) as c:
+            with pytest.raises(AuthenticationError):
+                await BatchAPIJob(c, "batch_x").poll(poll_interval=60, clock=_Instant())  # type: ignore[arg-type]
+    finally:
+        await runner.cleanup()
+    assert seen == [401]

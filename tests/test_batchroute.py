@@ -5,6 +5,7 @@ item ends with exactly one manifest line."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -13,10 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from asyncimg import AsyncImagesClient
+from asyncimg._batch import BatchSummary, ProgressSink, open_text, run_via_batch_api
+from asyncimg._retry import RetryPolicy
 from asyncimg.testing import CONTENT_POLICY_MARKER, BatchPace, Emulator, Fault
 
 from .conftest import TEST_KEY
+from .pictures import encode, quadrants
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [f"a lantern number {i}" for i in range(6)]
@@ -291,3 +297,224 @@ async def test_ctrl_c_while_polling_stops_and_a_rerun_resumes(
     assert code == 0, stderr
     _all_done_once(out)
     assert len(emu.batches.batches) == 1
+
+
+# -- against a Batch API of the test's own that misbehaves -----------------------------------
+
+
+class HostileBatches:
+    """Just enough of the Files and Batches endpoints, with the faults of issue 29.
+
+    ``answers(ids)`` builds the output file's lines for the uploaded custom ids;
+    each download of the output file takes the next of ``reads`` (the last repeats).
+    """
+
+    def __init__(self, answers: Callable[[list[str]], list[bytes]], *,
+                 poll_errors: int = 0, reads: Callable[[list[bytes]], list[bytes]] | None = None,
+                 counted: int | None = None) -> None:
+        self.answers = answers
+        self.poll_errors = poll_errors
+        self.cut = reads
+        self.counted = counted
+        self.inputs: list[bytes] = []
+        self.batches = 0
+        self.output_reads = 0
+        self.polls: list[int] = []
+
+    def _ids(self) -> list[str]:
+        return [json.loads(line)["custom_id"] for line in self.inputs[-1].splitlines()]
+
+    def app(self) -> web.Application:
+        async def upload(request: web.Request) -> web.Response:
+            form = await request.post()
+            field = form["file"]
+            assert isinstance(field, web.FileField)
+            self.inputs.append(field.file.read())
+            return web.json_response({"id": f"file-in-{len(self.inputs)}"})
+
+        async def files(request: web.Request) -> web.Response:
+            return web.json_response({"data": []})
+
+        async def create(request: web.Request) -> web.Response:
+            self.batches += 1
+            return web.json_response(self._batch("validating"))
+
+        async def poll(request: web.Request) -> web.Response:
+            if self.poll_errors:
+                self.poll_errors -= 1
+                self.polls.append(500)
+                return web.json_response({"error": {"message": "flaky"}}, status=500)
+            self.polls.append(200)
+            return web.json_response(self._batch("completed"))
+
+        async def content(request: web.Request) -> web.Response:
+            if request.match_info["id"].startswith("file-in-"):
+                return web.Response(body=self.inputs[-1])
+            self.output_reads += 1
+            lines = self.answers(self._ids())
+            if self.cut is not None and self.output_reads == 1:
+                lines = self.cut(lines)
+            return web.Response(body=b"".join(lines))
+
+        app = web.Application()
+        app.router.add_post("/v1/files", upload)
+        app.router.add_get("/v1/files", files)
+        app.router.add_post("/v1/batches", create)
+        app.router.add_get("/v1/batches/{id}", poll)
+        app.router.add_get("/v1/files/{id}/content", content)
+        return app
+
+    def _batch(self, status: str) -> dict[str, object]:
+        total = len(self._ids())
+        counted = total if self.counted is None else self.counted
+        return {"id": f"batch_{self.batches}", "status": status,
+                "input_file_id": f"file-in-{len(self.inputs)}",
+                "output_file_id": "file-out" if status == "completed" else None,
+                "request_counts": {"total": total, "completed": counted, "failed": 0}}
+
+
+_PNG = base64.b64encode(encode(quadrants(8, 8))).decode()
+
+
+def _ok(custom_id: str) -> bytes:
+    body = {"created": 1, "data": [{"b64_json": _PNG}]}
+    return json.dumps({"custom_id": custom_id, "response": {
+        "status_code": 200, "request_id": f"req_{custom_id}", "body": body}, "error": None,
+    }).encode() + b"\n"
+
+
+def _refused(custom_id: str) -> bytes:
+    body = {"error": {"message": "busy", "type": "server_error"}}
+    return json.dumps({"custom_id": custom_id, "response": {
+        "status_code": 500, "request_id": "req_x", "body": body}, "error": None,
+    }).encode() + b"\n"
+
+
+class _Ticks(ProgressSink):
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def tick(self, summary: BatchSummary) -> None:
+        if summary.batch is not None and summary.batch.note:
+            self.notes.append(summary.batch.note)
+
+
+async def _route(server: HostileBatches, out: Path, prompts: Path,
+                 sink: ProgressSink | None = None) -> BatchSummary:
+    runner = web.AppRunner(server.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with AsyncImagesClient(api_key=TEST_KEY, base_url=f"http://127.0.0.1:{port}/v1",
+                                     rate_limit=None, max_retries=2) as client:
+            client.retry_policy = RetryPolicy(max_retries=2, initial=0.001, maximum=0.004)
+            return await run_via_batch_api(
+                client, open_text(str(prompts)), "txt", out, poll_interval=0.01,
+                params={"model": "dall-e-2", "size": "256x256"}, progress=sink,
+                server="http://hostile.test/v1")
+    finally:
+        await runner.cleanup()
+
+
+def _by_status(out: Path) -> dict[str, list[dict[str, object]]]:
+    lines = _manifest(out)
+    assert len({line["id"] for line in lines}) == len(lines)
+    grouped: dict[str, list[dict[str, object]]] = {"ok": [], "failed": []}
+    for line in lines:
+        grouped[str(line["status"])].append(line)
+    return grouped
+
+
+async def test_one_malformed_line_fails_at_most_its_item(prompts: Path, tmp_path: Path) -> None:
+    def answers(ids: list[str]) -> list[bytes]:
+        lines = [_ok(i) for i in ids]
+        lines[1] = b'{"id": "batch_req_9", "resp\n'  # names no item: skipped, reported
+        lines[2] = _ok(ids[2])[:60] + b"\n"  # cut, but its custom_id can be read
+        return lines
+
+    sink = _Ticks()
+    out = tmp_path / "out"
+    summary = await _route(HostileBatches(answers), out, prompts, sink)
+    assert (summary.ok, summary.failed) == (4, 2)
+    grouped = _by_status(out)
+    assert all((out / str(f)).is_file() for x in grouped["ok"] for f in x["files"])  # type: ignore[attr-defined]
+    errors = sorted(x["error"]["type"] for x in grouped["failed"])  # type: ignore[index]
+    assert errors == ["APIResponseValidationError", "BatchRequestError"]
+    assert any("file-out line 2" in note and "skipped" in note for note in sink.notes)
+
+
+async def test_polling_rides_out_a_run_of_500s(prompts: Path, tmp_path: Path) -> None:
+    server = HostileBatches(lambda ids: [_ok(i) for i in ids], poll_errors=6)
+    sink = _Ticks()
+    summary = await _route(server, tmp_path / "out", prompts, sink)
+    assert summary.ok == len(PROMPTS)
+    assert server.polls[:7] == [500] * 6 + [200]
+    assert "poll failed (500), polling again in" in sink.notes[0]
+    assert "giving up at" in sink.notes[0]
+
+
+async def test_a_success_after_a_failure_for_the_same_item_wins(
+    prompts: Path, tmp_path: Path
+) -> None:
+    server = HostileBatches(lambda ids: [_refused(ids[0])] + [_ok(i) for i in ids],
+                            counted=len(PROMPTS) + 1)
+    out = tmp_path / "out"
+    summary = await _route(server, out, prompts)
+    assert (summary.ok, summary.failed) == (len(PROMPTS), 0)
+
+
+async def test_an_output_file_cut_at_a_line_boundary_is_read_again(
+    prompts: Path, tmp_path: Path
+) -> None:
+    server = HostileBatches(lambda ids: [_ok(i) for i in ids], reads=lambda lines: lines[:3])
+    out = tmp_path / "out"
+    summary = await _route(server, out, prompts)
+    assert (summary.ok, summary.failed) == (len(PROMPTS), 0)
+    assert server.output_reads == 2
+
+
+async def test_an_output_file_short_every_time_is_left_to_a_rerun(
+    prompts: Path, tmp_path: Path
+) -> None:
+    from asyncimg import APIResponseValidationError
+
+    server = HostileBatches(lambda ids: [_ok(i) for i in ids][:3])
+    out = tmp_path / "out"
+    with pytest.raises(APIResponseValidationError, match="request_counts"):
+        await _route(server, out, prompts)
+    assert len(_by_status(out)["ok"]) == 3
+    assert _by_status(out)["failed"] == []
+    server.answers = lambda ids: [_ok(i) for i in ids]
+    summary = await _route(server, out, prompts)
+    assert summary.ok == 3
+    assert len(_by_status(out)["ok"]) == len(PROMPTS)
+    assert server.batches == 1
+
+
+async def test_an_image_orphaned_by_a_kill_is_overwritten_not_doubled(
+    prompts: Path, tmp_path: Path
+) -> None:
+    server = HostileBatches(lambda ids: [_ok(i) for i in ids])
+    out = tmp_path / "out"
+    await _route(server, out, prompts)
+    # As if killed after each image and before its manifest line: images without lines.
+    (out / "manifest.jsonl").unlink()
+    (out / "batchapi.json").unlink()
+    await _route(server, out, prompts)
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert len(names) == len(PROMPTS)
+    assert not any(name.endswith("-0-1.png") for name in names)
+
+
+async def test_the_cli_polls_through_500s_and_says_so(
+    emu: Emulator, prompts: Path, tmp_path: Path
+) -> None:
+    emu.batches.pace = BatchPace(polls=1)
+    emu.add_fault(Fault.status(500, times=3, path="/v1/batches/"))
+    out = tmp_path / "out"
+    code, _, stderr = await _cli(emu, *_batch_args(prompts, out, "--max-retries", "2"))
+    assert code == 0, stderr
+    _all_done_once(out)
+    assert "poll failed (500), polling again in" in stderr

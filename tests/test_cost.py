@@ -138,3 +138,27 @@ def test_budget_reserves_settles_and_never_goes_over() -> None:
     assert not budget.reserve(budget.reservation(key, 0.3) * 2)
     budget.settle(0.0, key, None)  # an unknown actual keeps the reservation as spent
     assert budget.reserve(0.40)
+
+
+def test_an_svgs_author_is_priced_at_its_text_rates_or_makes_the_cost_unknown() -> None:
+    from asyncimg import ImagesResponse, PriceTable
+
+    table = PriceTable.from_json({
+        "gpt-image-2.5-sunburst": {"text_input": 5.0, "image_output": 40.0},
+        "gpt-5.5-mini": {"text_input": 1.0, "text_output": 4.0},
+    })
+    body = {
+        "created": 1, "data": [{"b64_json": "AAAA"}],
+        "usage": {"input_tokens": 100, "output_tokens": 1000, "total_tokens": 1100,
+                  "input_tokens_details": {"text_tokens": 100, "image_tokens": 0},
+                  "output_tokens_details": {"image_tokens": 1000, "text_tokens": 0}},
+        "svg_usage": {"input_tokens": 1000, "output_tokens": 2000, "reasoning_tokens": 3000,
+                      "model": "gpt-5.5-mini"},
+    }
+    response = ImagesResponse.from_json(body)
+    image = (100 * 5.0 + 1000 * 40.0) / 1e6
+    svg = (1000 * 1.0 + (2000 + 3000) * 4.0) / 1e6
+    assert cost_of(response, "gpt-image-2.5-sunburst", table) == pytest.approx(image + svg)
+    unpriced = ImagesResponse.from_json({**body, "svg_usage": {**body["svg_usage"],
+                                                               "model": "someone-else"}})
+    assert cost_of(unpriced, "gpt-image-2.5-sunburst", table) is None

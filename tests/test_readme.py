@@ -30,6 +30,8 @@ import pytest
 
 from asyncimg.testing import Emulator, emulator_thread, encode_png
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-readme-snippets"
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)

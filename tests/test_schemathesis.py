@@ -32,6 +32,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     response_schema_conformance,
 )
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
 SPEC_NAME = "openai-images-openapi.yaml"
 EXAMPLES = 60  # per operation and generation mode: 360 requests in all
 

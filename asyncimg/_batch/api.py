@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from .._clock import Clock, MonotonicClock
 from .._exceptions import (
     APIConnectionError,
     APIError,
@@ -180,6 +182,8 @@ class BatchAPIState:
     metadata: Mapping[str, str] = attrs.field(factory=dict)
     usage: Usage | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    note: str | None = None
+    """What the caller adds to the state for a display (a poll retried, a line skipped)."""
 
     _KNOWN = frozenset({
         "id", "status", "endpoint", "input_file_id", "output_file_id", "error_file_id",
@@ -245,22 +249,29 @@ class BatchAPIResult:
         A 200 with an images body is a response; another status is the error its
         body describes (the class its status maps to, as a direct call raises);
         a line with ``error`` and no response (expired, cancelled) is a
-        :class:`BatchRequestError` with its code.
+        :class:`BatchRequestError` with its code. A malformed line whose
+        ``custom_id`` can still be read (a cut or garbled line) is that item's
+        :class:`APIResponseValidationError`.
 
         Raises:
-            APIResponseValidationError: the line is not a batch result.
+            APIResponseValidationError: the line is not a batch result and names no
+                custom id (its item cannot be told).
         """
         try:
             obj = json.loads(line)
         except (ValueError, UnicodeDecodeError):
-            raise APIResponseValidationError(
-                "a batch result line is not JSON", status_code=200
-            ) from None
+            custom_id = _readable_custom_id(line)
+            if custom_id is None:
+                raise APIResponseValidationError(
+                    "a batch result line is not JSON", status_code=200
+                ) from None
+            return cls(custom_id, None, APIResponseValidationError(
+                "the batch result line of this item is not JSON", status_code=200))
         if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
             raise APIResponseValidationError(
                 "a batch result line has no custom_id", status_code=200
             )
-        custom_id: str = obj["custom_id"]
+        custom_id = obj["custom_id"]
         response = obj.get("response")
         if isinstance(response, Mapping):
             status = response.get("status_code")
@@ -281,9 +292,56 @@ class BatchAPIResult:
             return cls(custom_id, None, BatchRequestError(
                 _str(error, "message") or "the request was not run", code=_str(error, "code"),
             ))
-        raise APIResponseValidationError(
+        return cls(custom_id, None, APIResponseValidationError(
             f"batch result {custom_id!r} has neither a response nor an error", status_code=200
-        )
+        ))
+
+
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _readable_custom_id(line: bytes | str) -> str | None:
+    """The ``custom_id`` of a line that is not JSON, when its field is intact."""
+    raw = line.encode(errors="replace") if isinstance(line, str) else line
+    found = _CUSTOM_ID.search(raw)
+    if found is None:
+        return None
+    try:
+        value = json.loads(b'"' + found.group(1) + b'"')
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def transient(exc: APIError) -> bool:
+    """True for an error a later poll may not meet: no answer, 408, 409, 429 or a 5xx."""
+    if isinstance(exc, APIConnectionError):
+        return True
+    return isinstance(exc, APIStatusError) and (
+        exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    )
+
+
+def poll_delay(failures: int, *, initial: float, poll_interval: float) -> float:
+    """Seconds before polling again after ``failures`` transient errors in a row.
+
+    Doubles from ``initial`` and never exceeds the poll interval (nor goes below
+    ``initial``): a flaky status endpoint is asked no more often than a healthy one.
+    """
+    return float(min(initial * 2.0 ** max(failures - 1, 0), max(poll_interval, initial)))
+
+
+def window_seconds(completion_window: str) -> float:
+    """``"24h"`` as seconds (the Batch API's completion windows are whole hours).
+
+    Raises:
+        ValidationError: not a number of hours such as ``24h``.
+    """
+    hours = completion_window[:-1] if completion_window.endswith("h") else ""
+    if not hours.isdigit() or int(hours) <= 0:
+        raise ValidationError(
+            "completion_window", f"expected hours such as '24h', not {completion_window!r}")
+    return int(hours) * 3600.0
 
 
 # -- I/O: the requests -------------------------------------------------------------------
@@ -318,13 +376,16 @@ async def upload(client: AsyncImagesClient, lines: Iterable[bytes], filename: st
     return file_id
 
 
-async def retrieve(client: AsyncImagesClient, batch_id: str) -> BatchAPIState:
-    """``GET /batches/{id}``.
+async def retrieve(
+    client: AsyncImagesClient, batch_id: str, *, max_retries: int | None = None
+) -> BatchAPIState:
+    """``GET /batches/{id}`` (``max_retries``: the client's unless given).
 
     Raises:
         APIStatusError, APIConnectionError: the request failed (404: no such batch).
     """
-    return BatchAPIState.from_json(_decode(await client.request("GET", f"/batches/{batch_id}")))
+    raw = await client.request("GET", f"/batches/{batch_id}", max_retries=max_retries)
+    return BatchAPIState.from_json(_decode(raw))
 
 
 async def find_batch(client: AsyncImagesClient, input_file_id: str) -> BatchAPIState | None:
@@ -432,24 +493,68 @@ class BatchAPIJob:
         self.batch = await retrieve(self.client, self.id)
         return self.batch
 
+    async def poll(
+        self,
+        *,
+        poll_interval: float = 60.0,
+        give_up_after: float = 24 * 3600.0,
+        on_retry: Callable[[APIError, float, float], None] | None = None,
+        clock: Clock | None = None,
+    ) -> BatchAPIState:
+        """Poll once, riding out transient errors (see :func:`transient`).
+
+        Polling is not billed, so a 5xx, a 429 or a lost connection is polled
+        again after :func:`poll_delay` (up to ``poll_interval``), for as long as
+        the errors have lasted less than ``give_up_after`` seconds (by then the
+        batch has ended anyway: a rerun collects it). ``on_retry(error, delay,
+        give_up_at)`` is told of each (``give_up_at`` on ``clock``'s time).
+
+        Raises:
+            APIStatusError: a refusal that is not transient (a 404: no such batch,
+                a 401), or transient errors for ``give_up_after`` seconds in a row.
+            APIConnectionError: no answer for ``give_up_after`` seconds in a row.
+        """
+        clock = clock or MonotonicClock()
+        first: float | None = None
+        failures = 0
+        while True:
+            try:
+                self.batch = await retrieve(self.client, self.id, max_retries=0)
+            except APIError as exc:
+                now = clock.now()
+                first = now if first is None else first
+                if not transient(exc) or now - first >= give_up_after:
+                    raise
+                failures += 1
+                delay = poll_delay(failures, initial=self.client.retry_policy.initial,
+                                   poll_interval=poll_interval)
+                if on_retry is not None:
+                    on_retry(exc, delay, first + give_up_after)
+                await clock.sleep_until(now + delay)
+                continue
+            return self.batch
+
     async def wait(
         self,
         *,
         poll_interval: float = 60.0,
         on_poll: Callable[[BatchAPIState], None] | None = None,
+        give_up_after: float = 24 * 3600.0,
     ) -> BatchAPIState:
         """Poll every ``poll_interval`` seconds until the batch has ended; returns it.
 
-        ``on_poll`` is called with every answer (a progress display).
+        ``on_poll`` is called with every answer (a progress display). Transient
+        errors are polled through as :meth:`poll` does, for ``give_up_after``
+        seconds in a row at most.
 
         Raises:
             ValidationError: ``poll_interval`` is negative.
-            APIStatusError, APIConnectionError: a poll failed after its retries.
+            APIStatusError, APIConnectionError: polling failed (see :meth:`poll`).
         """
         if not poll_interval >= 0:
             raise ValidationError("poll_interval", "poll_interval must be >= 0 seconds")
         while True:
-            batch = await self.retrieve()
+            batch = await self.poll(poll_interval=poll_interval, give_up_after=give_up_after)
             if on_poll is not None:
                 on_poll(batch)
             if batch.done:
@@ -467,21 +572,31 @@ class BatchAPIJob:
         self.batch = BatchAPIState.from_json(_decode(raw))
         return self.batch
 
-    async def results(self) -> AsyncIterator[BatchAPIResult]:
+    async def results(
+        self, *, on_unreadable: Callable[[str], None] | None = None
+    ) -> AsyncIterator[BatchAPIResult]:
         """Every line of the output file, then of the error file, as :class:`BatchAPIResult`.
 
-        Polls once first if the batch was never polled.
+        Polls once first if the batch was never polled. A line that names no
+        custom id cannot fail any item: it is skipped, and ``on_unreadable`` is
+        told why (with the file and line number) so that it can be reported; one
+        bad line never hides the lines after it.
 
         Raises:
             APIStatusError, APIConnectionError: a file could not be downloaded.
-            APIResponseValidationError: a line is not a batch result.
         """
         batch = self.batch or await self.retrieve()
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id is None:
                 continue
-            for line in await file_lines(self.client, file_id):
-                yield BatchAPIResult.from_line(line)
+            for number, line in enumerate(await file_lines(self.client, file_id), 1):
+                try:
+                    result = BatchAPIResult.from_line(line)
+                except APIResponseValidationError as exc:
+                    if on_unreadable is not None:
+                        on_unreadable(f"{file_id} line {number}: {exc.message}, skipped")
+                    continue
+                yield result
 
 
 async def submit_batch(

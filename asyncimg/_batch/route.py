@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -38,7 +39,14 @@ import attrs
 
 from .._callstats import CallStats
 from .._cost import PriceTable, cost_of, load_prices
-from .._exceptions import APIStatusError, AsyncImgError, NotFoundError, ValidationError
+from .._exceptions import (
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    AsyncImgError,
+    NotFoundError,
+    ValidationError,
+)
 from .._offloop import blocking
 from .._params import GenerateParams
 from .api import (
@@ -51,6 +59,7 @@ from .api import (
     find_batch,
     split_batch_lines,
     upload,
+    window_seconds,
 )
 from .control import BatchControl, fatal_error
 from .input import Entry, TextLines, read_entries
@@ -75,8 +84,17 @@ __all__ = [
     "run_via_batch_api",
 ]
 
+logger = logging.getLogger("asyncimg")
+
 STATE_NAME: Final = "batchapi.json"
 _NOT_SENT = frozenset({"timeout", "max_retries"})
+_READS: Final = 3
+"""How often a batch's result files are read while they hold fewer lines than its counts."""
+
+
+def _short(exc: APIError) -> str:
+    status = getattr(exc, "status_code", None)
+    return f"{status}" if status is not None else type(exc).__name__
 
 
 @attrs.define
@@ -300,7 +318,7 @@ class _Run:
         assert job.batch_id is not None
         batch_job = BatchAPIJob(self.client, job.batch_id)
         try:
-            await batch_job.retrieve()
+            await self._poll(batch_job)
         except NotFoundError:
             raise ValidationError(
                 "--output", f"the batch {job.batch_id} recorded in {self.state.path} is unknown "
@@ -309,7 +327,7 @@ class _Run:
             ) from None
 
         while True:
-            batch = await batch_job.retrieve()
+            batch = await self._poll(batch_job)
             self.summary.batch = batch
             self.sink.tick(self.summary)
             if batch.done or await self._pause():
@@ -318,16 +336,15 @@ class _Run:
             return batch  # stopped: a rerun goes on polling
         job.status = batch.status
         await self._save()
-        answered: set[str] = set()
-        async for result in batch_job.results():
-            answered.add(result.custom_id)
+        results = await self._collect(batch_job)
+        for result in results.values():
             entry = self.entries.get(result.custom_id)
             if entry is None or result.custom_id in self.manifest.done:
                 continue  # done in a run that was killed while writing, or not ours
             if self.control.reason is not None:
                 return batch  # stopped: a rerun writes the rest
             await self._record(await self._result_record(entry, result))
-        for item_id in await self._ids_of(job) - answered:
+        for item_id in await self._ids_of(job) - results.keys():
             entry = self.entries[item_id]
             await self._record(self._failed(entry, {
                 "type": "BatchRequestError", "code": f"batch_{batch.status}", "status": None,
@@ -337,6 +354,61 @@ class _Run:
         job.collected = True
         await self._save()
         return batch
+
+    async def _poll(self, batch_job: BatchAPIJob) -> BatchAPIState:
+        """Poll once through transient errors, each shown on the progress line."""
+        def retrying(exc: APIError, delay: float, give_up_at: float) -> None:
+            last = self.summary.batch or BatchAPIState(batch_job.id, "unknown")
+            until = time.strftime("%H:%M UTC", time.gmtime(time.time() + give_up_at
+                                                            - time.monotonic()))
+            self._note(last, f"poll failed ({_short(exc)}), polling again in {delay:.3g}s; "
+                             f"giving up at {until} if it keeps failing")
+
+        return await batch_job.poll(poll_interval=self.poll_interval,
+                                    give_up_after=window_seconds(self.completion_window),
+                                    on_retry=retrying)
+
+    def _note(self, batch: BatchAPIState, note: str) -> None:
+        """Say ``note`` on the batch's progress line."""
+        self.summary.batch = attrs.evolve(batch, note=note)
+        self.sink.tick(self.summary)
+
+    async def _collect(self, batch_job: BatchAPIJob) -> dict[str, BatchAPIResult]:
+        """Every result of an ended batch by custom id, its files read again while short.
+
+        A custom id answered twice keeps its success. Files holding fewer lines than
+        the batch's ``request_counts`` (cut at a line boundary) are downloaded again
+        (:data:`_READS` times); still short, the results read so far are written and
+        the run stops, the batch left to a rerun rather than its items failed.
+        """
+        batch = batch_job.batch
+        assert batch is not None
+        expected = batch.request_counts.completed + batch.request_counts.failed
+        results: dict[str, BatchAPIResult] = {}
+        for attempt in range(1, _READS + 1):
+            unreadable: list[str] = []
+            lines = 0
+            async for result in batch_job.results(on_unreadable=unreadable.append):
+                lines += 1
+                kept = results.get(result.custom_id)
+                if kept is None or (result.ok and not kept.ok):
+                    results[result.custom_id] = result
+            lines += len(unreadable)
+            if lines >= expected:
+                for message in unreadable:
+                    logger.warning("batch %s: %s", batch.id, message)
+                    self._note(batch, message)
+                return results
+            if attempt < _READS:
+                await anyio.sleep(self.client.retry_policy.initial * 2 ** (attempt - 1))
+        for result in results.values():
+            entry = self.entries.get(result.custom_id)
+            if entry is not None and result.custom_id not in self.manifest.done:
+                await self._record(await self._result_record(entry, result))
+        raise APIResponseValidationError(
+            f"the result files of batch {batch.id} hold {lines} lines but its request_counts "
+            f"say {expected} (read {_READS} times): the answers read were saved; "
+            "run again later to collect the rest", status_code=200)
 
     async def _pause(self) -> bool:
         """Sleep ``poll_interval`` seconds, or less if the run is stopped; True when stopped."""
@@ -370,7 +442,7 @@ class _Run:
             tokens["output"] += usage.output_tokens or 0
             tokens["total"] += usage.total_tokens or 0
         try:
-            paths = await self.client.save(response, self.folder, stem=entry.id)
+            paths = await self.client.save(response, self.folder, stem=entry.id, overwrite=True)
         except AsyncImgError as exc:
             return self._failed(entry, error_fields(exc), request_id=response.request_id,
                                 attempts=1)

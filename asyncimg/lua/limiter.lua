@@ -19,9 +19,10 @@
 --       arguments.
 -- A ticket is "<session>:<sequence>:<images>".
 --
--- Reply: {granted tickets, wait, mine, state}; wait is how long the queue's
+-- Reply: {granted tickets, wait, mine, lost, state}; wait is how long the queue's
 -- head must wait (-1: until something happens, which publishes), mine is 1
--- when the head belongs to the caller and fits, state is the shared snapshot.
+-- when the head belongs to the caller and fits, lost is 1 when this call found
+-- the state lost (and paused everyone for a window), state is the shared snapshot.
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -43,14 +44,71 @@ else
 end
 
 local FIELDS = {'used', 'held', 'qimg', 'seq', 'granted', 'refunded', 'sent', 'pauses',
-  'pause_until', 'epoch', 'sub_used', 'allow', 'allow_until', 'allow_img', 'slimit'}
+  'pause_until', 'epoch', 'sub_used', 'lost', 'allow', 'allow_until', 'allow_img', 'slimit'}
 local S = {}
 local raw = redis.call('HMGET', st, unpack(FIELDS))
 for i, f in ipairs(FIELDS) do
   S[f] = tonumber(raw[i])
 end
-for i = 1, 11 do
+for i = 1, 12 do
   S[FIELDS[i]] = S[FIELDS[i]] or 0
+end
+
+-- Refuse a bad call before anything is written (Redis does not roll a script back).
+if op ~= 'acquire' and op ~= 'take' and op ~= 'settle' and op ~= 'stats' then
+  return redis.error_reply('asyncimg limiter: unknown operation ' .. op)
+end
+if op == 'settle' then
+  for i = 11, #ARGV do
+    local item = ARGV[i]
+    local kind = string.sub(item, 1, 2)
+    if not (kind == 's:' or kind == 'r:' or kind == 'l:' or kind == 'p:' or kind == 'o:')
+        or (kind == 'o:' and not string.match(item, '^o:%-?%d+:%-?%d+:%d:%-?%d+$'))
+        or (kind == 'l:' and not string.match(item, '^l:%d+:.+$'))
+        or (kind == 'p:' and not tonumber(string.sub(item, 3))) then
+      return redis.error_reply('asyncimg limiter: unknown settlement ' .. item)
+    end
+  end
+end
+
+-- The budget's rate is stored with it: every process naming it must give the same.
+local rate = ARGV[3] .. ' images per ' .. ARGV[5] .. ' ms (window ' .. ARGV[4] .. ' ms, burst '
+  .. ARGV[7] .. ')'
+local stored = redis.call('HGET', st, 'rate')
+if stored and stored ~= rate then
+  return redis.error_reply('asyncimg limiter: ' .. st .. ' is a budget of ' .. stored
+    .. ', and this process gives ' .. rate .. ': every process sharing a name must give '
+    .. 'the same rate')
+end
+
+-- Lost state: Redis evicted some of these keys (a maxmemory policy that evicts) or lost
+-- them all (a restart). The counters and the sets must agree, and a caller that stamps
+-- or renews a permit proves the budget is not new. Whatever was sent in the window
+-- before is unknown: start afresh, everyone paused for one window.
+local function missing(key)
+  return redis.call('EXISTS', key) == 0
+end
+local claims = false
+if op == 'take' then
+  claims = tonumber(ARGV[11]) > 0
+elseif op == 'settle' then
+  for i = 11, #ARGV do
+    if string.sub(ARGV[i], 1, 2) == 's:' then claims = true end
+  end
+end
+local lost
+if raw[4] == false then  -- no hash: a new budget, unless something says otherwise
+  lost = claims or redis.call('EXISTS', win, held, q, sub) > 0
+else
+  lost = (S.held > 0 and missing(held)) or (S.used > S.held and missing(win))
+    or (S.qimg > 0 and missing(q))
+end
+if lost then
+  redis.call('DEL', win, held, q, ql, ep, sub)
+  S.used, S.held, S.qimg, S.sub_used, S.allow = 0, 0, 0, 0, nil
+  S.lost = S.lost + 1
+  S.pauses = S.pauses + 1
+  S.pause_until = math.max(S.pause_until, now + window)
 end
 
 local function count(m)
@@ -217,6 +275,21 @@ local function stamp(m)
   freed = true  -- the head now has an expiry to wait for
 end
 
+-- Sent `ago` ms ago while Redis was out of reach (the local fallback): it counts in
+-- the windows for what is left of them.
+local function sent_before(m, ago)
+  local n = count(m)
+  if window - ago > 0 then
+    redis.call('ZADD', win, now - ago + window, m)
+    S.used = S.used + n
+    S.sent = S.sent + n
+  end
+  if burst > 0 and subspan - ago > 0 then
+    redis.call('ZADD', sub, now - ago + subspan, m)
+    S.sub_used = S.sub_used + n
+  end
+end
+
 local function pause(ms)
   local until_ = now + ms
   if until_ > S.pause_until then
@@ -275,7 +348,8 @@ elseif op == 'take' then
   serve(granted)
 elseif op == 'settle' then
   -- ARGV[11...], in order: "s:<ticket>" sent now, "r:<ticket>" give back (or leave
-  -- the queue), "p:<ms>" pause everyone, "o:<remaining>:<reset ms>:<1 images|0
+  -- the queue), "l:<ms ago>:<ticket>" sent that long ago by a process that could not
+  -- reach Redis, "p:<ms>" pause everyone, "o:<remaining>:<reset ms>:<1 images|0
   -- requests>:<limit, -1 none>" the server's headers.
   for i = 11, #ARGV do
     local kind, rest = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 3)
@@ -287,17 +361,16 @@ elseif op == 'settle' then
       elseif release(rest) then
         freed = true
       end
+    elseif kind == 'l' then
+      local ago, m = string.match(rest, '^(%d+):(.+)$')
+      sent_before(m, tonumber(ago))
     elseif kind == 'p' then
       pause(tonumber(rest))
     elseif kind == 'o' then
       local a, b, c, d = string.match(rest, '^(%-?%d+):(%-?%d+):(%d):(%-?%d+)$')
       observe(tonumber(a), tonumber(b), tonumber(c), tonumber(d))
-    else
-      return redis.error_reply('asyncimg limiter: unknown settlement ' .. ARGV[i])
     end
   end
-elseif op ~= 'stats' then
-  return redis.error_reply('asyncimg limiter: unknown operation ' .. op)
 end
 
 if op == 'take' or op == 'stats' then
@@ -308,9 +381,10 @@ if op == 'take' or op == 'stats' then
   end
 end
 
--- When may the head be served, and whom to tell.
+-- When may the head be served, and whom to tell (published after the save: Redis does
+-- not roll a failed script back, so nothing that can fail comes before a write).
 local h = head()
-local wait, mine = -1, 0
+local wait, mine, tell = -1, 0, nil
 if h then
   local n = count(h)
   if fits(n) then
@@ -318,7 +392,7 @@ if h then
     if owner(h) == sid then
       mine = 1
     elseif freed or h ~= head0 then
-      redis.call('PUBLISH', channel, owner(h))
+      tell = owner(h)
     end
   else
     local when = nil
@@ -344,7 +418,7 @@ if h then
     if owner(h) == sid then
       mine = 2
     elseif freed or h ~= head0 then
-      redis.call('PUBLISH', channel, owner(h))  -- a new head, or news for it
+      tell = owner(h)  -- a new head, or news for it
     end
   end
 end
@@ -360,6 +434,8 @@ for _, f in ipairs(FIELDS) do
     save[#save + 1] = S[f]
   end
 end
+save[#save + 1] = 'rate'
+save[#save + 1] = rate
 redis.call('HSET', st, unpack(save))
 if S.allow == nil then
   redis.call('HDEL', st, 'allow')
@@ -368,12 +444,21 @@ for i = 1, 7 do
   redis.call('PEXPIRE', KEYS[i], math.ceil(keep))
 end
 
+if tell then
+  local told = redis.pcall('PUBLISH', channel, tell)
+  if type(told) == 'table' and told.err then
+    return redis.error_reply('asyncimg limiter: PUBLISH refused (' .. told.err .. '); the '
+      .. 'state is saved, but the other processes cannot be woken: the Redis user needs '
+      .. 'the channel (ACL rule &' .. channel .. ')')
+  end
+end
+
 local allow, reset_in = -1, -1
 if S.allow then
   allow = S.allow
   reset_in = S.allow_until - now
 end
-return {granted, math.floor(wait), mine, {
+return {granted, math.floor(wait), mine, lost and 1 or 0, {
   S.granted, S.refunded, S.sent, redis.call('ZCARD', q), S.qimg, S.held, S.used - S.held,
   limit - S.used, S.pauses, math.max(0, S.pause_until - now), allow, math.floor(reset_in),
   S.slimit or -1, last}}
