@@ -91,7 +91,7 @@ demo: $(VENV)/.synced-demo
 # The docs site into site/, offline, any warning an error (a broken link, a public name
 # without a docstring: docs/hooks.py).
 docs: $(VENV)/.synced-docs
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(VENV)/.synced-bench
 	$(PY) benchmarks/run.py

@@ -1,6 +1,6 @@
-"""Every ```python block of README.md runs as written, against the emulator.
+"""Every ```python block of README.md and of docs/**/*.md runs as written, against the emulator.
 
-Conventions for README snippets (keep them, and every snippet passes):
+Conventions for these snippets (keep them, and every snippet passes):
 
 * each ```python block is a complete script: it runs on its own, in a fresh
   ``python`` subprocess, in block order; no top-level ``await`` (use
@@ -37,14 +37,21 @@ KEY = "sk-readme-snippets"
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
-def _snippets() -> list[tuple[int, str]]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def _pages() -> list[Path]:
+    """README.md, then every Markdown page of the docs site."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _snippets(page: Path) -> list[tuple[str, str]]:
+    """The page's runnable blocks, each as ``(where, code)``; ``where`` is ``path:line``."""
+    text = page.read_text(encoding="utf-8")
     found = []
     for match in _BLOCK.finditer(text):
         code = match.group(1)
         if code.startswith("# not run"):
             continue
-        found.append((text.count("\n", 0, match.start()) + 1, code))
+        line = text.count("\n", 0, match.start()) + 1
+        found.append((f"{page.relative_to(ROOT)}:{line}", code))
     return found
 
 
@@ -67,9 +74,12 @@ def readme_emulator() -> Iterator[Emulator]:
         yield emu
 
 
-@pytest.mark.parametrize(("line", "code"), _snippets(), ids=lambda v: str(v)[:8])
+@pytest.mark.parametrize(
+    ("where", "code"),
+    [pytest.param(where, code, id=where) for page in _pages() for where, code in _snippets(page)],
+)
 def test_readme_snippet_runs(
-    readme_emulator: Emulator, tmp_path: Path, line: int, code: str
+    readme_emulator: Emulator, tmp_path: Path, where: str, code: str
 ) -> None:
     picture = _square_png(1024, hole=True)
     (tmp_path / "lounge.png").write_bytes(picture)
@@ -80,8 +90,10 @@ def test_readme_snippet_runs(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=60,
     )
-    assert run.returncode == 0, f"README.md line {line}:\n{code}\n{run.stderr}"
+    assert run.returncode == 0, f"{where}:\n{code}\n{run.stderr}"
 
 
-def test_the_readme_has_snippets() -> None:
-    assert len(_snippets()) >= 5
+def test_the_readme_and_the_guides_have_snippets() -> None:
+    assert len(_snippets(ROOT / "README.md")) >= 3
+    guides = [page for page in _pages() if "guides" in page.parts and _snippets(page)]
+    assert len(guides) >= 10
