@@ -52,11 +52,16 @@ def api_page(names: list[str]) -> str:
     return "".join(parts)
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def _commands(
+    name: str, parser: argparse.ArgumentParser
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    """``parser`` under ``name``, then each of its subcommands (theirs too), in order."""
+    found = [(name, parser)]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
+            for sub_name, sub in action.choices.items():
+                found += _commands(f"{name} {sub_name}", sub)
+    return found
 
 
 def cli_page() -> str:
@@ -64,14 +69,12 @@ def cli_page() -> str:
     os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal's width: a fixed one
     from asyncimg.cli import build_parser
 
-    parser = build_parser()
     parts = [
         "# Command line\n\n",
         "`asyncimg --help` and each command's `--help`, generated from the parser.\n",
-        f"\n## asyncimg\n\n```text\n{parser.format_help()}```\n",
     ]
-    for name, sub in _subcommands(parser).items():
-        parts.append(f"\n## asyncimg {name}\n\n```text\n{sub.format_help()}```\n")
+    for name, parser in _commands("asyncimg", build_parser()):
+        parts.append(f"\n## {name}\n\n```text\n{parser.format_help()}```\n")
     return "".join(parts)
 
 
