@@ -650,14 +650,14 @@ def test_import_asyncimg_never_imports_redis() -> None:
     assert done.returncode == 0, done.stderr
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guides" / "rate-limit.md"
 
 
 @pytest.fixture
 def recipe() -> str:
-    """The README's FastAPI + gunicorn recipe."""
+    """The rate-limit guide's FastAPI + gunicorn recipe."""
     pytest.importorskip("fastapi")
-    (code,) = [c for c in re.findall(r"```python\n(.*?)```", README.read_text("utf-8"), re.DOTALL)
+    (code,) = [c for c in re.findall(r"```python\n(.*?)```", GUIDE.read_text("utf-8"), re.DOTALL)
                if "RedisLimiter.from_url" in c and "FastAPI" in c]
     return code
 
@@ -671,7 +671,7 @@ async def test_the_readme_fastapi_recipe_runs(
         monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-recipe")
         app: dict[str, Any] = {}
-        exec(compile(code, "README.md", "exec"), app)
+        exec(compile(code, str(GUIDE), "exec"), app)
         async with app["lifespan"](app["app"]):  # what each gunicorn worker runs
             answer = await app["draw"]("a lantern")
         assert answer["url"].startswith("http://127.0.0.1:")
@@ -727,9 +727,8 @@ async def test_a_user_without_the_channel_fails_the_waiters_at_once(name: str) -
 
 
 def _readme_acl_rules() -> list[str]:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    found = re.search(r"^ACL SETUSER images on >secret (.+)$", readme, re.MULTILINE)
-    assert found is not None, "the README names the ACL rules"
+    found = re.search(r"^ACL SETUSER images on >secret (.+)$", GUIDE.read_text(), re.MULTILINE)
+    assert found is not None, "the rate-limit guide names the ACL rules"
     return found.group(1).split()
 
 
