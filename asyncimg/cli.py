@@ -67,6 +67,7 @@ from .testing._serve import add_serve_options, positive_int, serve_from_args
 
 if TYPE_CHECKING:
     from ._batch import BatchControl, BatchSummary, Record
+    from ._batch.input import Shard
     from ._client import AsyncImagesClient
     from ._cost import PriceTable
     from ._redis import RedisLimiter
@@ -367,6 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="the prompts file's text encoding (default: utf-8; e.g. cp1252, latin-1)",
     )
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
+    shards = batch.add_argument_group(
+        "many machines",
+        "run one input on N processes or machines, each with its own manifest in DIR "
+        "(manifest-KofN.jsonl); with --redis they share one budget, and `asyncimg report` "
+        "reads all shards as one job",
+    )
+    shards.add_argument(
+        "--shard", metavar="K/N",
+        help="run only shard K of N (K from 1 to N): the items whose id hashes to it, the "
+        "same on every machine and every run",
+    )
+    shards.add_argument(
+        "--shard-from-env", nargs="?", const=0, type=int, metavar="N",
+        help="take K from the job array: $JOB_COMPLETION_INDEX (Kubernetes Indexed Job, "
+        "0-based; give N, the Job's completions) or $SLURM_ARRAY_TASK_ID (counted from "
+        "$SLURM_ARRAY_TASK_MIN; N defaults to $SLURM_ARRAY_TASK_COUNT); task 0 is shard 1/N",
+    )
     batch.add_argument(
         "--report", action="store_true",
         help="write DIR/index.html (see `asyncimg report`) at the end and print its path",
@@ -761,10 +779,30 @@ def _prices(args: argparse.Namespace) -> PriceTable:
         raise UsageError(f"--prices: {exc}") from None
 
 
+def _shard(args: argparse.Namespace) -> Shard | None:
+    """The shard of ``--shard K/N`` or ``--shard-from-env [N]``; None for neither."""
+    from ._batch.input import Shard, shard_from_env
+
+    if args.shard is not None and args.shard_from_env is not None:
+        raise UsageError("--shard and --shard-from-env: give one")
+    try:
+        if args.shard is not None:
+            return Shard.parse(args.shard)
+        if args.shard_from_env is not None:
+            return shard_from_env(os.environ, args.shard_from_env or None)
+    except ValueError as exc:
+        flag = "--shard" if args.shard is not None else "--shard-from-env"
+        raise UsageError(f"{flag}: {exc}") from None
+    return None
+
+
 async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from ._batch import BatchControl, InputError, detect_format, open_text, plan_batch, run_batch
     from ._cost import Budget
 
+    shard = _shard(args)
+    if shard is not None and args.via == "batch-api":
+        raise UsageError("--shard: the Batch API route runs a whole input; use --via direct")
     fmt = detect_format(args.prompts, args.input_format)
     prices = _prices(args)
     if args.dry_run:
@@ -817,7 +855,8 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             else:
                 budget = None if args.max_cost is None else Budget(args.max_cost)
                 route = functools.partial(
-                    run_batch, count_first=args.prompts != "-", prices=prices, budget=budget
+                    run_batch, count_first=args.prompts != "-", prices=prices, budget=budget,
+                    shard=shard,
                 )
             summary = await route(
                 client,

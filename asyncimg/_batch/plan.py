@@ -19,7 +19,7 @@ import attrs
 from .._cost import Observed, PriceTable, estimate_request, request_key
 from .._limiter import RateLimit
 from .input import TextLines, read_entries
-from .manifest import MANIFEST_NAME, read_records
+from .manifest import manifest_paths, read_records
 from .runner import estimate_eta
 
 __all__ = ["BATCH_API_WINDOW", "Plan", "plan_batch"]
@@ -100,7 +100,7 @@ def plan_batch(
     folder = Path(directory)
     observed = Observed()
     done: set[str] = set()
-    if (folder / MANIFEST_NAME).is_file():
+    if manifest_paths(folder):
         for record in read_records(folder):
             if record.ok:
                 done.add(record.id)

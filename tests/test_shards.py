@@ -1,0 +1,164 @@
+"""``asyncimg batch --shard K/N``: one input on N processes, one budget, one directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asyncimg._batch.input import Shard, read_entries, shard_from_env
+from asyncimg._batch.manifest import read_records, read_runs
+from asyncimg.testing import emulator_thread
+
+from ._redis_server import running_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ids(count: int) -> list[str]:
+    lines = [f"a lantern number {i}" for i in range(count)]
+    return [e.id for e in read_entries(lines, "txt", {"model": "dall-e-2"})]
+
+
+def test_the_shards_of_an_input_are_disjoint_and_cover_it() -> None:
+    ids = _ids(300)
+    parts = [[i for i in ids if Shard(k, 3).holds(i)] for k in (1, 2, 3)]
+    assert sorted(i for part in parts for i in part) == sorted(ids)
+    assert all(60 < len(part) < 140 for part in parts)  # a hash spreads them
+
+
+def test_a_shard_is_chosen_by_item_id_not_by_line() -> None:
+    ids = _ids(50)
+    moved = [e.id for e in read_entries(
+        ["a new first line", *[f"a lantern number {i}" for i in range(50)]],
+        "txt", {"model": "dall-e-2"},
+    )][1:]
+    assert moved == ids
+    assert [Shard(2, 5).holds(i) for i in moved] == [Shard(2, 5).holds(i) for i in ids]
+
+
+@pytest.mark.parametrize(
+    ("text", "shard"), [("2/5", Shard(2, 5)), (" 1 / 1 ", Shard(1, 1)), ("5/5", Shard(5, 5))]
+)
+def test_shard_parses_k_of_n(text: str, shard: Shard) -> None:
+    assert Shard.parse(text) == shard
+
+
+@pytest.mark.parametrize("text", ["0/5", "6/5", "2", "a/b", "1/0", "-1/3"])
+def test_shard_refuses_what_is_not_k_of_n(text: str) -> None:
+    with pytest.raises(ValueError, match="K"):
+        Shard.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("environ", "count", "shard"),
+    [
+        ({"JOB_COMPLETION_INDEX": "0"}, 3, Shard(1, 3)),
+        ({"JOB_COMPLETION_INDEX": "2"}, 3, Shard(3, 3)),
+        ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "1",
+          "SLURM_ARRAY_TASK_COUNT": "5"}, None, Shard(4, 5)),
+        ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}, None, Shard(1, 2)),
+    ],
+)
+def test_the_shard_comes_from_the_job_array(
+    environ: dict[str, str], count: int | None, shard: Shard
+) -> None:
+    assert shard_from_env(environ, count) == shard
+
+
+@pytest.mark.parametrize(
+    ("environ", "count", "match"),
+    [
+        ({}, 3, "neither"),
+        ({"JOB_COMPLETION_INDEX": "0"}, None, "number of shards"),
+        ({"JOB_COMPLETION_INDEX": "3"}, 3, "outside"),
+        ({"SLURM_ARRAY_TASK_ID": "x"}, 2, "whole number"),
+    ],
+)
+def test_the_job_array_refuses_what_it_cannot_place(
+    environ: dict[str, str], count: int | None, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        shard_from_env(environ, count)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ASYNCIMG_REDIS_URL")
+            and not k.startswith(("SLURM_", "JOB_COMPLETION"))}
+    return base | {"OPENAI_API_KEY": "sk-test"} | extra
+
+
+def _shard_cmd(prompts: Path, out: Path, base_url: str, redis_url: str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "asyncimg", "batch", str(prompts), "-o", str(out),
+            "--base-url", base_url, "--model", "dall-e-2", "--size", "256x256",
+            "--rate", "10/2s", "--redis", redis_url, "--limit-name", "shards", "-q", *flags]
+
+
+@pytest.mark.subprocess
+def test_three_shard_processes_share_one_directory_and_one_budget(tmp_path: Path) -> None:
+    count = 30
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a lantern number {i}\n" for i in range(count)))
+    out = tmp_path / "out"
+    with running_redis() as redis, emulator_thread(images_per_minute=(10, 2.0)) as emu:
+        started = time.monotonic()
+        procs = [
+            subprocess.Popen(
+                _shard_cmd(prompts, out, emu.base_url, redis.url, *flags), cwd=ROOT,
+                env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for flags, env in [
+                (("--shard", "1/3"), {}),
+                (("--shard-from-env", "3"), {"JOB_COMPLETION_INDEX": "1"}),
+                (("--shard-from-env",), {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1",
+                                         "SLURM_ARRAY_TASK_COUNT": "3"}),
+            ]
+        ]
+        results = [p.communicate(timeout=120) for p in procs]
+        took = time.monotonic() - started
+        assert [p.returncode for p in procs] == [0, 0, 0], results
+        generated = emu.requests("generate")
+        refused = emu.requests("generate", status=429)
+        fullest = emu.max_images_in_window()
+        arrivals = [at for at, _ in emu.arrivals]
+        # A rerun of any shard resumes it: nothing left to send.
+        again = subprocess.run(
+            _shard_cmd(prompts, out, emu.base_url, redis.url, "--shard", "2/3"),
+            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
+        )
+        assert again.returncode == 0, again.stderr
+        assert len(emu.requests("generate")) == len(generated)
+    assert not refused  # one budget: the server never had to say no
+    assert len(generated) == count  # every prompt exactly once, across the shards
+    assert fullest <= 10
+    names = sorted(p.name for p in out.iterdir())
+    assert [n for n in names if n.startswith("manifest")] == [
+        "manifest-1of3.jsonl", "manifest-2of3.jsonl", "manifest-3of3.jsonl"
+    ]
+    records = read_records(out)
+    assert len(records) == count
+    assert all(r.ok for r in records)
+    assert {r.prompt for r in records} == {f"a lantern number {i}" for i in range(count)}
+    runs = read_runs(out)
+    assert {json.loads(line)["shard"] for p in out.glob("runs-*.jsonl")
+            for line in p.read_text().splitlines()} == {"1of3", "2of3", "3of3"}
+    assert len(runs) == 4
+    # The limit was 10 per 2 s: 30 images need at least 4 s (the first 10 at once).
+    assert took >= 4.0
+    report = subprocess.run(
+        [sys.executable, "-m", "asyncimg", "report", str(out), "--no-thumbnails"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert report.returncode == 0, report.stderr
+    page = (out / "index.html").read_text()
+    assert all(r.id in page for r in records)
+    span = max(arrivals) - min(arrivals)
+    print(f"3 shards x {count} prompts: {took:.1f} s in all, sent over {span:.2f} s "
+          f"(utilisation {count / (10 * (span + 2.0) / 2.0):.0%} of 10 per 2 s), "
+          f"fullest window {fullest}/10")
