@@ -1201,8 +1201,29 @@ def _cost_text(s: BatchSummary) -> str:
     return f"${s.cost:.4f}{unknown}"
 
 
+def _shards_rows(out_dir: Path, shard: Shard | None) -> list[tuple[str, str]]:
+    """A shard's summary rows about the whole job: what every shard of DIR has done."""
+    if shard is None:
+        return []
+    from ._batch import InputError
+    from ._batch.manifest import read_records
+
+    try:
+        records = read_records(out_dir)
+    except (InputError, OSError):
+        return [("shard", f"{shard.index} of {shard.count}")]
+    ok = sum(r.ok for r in records)
+    return [
+        ("shard", f"{shard.index} of {shard.count}"),
+        ("all shards of DIR", f"{ok} succeeded, {len(records) - ok} failed"),
+    ]
+
+
 def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, rich: bool) -> None:
+    from ._batch.manifest import manifest_path
+
     out_dir = Path(args.output)
+    shard = _shard(args)
     left = max(0, s.total - s.done) if s.total is not None else 0
     direct = s.route == "direct"
     rows = [
@@ -1220,7 +1241,8 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
             "{input}/{output}/{total}".format(**s.tokens))] if s.tokens["total"] else []),
         ("cost (USD)", _cost_text(s)),
         ("images in", str(out_dir)),
-        ("manifest", str(out_dir / "manifest.jsonl")),
+        ("manifest", str(manifest_path(out_dir, shard))),
+        *_shards_rows(out_dir, shard),
     ]
     if rich:
         from rich.console import Console

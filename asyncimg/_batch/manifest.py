@@ -50,6 +50,7 @@ __all__ = [
     "append_run",
     "error_fields",
     "json_lines",
+    "manifest_path",
     "manifest_paths",
     "read_records",
     "read_runs",
@@ -78,6 +79,11 @@ def _named(name: str, shard: Shard | None) -> str:
     stem, dot, ext = name.rpartition(".")
     return f"{stem}-{shard.name}{dot}{ext}" if stem and not stem.startswith(".") \
         else f"{name}-{shard.name}"
+
+
+def manifest_path(directory: Path, shard: Shard | None = None) -> Path:
+    """Where the manifest of ``directory`` (of one shard of it) is written."""
+    return directory / _named(MANIFEST_NAME, shard)
 
 
 def manifest_paths(directory: Path) -> list[Path]:
@@ -265,7 +271,7 @@ class Manifest:
     @property
     def path(self) -> Path:
         """Where the manifest lives."""
-        return self.directory / _named(MANIFEST_NAME, self.shard)
+        return manifest_path(self.directory, self.shard)
 
     def open(self) -> None:
         """Lock the directory, clean it, read and compact the manifest, open it for appending.
