@@ -123,7 +123,7 @@ def test_two_prefork_workers_keep_one_rate_and_lose_nothing(
         env |= {
             "CELERY_BROKER_URL": broker,
             "ASYNCIMG_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/1",
-            "ASYNCIMG_RATE": "10/2.2s",  # the server's 10 per 2 s, with 0.2 s for the trip
+            "ASYNCIMG_RATE": "10/2.5s",  # the server's 10 per 2 s, with 0.5 s for the trip
             "ASYNCIMG_LIMIT_NAME": "celery-test",
             "ASYNCIMG_OUTPUT": str(out),
             "ASYNCIMG_MAX_RETRIES": "0",
