@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from asyncimg._batch.input import Shard, read_entries, shard_from_env
-from asyncimg._batch.manifest import read_records, read_runs
+from asyncimg._batch.input import InputError, Shard, read_entries, shard_from_env
+from asyncimg._batch.manifest import Manifest, read_records, read_runs
 from asyncimg.testing import emulator_thread
 
 from ._redis_server import running_redis
@@ -94,7 +94,8 @@ def test_the_job_array_refuses_what_it_cannot_place(
 
 def _timeline(entries: list[Any]) -> str:
     start = min(e.time for e in entries)
-    return " ".join(f"{e.time - start:.3f}:{e.status}" for e in sorted(entries, key=lambda e: e.time))
+    ordered = sorted(entries, key=lambda e: e.time)
+    return " ".join(f"{e.time - start:.3f}:{e.status}" for e in ordered)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -174,3 +175,67 @@ def test_three_shard_processes_share_one_directory_and_one_budget(tmp_path: Path
     print(f"3 shards x {count} prompts: {took:.1f} s in all, sent over {span:.2f} s "
           f"(utilisation {count / (10 * (span + 2.0) / 2.0):.0%} of 10 per 2 s), "
           f"fullest window {fullest}/10")
+
+
+def _line(item_id: str, status: str = "ok", files: tuple[str, ...] = (), line: int = 1,
+          finished: str = "2026-12-04T10:00:00+00:00") -> str:
+    return json.dumps({"id": item_id, "line": line, "prompt": item_id, "status": status,
+                       "files": list(files), "finished_at": finished}) + "\n"
+
+
+def _id_in(shard: Shard, start: int = 0) -> str:
+    return next(f"{n:016x}" for n in range(start, start + 10_000) if shard.holds(f"{n:016x}"))
+
+
+def test_two_shards_hold_one_directory_at_once_but_one_shard_only_once(tmp_path: Path) -> None:
+    first = Manifest(tmp_path, shard=Shard(1, 2))
+    second = Manifest(tmp_path, shard=Shard(2, 2))
+    again = Manifest(tmp_path, shard=Shard(1, 2))
+    first.open()
+    try:
+        second.open()  # no lock fight between shards
+        second.close()
+        with pytest.raises(InputError, match="another asyncimg batch"):
+            again.open()
+    finally:
+        first.close()
+    assert first.path.name == "manifest-1of2.jsonl"
+
+
+def test_a_shard_cleans_its_own_leftovers_not_anothers_being_written(tmp_path: Path) -> None:
+    mine, theirs = _id_in(Shard(1, 2)), _id_in(Shard(2, 2))
+    (tmp_path / f".{mine}-0.abcd.part").write_bytes(b"x")
+    (tmp_path / f".{theirs}-0.abcd.part").write_bytes(b"x")
+    manifest = Manifest(tmp_path, shard=Shard(1, 2))
+    manifest.open()
+    manifest.close()
+    assert sorted(p.name for p in tmp_path.glob(".*.part")) == [f".{theirs}-0.abcd.part"]
+
+
+def test_what_another_manifest_of_the_directory_holds_is_done(tmp_path: Path) -> None:
+    (tmp_path / "a-0.png").write_bytes(b"png")
+    (tmp_path / "manifest.jsonl").write_text(
+        _line("a", files=("a-0.png",)) + _line("b", "failed") + _line("c", files=("gone.png",))
+    )
+    manifest = Manifest(tmp_path, shard=Shard(1, 3))
+    manifest.open()
+    manifest.close()
+    assert manifest.done == {"a"}  # failed or missing its files: run again
+
+
+def test_read_records_reads_every_shard_as_one_job(tmp_path: Path) -> None:
+    (tmp_path / "a-0.png").write_bytes(b"png")
+    (tmp_path / "manifest-1of2.jsonl").write_text(_line("a", files=("a-0.png",), line=2))
+    (tmp_path / "manifest-2of2.jsonl").write_text(_line("b", "failed", line=1))
+    # Sharded another way later: b done there, a failed there earlier than its success.
+    (tmp_path / "manifest-1of3.jsonl").write_text(
+        _line("b", files=("b-0.png",), line=1, finished="2026-12-04T11:00:00+00:00")
+        + _line("a", "failed", line=2, finished="2026-12-04T09:00:00+00:00")
+    )
+    (tmp_path / "runs-1of2.jsonl").write_text(json.dumps(
+        {"started_at": 1.0, "finished_at": 2.0, "shard": "1of2"}) + "\n")
+    (tmp_path / "runs-2of2.jsonl").write_text(json.dumps(
+        {"started_at": 0.5, "finished_at": 3.0, "shard": "2of2"}) + "\n")
+    records = read_records(tmp_path)
+    assert [(r.id, r.status) for r in records] == [("b", "ok"), ("a", "ok")]
+    assert [run.started_at for run in read_runs(tmp_path)] == [0.5, 1.0]
