@@ -239,3 +239,46 @@ def test_read_records_reads_every_shard_as_one_job(tmp_path: Path) -> None:
     records = read_records(tmp_path)
     assert [(r.id, r.status) for r in records] == [("b", "ok"), ("a", "ok")]
     assert [run.started_at for run in read_runs(tmp_path)] == [0.5, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--shard", "4/3"], {}, "--shard: "),
+        (["--shard", "1/2", "--shard-from-env", "2"], {}, "give one"),
+        (["--shard-from-env", "3"], {}, "--shard-from-env: neither"),
+        (["--shard", "1/2", "--via", "batch-api"], {}, "--via direct"),
+    ],
+)
+def test_shard_usage_errors_send_nothing(
+    flags: list[str], env: dict[str, str], message: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asyncimg.cli import main
+
+    for name in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a lantern\n")
+    out = tmp_path / "out"
+    assert main(["batch", str(prompts), "-o", str(out), "--emulator", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_shard_runs_only_its_items(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from asyncimg.cli import main
+
+    lines = [f"a lantern number {i}" for i in range(12)]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"{line}\n" for line in lines))
+    out = tmp_path / "out"
+    for k in (1, 2):
+        assert main(["batch", str(prompts), "-o", str(out), "--emulator", "--model",
+                     "dall-e-2", "--size", "256x256", "--rate", "off", "-q",
+                     "--shard", f"{k}/2"]) == 0
+        ids = {r.id for r in read_records(out)}
+        expected = [e.id for e in read_entries(lines, "txt", {"model": "dall-e-2",
+                                                              "size": "256x256"})]
+        assert ids == {i for i in expected if any(Shard(j, 2).holds(i) for j in range(1, k + 1))}
+    assert len(read_records(out)) == 12
