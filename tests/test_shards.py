@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from asyncimg._batch.input import InputError, Shard, read_entries, shard_from_env
-from asyncimg._batch.manifest import Manifest, read_records, read_runs
+from asyncimg._batch.manifest import Manifest, Run, read_records, read_runs
+from asyncimg._batch.report import wall_seconds
 from asyncimg.testing import emulator_thread
 
 from ._redis_server import running_redis
@@ -282,3 +283,15 @@ def test_a_shard_runs_only_its_items(tmp_path: Path, capsys: pytest.CaptureFixtu
                                                               "size": "256x256"})]
         assert ids == {i for i in expected if any(Shard(j, 2).holds(i) for j in range(1, k + 1))}
     assert len(read_records(out)) == 12
+
+
+def _run(start: float, end: float) -> Run:
+    return Run(started_at=start, finished_at=end, seconds=end - start, rate=None, params={},
+               images=0, waited=0.0, rate_limited=0)
+
+
+def test_the_wall_time_of_shards_side_by_side_is_not_their_sum() -> None:
+    assert wall_seconds([_run(0, 10), _run(1, 12), _run(2, 11)]) == 12  # three shards
+    assert wall_seconds([_run(0, 10), _run(20, 25)]) == 15  # one run, then a rerun
+    assert wall_seconds([_run(20, 25), _run(0, 10), _run(5, 12)]) == 17
+    assert wall_seconds([]) == 0
