@@ -809,7 +809,7 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:
             plan = plan_batch(
                 open_text(args.prompts, args.encoding), fmt, args.output, params=_params(args),
-                prices=prices, rate=args.rate, batch_api=args.via == "batch-api",
+                prices=prices, rate=args.rate, batch_api=args.via == "batch-api", shard=shard,
             )
         except InputError as exc:
             raise UsageError(str(exc)) from None

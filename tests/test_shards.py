@@ -295,3 +295,19 @@ def test_the_wall_time_of_shards_side_by_side_is_not_their_sum() -> None:
     assert wall_seconds([_run(0, 10), _run(20, 25)]) == 15  # one run, then a rerun
     assert wall_seconds([_run(20, 25), _run(0, 10), _run(5, 12)]) == 17
     assert wall_seconds([]) == 0
+
+
+def test_a_dry_run_of_a_shard_plans_its_part(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from asyncimg.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"a lantern number {i}\n" for i in range(180)))
+    planned = []
+    for k in (1, 2, 3):
+        assert main(["batch", str(prompts), "-o", str(tmp_path / "out"), "--dry-run",
+                     "--model", "dall-e-2", "--size", "256x256", "--shard", f"{k}/3"]) == 0
+        planned.append(capsys.readouterr().out)
+    assert [line for text in planned for line in text.splitlines()
+            if "to run:" in line] == [f"items to run: {n}" for n in (59, 65, 56)], planned
