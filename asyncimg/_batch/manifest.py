@@ -10,6 +10,12 @@ was dropped. So every id has at most one line, whenever the process is killed.
 A lock file stops two runs from sharing a directory, and ``.asyncimg-server``
 remembers which server filled it.
 
+A shard (``--shard K/N``) writes its own files in the same directory:
+``manifest-KofN.jsonl``, ``runs-KofN.jsonl``, its own lock and server mark, so N
+shards on N machines share one directory (a shared filesystem) without a lock
+fight; each treats the done items of the directory's other manifests as done too
+(read only), and :func:`read_records` / :func:`read_runs` read all of them as one job.
+
 Reading is lenient (:meth:`Record.from_json`): a manifest written by an older
 version, or edited by hand, reads with defaults for what is missing or odd.
 """
@@ -31,7 +37,7 @@ from .._exceptions import APIStatusError
 from .._fs import inside, open_new
 from .._json import float_field, int_field
 from .._models import Usage
-from .input import InputError
+from .input import InputError, Shard
 
 __all__ = [
     "LOCK_NAME",
@@ -44,6 +50,8 @@ __all__ = [
     "append_run",
     "error_fields",
     "json_lines",
+    "manifest_path",
+    "manifest_paths",
     "read_records",
     "read_runs",
     "sends_of",
@@ -57,8 +65,35 @@ LOCK_NAME: Final = ".asyncimg.lock"
 SERVER_NAME: Final = ".asyncimg-server"
 # Our temporary files only: an image's (``.{id}-{i}.XXXX.part``) or the compaction's.
 _PART = re.compile(
-    r"^\.(?:[0-9a-f]{16}(?:-[0-9]+)?-[0-9]+\..+|" + re.escape(MANIFEST_NAME) + r"\.compact)\.part$"
+    r"^\.(?:(?P<id>[0-9a-f]{16}(?:-[0-9]+)?)-[0-9]+\..+|manifest(?:-[0-9]+of[0-9]+)?\.jsonl"
+    r"\.compact)\.part$"
 )
+_MANIFESTS = re.compile(r"^manifest(?:-[0-9]+of[0-9]+)?\.jsonl$")
+_RUNS = re.compile(r"^runs(?:-[0-9]+of[0-9]+)?\.jsonl$")
+
+
+def _named(name: str, shard: Shard | None) -> str:
+    """``manifest.jsonl``, or a shard's ``manifest-2of5.jsonl``."""
+    if shard is None:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}-{shard.name}{dot}{ext}" if stem and not stem.startswith(".") \
+        else f"{name}-{shard.name}"
+
+
+def manifest_path(directory: Path, shard: Shard | None = None) -> Path:
+    """Where the manifest of ``directory`` (of one shard of it) is written."""
+    return directory / _named(MANIFEST_NAME, shard)
+
+
+def manifest_paths(directory: Path) -> list[Path]:
+    """The manifests in ``directory``: ``manifest.jsonl`` and every shard's, by name."""
+    try:
+        names = sorted(entry.name for entry in directory.iterdir())
+    except OSError:
+        return []
+    return [directory / name for name in names if _MANIFESTS.match(name)
+            and (directory / name).is_file()]
 
 
 @attrs.frozen
@@ -229,13 +264,14 @@ class Manifest:
     failed_kept: int = 0
     dropped: int = 0
     torn: int = 0
+    shard: Shard | None = None
     _file: IO[bytes] | None = None
     _lock: IO[bytes] | None = None
 
     @property
     def path(self) -> Path:
         """Where the manifest lives."""
-        return self.directory / MANIFEST_NAME
+        return manifest_path(self.directory, self.shard)
 
     def open(self) -> None:
         """Lock the directory, clean it, read and compact the manifest, open it for appending.
@@ -255,7 +291,7 @@ class Manifest:
 
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.directory / LOCK_NAME, "ab")  # noqa: SIM115
+        self._lock = open(self.directory / _named(LOCK_NAME, self.shard), "ab")  # noqa: SIM115
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
@@ -271,14 +307,38 @@ class Manifest:
                 ) from None
         self._check_server()
         for leftover in self.directory.iterdir():
-            if _PART.match(leftover.name) and leftover.is_file():
+            part = _PART.match(leftover.name)
+            if part and self._mine(part) and leftover.is_file():
                 with contextlib.suppress(OSError):
                     leftover.unlink()
         self._compact()
-        if self.sends_since is not None and (self.directory / RUNS_NAME).is_file():
-            for run in json_lines(self.directory / RUNS_NAME):
+        self._done_elsewhere()
+        runs = self.directory / _named(RUNS_NAME, self.shard)
+        if self.sends_since is not None and runs.is_file():
+            for run in json_lines(runs):
                 self._keep_sends(run.get("unfinished_sent"))
         self._file = open(self.path, "ab")  # noqa: SIM115
+
+    def _mine(self, part: re.Match[str]) -> bool:
+        """A leftover part file this run may delete: not another shard's, being written."""
+        if self.shard is None:
+            return True
+        if part["id"] is None:
+            return part[0] == f".{self.path.name}.compact.part"
+        return self.shard.holds(part["id"])
+
+    def _done_elsewhere(self) -> None:
+        """The done items of the directory's other manifests (other shards, an unsharded
+        run) are done here too: read only, their writers may be at work."""
+        for other in manifest_paths(self.directory):
+            if other.name == self.path.name:
+                continue
+            for obj in json_lines(other):
+                item_id, files = obj.get("id"), obj.get("files")
+                if (isinstance(item_id, str) and obj.get("status") == "ok"
+                        and isinstance(files, list) and files
+                        and all(self._holds(name) for name in files)):
+                    self.done.add(item_id)
 
     def _keep_sends(self, value: Any) -> None:
         since = self.sends_since
@@ -288,7 +348,7 @@ class Manifest:
     def _check_server(self) -> None:
         if self.server is None:
             return
-        mark = self.directory / SERVER_NAME
+        mark = self.directory / _named(SERVER_NAME, self.shard)
         try:
             known = mark.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
@@ -345,7 +405,7 @@ class Manifest:
         self.dropped = total - len(kept) - self.torn
         if len(kept) == total:
             return
-        tmp = path.with_name(f".{MANIFEST_NAME}.compact.part")
+        tmp = path.with_name(f".{path.name}.compact.part")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # a crashed run's (or a planted symlink: never followed)
         with open(path, "rb") as src, open_new(tmp) as dst:
@@ -454,37 +514,53 @@ def json_lines(path: Path) -> Iterable[Mapping[str, Any]]:
 
 
 def read_records(directory: Path) -> list[Record]:
-    """The items of ``directory``'s manifest, in input order (the latest line of an id wins).
+    """The items of ``directory``'s manifests (``manifest.jsonl`` and every shard's, one
+    job), in input order. Within a manifest the latest line of an id wins; across
+    manifests (a directory sharded one way, then another), a done line wins over a
+    failed one, then the one finished last.
 
     Raises:
         InputError: there is no manifest.
     """
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
+    paths = manifest_paths(directory)
+    if not paths:
         raise InputError(f"no {MANIFEST_NAME} in {directory}: is it the -o DIR of a batch?")
     latest: dict[str, Record] = {}
-    for obj in json_lines(path):
-        if isinstance(obj.get("id"), str):
-            latest[obj["id"]] = Record.from_json(obj)
+    for path in paths:
+        mine: dict[str, Record] = {}
+        for obj in json_lines(path):
+            if isinstance(obj.get("id"), str):
+                mine[obj["id"]] = Record.from_json(obj)
+        for item_id, record in mine.items():
+            known = latest.get(item_id)
+            if known is None or _rank(record) > _rank(known):
+                latest[item_id] = record
     return sorted(latest.values(), key=lambda item: item.line)
 
 
+def _rank(record: Record) -> tuple[bool, float]:
+    return record.ok, record.finished_at or 0.0
+
+
 def read_runs(directory: Path) -> list[Run]:
-    """The runs recorded in ``runs.jsonl``, oldest first (none for an older version)."""
-    path = directory / RUNS_NAME
-    if not path.is_file():
+    """The runs recorded in ``runs.jsonl`` and every shard's ``runs-KofN.jsonl``, oldest
+    first (none for an older version)."""
+    try:
+        paths = sorted(p for p in directory.iterdir() if _RUNS.match(p.name) and p.is_file())
+    except OSError:
         return []
-    runs = (Run.from_json(obj) for obj in json_lines(path))
+    runs = (Run.from_json(obj) for path in paths for obj in json_lines(path))
     return sorted((run for run in runs if run is not None), key=lambda run: run.started_at)
 
 
-def append_run(directory: Path, line: Mapping[str, Any]) -> None:
-    """Append one run's line to ``runs.jsonl`` and make it durable (a few hundred bytes, once).
+def append_run(directory: Path, line: Mapping[str, Any], shard: Shard | None = None) -> None:
+    """Append one run's line to ``runs.jsonl`` (a shard's: ``runs-KofN.jsonl``) and make it
+    durable (a few hundred bytes, once).
 
     Raises:
         OSError: the file cannot be written.
     """
-    with open(directory / RUNS_NAME, "ab") as f:
+    with open(directory / _named(RUNS_NAME, shard), "ab") as f:
         f.write((json.dumps(line, ensure_ascii=False, default=str) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())

@@ -54,7 +54,7 @@ from .._offloop import blocking
 from .._params import GenerateParams
 from .._version import __version__
 from .control import BatchControl, fatal_error
-from .input import Entry, InputError, TextLines, read_entries
+from .input import Entry, InputError, Shard, TextLines, read_entries
 from .manifest import (
     Manifest,
     Record,
@@ -278,6 +278,10 @@ def _skip_done(
         yield entry
 
 
+def _in_shard(entries: Iterator[Entry], shard: Shard | None) -> Iterator[Entry]:
+    return entries if shard is None else (e for e in entries if shard.holds(e.id))
+
+
 def _observe(summary: BatchSummary, client: AsyncImagesClient) -> None:
     stats = client.limiter.stats()
     summary.waited = stats.waited
@@ -298,6 +302,7 @@ async def run_batch(
     control: BatchControl | None = None,
     prices: PriceTable | None = None,
     budget: Budget | None = None,
+    shard: Shard | None = None,
 ) -> BatchSummary:
     """Run every not-yet-done item of the input into ``directory`` (see the module doc).
 
@@ -318,6 +323,8 @@ async def run_batch(
             against it, each request's estimate is reserved before it is sent and
             settled with its actual cost; when the next one would not fit the run
             stops with ``"budget"`` (what is in flight finishes).
+        shard: run only this shard's items (by item id), writing the shard's own
+            manifest and runs line in ``directory`` (see :class:`Shard`).
 
     Raises:
         ValidationError: ``params`` break the rules (see :func:`check_batch_params`),
@@ -337,6 +344,7 @@ async def run_batch(
     preload = getattr(client.limiter, "preload", None)  # a shared limiter keeps its own window
     manifest = Manifest(
         folder, retry_failed=retry_failed, server=server or public_url(client.base_url),
+        shard=shard,
         sends_since=time.time() - rate.window
         if isinstance(rate, RateLimit) and callable(preload) else None,
     )
@@ -361,7 +369,7 @@ async def run_batch(
 
             def count() -> tuple[int, int]:
                 with open_input() as stream:
-                    ids = [e.id for e in read_entries(stream, fmt, effective)]
+                    ids = [e.id for e in _in_shard(read_entries(stream, fmt, effective), shard)]
                 done = sum(1 for i in ids if i in manifest.done)
                 return len(ids) - done, done
 
@@ -379,7 +387,7 @@ async def run_batch(
         stream = open_input()
         try:
             entries = _skip_done(
-                read_entries(stream, fmt, effective), manifest.done, summary,
+                _in_shard(read_entries(stream, fmt, effective), shard), manifest.done, summary,
                 count=not count_first,
             )
 
@@ -434,7 +442,9 @@ async def run_batch(
             summary.elapsed = time.monotonic() - summary.started
             summary.stopped, summary.stop_message = control.reason, control.message
             with contextlib.suppress(OSError):  # a full disk: the summary still comes
-                append_run_line(folder, client, params, summary, wall_start, before, unfinished)
+                append_run_line(
+                    folder, client, params, summary, wall_start, before, unfinished, shard=shard
+                )
             sink.stop(summary)
         return summary
     finally:
@@ -513,8 +523,11 @@ def append_run_line(
     wall_start: float,
     before: LimiterStats,
     unfinished: list[tuple[float, int]],
+    *,
+    shard: Shard | None = None,
 ) -> None:
-    """Append this run's line to ``runs.jsonl`` (a few hundred bytes, once: on the loop).
+    """Append this run's line to ``runs.jsonl`` (a shard's own: ``runs-KofN.jsonl``; a few
+    hundred bytes, once: on the loop).
 
     The Batch API route's line has no rate (the API sets the pace) and says its route.
 
@@ -544,7 +557,9 @@ def append_run_line(
         "unfinished_sent": sent_json(unfinished),
         "version": __version__,
     }
-    append_run(folder, line)
+    if shard is not None:
+        line["shard"] = shard.name
+    append_run(folder, line, shard)
 
 
 async def _run_entry(
