@@ -1,14 +1,15 @@
 """The manifest of a batch directory: the one module that writes and reads its schema.
 
 ``DIR/manifest.jsonl`` holds a line per finished item (:class:`Record`), written
-durably (write, flush, fsync) after the item's images; ``DIR/runs.jsonl`` a line
-per run (:class:`Run`). At start the manifest is read and compacted: a torn last
-line is dropped, the latest line of an id wins, a done line counts only if its
-files exist; lines of items that will run again (failed ones, when failed items
-are retried) are dropped, and the manifest is rewritten atomically if anything
-was dropped. So every id has at most one line, whenever the process is killed.
-A lock file stops two runs from sharing a directory, and ``.asyncimg-server``
-remembers which server filled it.
+durably (write, flush, fsync) after the item's images (the lines of the items
+that finished while the last fsync ran are written together, with one fsync);
+``DIR/runs.jsonl`` a line per run (:class:`Run`). At start the manifest is read
+and compacted: a torn last line is dropped, the latest line of an id wins, a done
+line counts only if its files exist; lines of items that will run again (failed
+ones, when failed items are retried) are dropped, and the manifest is rewritten
+atomically if anything was dropped. So every id has at most one line, whenever
+the process is killed. A lock file stops two runs from sharing a directory, and
+``.asyncimg-server`` remembers which server filled it.
 
 Reading is lenient (:meth:`Record.from_json`): a manifest written by an older
 version, or edited by hand, reads with defaults for what is missing or odd.
@@ -328,9 +329,24 @@ class Manifest:
         _fsync_dir(self.directory)
 
     def append(self, record: Record) -> None:
-        """Append one line and make it durable (write, flush, fsync)."""
+        """Append one line and make it durable (write, flush, fsync).
+
+        Raises:
+            OSError: the line cannot be written.
+        """
+        self.append_many((record,))
+
+    def append_many(self, records: Iterable[Record]) -> None:
+        """Append a group of lines and make them durable with one fsync (a group commit).
+
+        Each line is whole before the next begins, so a process killed mid-group leaves
+        whole lines and at most a torn last one (dropped when the manifest is read).
+
+        Raises:
+            OSError: the lines cannot be written.
+        """
         assert self._file is not None
-        self._file.write(record.to_json().encode())
+        self._file.write("".join(record.to_json() for record in records).encode())
         self._file.flush()
         os.fsync(self._file.fileno())
 
