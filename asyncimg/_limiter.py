@@ -36,12 +36,15 @@ also doubles the margin of later sends (from at least 1% of ``per``, up to
 :data:`MAX_MARGIN`): a 429 under our own window means that the server counted a request
 later after its stamp than the margin allows for (measured on localhost: up to 0.1 s
 for a burst of 50, 0.3 s with 16 uploads of 4 MB in flight, 0.7 s on a loaded machine).
-The margin is also sized from the answers: :meth:`Permit.answered` gives the time from
-the stamp to the answer less the server's own processing time (``openai-processing-ms``),
-an upper bound of the request's arrival lag plus the way back; what matters for the
-window is how much later one request arrives than another, so the margin grows to the
-spread (largest less smallest) of the last :data:`LAG_SAMPLES` of them, up to
-:data:`MAX_MARGIN`. It never shrinks (expiries stay in order).
+The answers correct the window: :meth:`Permit.answered` takes the server's own
+processing time (``openai-processing-ms``), so the server counted the request by the
+answer's arrival less that time at the latest. An answer that comes while its images
+are still in the window moves their window to start there (the images of a burst the
+server took a second to read leave the window as late as they left the server's). An
+answer that comes later still sizes the margin: what matters for the window is how much
+later one request arrives than another, so the margin grows to the spread (largest less
+smallest) of the last :data:`LAG_SAMPLES` arrival lags, up to :data:`MAX_LAG_MARGIN`.
+It never shrinks (expiries stay in order).
 :meth:`Limiter.observe_headers` reads ``x-ratelimit-remaining-images`` and
 ``x-ratelimit-reset-images`` (or the ``-requests`` variants; ``asyncimg._ratelimit_headers``
 parses them) and, until that reset, grants no more than the server says remains plus
@@ -73,6 +76,7 @@ from ._ratelimit_headers import read_ratelimit_headers
 
 __all__ = [
     "BACKFILL_LOOKAHEAD",
+    "MAX_LAG_MARGIN",
     "MAX_MARGIN",
     "Limiter",
     "LimiterStats",
@@ -252,12 +256,13 @@ class Permit:
     def answered(self, processing: float) -> None:
         """The answer's headers are in; the server spent ``processing`` seconds on it.
 
-        Feeds the margin (see the module docstring). No-op unless stamped or a
-        refusal was uncounted, or if ``processing`` is negative.
+        The server counted the request by ``now - processing`` at the latest: if that
+        is after the stamp and the images are still in the window, their window is
+        moved to start there. And it feeds the margin (see the module docstring).
+        No-op unless stamped (or uncounted), or if ``processing`` is negative.
         """
-        stamped_at = self.stamped_at
-        if stamped_at is not None and processing >= 0:
-            self._limiter._observe_lag(self._limiter._clock.now() - stamped_at - processing)
+        if self.stamped_at is not None and processing >= 0:
+            self._limiter._answered(self, processing)
 
     def __repr__(self) -> str:
         state = ("held", "stamped", "refunded")[self._state]
@@ -360,6 +365,8 @@ BACKFILL_LOOKAHEAD = 32
 """How many waiters behind a blocked head :class:`Limiter` considers for backfilling."""
 MAX_MARGIN = 0.05
 """The largest margin, as a fraction of ``per``, that 429s or measured lags widen it to."""
+MAX_LAG_MARGIN = 0.25
+"""The largest margin, as a fraction of ``per``, that the spread of measured lags sizes."""
 LAG_SAMPLES = 64
 """How many of the latest arrival lags (see :meth:`Permit.answered`) size the margin."""
 
@@ -616,16 +623,30 @@ class Limiter:
         widened = min(max(2 * margin, rate.per / 100), rate.per * MAX_MARGIN)
         self._span = rate.per + max(margin, widened)
 
-    def _observe_lag(self, lag: float) -> None:
-        """Widen the margin to the spread of the latest arrival lags (up to the cap)."""
+    def _answered(self, permit: Permit, processing: float) -> None:
+        """Move the window of ``permit`` to when the server counted it at the latest."""
         rate = self.rate
-        if rate is None:
+        stamped_at = permit.stamped_at
+        if rate is None or stamped_at is None:
             return
+        now = self._clock.now()
+        counted_by = now - processing
         lags = self._lags
-        lags.append(lag)
-        spread = min(max(lags) - min(lags), rate.per * MAX_MARGIN)
+        lags.append(counted_by - stamped_at)
+        spread = min(max(lags) - min(lags), rate.per * MAX_LAG_MARGIN)
         if rate.per + spread > self._span:
             self._span = rate.per + spread
+        expiry = counted_by + rate.window
+        old = permit._expiry
+        if permit._state != _STAMPED or not self._limit or old <= now or expiry <= old:
+            return
+        window = self._window
+        window.remove((old, permit.images))
+        at = len(window)
+        while at and window[at - 1][0] > expiry:
+            at -= 1
+        window.insert(at, (expiry, permit.images))
+        permit._expiry = expiry
 
     def _left(self, n: int) -> None:
         """A waiter for ``n`` images left the queue (granted or cancelled)."""

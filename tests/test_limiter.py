@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from asyncimg._clock import MonotonicClock
 from asyncimg._exceptions import ValidationError
 from asyncimg._limiter import (
+    MAX_LAG_MARGIN,
     MAX_MARGIN,
     Limiter,
     LimiterStats,
@@ -1063,7 +1064,7 @@ async def test_the_margin_grows_to_the_spread_of_measured_lags_up_to_the_cap() -
     assert waiter.done()
     (await waiter).stamp()
     note_answer(permit, {"openai-processing-ms": "0"}, 200)  # a lag of 10.2 s: capped
-    assert limiter._span == pytest.approx(10.0 + 10.0 * MAX_MARGIN)
+    assert limiter._span == pytest.approx(10.0 + 10.0 * MAX_LAG_MARGIN)
 
 
 async def test_note_answer_reads_the_header_and_the_status() -> None:
@@ -1076,3 +1077,22 @@ async def test_note_answer_reads_the_header_and_the_status() -> None:
     note_answer(permit, {}, 429)
     assert permit.refunded
     assert limiter.stats().available == 2
+
+
+async def test_an_answer_moves_the_window_to_when_the_server_counted_it() -> None:
+    limiter, clock = make(images=2, per=10.0)
+    early, late = await take(limiter, 1), await take(limiter, 1)
+    early.stamp()
+    late.stamp()
+    waiter = spawn(limiter.acquire(2))
+    clock.advance(2.0)
+    # The server spent 1.5 s of the 2: it counted `late` 0.5 s after its stamp at the latest.
+    note_answer(late, {"openai-processing-ms": "1500"}, 200)
+    note_answer(early, {"openai-processing-ms": "2000"}, 200)  # counted at the stamp
+    clock.advance(8.4)
+    await settle()
+    assert not waiter.done()  # `late` leaves the window at 10.5, not 10
+    assert limiter.stats().in_window == 1
+    clock.advance(0.2)
+    await settle()
+    assert waiter.done()
