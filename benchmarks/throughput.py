@@ -12,8 +12,9 @@ in order of arrival. The ratio is that limit over the time the job took (1.0: as
 fast as the limit allows).
 
 Every run is one emulator (``asyncimg.testing.Emulator``) in its own process,
-enforcing a limit scaled by 1/10 (50 images per 6 s) with 429s, answering after
-its latency; and one client in another process, with default settings except the
+enforcing a limit scaled by 1/10 (50 images per 6 s) with 429s (answered at once, as
+the API does; the emulator alone would answer them after the latency), answering
+after its latency; and one client in another process, with default settings except the
 scaled limit (``RateLimit(50, 6.0)``, ``--rate 50/6s``). The callers:
 
 * ``gather``: N ``client.generate`` awaited at once (a service);
@@ -102,9 +103,10 @@ def serve(latency: float, sigma: float) -> None:
         counted: dict[str, float]
 
         def _latency_for(self, path: str) -> float:
+            if len(self.arrivals) == len(self.drawn):
+                return 0.0  # refused (429): answered at once, as the API does
             value = super()._latency_for(path)
-            if len(self.arrivals) > len(self.drawn):
-                self.drawn.append(value)
+            self.drawn.append(value)
             return value
 
         def _answer(self, endpoint: Any, fields: Any, files: Any, now: float,
