@@ -23,7 +23,8 @@ import datetime
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+import stat
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -288,9 +289,10 @@ class Manifest:
         others: set[str] = set()  # ids whose latest line is not kept
         failed: set[str] = set()  # done ids whose latest line is a failure
         twice: set[str] = set()
+        is_file = _file_checker(self.directory)
         with open(path, "rb") as f:
             for raw in f:
-                judged = self._judge_line(raw)
+                judged = self._judge_line(raw, is_file)
                 if judged is None:
                     keep_line.append(0)
                     hashes.append(0)
@@ -330,7 +332,9 @@ class Manifest:
         os.replace(tmp, path)
         _fsync_dir(self.directory)
 
-    def _judge_line(self, raw: bytes) -> tuple[str, int, bool] | None:
+    def _judge_line(
+        self, raw: bytes, is_file: Callable[[str], bool]
+    ) -> tuple[str, int, bool] | None:
         """``(id, kept (1 or 0), ok)`` of a manifest line; None for a torn or unreadable one."""
         if not raw.endswith(b"\n"):
             self.torn += 1
@@ -345,9 +349,7 @@ class Manifest:
         if not isinstance(item_id, str):
             return None
         if status == "ok":
-            keep = bool(files) and all(
-                isinstance(name, str) and (self.directory / name).is_file() for name in files
-            )
+            keep = bool(files) and all(isinstance(name, str) and is_file(name) for name in files)
         else:
             keep = not self.retry_failed
         return item_id, int(keep), status == "ok"
@@ -402,6 +404,19 @@ class Manifest:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _file_checker(directory: Path) -> Callable[[str], bool]:
+    """``is_file(name)`` for names in ``directory``: one ``stat`` each, no path objects."""
+    base = os.fspath(directory)
+
+    def is_file(name: str) -> bool:
+        try:
+            return stat.S_ISREG(os.stat(os.path.join(base, name)).st_mode)
+        except (OSError, ValueError):
+            return False
+
+    return is_file
 
 
 def _fsync_dir(directory: Path) -> None:
