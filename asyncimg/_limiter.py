@@ -275,8 +275,8 @@ class LimiterStats:
 
     Attributes:
         granted: images granted since creation (refunded ones included).
-        refunded: images given back unsent.
-        sent: images stamped (sent).
+        refunded: images given back unsent, or sent and refused uncounted (a 429).
+        sent: images stamped (sent), those refused uncounted included.
         waiting: waiters in the queue.
         waiting_images: images the waiters ask for.
         held: images granted but not yet stamped nor refunded.
