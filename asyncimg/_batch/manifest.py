@@ -1,14 +1,15 @@
 """The manifest of a batch directory: the one module that writes and reads its schema.
 
 ``DIR/manifest.jsonl`` holds a line per finished item (:class:`Record`), written
-durably (write, flush, fsync) after the item's images; ``DIR/runs.jsonl`` a line
-per run (:class:`Run`). At start the manifest is read and compacted: a torn last
-line is dropped, the latest line of an id wins, a done line counts only if its
-files exist; lines of items that will run again (failed ones, when failed items
-are retried) are dropped, and the manifest is rewritten atomically if anything
-was dropped. So every id has at most one line, whenever the process is killed.
-A lock file stops two runs from sharing a directory, and ``.asyncimg-server``
-remembers which server filled it.
+durably (write, flush, fsync) after the item's images (the lines of the items
+that finished while the last fsync ran are written together, with one fsync);
+``DIR/runs.jsonl`` a line per run (:class:`Run`). At start the manifest is read
+and compacted: a torn last line is dropped, the latest line of an id wins, a done
+line counts only if its files exist; lines of items that will run again (failed
+ones, when failed items are retried) are dropped, and the manifest is rewritten
+atomically if anything was dropped. So every id has at most one line, whenever
+the process is killed. A lock file stops two runs from sharing a directory, and
+``.asyncimg-server`` remembers which server filled it.
 
 A shard (``--shard K/N``) writes its own files in the same directory:
 ``manifest-KofN.jsonl``, ``runs-KofN.jsonl``, its own lock and server mark, so N
@@ -22,19 +23,21 @@ version, or edited by hand, reads with defaults for what is missing or odd.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import datetime
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+import stat
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
 import attrs
 
 from .._exceptions import APIStatusError
-from .._fs import inside, open_new
+from .._fs import open_new
 from .._json import float_field, int_field
 from .._models import Usage
 from .input import InputError, Shard
@@ -330,6 +333,7 @@ class Manifest:
     def _done_elsewhere(self) -> None:
         """The done items of the directory's other manifests (other shards, an unsharded
         run) are done here too: read only, their writers may be at work."""
+        is_file = _file_checker(self.directory)
         for other in manifest_paths(self.directory):
             if other.name == self.path.name:
                 continue
@@ -337,7 +341,7 @@ class Manifest:
                 item_id, files = obj.get("id"), obj.get("files")
                 if (isinstance(item_id, str) and obj.get("status") == "ok"
                         and isinstance(files, list) and files
-                        and all(self._holds(name) for name in files)):
+                        and all(isinstance(name, str) and is_file(name) for name in files)):
                     self.done.add(item_id)
 
     def _keep_sends(self, value: Any) -> None:
@@ -364,74 +368,125 @@ class Manifest:
             )
 
     def _compact(self) -> None:
+        # One pass keeps per line one byte (kept or not) and the hash of its id, and the
+        # set of done ids: a million-line manifest fits in about 100 MB. Ids seen twice
+        # (a retried item) are resolved by a second look at their lines only.
         path = self.path
         if not path.exists():
             return
-        latest: dict[str, tuple[int, int, bool, bool]] = {}  # id -> (offset, length, keep, ok)
-        total = 0
-        bad = 0
+        keep_line = bytearray()
+        hashes = array.array("q")
+        done = self.done
+        others: set[str] = set()  # ids whose latest line is not kept
+        failed: set[str] = set()  # done ids whose latest line is a failure
+        twice: set[str] = set()
+        is_file = _file_checker(self.directory)
         with open(path, "rb") as f:
-            offset = 0
             for raw in f:
-                length = len(raw)
-                here = offset
-                offset += length
-                total += 1
-                if not raw.endswith(b"\n"):
-                    self.torn += 1
+                judged = self._judge_line(raw, is_file)
+                if judged is None:
+                    keep_line.append(0)
+                    hashes.append(0)
                     continue
-                try:
-                    record = json.loads(raw)
-                    item_id = record["id"]
-                    status = record.get("status")
-                    files = record.get("files") or []
-                    self._keep_sends(record.get("sent"))
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    bad += 1
-                    continue
-                if not isinstance(item_id, str):
-                    bad += 1
-                    continue
-                if status == "ok":
-                    keep = bool(files) and all(self._holds(name) for name in files)
+                name, keep, ok = judged
+                hashes.append(hash(name))
+                if name in done or name in others:
+                    twice.add(name)
+                if keep:
+                    done.add(name)
+                    others.discard(name)
+                    if ok:
+                        failed.discard(name)
+                    else:
+                        failed.add(name)
                 else:
-                    keep = not self.retry_failed
-                latest[item_id] = (here, length, keep, status == "ok")
-        kept = sorted((off, length) for off, length, keep, _ in latest.values() if keep)
-        for item_id, (_, _, keep, ok) in latest.items():
-            if keep:
-                self.done.add(item_id)
-                self.failed_kept += not ok
-        self.dropped = total - len(kept) - self.torn
-        if len(kept) == total:
+                    others.add(name)
+                    done.discard(name)
+                    failed.discard(name)
+                keep_line.append(keep)
+        if twice:
+            self._drop_superseded(keep_line, hashes, twice)
+        del hashes
+        self.failed_kept = len(failed)
+        total = len(keep_line)
+        kept = sum(keep_line)
+        self.dropped = total - kept - self.torn
+        if kept == total:
             return
         tmp = path.with_name(f".{path.name}.compact.part")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # a crashed run's (or a planted symlink: never followed)
         with open(path, "rb") as src, open_new(tmp) as dst:
-            for off, length in kept:
-                src.seek(off)
-                dst.write(src.read(length))
+            for raw, keep_it in zip(src, keep_line, strict=True):
+                if keep_it:
+                    dst.write(raw)
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, path)
         _fsync_dir(self.directory)
 
-    def _holds(self, name: object) -> bool:
-        """``name`` is a regular file inside the directory: a plain name (no ``..``, no
-        absolute path), and no symlink leading out; nothing else counts as done."""
-        if not isinstance(name, str):
-            return False
+    def _judge_line(
+        self, raw: bytes, is_file: Callable[[str], bool]
+    ) -> tuple[str, int, bool] | None:
+        """``(id, kept (1 or 0), ok)`` of a manifest line; None for a torn or unreadable one."""
+        if not raw.endswith(b"\n"):
+            self.torn += 1
+            return None
         try:
-            path = inside(self.directory, name)
-            return path.resolve().parent == self.directory.resolve() and path.is_file()
-        except OSError:
-            return False
+            record = json.loads(raw)
+            item_id = record["id"]
+            status = record.get("status")
+            files = record.get("files") or []
+            self._keep_sends(record.get("sent"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if not isinstance(item_id, str):
+            return None
+        if status == "ok":
+            keep = bool(files) and all(isinstance(name, str) and is_file(name) for name in files)
+        else:
+            keep = not self.retry_failed
+        return item_id, int(keep), status == "ok"
+
+    def _drop_superseded(
+        self, keep_line: bytearray, hashes: array.array[int], twice: set[str]
+    ) -> None:
+        """Unmark every line of an id in ``twice`` but its latest (the latest line wins)."""
+        wanted = {hash(name) for name in twice}
+        lines: dict[str, list[int]] = {}
+        with open(self.path, "rb") as f:
+            for index, raw in enumerate(f):
+                if hashes[index] not in wanted or not raw.endswith(b"\n"):
+                    continue
+                try:
+                    item_id = json.loads(raw).get("id")
+                except (ValueError, AttributeError):
+                    continue
+                if item_id in twice:
+                    lines.setdefault(item_id, []).append(index)
+        for indexes in lines.values():
+            for index in indexes[:-1]:
+                keep_line[index] = 0
 
     def append(self, record: Record) -> None:
-        """Append one line and make it durable (write, flush, fsync)."""
+        """Append one line and make it durable (write, flush, fsync).
+
+        Raises:
+            OSError: the line cannot be written.
+        """
+        self.append_many((record,))
+
+    def append_many(self, records: Iterable[Record]) -> None:
+        """Append a group of lines and make them durable with one fsync (a group commit).
+
+        Each line is whole before the next begins, so a process killed mid-group leaves
+        whole lines and at most a torn last one (dropped when the manifest is read).
+
+        Raises:
+            OSError: the lines cannot be written.
+        """
         assert self._file is not None
-        self._file.write(record.to_json().encode())
+        self._file.write("".join(record.to_json() for record in records).encode())
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -443,6 +498,25 @@ class Manifest:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _file_checker(directory: Path) -> Callable[[str], bool]:
+    """``is_file(name)`` for names in ``directory``: one ``lstat`` each, no path objects.
+
+    Only a plain name (no separator, no ``..``) of a regular file counts: a path out
+    of the directory, or a symlink (ours are never links), is not a done item's file.
+    """
+    base = os.fspath(directory)
+
+    def is_file(name: str) -> bool:
+        if not name or name in (".", "..") or os.sep in name or (os.altsep or os.sep) in name:
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(os.path.join(base, name)).st_mode)
+        except (OSError, ValueError):
+            return False
+
+    return is_file
 
 
 def _fsync_dir(directory: Path) -> None:

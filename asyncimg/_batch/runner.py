@@ -82,6 +82,8 @@ __all__ = [
 ]
 
 # Per-call settings that generate() takes but are not request parameters.
+_GROUP = 256
+"""The most manifest lines written (and fsync-ed) together, and waiting for the writer."""
 _CALL_SETTINGS = frozenset({"timeout", "max_retries", "extra_body"})
 
 
@@ -414,6 +416,32 @@ async def run_batch(
                 control.pull(entries, bad_input=InputError), work,
                 concurrency=client.max_in_flight, ready=client.max_results_held,
             )
+            # Finished records go to a writer that appends what gathered while its last
+            # fsync ran, in one group (one thread hop and one fsync per group).
+            send, receive = anyio.create_memory_object_stream[Record](_GROUP)
+
+            async def writer() -> None:
+                async with receive:
+                    async for first in receive:
+                        group = [first]
+                        with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                            while len(group) < _GROUP:
+                                group.append(receive.receive_nowait())
+                        if control.reason == "aborted":
+                            continue
+                        try:
+                            await blocking(manifest.append_many, group)
+                        except OSError as exc:
+                            control.stop(
+                                "aborted", f"cannot write {manifest.path}: {exc}",
+                                cancel_sent=True,
+                            )
+                            continue
+                        _observe(summary, client)
+                        for record in group:
+                            summary.count(record)
+                            sink.item(record, summary)
+
             async with batch, anyio.create_task_group() as tg:
 
                 async def ticker() -> None:
@@ -423,19 +451,12 @@ async def run_batch(
                         sink.tick(summary)
 
                 tg.start_soon(ticker)
-                async for record in batch:
-                    if record is None or control.reason == "aborted":
-                        continue
-                    try:
-                        await blocking(manifest.append, record)
-                    except OSError as exc:
-                        control.stop(
-                            "aborted", f"cannot write {manifest.path}: {exc}", cancel_sent=True
-                        )
-                        continue
-                    summary.count(record)
-                    _observe(summary, client)
-                    sink.item(record, summary)
+                async with anyio.create_task_group() as writing:
+                    writing.start_soon(writer)
+                    async with send:
+                        async for record in batch:
+                            if record is not None and control.reason != "aborted":
+                                await send.send(record)
                 tg.cancel_scope.cancel()
         finally:
             stream.close()
