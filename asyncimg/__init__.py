@@ -50,7 +50,7 @@ from ._models import (
     Usage,
 )
 from ._refs import EditImages, ImageRef
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, retry_countdown
 from ._sdk import RawAPIResponse
 from ._stream import (
     CompletedImageEvent,
@@ -75,7 +75,7 @@ if _typing.TYPE_CHECKING:
         submit_batch,
     )
     from ._redis import RedisLimiter
-    from ._sync import ImagesClient
+    from ._sync import ImagesClient, shared_images_client
 
 __all__ = [
     "APIConnectionError",
@@ -145,6 +145,8 @@ __all__ = [
     "cost_of",
     "estimate_request",
     "load_prices",
+    "retry_countdown",
+    "shared_images_client",
     "submit_batch",
 ]
 
@@ -154,6 +156,7 @@ __all__ = [
 # `redis` extra.
 _LAZY = {
     "ImagesClient": "._sync",
+    "shared_images_client": "._sync",
     "RedisLimiter": "._redis",
     "BatchAPIJob": "._batch",
     "BatchAPIResult": "._batch",

@@ -28,12 +28,19 @@ awaited.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
 import anyio.abc
+
+# anyio imports its asyncio backend on first use, on the loop: 50 ms, and over 300 ms
+# on a loaded machine, which the shared limiter's first Redis call (timeout 2 s, 0.5 s
+# in tests) would pay. So it comes with this module.
+with contextlib.suppress(ImportError):
+    import anyio._backends._asyncio
 
 __all__ = ["BackgroundTasks", "first_error"]
 

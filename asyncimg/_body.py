@@ -53,6 +53,11 @@ def encode_json(values: Mapping[str, Any], extra: Mapping[str, Any]) -> Body:
         ValidationError: a value JSON cannot carry (a ``Decimal``, a set, NaN)
             or a string that is not valid Unicode; ``param`` names it.
     """
+    try:  # the common case: one dumps; the slow path below only names what is wrong
+        text = json.dumps(values, ensure_ascii=False, allow_nan=False)
+        return Body(text.encode("utf-8"), "application/json")
+    except (TypeError, ValueError):  # UnicodeEncodeError included
+        pass
     for key, value in values.items():
         try:
             json.dumps(value, allow_nan=False)

@@ -56,7 +56,7 @@ from ._files import ImageFile, ImageInput, file_extension, load_image, load_imag
 from ._fs import safe_stem, write_atomic, write_new
 from ._gate import Gate
 from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
-from ._limiter import Limiter, RateLimit, RateLimiter
+from ._limiter import Limiter, RateLimit, RateLimiter, note_answer
 from ._models import Image, ImagesResponse
 from ._offloop import OFF_LOOP_BYTES, blocking, off_loop, off_loop_if_large
 from ._otel import CallInfo, Target, log_fields, trace_headers, watch
@@ -1010,12 +1010,14 @@ class AsyncImagesClient:
                 headers = getattr(exc, "headers", None)
                 if headers:
                     self.limiter.observe_headers(headers)
+                note_answer(permit, headers, getattr(exc, "status_code", 0))
                 raise
             finally:
                 permit.refund()
                 if sent:
                     gate.answered(sent[0])
             self.limiter.observe_headers(raw.headers)
+            note_answer(permit, raw.headers, raw.status)
             return raw
         finally:
             gate.release()

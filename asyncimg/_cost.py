@@ -22,7 +22,6 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from importlib import resources
 from typing import Any, Final
 
 import attrs
@@ -171,6 +170,8 @@ def load_prices(path: str | os.PathLike[str] | None = None) -> PriceTable:
         OSError: ``path`` cannot be read.
         ValueError: a file is not JSON or not shaped like a prices file.
     """
+    from importlib import resources  # on first use: `import asyncimg` stays light
+
     shipped = resources.files("asyncimg").joinpath("prices.json").read_text(encoding="utf-8")
     table = PriceTable.from_json(json.loads(shipped), where="prices.json")
     if path is None:

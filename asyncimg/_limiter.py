@@ -6,7 +6,9 @@ How it works
 takes ``n`` images of the budget when it is granted, and keeps them:
 
 * until it is :meth:`~Permit.refund`-ed (nothing was sent: they come back at once), or
-* once :meth:`~Permit.stamp`-ed at send time ``s``, until ``s + per + margin``.
+* once :meth:`~Permit.stamp`-ed at send time ``s``, until ``s + per + margin``, or
+  until :meth:`~Permit.uncount`-ed (the server refused it with a 429 and did not count
+  it: they come back at once, for the grants after the pause that 429 begins).
 
 So every image sent in a window of ``per`` seconds (measured on the send stamps)
 held the budget at the end of that window at the same time: no window of
@@ -33,7 +35,16 @@ Retry-After; concurrent pauses merge, the latest deadline wins). A pause that be
 also doubles the margin of later sends (from at least 1% of ``per``, up to
 :data:`MAX_MARGIN`): a 429 under our own window means that the server counted a request
 later after its stamp than the margin allows for (measured on localhost: up to 0.1 s
-for a burst of 50, 0.3 s with 16 uploads of 4 MB in flight).
+for a burst of 50, 0.3 s with 16 uploads of 4 MB in flight, 0.7 s on a loaded machine).
+The answers correct the window: :meth:`Permit.answered` takes the server's own
+processing time (``openai-processing-ms``), so the server counted the request by the
+answer's arrival less that time at the latest. An answer that comes while its images
+are still in the window moves their window to start there (the images of a burst the
+server took a second to read leave the window as late as they left the server's). An
+answer that comes later still sizes the margin: what matters for the window is how much
+later one request arrives than another, so the margin grows to the spread (largest less
+smallest) of the last :data:`LAG_SAMPLES` arrival lags, up to :data:`MAX_LAG_MARGIN`.
+It never shrinks (expiries stay in order).
 :meth:`Limiter.observe_headers` reads ``x-ratelimit-remaining-images`` and
 ``x-ratelimit-reset-images`` (or the ``-requests`` variants; ``asyncimg._ratelimit_headers``
 parses them) and, until that reset, grants no more than the server says remains plus
@@ -65,6 +76,7 @@ from ._ratelimit_headers import read_ratelimit_headers
 
 __all__ = [
     "BACKFILL_LOOKAHEAD",
+    "MAX_LAG_MARGIN",
     "MAX_MARGIN",
     "Limiter",
     "LimiterStats",
@@ -188,7 +200,8 @@ class Permit:
     permit.refund()`` is always safe.
     """
 
-    __slots__ = ("_epoch", "_limiter", "_state", "images", "stamped_at")
+    __slots__ = ("_epoch", "_expiry", "_limiter", "_state", "_sub_expiry", "images",
+                 "stamped_at")
 
     def __init__(self, limiter: Limiter, images: int, epoch: int) -> None:
         self._limiter = limiter
@@ -196,6 +209,8 @@ class Permit:
         self._epoch = epoch
         self._state = _HELD
         self.stamped_at: float | None = None
+        self._expiry = 0.0
+        self._sub_expiry = 0.0
 
     @property
     def stamped(self) -> bool:
@@ -226,6 +241,29 @@ class Permit:
             self._state = _REFUNDED
             self._limiter._refund(self)
 
+    def uncount(self) -> None:
+        """The server refused the sent request uncounted (a 429): give the images back.
+
+        Unlike :meth:`refund` this takes back a stamped permit. The images are free for
+        the grants decided after the current step of the event loop, so a
+        :meth:`Limiter.pause` called right after (the 429's wait) holds them too.
+        No-op unless stamped.
+        """
+        if self._state == _STAMPED:
+            self._state = _REFUNDED
+            self._limiter._uncount(self)
+
+    def answered(self, processing: float) -> None:
+        """The answer's headers are in; the server spent ``processing`` seconds on it.
+
+        The server counted the request by ``now - processing`` at the latest: if that
+        is after the stamp and the images are still in the window, their window is
+        moved to start there. And it feeds the margin (see the module docstring).
+        No-op unless stamped (or uncounted), or if ``processing`` is negative.
+        """
+        if self.stamped_at is not None and processing >= 0:
+            self._limiter._answered(self, processing)
+
     def __repr__(self) -> str:
         state = ("held", "stamped", "refunded")[self._state]
         return f"<Permit images={self.images} {state}>"
@@ -237,8 +275,8 @@ class LimiterStats:
 
     Attributes:
         granted: images granted since creation (refunded ones included).
-        refunded: images given back unsent.
-        sent: images stamped (sent).
+        refunded: images given back unsent, or sent and refused uncounted (a 429).
+        sent: images stamped (sent), those refused uncounted included.
         waiting: waiters in the queue.
         waiting_images: images the waiters ask for.
         held: images granted but not yet stamped nor refunded.
@@ -301,12 +339,36 @@ class RateLimiter(Protocol):
         ...
 
 
+def note_answer(permit: RatePermit, headers: Mapping[str, str] | None, status: int) -> None:
+    """Tell ``permit`` (if it is a :class:`Permit`) about its answer.
+
+    ``openai-processing-ms`` in ``headers`` feeds :meth:`Permit.answered`; a 429
+    :meth:`Permit.uncount`-s it (the server did not count the refused request).
+    """
+    if not isinstance(permit, Permit):
+        return
+    value = headers.get("openai-processing-ms") if headers else None
+    if value is not None:
+        try:
+            processing = float(value) / 1000
+        except ValueError:
+            processing = math.nan
+        if math.isfinite(processing):
+            permit.answered(processing)
+    if status == 429:
+        permit.uncount()
+
+
 # -- the limiter ------------------------------------------------------------------------
 
 BACKFILL_LOOKAHEAD = 32
 """How many waiters behind a blocked head :class:`Limiter` considers for backfilling."""
 MAX_MARGIN = 0.05
-"""The largest margin, as a fraction of ``per``, that 429s can widen it to."""
+"""The largest margin, as a fraction of ``per``, that 429s or measured lags widen it to."""
+MAX_LAG_MARGIN = 0.25
+"""The largest margin, as a fraction of ``per``, that the spread of measured lags sizes."""
+LAG_SAMPLES = 64
+"""How many of the latest arrival lags (see :meth:`Permit.answered`) size the margin."""
 
 _Waiter = tuple["asyncio.Future[Permit]", int]
 
@@ -337,6 +399,7 @@ class Limiter:
         "_clock",
         "_granted",
         "_held",
+        "_lags",
         "_limit",
         "_n_waiting",
         "_paused_until",
@@ -402,6 +465,7 @@ class Limiter:
         self._granted = 0
         self._refunded = 0
         self._sent = 0
+        self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
 
     def __repr__(self) -> str:
         return f"<Limiter rate={self.rate!r} waiting={self._n_waiting}>"
@@ -600,6 +664,31 @@ class Limiter:
         widened = min(max(2 * margin, rate.per / 100), rate.per * MAX_MARGIN)
         self._span = rate.per + max(margin, widened)
 
+    def _answered(self, permit: Permit, processing: float) -> None:
+        """Move the window of ``permit`` to when the server counted it at the latest."""
+        rate = self.rate
+        stamped_at = permit.stamped_at
+        if rate is None or stamped_at is None:
+            return
+        now = self._clock.now()
+        counted_by = now - processing
+        lags = self._lags
+        lags.append(counted_by - stamped_at)
+        spread = min(max(lags) - min(lags), rate.per * MAX_LAG_MARGIN)
+        if rate.per + spread > self._span:
+            self._span = rate.per + spread
+        expiry = counted_by + rate.window
+        old = permit._expiry
+        if permit._state != _STAMPED or not self._limit or old <= now or expiry <= old:
+            return
+        window = self._window
+        window.remove((old, permit.images))
+        at = len(window)
+        while at and window[at - 1][0] > expiry:
+            at -= 1
+        window.insert(at, (expiry, permit.images))
+        permit._expiry = expiry
+
     def _left(self, n: int) -> None:
         """A waiter for ``n`` images left the queue (granted or cancelled)."""
         self._n_waiting -= 1
@@ -648,9 +737,11 @@ class Limiter:
         self._held -= n
         self._sent += n
         if self._limit:
-            self._window.append((now + self._span, n))
+            permit._expiry = now + self._span
+            self._window.append((permit._expiry, n))
             if self._sub_limit:
-                self._sub_window.append((now + self._sub_span, n))
+                permit._sub_expiry = now + self._sub_span
+                self._sub_window.append((permit._sub_expiry, n))
             if self._n_waiting:
                 self._drain()  # the head may now have an expiry to wait for
 
@@ -666,6 +757,22 @@ class Limiter:
                 self._allow += n if self._allow_images else 1
         if self._n_waiting:
             self._drain()
+
+    def _uncount(self, permit: Permit) -> None:
+        n = permit.images
+        self._refunded += n
+        if self._limit:
+            now = self._clock.now()
+            self._expire(now)
+            if permit._expiry > now:  # still in the window: take it out
+                self._window.remove((permit._expiry, n))
+                self._used -= n
+            if self._sub_limit and permit._sub_expiry > now:
+                self._sub_window.remove((permit._sub_expiry, n))
+                self._sub_used -= n
+        if self._n_waiting:
+            # After this step: the pause of the 429 that refused it comes first.
+            asyncio.get_running_loop().call_soon(self._drain)
 
     def _drain(self) -> None:
         """Serve the waiters at the head that fit; then arm the timer for the rest."""

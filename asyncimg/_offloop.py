@@ -22,8 +22,10 @@ import functools
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Final, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["OFF_LOOP_BYTES", "ThreadedIterator", "blocking", "off_loop", "off_loop_if_large"]
 
@@ -41,6 +43,8 @@ def _worker() -> ThreadPoolExecutor:
     global _executor
     with _lock:
         if _executor is None:
+            from concurrent.futures import ThreadPoolExecutor  # on first use
+
             _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncimg-decode")
         return _executor
 

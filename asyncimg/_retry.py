@@ -34,6 +34,7 @@ __all__ = [
     "backoff",
     "decide",
     "parse_retry_after",
+    "retry_countdown",
 ]
 
 RETRY_STATUSES = frozenset({408, 409, 429})
@@ -180,3 +181,34 @@ def decide(
     if isinstance(error, APIConnectionError):
         return Decision(True, backoff(attempt, policy, rand), reason=type(error).__name__)
     return Decision(False, reason=f"{type(error).__name__} is not retried")
+
+
+def retry_countdown(
+    error: BaseException,
+    retries: int = 0,
+    *,
+    policy: RetryPolicy | None = None,
+    now: float,
+    rand: Callable[[], float] = random.random,
+) -> float | None:
+    """Seconds a task queue should wait before running a failed call again, or None
+    when asyncimg says it is not worth retrying.
+
+    For a retry from outside the client (Celery's ``self.retry(countdown=...)``),
+    after the client's own retries ran out: ``retries`` is how many times the task
+    was retried already. What :func:`decide` retries is worth it (connection
+    errors, timeouts, 408, 409, 429 but not a quota, 5xx; ``x-should-retry``
+    honoured), after the server's ``Retry-After`` when it sent one, else after
+    ``policy``'s jittered backoff for attempt ``retries + 1``; any other error
+    (a 400, a refused prompt, a bad key, not an :class:`APIError`) is None. The
+    task's own ``max_retries`` bounds how often: ``policy.max_retries`` does not.
+    ``now`` is the wall-clock time (``time.time()``), for a ``Retry-After`` date.
+    """
+    if not isinstance(error, APIError):
+        return None
+    policy = policy or RetryPolicy()
+    attempt = max(0, retries) + 1
+    decision = decide(
+        error, attempt, attrs.evolve(policy, max_retries=attempt), now=now, rand=rand
+    )
+    return decision.wait if decision.retry else None

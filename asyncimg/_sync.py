@@ -59,13 +59,13 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._keywords import EditKeywords, GenerateKeywords, Unpack
-    from ._limiter import LimiterStats, RateLimiter, RatePermit
+    from ._limiter import LimiterStats, RateLimit, RateLimiter, RatePermit
     from ._models import ImagesResponse
     from ._refs import EditImages
     from ._retry import RetryPolicy
     from ._stream import ImageStreamEvent
 
-__all__ = ["ImagesClient"]
+__all__ = ["ImagesClient", "shared_images_client"]
 
 logger = logging.getLogger("asyncimg")
 
@@ -94,6 +94,9 @@ class _Runner:
         self.closed = False
         self._lock = threading.Lock()
         self._iterators: dict[int, tuple[MemoryObjectSendStream[Future[Any]], threading.Event]] = {}
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+        """What the client owns besides its session (a shared limiter), closed on the portal
+        after it."""
 
     # -- calls -------------------------------------------------------------------------
 
@@ -198,6 +201,9 @@ class _Runner:
             if client is not None:
                 with contextlib.suppress(RuntimeError):  # the portal is gone: nothing to do
                     self.portal.call(client.aclose)
+            for closer in self.closers:
+                with contextlib.suppress(RuntimeError):
+                    self.portal.call(closer)
         finally:
             self._stack.close()
 
@@ -734,3 +740,43 @@ class ImagesWithRawResponse:
     generate = _blocking(AsyncImagesWithRawResponse.generate)
     edit = _blocking(AsyncImagesWithRawResponse.edit)
     create_variation = _blocking(AsyncImagesWithRawResponse.create_variation)
+
+
+def shared_images_client(
+    redis_url: str,
+    *,
+    rate: RateLimit,
+    name: str,
+    limiter_options: Mapping[str, Any] | None = None,
+    **client_kwargs: Any,
+) -> ImagesClient:
+    """A blocking :class:`ImagesClient` whose rate budget is shared through Redis.
+
+    Made for a process of a worker pool (a Celery prefork child, built in its
+    ``worker_process_init`` signal; see ``examples/celery_app.py``): its
+    :class:`RedisLimiter` (``RedisLimiter.from_url(redis_url, rate=rate, name=name,
+    **limiter_options)``) lives on the client's own loop, so every process using
+    the same ``name`` keeps one rate together, and closing the client closes the
+    limiter too (what it held in Redis is given back at once rather than after its
+    lease). ``client_kwargs`` are :class:`ImagesClient`'s (not ``limiter``).
+
+    Raises:
+        ValueError: ``rate``, ``name``, a limiter option or the URL is unusable.
+        ImportError: redis-py is not installed (``pip install 'asyncimg[redis]'``).
+        ValidationError: a client argument is invalid.
+    """
+    from ._redis import RedisLimiter
+
+    if "limiter" in client_kwargs or "rate_limit" in client_kwargs:
+        raise ValueError("shared_images_client makes its own limiter: pass rate= and name=")
+    made: list[RedisLimiter] = []
+
+    def make(**kwargs: Any) -> AsyncImagesClient:
+        limiter = RedisLimiter.from_url(redis_url, rate=rate, name=name, **(limiter_options or {}))
+        made.append(limiter)
+        return AsyncImagesClient(limiter=limiter, **kwargs)
+
+    client = ImagesClient.__new__(ImagesClient)
+    client._start(make, **client_kwargs)  # a limiter made for a client that failed opened nothing
+    client._runner.closers.append(made[0].aclose)
+    return client

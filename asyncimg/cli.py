@@ -67,6 +67,7 @@ from .testing._serve import add_serve_options, positive_int, serve_from_args
 
 if TYPE_CHECKING:
     from ._batch import BatchControl, BatchSummary, Record
+    from ._batch.input import Shard
     from ._client import AsyncImagesClient
     from ._cost import PriceTable
     from ._redis import RedisLimiter
@@ -367,6 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="the prompts file's text encoding (default: utf-8; e.g. cp1252, latin-1)",
     )
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
+    shards = batch.add_argument_group(
+        "many machines",
+        "run one input on N processes or machines, each with its own manifest in DIR "
+        "(manifest-KofN.jsonl); with --redis they share one budget, and `asyncimg report` "
+        "reads all shards as one job",
+    )
+    shards.add_argument(
+        "--shard", metavar="K/N",
+        help="run only shard K of N (K from 1 to N): the items whose id hashes to it, the "
+        "same on every machine and every run",
+    )
+    shards.add_argument(
+        "--shard-from-env", nargs="?", const=0, type=int, metavar="N",
+        help="take K from the job array: $JOB_COMPLETION_INDEX (Kubernetes Indexed Job, "
+        "0-based; give N, the Job's completions) or $SLURM_ARRAY_TASK_ID (counted from "
+        "$SLURM_ARRAY_TASK_MIN; N defaults to $SLURM_ARRAY_TASK_COUNT); task 0 is shard 1/N",
+    )
     batch.add_argument(
         "--otel", action="store_true",
         help="send traces and metrics by OTLP, configured by the standard OTEL_* variables "
@@ -766,17 +784,37 @@ def _prices(args: argparse.Namespace) -> PriceTable:
         raise UsageError(f"--prices: {exc}") from None
 
 
+def _shard(args: argparse.Namespace) -> Shard | None:
+    """The shard of ``--shard K/N`` or ``--shard-from-env [N]``; None for neither."""
+    from ._batch.input import Shard, shard_from_env
+
+    if args.shard is not None and args.shard_from_env is not None:
+        raise UsageError("--shard and --shard-from-env: give one")
+    try:
+        if args.shard is not None:
+            return Shard.parse(args.shard)
+        if args.shard_from_env is not None:
+            return shard_from_env(os.environ, args.shard_from_env or None)
+    except ValueError as exc:
+        flag = "--shard" if args.shard is not None else "--shard-from-env"
+        raise UsageError(f"{flag}: {exc}") from None
+    return None
+
+
 async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from ._batch import BatchControl, InputError, detect_format, open_text, plan_batch, run_batch
     from ._cost import Budget
 
+    shard = _shard(args)
+    if shard is not None and args.via == "batch-api":
+        raise UsageError("--shard: the Batch API route runs a whole input; use --via direct")
     fmt = detect_format(args.prompts, args.input_format)
     prices = _prices(args)
     if args.dry_run:
         try:
             plan = plan_batch(
                 open_text(args.prompts, args.encoding), fmt, args.output, params=_params(args),
-                prices=prices, rate=args.rate, batch_api=args.via == "batch-api",
+                prices=prices, rate=args.rate, batch_api=args.via == "batch-api", shard=shard,
             )
         except InputError as exc:
             raise UsageError(str(exc)) from None
@@ -822,7 +860,8 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             else:
                 budget = None if args.max_cost is None else Budget(args.max_cost)
                 route = functools.partial(
-                    run_batch, count_first=args.prompts != "-", prices=prices, budget=budget
+                    run_batch, count_first=args.prompts != "-", prices=prices, budget=budget,
+                    shard=shard,
                 )
             summary = await route(
                 client,
@@ -1169,8 +1208,29 @@ def _cost_text(s: BatchSummary) -> str:
     return f"${s.cost:.4f}{unknown}"
 
 
+def _shards_rows(out_dir: Path, shard: Shard | None) -> list[tuple[str, str]]:
+    """A shard's summary rows about the whole job: what every shard of DIR has done."""
+    if shard is None:
+        return []
+    from ._batch import InputError
+    from ._batch.manifest import read_records
+
+    try:
+        records = read_records(out_dir)
+    except (InputError, OSError):
+        return [("shard", f"{shard.index} of {shard.count}")]
+    ok = sum(r.ok for r in records)
+    return [
+        ("shard", f"{shard.index} of {shard.count}"),
+        ("all shards of DIR", f"{ok} succeeded, {len(records) - ok} failed"),
+    ]
+
+
 def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, rich: bool) -> None:
+    from ._batch.manifest import manifest_path
+
     out_dir = Path(args.output)
+    shard = _shard(args)
     left = max(0, s.total - s.done) if s.total is not None else 0
     direct = s.route == "direct"
     rows = [
@@ -1188,7 +1248,8 @@ def _print_summary(s: BatchSummary, args: argparse.Namespace, out: TextIO, *, ri
             "{input}/{output}/{total}".format(**s.tokens))] if s.tokens["total"] else []),
         ("cost (USD)", _cost_text(s)),
         ("images in", str(out_dir)),
-        ("manifest", str(out_dir / "manifest.jsonl")),
+        ("manifest", str(manifest_path(out_dir, shard))),
+        *_shards_rows(out_dir, shard),
     ]
     if rich:
         from rich.console import Console

@@ -68,7 +68,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--step", type=int, default=5_000)
+    parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.step = 100, 50
     big = str(args.requests + 1)
     runs = {
         "bounded (defaults)": [],

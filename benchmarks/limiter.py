@@ -224,7 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--waiters", type=int, default=1000)
     parser.add_argument("--n", default="1,1,2,2,3,4", help="the n to draw from, e.g. 1")
     parser.add_argument("--no-emulator", action="store_true", help="skip part 1")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.calls, args.per, args.waiters = 12, 0.5, 50
     CHOICES[:] = [int(x) for x in args.n.split(",")]
     if not args.no_emulator:
         asyncio.run(bench_emulator(args.calls, args.images, args.per, args.seed))

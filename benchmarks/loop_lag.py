@@ -121,7 +121,10 @@ if __name__ == "__main__":
     parser.add_argument("--mb", type=float, default=8.0)
     parser.add_argument("--calls", type=int, default=16)
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.rounds, arguments.mb, arguments.calls = 1, 1.0, 4
     if arguments.serve is not None:
         serve(arguments.serve, arguments.mb)
     else:

@@ -132,7 +132,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--worker", nargs=2, metavar=("WAY", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--photo", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 1
     if args.worker:
         _worker(args.worker[0], args.worker[1], args.runs)
         return

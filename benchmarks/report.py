@@ -109,7 +109,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.items, args.rounds = 30, 1
     chromium = find_chromium()
     if chromium is None:
         sys.exit("no Chromium on PATH")

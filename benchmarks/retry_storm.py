@@ -122,4 +122,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--callers", type=int, default=64)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
+    arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.rounds, arguments.callers = 1, 8
+    asyncio.run(main(arguments))

@@ -1,7 +1,7 @@
 """asyncimg against the official openai SDK: CPU per call, calls per second, RSS, import time.
 
     .venv/bin/python benchmarks/run.py            # or: make bench   (about 3 minutes)
-    .venv/bin/python benchmarks/run.py --rounds 1 --quick    # a smoke run, ~40 s, writes nothing
+    .venv/bin/python benchmarks/run.py --quick    # a smoke run (one round), writes nothing
 
 A fixed-response server (``benchmarks/_server.py``) runs in its own process,
 pinned to CPU 0; every client runs in a fresh process (``benchmarks/_worker.py``)
@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "make bench" if os.environ.get("MAKELEVEL") else shlex.join(
         [".venv/bin/python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
     if args.quick:
+        args.rounds, args.import_reps = 1, 2
         for size in CALLS:
             CALLS[size] = max(30, CALLS[size] // 10)
     server_cpu, client_cpu = _cpus()

@@ -373,7 +373,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30, help="requests per process")
     parser.add_argument("--waiters", type=int, default=1000, help="waiters in part 2")
     parser.add_argument("--latency", type=float, default=0.05, help="the emulator's latency")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.waiters = 3, 20
     redis = RedisServer(os.environ.get("REDIS_SERVER", "redis-server"))
     redis.start()
     uneven = [args.requests * PROCS // 3, 0, 0, 0]

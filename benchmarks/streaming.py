@@ -117,9 +117,12 @@ def main() -> None:
     parser.add_argument("--partials", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.streams, args.partials, args.rounds = 2, 1, 1
     if args.serve is not None:
         _serve(args.serve, args.partials)
         return

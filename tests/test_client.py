@@ -475,3 +475,22 @@ async def test_one_limiter_shared_by_two_clients_holds_at_the_server() -> None:
         assert emu.max_images_in_window(0.4) <= 6
         assert not emu.requests(status=429)
     assert shared.stats().sent == 16
+
+
+async def test_a_refused_request_gives_its_images_back_for_the_retry() -> None:
+    """A 429 means the server did not count the request: its permit is not spent."""
+    import asyncio
+
+    from asyncimg import Limiter
+
+    limiter = Limiter(RateLimit(images=2, per=60.0))
+    async with Emulator(api_key=TEST_KEY) as emu:
+        emu.add_fault(Fault.status(429, retry_after=0.05))
+        async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
+                                     limiter=limiter) as client:
+            await client.generate("p", model="dall-e-2", size="256x256")
+            # Without the refund the refused attempt and the retry spend both images,
+            # and this one waits the whole 60 s window.
+            await asyncio.wait_for(client.generate("q", model="dall-e-2", size="256x256"), 5)
+        assert [e.status for e in emu.requests("generate")] == [429, 200, 200]
+    assert limiter.stats().refunded == 1

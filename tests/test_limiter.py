@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from asyncimg._clock import MonotonicClock
 from asyncimg._exceptions import ValidationError
 from asyncimg._limiter import (
+    MAX_LAG_MARGIN,
     MAX_MARGIN,
     Limiter,
     LimiterStats,
@@ -25,6 +26,7 @@ from asyncimg._limiter import (
     RateLimit,
     RateLimiter,
     RatePermit,
+    note_answer,
 )
 from asyncimg._ratelimit_headers import parse_duration
 from asyncimg.testing import FakeClock
@@ -1038,3 +1040,94 @@ async def test_preload_refuses_odd_sends_and_does_nothing_without_a_rate() -> No
     with pytest.raises(ValueError, match="images"):
         limiter.preload([(1.0, 0)])
     assert Limiter(None).preload([(1.0, 3)]) == 0
+
+
+# -- a 429's refused request is not counted; the margin from measured lags ---------------
+
+
+async def test_an_uncounted_refusal_gives_its_images_back_after_the_pause() -> None:
+    limiter, clock = make(images=4, per=10.0)
+    first, refused = await take(limiter, 2), await take(limiter, 2)
+    first.stamp()
+    refused.stamp()
+    waiter = spawn(limiter.acquire(2))
+    await settle()
+    assert not waiter.done()
+    refused.uncount()  # the server answered 429: it did not count this one
+    limiter.pause(1.0)  # the 429's wait, decided in the same step
+    await settle()
+    assert not waiter.done()  # the pause holds the images given back
+    assert limiter.stats().in_window == 2
+    clock.advance(1.0)
+    await settle()
+    assert waiter.done()  # after the pause, not after the refused request's window (10 s)
+    assert refused.refunded
+    assert limiter.stats().refunded == 2
+    refused.uncount()  # once only
+    assert limiter.stats().refunded == 2
+
+
+async def test_uncount_is_a_no_op_unless_stamped_and_takes_an_expired_one_nowhere() -> None:
+    limiter, clock = make(images=2, per=10.0)
+    held = await take(limiter, 1)
+    held.uncount()
+    assert not held.refunded
+    assert limiter.stats().held == 1
+    held.stamp()
+    clock.advance(11.0)
+    held.uncount()  # its window is over: nothing to take out
+    assert limiter.stats().in_window == 0
+    assert limiter.stats().available == 2
+
+
+async def test_the_margin_grows_to_the_spread_of_measured_lags_up_to_the_cap() -> None:
+    limiter, clock = make(images=1, per=10.0)
+    for lag in (0.05, 0.25):
+        permit = await take(limiter, 1)
+        permit.stamp()
+        clock.advance(3.0 + lag)
+        note_answer(permit, {"openai-processing-ms": "3000"}, 200)
+        clock.advance(10.0)
+    permit = await take(limiter, 1)
+    permit.stamp()
+    waiter = spawn(limiter.acquire(1))
+    clock.advance(10.19)
+    await settle()
+    assert not waiter.done()  # the window is per + 0.2 s (0.25 - 0.05) now
+    clock.advance(0.02)
+    await settle()
+    assert waiter.done()
+    (await waiter).stamp()
+    note_answer(permit, {"openai-processing-ms": "0"}, 200)  # a lag of 10.2 s: capped
+    assert limiter._span == pytest.approx(10.0 + 10.0 * MAX_LAG_MARGIN)
+
+
+async def test_note_answer_reads_the_header_and_the_status() -> None:
+    limiter, _clock = make(images=2, per=10.0)
+    permit = await take(limiter, 1)
+    permit.stamp()
+    note_answer(permit, {"openai-processing-ms": "junk"}, 200)
+    note_answer(permit, None, 500)
+    assert permit.stamped
+    note_answer(permit, {}, 429)
+    assert permit.refunded
+    assert limiter.stats().available == 2
+
+
+async def test_an_answer_moves_the_window_to_when_the_server_counted_it() -> None:
+    limiter, clock = make(images=2, per=10.0)
+    early, late = await take(limiter, 1), await take(limiter, 1)
+    early.stamp()
+    late.stamp()
+    waiter = spawn(limiter.acquire(2))
+    clock.advance(2.0)
+    # The server spent 1.5 s of the 2: it counted `late` 0.5 s after its stamp at the latest.
+    note_answer(late, {"openai-processing-ms": "1500"}, 200)
+    note_answer(early, {"openai-processing-ms": "2000"}, 200)  # counted at the stamp
+    clock.advance(8.4)
+    await settle()
+    assert not waiter.done()  # `late` leaves the window at 10.5, not 10
+    assert limiter.stats().in_window == 1
+    clock.advance(0.2)
+    await settle()
+    assert waiter.done()

@@ -214,3 +214,34 @@ async def test_a_rerun_right_after_a_run_keeps_the_rate(tmp_path: Path) -> None:
             assert (summary.ok, summary.failed) == (4, 0)
         assert emu.requests(status=429) == []
         assert emu.max_images_in_window() <= 4
+
+
+@pytest.mark.parametrize("retry_failed", [True, False])
+def test_compaction_keeps_the_latest_line_of_each_id(tmp_path: Path, retry_failed: bool) -> None:
+    (tmp_path / "a-0.png").write_bytes(b"png")
+    lines = [
+        {"id": "a", "status": "failed"},
+        {"id": "b", "status": "ok", "files": ["gone.png"]},  # its file is missing: redo
+        {"id": "a", "status": "ok", "files": ["a-0.png"]},  # a's latest: kept
+        {"id": "c", "status": "failed"},
+        {"id": "d", "status": "ok", "files": ["a-0.png"]},
+        {"id": "d", "status": "failed"},  # d's latest
+        "not json",
+    ]
+    text = "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines)
+    (tmp_path / MANIFEST_NAME).write_text(text + '{"id": "e", "sta')  # a torn last line
+    manifest = Manifest(tmp_path, retry_failed=retry_failed)
+    manifest.open()
+    manifest.close()
+    kept = [json.loads(x) for x in (tmp_path / MANIFEST_NAME).read_text().splitlines()]
+    if retry_failed:
+        assert manifest.done == {"a"}
+        assert [x["id"] for x in kept] == ["a"]
+        assert manifest.failed_kept == 0
+    else:
+        assert manifest.done == {"a", "c", "d"}
+        assert [(x["id"], x["status"]) for x in kept] == [
+            ("a", "ok"), ("c", "failed"), ("d", "failed")]
+        assert manifest.failed_kept == 2
+    assert manifest.torn == 1
+    assert manifest.dropped == len(lines) + 1 - len(kept) - 1

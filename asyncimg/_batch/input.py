@@ -6,7 +6,10 @@
 * :func:`read_entries`: the lines of a ``txt``, ``jsonl`` or ``csv`` input as
   :class:`Entry` values, each with a stable id: a hash of its prompt and its
   effective parameters (plus ``-2``, ``-3``... for repeats of the same item), so
-  editing or inserting other lines does not change it.
+  editing or inserting other lines does not change it;
+* :class:`Shard`: which items one of N processes runs (``--shard K/N``), chosen by a
+  hash of the item id, so the same item falls in the same shard on every machine
+  and every run, whatever line it is on.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ __all__ = [
     "INPUT_FORMATS",
     "Entry",
     "InputError",
+    "Shard",
     "TextLines",
     "detect_format",
     "open_text",
     "read_entries",
+    "shard_from_env",
 ]
 
 INPUT_FORMATS: Final = ("txt", "jsonl", "csv")
@@ -111,6 +116,86 @@ def open_text(path: str, encoding: str = "utf-8") -> Callable[[], TextLines]:
             open(os.dup(sys.stdin.fileno()), "rb"), encoding, "stdin", owned=False
         )
     return lambda: TextLines(open(path, "rb"), encoding, path)
+
+
+# -- shards -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Shard:
+    """Shard ``index`` of ``count`` (1-based: ``2/5`` is the second of five).
+
+    An item belongs to the shard its id hashes to (SHA-256 of the id), so the N
+    shards of an input split it into N disjoint parts that cover it whole.
+    """
+
+    index: int
+    count: int
+
+    @property
+    def name(self) -> str:
+        """``2of5``: what the shard's files in DIR are named with."""
+        return f"{self.index}of{self.count}"
+
+    def holds(self, item_id: str) -> bool:
+        """True when the item with this id is in this shard."""
+        digest = hashlib.sha256(item_id.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index - 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``K/N`` (1 <= K <= N) as a shard.
+
+        Raises:
+            ValueError: ``text`` is not ``K/N`` with whole numbers 1 <= K <= N.
+        """
+        match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)
+        if not match:
+            raise ValueError(f"{text!r} is not K/N (e.g. 2/5: the second of five shards)")
+        index, count = int(match[1]), int(match[2])
+        if not 1 <= index <= count:
+            raise ValueError(f"{text!r}: K must be between 1 and N (K is 1-based)")
+        return cls(index, count)
+
+
+def shard_from_env(environ: Mapping[str, str], count: int | None) -> Shard:
+    """The shard of this process in a job array, from its environment.
+
+    Kubernetes Indexed Jobs set ``JOB_COMPLETION_INDEX`` (0-based; ``count`` is the
+    Job's ``completions`` and must be given); Slurm job arrays set
+    ``SLURM_ARRAY_TASK_ID``, counted from ``SLURM_ARRAY_TASK_MIN`` (so ``--array=0-4``
+    and ``--array=1-5`` both work), with ``SLURM_ARRAY_TASK_COUNT`` as the default
+    ``count``. Task 0 (the array's first) is shard ``1/N``.
+
+    Raises:
+        ValueError: neither variable is set, one is not a whole number, no count is
+            known, or the index falls outside the count.
+    """
+    if "JOB_COMPLETION_INDEX" in environ:
+        source = "JOB_COMPLETION_INDEX"
+        zero_based = _whole(environ, source)
+    elif "SLURM_ARRAY_TASK_ID" in environ:
+        source = "SLURM_ARRAY_TASK_ID"
+        zero_based = _whole(environ, source) - _whole(environ, "SLURM_ARRAY_TASK_MIN")
+        if count is None and environ.get("SLURM_ARRAY_TASK_COUNT"):
+            count = _whole(environ, "SLURM_ARRAY_TASK_COUNT")
+    else:
+        raise ValueError(
+            "neither JOB_COMPLETION_INDEX (Kubernetes Indexed Job) nor "
+            "SLURM_ARRAY_TASK_ID (Slurm job array) is set"
+        )
+    if count is None or count < 1:
+        raise ValueError(f"{source} is set but the number of shards is not: give it (N)")
+    if not 0 <= zero_based < count:
+        raise ValueError(f"{source} gives task {zero_based} (0-based), outside 0..{count - 1}")
+    return Shard(zero_based + 1, count)
+
+
+def _whole(environ: Mapping[str, str], name: str) -> int:
+    value = environ.get(name) or "0"
+    if not value.strip().isdigit():
+        raise ValueError(f"${name} is {value!r}, not a whole number")
+    return int(value)
 
 
 # -- items ------------------------------------------------------------------------------

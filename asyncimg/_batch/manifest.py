@@ -1,14 +1,21 @@
 """The manifest of a batch directory: the one module that writes and reads its schema.
 
 ``DIR/manifest.jsonl`` holds a line per finished item (:class:`Record`), written
-durably (write, flush, fsync) after the item's images; ``DIR/runs.jsonl`` a line
-per run (:class:`Run`). At start the manifest is read and compacted: a torn last
-line is dropped, the latest line of an id wins, a done line counts only if its
-files exist; lines of items that will run again (failed ones, when failed items
-are retried) are dropped, and the manifest is rewritten atomically if anything
-was dropped. So every id has at most one line, whenever the process is killed.
-A lock file stops two runs from sharing a directory, and ``.asyncimg-server``
-remembers which server filled it.
+durably (write, flush, fsync) after the item's images (the lines of the items
+that finished while the last fsync ran are written together, with one fsync);
+``DIR/runs.jsonl`` a line per run (:class:`Run`). At start the manifest is read
+and compacted: a torn last line is dropped, the latest line of an id wins, a done
+line counts only if its files exist; lines of items that will run again (failed
+ones, when failed items are retried) are dropped, and the manifest is rewritten
+atomically if anything was dropped. So every id has at most one line, whenever
+the process is killed. A lock file stops two runs from sharing a directory, and
+``.asyncimg-server`` remembers which server filled it.
+
+A shard (``--shard K/N``) writes its own files in the same directory:
+``manifest-KofN.jsonl``, ``runs-KofN.jsonl``, its own lock and server mark, so N
+shards on N machines share one directory (a shared filesystem) without a lock
+fight; each treats the done items of the directory's other manifests as done too
+(read only), and :func:`read_records` / :func:`read_runs` read all of them as one job.
 
 Reading is lenient (:meth:`Record.from_json`): a manifest written by an older
 version, or edited by hand, reads with defaults for what is missing or odd.
@@ -16,22 +23,24 @@ version, or edited by hand, reads with defaults for what is missing or odd.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import datetime
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+import stat
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
 import attrs
 
 from .._exceptions import APIStatusError
-from .._fs import inside, open_new
+from .._fs import open_new
 from .._json import float_field, int_field
 from .._models import Usage
-from .input import InputError
+from .input import InputError, Shard
 
 __all__ = [
     "LOCK_NAME",
@@ -44,6 +53,8 @@ __all__ = [
     "append_run",
     "error_fields",
     "json_lines",
+    "manifest_path",
+    "manifest_paths",
     "read_records",
     "read_runs",
     "sends_of",
@@ -57,8 +68,35 @@ LOCK_NAME: Final = ".asyncimg.lock"
 SERVER_NAME: Final = ".asyncimg-server"
 # Our temporary files only: an image's (``.{id}-{i}.XXXX.part``) or the compaction's.
 _PART = re.compile(
-    r"^\.(?:[0-9a-f]{16}(?:-[0-9]+)?-[0-9]+\..+|" + re.escape(MANIFEST_NAME) + r"\.compact)\.part$"
+    r"^\.(?:(?P<id>[0-9a-f]{16}(?:-[0-9]+)?)-[0-9]+\..+|manifest(?:-[0-9]+of[0-9]+)?\.jsonl"
+    r"\.compact)\.part$"
 )
+_MANIFESTS = re.compile(r"^manifest(?:-[0-9]+of[0-9]+)?\.jsonl$")
+_RUNS = re.compile(r"^runs(?:-[0-9]+of[0-9]+)?\.jsonl$")
+
+
+def _named(name: str, shard: Shard | None) -> str:
+    """``manifest.jsonl``, or a shard's ``manifest-2of5.jsonl``."""
+    if shard is None:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}-{shard.name}{dot}{ext}" if stem and not stem.startswith(".") \
+        else f"{name}-{shard.name}"
+
+
+def manifest_path(directory: Path, shard: Shard | None = None) -> Path:
+    """Where the manifest of ``directory`` (of one shard of it) is written."""
+    return directory / _named(MANIFEST_NAME, shard)
+
+
+def manifest_paths(directory: Path) -> list[Path]:
+    """The manifests in ``directory``: ``manifest.jsonl`` and every shard's, by name."""
+    try:
+        names = sorted(entry.name for entry in directory.iterdir())
+    except OSError:
+        return []
+    return [directory / name for name in names if _MANIFESTS.match(name)
+            and (directory / name).is_file()]
 
 
 @attrs.frozen
@@ -229,13 +267,14 @@ class Manifest:
     failed_kept: int = 0
     dropped: int = 0
     torn: int = 0
+    shard: Shard | None = None
     _file: IO[bytes] | None = None
     _lock: IO[bytes] | None = None
 
     @property
     def path(self) -> Path:
         """Where the manifest lives."""
-        return self.directory / MANIFEST_NAME
+        return manifest_path(self.directory, self.shard)
 
     def open(self) -> None:
         """Lock the directory, clean it, read and compact the manifest, open it for appending.
@@ -255,7 +294,7 @@ class Manifest:
 
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.directory / LOCK_NAME, "ab")  # noqa: SIM115
+        self._lock = open(self.directory / _named(LOCK_NAME, self.shard), "ab")  # noqa: SIM115
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
@@ -271,14 +310,39 @@ class Manifest:
                 ) from None
         self._check_server()
         for leftover in self.directory.iterdir():
-            if _PART.match(leftover.name) and leftover.is_file():
+            part = _PART.match(leftover.name)
+            if part and self._mine(part) and leftover.is_file():
                 with contextlib.suppress(OSError):
                     leftover.unlink()
         self._compact()
-        if self.sends_since is not None and (self.directory / RUNS_NAME).is_file():
-            for run in json_lines(self.directory / RUNS_NAME):
+        self._done_elsewhere()
+        runs = self.directory / _named(RUNS_NAME, self.shard)
+        if self.sends_since is not None and runs.is_file():
+            for run in json_lines(runs):
                 self._keep_sends(run.get("unfinished_sent"))
         self._file = open(self.path, "ab")  # noqa: SIM115
+
+    def _mine(self, part: re.Match[str]) -> bool:
+        """A leftover part file this run may delete: not another shard's, being written."""
+        if self.shard is None:
+            return True
+        if part["id"] is None:
+            return part[0] == f".{self.path.name}.compact.part"
+        return self.shard.holds(part["id"])
+
+    def _done_elsewhere(self) -> None:
+        """The done items of the directory's other manifests (other shards, an unsharded
+        run) are done here too: read only, their writers may be at work."""
+        is_file = _file_checker(self.directory)
+        for other in manifest_paths(self.directory):
+            if other.name == self.path.name:
+                continue
+            for obj in json_lines(other):
+                item_id, files = obj.get("id"), obj.get("files")
+                if (isinstance(item_id, str) and obj.get("status") == "ok"
+                        and isinstance(files, list) and files
+                        and all(isinstance(name, str) and is_file(name) for name in files)):
+                    self.done.add(item_id)
 
     def _keep_sends(self, value: Any) -> None:
         since = self.sends_since
@@ -288,7 +352,7 @@ class Manifest:
     def _check_server(self) -> None:
         if self.server is None:
             return
-        mark = self.directory / SERVER_NAME
+        mark = self.directory / _named(SERVER_NAME, self.shard)
         try:
             known = mark.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
@@ -304,74 +368,125 @@ class Manifest:
             )
 
     def _compact(self) -> None:
+        # One pass keeps per line one byte (kept or not) and the hash of its id, and the
+        # set of done ids: a million-line manifest fits in about 100 MB. Ids seen twice
+        # (a retried item) are resolved by a second look at their lines only.
         path = self.path
         if not path.exists():
             return
-        latest: dict[str, tuple[int, int, bool, bool]] = {}  # id -> (offset, length, keep, ok)
-        total = 0
-        bad = 0
+        keep_line = bytearray()
+        hashes = array.array("q")
+        done = self.done
+        others: set[str] = set()  # ids whose latest line is not kept
+        failed: set[str] = set()  # done ids whose latest line is a failure
+        twice: set[str] = set()
+        is_file = _file_checker(self.directory)
         with open(path, "rb") as f:
-            offset = 0
             for raw in f:
-                length = len(raw)
-                here = offset
-                offset += length
-                total += 1
-                if not raw.endswith(b"\n"):
-                    self.torn += 1
+                judged = self._judge_line(raw, is_file)
+                if judged is None:
+                    keep_line.append(0)
+                    hashes.append(0)
                     continue
-                try:
-                    record = json.loads(raw)
-                    item_id = record["id"]
-                    status = record.get("status")
-                    files = record.get("files") or []
-                    self._keep_sends(record.get("sent"))
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    bad += 1
-                    continue
-                if not isinstance(item_id, str):
-                    bad += 1
-                    continue
-                if status == "ok":
-                    keep = bool(files) and all(self._holds(name) for name in files)
+                name, keep, ok = judged
+                hashes.append(hash(name))
+                if name in done or name in others:
+                    twice.add(name)
+                if keep:
+                    done.add(name)
+                    others.discard(name)
+                    if ok:
+                        failed.discard(name)
+                    else:
+                        failed.add(name)
                 else:
-                    keep = not self.retry_failed
-                latest[item_id] = (here, length, keep, status == "ok")
-        kept = sorted((off, length) for off, length, keep, _ in latest.values() if keep)
-        for item_id, (_, _, keep, ok) in latest.items():
-            if keep:
-                self.done.add(item_id)
-                self.failed_kept += not ok
-        self.dropped = total - len(kept) - self.torn
-        if len(kept) == total:
+                    others.add(name)
+                    done.discard(name)
+                    failed.discard(name)
+                keep_line.append(keep)
+        if twice:
+            self._drop_superseded(keep_line, hashes, twice)
+        del hashes
+        self.failed_kept = len(failed)
+        total = len(keep_line)
+        kept = sum(keep_line)
+        self.dropped = total - kept - self.torn
+        if kept == total:
             return
-        tmp = path.with_name(f".{MANIFEST_NAME}.compact.part")
+        tmp = path.with_name(f".{path.name}.compact.part")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # a crashed run's (or a planted symlink: never followed)
         with open(path, "rb") as src, open_new(tmp) as dst:
-            for off, length in kept:
-                src.seek(off)
-                dst.write(src.read(length))
+            for raw, keep_it in zip(src, keep_line, strict=True):
+                if keep_it:
+                    dst.write(raw)
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, path)
         _fsync_dir(self.directory)
 
-    def _holds(self, name: object) -> bool:
-        """``name`` is a regular file inside the directory: a plain name (no ``..``, no
-        absolute path), and no symlink leading out; nothing else counts as done."""
-        if not isinstance(name, str):
-            return False
+    def _judge_line(
+        self, raw: bytes, is_file: Callable[[str], bool]
+    ) -> tuple[str, int, bool] | None:
+        """``(id, kept (1 or 0), ok)`` of a manifest line; None for a torn or unreadable one."""
+        if not raw.endswith(b"\n"):
+            self.torn += 1
+            return None
         try:
-            path = inside(self.directory, name)
-            return path.resolve().parent == self.directory.resolve() and path.is_file()
-        except OSError:
-            return False
+            record = json.loads(raw)
+            item_id = record["id"]
+            status = record.get("status")
+            files = record.get("files") or []
+            self._keep_sends(record.get("sent"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if not isinstance(item_id, str):
+            return None
+        if status == "ok":
+            keep = bool(files) and all(isinstance(name, str) and is_file(name) for name in files)
+        else:
+            keep = not self.retry_failed
+        return item_id, int(keep), status == "ok"
+
+    def _drop_superseded(
+        self, keep_line: bytearray, hashes: array.array[int], twice: set[str]
+    ) -> None:
+        """Unmark every line of an id in ``twice`` but its latest (the latest line wins)."""
+        wanted = {hash(name) for name in twice}
+        lines: dict[str, list[int]] = {}
+        with open(self.path, "rb") as f:
+            for index, raw in enumerate(f):
+                if hashes[index] not in wanted or not raw.endswith(b"\n"):
+                    continue
+                try:
+                    item_id = json.loads(raw).get("id")
+                except (ValueError, AttributeError):
+                    continue
+                if item_id in twice:
+                    lines.setdefault(item_id, []).append(index)
+        for indexes in lines.values():
+            for index in indexes[:-1]:
+                keep_line[index] = 0
 
     def append(self, record: Record) -> None:
-        """Append one line and make it durable (write, flush, fsync)."""
+        """Append one line and make it durable (write, flush, fsync).
+
+        Raises:
+            OSError: the line cannot be written.
+        """
+        self.append_many((record,))
+
+    def append_many(self, records: Iterable[Record]) -> None:
+        """Append a group of lines and make them durable with one fsync (a group commit).
+
+        Each line is whole before the next begins, so a process killed mid-group leaves
+        whole lines and at most a torn last one (dropped when the manifest is read).
+
+        Raises:
+            OSError: the lines cannot be written.
+        """
         assert self._file is not None
-        self._file.write(record.to_json().encode())
+        self._file.write("".join(record.to_json() for record in records).encode())
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -383,6 +498,25 @@ class Manifest:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _file_checker(directory: Path) -> Callable[[str], bool]:
+    """``is_file(name)`` for names in ``directory``: one ``lstat`` each, no path objects.
+
+    Only a plain name (no separator, no ``..``) of a regular file counts: a path out
+    of the directory, or a symlink (ours are never links), is not a done item's file.
+    """
+    base = os.fspath(directory)
+
+    def is_file(name: str) -> bool:
+        if not name or name in (".", "..") or os.sep in name or (os.altsep or os.sep) in name:
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(os.path.join(base, name)).st_mode)
+        except (OSError, ValueError):
+            return False
+
+    return is_file
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -454,37 +588,53 @@ def json_lines(path: Path) -> Iterable[Mapping[str, Any]]:
 
 
 def read_records(directory: Path) -> list[Record]:
-    """The items of ``directory``'s manifest, in input order (the latest line of an id wins).
+    """The items of ``directory``'s manifests (``manifest.jsonl`` and every shard's, one
+    job), in input order. Within a manifest the latest line of an id wins; across
+    manifests (a directory sharded one way, then another), a done line wins over a
+    failed one, then the one finished last.
 
     Raises:
         InputError: there is no manifest.
     """
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
+    paths = manifest_paths(directory)
+    if not paths:
         raise InputError(f"no {MANIFEST_NAME} in {directory}: is it the -o DIR of a batch?")
     latest: dict[str, Record] = {}
-    for obj in json_lines(path):
-        if isinstance(obj.get("id"), str):
-            latest[obj["id"]] = Record.from_json(obj)
+    for path in paths:
+        mine: dict[str, Record] = {}
+        for obj in json_lines(path):
+            if isinstance(obj.get("id"), str):
+                mine[obj["id"]] = Record.from_json(obj)
+        for item_id, record in mine.items():
+            known = latest.get(item_id)
+            if known is None or _rank(record) > _rank(known):
+                latest[item_id] = record
     return sorted(latest.values(), key=lambda item: item.line)
 
 
+def _rank(record: Record) -> tuple[bool, float]:
+    return record.ok, record.finished_at or 0.0
+
+
 def read_runs(directory: Path) -> list[Run]:
-    """The runs recorded in ``runs.jsonl``, oldest first (none for an older version)."""
-    path = directory / RUNS_NAME
-    if not path.is_file():
+    """The runs recorded in ``runs.jsonl`` and every shard's ``runs-KofN.jsonl``, oldest
+    first (none for an older version)."""
+    try:
+        paths = sorted(p for p in directory.iterdir() if _RUNS.match(p.name) and p.is_file())
+    except OSError:
         return []
-    runs = (Run.from_json(obj) for obj in json_lines(path))
+    runs = (Run.from_json(obj) for path in paths for obj in json_lines(path))
     return sorted((run for run in runs if run is not None), key=lambda run: run.started_at)
 
 
-def append_run(directory: Path, line: Mapping[str, Any]) -> None:
-    """Append one run's line to ``runs.jsonl`` and make it durable (a few hundred bytes, once).
+def append_run(directory: Path, line: Mapping[str, Any], shard: Shard | None = None) -> None:
+    """Append one run's line to ``runs.jsonl`` (a shard's: ``runs-KofN.jsonl``) and make it
+    durable (a few hundred bytes, once).
 
     Raises:
         OSError: the file cannot be written.
     """
-    with open(directory / RUNS_NAME, "ab") as f:
+    with open(directory / _named(RUNS_NAME, shard), "ab") as f:
         f.write((json.dumps(line, ensure_ascii=False, default=str) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())

@@ -18,8 +18,8 @@ import attrs
 
 from .._cost import Observed, PriceTable, estimate_request, request_key
 from .._limiter import RateLimit
-from .input import TextLines, read_entries
-from .manifest import MANIFEST_NAME, read_records
+from .input import Shard, TextLines, read_entries
+from .manifest import manifest_paths, read_records
 from .runner import estimate_eta
 
 __all__ = ["BATCH_API_WINDOW", "Plan", "plan_batch"]
@@ -91,8 +91,10 @@ def plan_batch(
     prices: PriceTable,
     rate: RateLimit | None,
     batch_api: bool = False,
+    shard: Shard | None = None,
 ) -> Plan:
-    """Plan a batch without sending anything (blocking: it reads the input and manifest).
+    """Plan a batch without sending anything (blocking: it reads the input and manifest);
+    with ``shard``, that shard's part of it.
 
     Raises:
         InputError: the input is unusable.
@@ -100,7 +102,7 @@ def plan_batch(
     folder = Path(directory)
     observed = Observed()
     done: set[str] = set()
-    if (folder / MANIFEST_NAME).is_file():
+    if manifest_paths(folder):
         for record in read_records(folder):
             if record.ok:
                 done.add(record.id)
@@ -112,6 +114,8 @@ def plan_batch(
     why: str | None = None
     with open_input() as stream:
         for entry in read_entries(stream, fmt, params):
+            if shard is not None and not shard.holds(entry.id):
+                continue
             if entry.id in done:
                 skipped += 1
                 continue

@@ -58,6 +58,7 @@ __all__ = [
     "make_thumbnails",
     "render",
     "spend_svg",
+    "wall_seconds",
     "window_peaks",
     "write_report",
 ]
@@ -381,6 +382,25 @@ def _usage_totals(items: Iterable[Record]) -> dict[str, int]:
     return totals
 
 
+def wall_seconds(runs: Sequence[Run]) -> float:
+    """How long the directory's runs took: a run's own seconds, but runs that overlap in
+    time (the shards of one job, side by side) from the first start to the last end."""
+    total = 0.0
+    group: list[Run] = []
+    for run in sorted(runs, key=lambda r: r.started_at):
+        if group and run.started_at >= max(r.finished_at for r in group):
+            total += _group_seconds(group)
+            group = []
+        group.append(run)
+    return total + (_group_seconds(group) if group else 0.0)
+
+
+def _group_seconds(group: Sequence[Run]) -> float:
+    if len(group) == 1:
+        return group[0].seconds
+    return max(r.finished_at for r in group) - min(r.started_at for r in group)
+
+
 def _summary(
     items: Sequence[Record], runs: Sequence[Run], *, batch_api: bool
 ) -> list[tuple[str, str]]:
@@ -391,7 +411,7 @@ def _summary(
     rate = next((run.rate for run in reversed(runs) if run.route == "direct"), None)
     wall: float | None
     if runs:
-        wall = sum(run.seconds for run in runs)
+        wall = wall_seconds(runs)
         made = sum(run.images for run in runs) or images
         waited = _duration(sum(run.waited for run in runs))
         limited = sum(run.rate_limited for run in runs)

@@ -54,7 +54,7 @@ from .._offloop import blocking
 from .._params import GenerateParams
 from .._version import __version__
 from .control import BatchControl, fatal_error
-from .input import Entry, InputError, TextLines, read_entries
+from .input import Entry, InputError, Shard, TextLines, read_entries
 from .manifest import (
     Manifest,
     Record,
@@ -82,6 +82,8 @@ __all__ = [
 ]
 
 # Per-call settings that generate() takes but are not request parameters.
+_GROUP = 256
+"""The most manifest lines written (and fsync-ed) together, and waiting for the writer."""
 _CALL_SETTINGS = frozenset({"timeout", "max_retries", "extra_body"})
 
 
@@ -278,6 +280,10 @@ def _skip_done(
         yield entry
 
 
+def _in_shard(entries: Iterator[Entry], shard: Shard | None) -> Iterator[Entry]:
+    return entries if shard is None else (e for e in entries if shard.holds(e.id))
+
+
 def _observe(summary: BatchSummary, client: AsyncImagesClient) -> None:
     stats = client.limiter.stats()
     summary.waited = stats.waited
@@ -298,6 +304,7 @@ async def run_batch(
     control: BatchControl | None = None,
     prices: PriceTable | None = None,
     budget: Budget | None = None,
+    shard: Shard | None = None,
 ) -> BatchSummary:
     """Run every not-yet-done item of the input into ``directory`` (see the module doc).
 
@@ -318,6 +325,8 @@ async def run_batch(
             against it, each request's estimate is reserved before it is sent and
             settled with its actual cost; when the next one would not fit the run
             stops with ``"budget"`` (what is in flight finishes).
+        shard: run only this shard's items (by item id), writing the shard's own
+            manifest and runs line in ``directory`` (see :class:`Shard`).
 
     Raises:
         ValidationError: ``params`` break the rules (see :func:`check_batch_params`),
@@ -337,6 +346,7 @@ async def run_batch(
     preload = getattr(client.limiter, "preload", None)  # a shared limiter keeps its own window
     manifest = Manifest(
         folder, retry_failed=retry_failed, server=server or public_url(client.base_url),
+        shard=shard,
         sends_since=time.time() - rate.window
         if isinstance(rate, RateLimit) and callable(preload) else None,
     )
@@ -361,7 +371,7 @@ async def run_batch(
 
             def count() -> tuple[int, int]:
                 with open_input() as stream:
-                    ids = [e.id for e in read_entries(stream, fmt, effective)]
+                    ids = [e.id for e in _in_shard(read_entries(stream, fmt, effective), shard)]
                 done = sum(1 for i in ids if i in manifest.done)
                 return len(ids) - done, done
 
@@ -379,7 +389,7 @@ async def run_batch(
         stream = open_input()
         try:
             entries = _skip_done(
-                read_entries(stream, fmt, effective), manifest.done, summary,
+                _in_shard(read_entries(stream, fmt, effective), shard), manifest.done, summary,
                 count=not count_first,
             )
 
@@ -406,6 +416,32 @@ async def run_batch(
                 control.pull(entries, bad_input=InputError), work,
                 concurrency=client.max_in_flight, ready=client.max_results_held,
             )
+            # Finished records go to a writer that appends what gathered while its last
+            # fsync ran, in one group (one thread hop and one fsync per group).
+            send, receive = anyio.create_memory_object_stream[Record](_GROUP)
+
+            async def writer() -> None:
+                async with receive:
+                    async for first in receive:
+                        group = [first]
+                        with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                            while len(group) < _GROUP:
+                                group.append(receive.receive_nowait())
+                        if control.reason == "aborted":
+                            continue
+                        try:
+                            await blocking(manifest.append_many, group)
+                        except OSError as exc:
+                            control.stop(
+                                "aborted", f"cannot write {manifest.path}: {exc}",
+                                cancel_sent=True,
+                            )
+                            continue
+                        _observe(summary, client)
+                        for record in group:
+                            summary.count(record)
+                            sink.item(record, summary)
+
             async with batch, anyio.create_task_group() as tg:
 
                 async def ticker() -> None:
@@ -415,26 +451,21 @@ async def run_batch(
                         sink.tick(summary)
 
                 tg.start_soon(ticker)
-                async for record in batch:
-                    if record is None or control.reason == "aborted":
-                        continue
-                    try:
-                        await blocking(manifest.append, record)
-                    except OSError as exc:
-                        control.stop(
-                            "aborted", f"cannot write {manifest.path}: {exc}", cancel_sent=True
-                        )
-                        continue
-                    summary.count(record)
-                    _observe(summary, client)
-                    sink.item(record, summary)
+                async with anyio.create_task_group() as writing:
+                    writing.start_soon(writer)
+                    async with send:
+                        async for record in batch:
+                            if record is not None and control.reason != "aborted":
+                                await send.send(record)
                 tg.cancel_scope.cancel()
         finally:
             stream.close()
             summary.elapsed = time.monotonic() - summary.started
             summary.stopped, summary.stop_message = control.reason, control.message
             with contextlib.suppress(OSError):  # a full disk: the summary still comes
-                append_run_line(folder, client, params, summary, wall_start, before, unfinished)
+                append_run_line(
+                    folder, client, params, summary, wall_start, before, unfinished, shard=shard
+                )
             sink.stop(summary)
         return summary
     finally:
@@ -513,8 +544,11 @@ def append_run_line(
     wall_start: float,
     before: LimiterStats,
     unfinished: list[tuple[float, int]],
+    *,
+    shard: Shard | None = None,
 ) -> None:
-    """Append this run's line to ``runs.jsonl`` (a few hundred bytes, once: on the loop).
+    """Append this run's line to ``runs.jsonl`` (a shard's own: ``runs-KofN.jsonl``; a few
+    hundred bytes, once: on the loop).
 
     The Batch API route's line has no rate (the API sets the pace) and says its route.
 
@@ -544,7 +578,9 @@ def append_run_line(
         "unfinished_sent": sent_json(unfinished),
         "version": __version__,
     }
-    append_run(folder, line)
+    if shard is not None:
+        line["shard"] = shard.name
+    append_run(folder, line, shard)
 
 
 async def _run_entry(
