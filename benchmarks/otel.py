@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'met' if share <= GOAL else 'MISSED'}, end to end "
                 f"{'met' if ratio <= GOAL else 'MISSED'}"
             )
-    return verdict
+    # A quick run proves the script works; its figures are too few to judge the goal.
+    return 0 if args.quick else verdict
 
 
 if __name__ == "__main__":
