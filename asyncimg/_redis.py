@@ -732,7 +732,8 @@ class RedisLimiter:
                     if isinstance(exc, NoPermissionError):
                         raise LimiterUnavailableError(
                             f"the Redis user may not subscribe to {self._channel} ({exc}): "
-                            f"it needs the ACL rule &{self._channel} (see the rate-limit guide in docs/)"
+                            f"it needs the ACL rule &{self._channel} "
+                            "(see the rate-limit guide in docs/)"
                         ) from exc
                     if not isinstance(exc, (RedisError, OSError, asyncio.TimeoutError)):
                         raise
