@@ -40,6 +40,7 @@ from ._exceptions import (
 )
 from ._files import ImageFile, ImageInput
 from ._keywords import EditKeywords, GenerateKeywords, RequestOptions, VariationKeywords
+from ._lazy import lazy_names as _lazy_names
 from ._limiter import Limiter, LimiterStats, RateLimit, RateLimiter, RatePermit
 from ._models import (
     Image,
@@ -178,6 +179,9 @@ _RENAMED = {
 }
 
 
+_load = _lazy_names(__name__, globals(), _LAZY)
+
+
 def __getattr__(name: str) -> _typing.Any:
     if name in _RENAMED:
         new = _RENAMED[name]
@@ -186,12 +190,5 @@ def __getattr__(name: str) -> _typing.Any:
             DeprecationWarning,
             stacklevel=2,
         )
-        return __getattr__(new)
-    where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module 'asyncimg' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(where, __name__), name)
-    globals()[name] = value
-    return value
+        return _load(new)
+    return _load(name)

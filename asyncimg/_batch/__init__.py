@@ -19,8 +19,9 @@ loaded from their room on first use, so ``import asyncimg`` pays for none of the
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 
 if TYPE_CHECKING:
     from .api import (
@@ -69,39 +70,33 @@ __all__ = [
 ]
 
 _ROOMS = {
-    "BatchAPIJob": "api",
-    "BatchAPIResult": "api",
-    "BatchAPIState": "api",
-    "batch_api_line": "api",
-    "submit_batch": "api",
-    "BatchControl": "control",
-    "fatal_error": "control",
-    "InputError": "input",
-    "detect_format": "input",
-    "open_text": "input",
-    "Record": "manifest",
-    "BatchItem": "many",
-    "BatchIterator": "many",
-    "PromptSource": "many",
-    "PromptSpec": "many",
-    "generate_many": "many",
-    "Plan": "plan",
-    "plan_batch": "plan",
-    "write_report": "report",
-    "batches_status": "route",
-    "cancel_batches": "route",
-    "run_via_batch_api": "route",
-    "BatchSummary": "runner",
-    "ProgressSink": "runner",
-    "directory_costs": "runner",
-    "run_batch": "runner",
+    "BatchAPIJob": ".api",
+    "BatchAPIResult": ".api",
+    "BatchAPIState": ".api",
+    "batch_api_line": ".api",
+    "submit_batch": ".api",
+    "BatchControl": ".control",
+    "fatal_error": ".control",
+    "InputError": ".input",
+    "detect_format": ".input",
+    "open_text": ".input",
+    "Record": ".manifest",
+    "BatchItem": ".many",
+    "BatchIterator": ".many",
+    "PromptSource": ".many",
+    "PromptSpec": ".many",
+    "generate_many": ".many",
+    "Plan": ".plan",
+    "plan_batch": ".plan",
+    "write_report": ".report",
+    "batches_status": ".route",
+    "cancel_batches": ".route",
+    "run_via_batch_api": ".route",
+    "BatchSummary": ".runner",
+    "ProgressSink": ".runner",
+    "directory_costs": ".runner",
+    "run_batch": ".runner",
 }
 
 
-def __getattr__(name: str) -> Any:
-    room = _ROOMS.get(name)
-    if room is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{room}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, globals(), _ROOMS)

@@ -28,8 +28,9 @@ emulator's parts each have a module of their own, listed in the docstring of
 
 from __future__ import annotations
 
-import importlib as _importlib
 import typing as _typing
+
+from .._lazy import lazy_names
 
 if _typing.TYPE_CHECKING:
     from .._clock import FakeClock
@@ -65,37 +66,25 @@ __all__ = [
 
 _HOMES = {
     "FakeClock": "asyncimg._clock",
-    "BatchAPI": "_batches",
-    "BatchPace": "_batches",
-    "CONTENT_POLICY_MARKER": "_images",
-    "Emulator": "_emulator",
-    "Fault": "_faults",
-    "FaultKind": "_faults",
-    "Journal": "_journal",
-    "JournalEntry": "_journal",
-    "UploadedFile": "_journal",
-    "emulator_thread": "_thread",
-    "encode_png": "_png",
-    "format_duration": "_ratelimit",
-    "make_png": "_png",
-    "mask_key": "_keys",
-    "serve": "_serve",
+    "BatchAPI": "._batches",
+    "BatchPace": "._batches",
+    "CONTENT_POLICY_MARKER": "._images",
+    "Emulator": "._emulator",
+    "Fault": "._faults",
+    "FaultKind": "._faults",
+    "Journal": "._journal",
+    "JournalEntry": "._journal",
+    "UploadedFile": "._journal",
+    "emulator_thread": "._thread",
+    "encode_png": "._png",
+    "format_duration": "._ratelimit",
+    "make_png": "._png",
+    "mask_key": "._keys",
+    "serve": "._serve",
 }
 
 
-def __getattr__(name: str) -> _typing.Any:
-    """Import a public name from its module on first use.
-
-    Raises:
-        AttributeError: ``name`` is not one of :data:`__all__`.
-    """
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = home if "." in home else f"{__name__}.{home}"
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, globals(), _HOMES)
 
 
 def __dir__() -> list[str]:
