@@ -19,7 +19,8 @@ unexport VIRTUAL_ENV UV_INDEX UV_INDEX_URL UV_DEFAULT_INDEX UV_EXTRA_INDEX_URL \
 
 # What each environment installs from the lock (uv sync is exact: anything else goes).
 # build: hatchling, for tests/test_wheel.py (uv builds asyncimg itself in isolation).
-SYNC_test := --all-extras --group test --group lint --group build
+# bench: the SDK and limiters the benchmarks compare with, so their quick modes run too.
+SYNC_test := --all-extras --group test --group lint --group build --group bench
 SYNC_bench := --all-extras --all-groups
 # The demo: the CLI (rich) and the report's thumbnails (Pillow), nothing else.
 SYNC_demo := --extra cli --extra images
