@@ -56,7 +56,7 @@ from ._files import ImageFile, ImageInput, file_extension, load_image, load_imag
 from ._fs import safe_stem, write_atomic, write_new
 from ._gate import Gate
 from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
-from ._limiter import Limiter, RateLimit, RateLimiter, note_answer
+from ._limiter import Limiter, Permit, RateLimit, RateLimiter, RatePermit, note_answer
 from ._models import Image, ImagesResponse
 from ._offloop import OFF_LOOP_BYTES, blocking, off_loop, off_loop_if_large
 from ._otel import CallInfo, Target, log_fields, trace_headers, watch
@@ -928,12 +928,13 @@ class AsyncImagesClient:
         if span is not None:
             stats = span.stats  # the span's attempts and limiter wait come from it
         number = 0
+        held: list[Permit] = []  # a 429's permit, with its slot, kept for the retry
         try:
             while True:
                 number += 1
                 started = time.monotonic()
                 try:
-                    raw = await self._attempt(attempt, images, stats)
+                    raw = await self._attempt(attempt, images, stats, held)
                     logger.debug(
                         "%s attempt %d: %d in %.3fs (request id %s)",
                         what, number, raw.status, time.monotonic() - started, raw.request_id,
@@ -974,25 +975,46 @@ class AsyncImagesClient:
             if span is not None:
                 span.failed(exc)
             raise
+        finally:
+            if held:  # refused, and not retried (or cancelled during the pause)
+                held.pop().refund()
+                self._gate.release()
 
     async def _attempt(
         self,
         attempt: Callable[[OnWire], Awaitable[RawResponse]],
         images: int,
         stats: CallStats | None,
+        held: list[Permit],
     ) -> RawResponse:
+        """Send one attempt through the gate and the limiter.
+
+        ``held`` carries a 429's permit (and its slot) from one attempt to its
+        retry: the retry waits for the pause only, not behind later requests. An
+        attempt refused so leaves its permit in ``held`` and keeps the slot.
+        """
         if images == 0:
             if stats is not None:
                 stats.sent.append((time.time(), 0))
             return await attempt(None)
         gate = self._gate
-        await gate.acquire()
+        asked = time.monotonic()
+        permit: RatePermit
+        if held:
+            permit = held[0]
+            await permit.resumed()
+            held.clear()
+        else:
+            await gate.acquire()
+            try:
+                # The slot first, then the images; the permit is stamped when the
+                # request is on the wire, not before a pooled connection or the
+                # upload, and refunded if nothing was written.
+                permit = await self.limiter.acquire(images)
+            except BaseException:
+                gate.release()
+                raise
         try:
-            # The slot first, then the images; the permit is stamped when the
-            # request is on the wire, not before a pooled connection or the
-            # upload, and refunded if nothing was written.
-            asked = time.monotonic()
-            permit = await self.limiter.acquire(images)
             if stats is not None:
                 stats.waited += time.monotonic() - asked
                 stats.sent.append((time.time(), images))
@@ -1010,17 +1032,21 @@ class AsyncImagesClient:
                 headers = getattr(exc, "headers", None)
                 if headers:
                     self.limiter.observe_headers(headers)
-                note_answer(permit, headers, getattr(exc, "status_code", 0))
+                status = getattr(exc, "status_code", 0)
+                if note_answer(permit, headers, status) and isinstance(permit, Permit):
+                    held.append(permit)
                 raise
             finally:
-                permit.refund()
+                if not held:
+                    permit.refund()
                 if sent:
                     gate.answered(sent[0])
             self.limiter.observe_headers(raw.headers)
             note_answer(permit, raw.headers, raw.status)
             return raw
         finally:
-            gate.release()
+            if not held:
+                gate.release()
 
 
 def _without_credentials(error: APIError, decision: Decision, attempt: int) -> Decision:

@@ -6,9 +6,10 @@ How it works
 takes ``n`` images of the budget when it is granted, and keeps them:
 
 * until it is :meth:`~Permit.refund`-ed (nothing was sent: they come back at once), or
-* once :meth:`~Permit.stamp`-ed at send time ``s``, until ``s + per + margin``, or
-  until :meth:`~Permit.uncount`-ed (the server refused it with a 429 and did not count
-  it: they come back at once, for the grants after the pause that 429 begins).
+* once :meth:`~Permit.stamp`-ed at send time ``s``, until ``s + per + margin``; a
+  request the server refused with a 429 (it did not count it) leaves the window but
+  keeps its images (:meth:`~Permit.keep_for_retry`): its retry is stamped again after
+  the pause the 429 begins, ahead of every waiter, who get none of them.
 
 So every image sent in a window of ``per`` seconds (measured on the send stamps)
 held the budget at the end of that window at the same time: no window of
@@ -22,7 +23,10 @@ head will not need: the limiter computes the moment the head fits (the window
 expiries it waits for) and lets a later waiter use only what will still be spare
 at that moment, so the head is granted exactly when it would have been under
 strict FIFO, or at most ``margin`` later (EASY backfilling, as batch schedulers
-do; the margin lets the images of one burst, stamped a few ms apart, all count). Only the
+do; the margin lets the images of one burst, stamped a few ms apart, all count). Among
+them the largest that fits goes first (best fit: the small requests stay for the gaps
+the large ones cannot fill, so the last window of a job with mixed ``n`` is filled
+rather than spilling into one more). Only the
 first :data:`BACKFILL_LOOKAHEAD` waiters behind the head are considered, and the
 order is strict while a ``burst`` sub-window, or a server allowance counted in
 requests, constrains the grants. ``backfill=False`` keeps the order strict always. A
@@ -241,17 +245,27 @@ class Permit:
             self._state = _REFUNDED
             self._limiter._refund(self)
 
-    def uncount(self) -> None:
-        """The server refused the sent request uncounted (a 429): give the images back.
+    def keep_for_retry(self) -> bool:
+        """The server refused the sent request uncounted (a 429): hold it for the retry.
 
-        Unlike :meth:`refund` this takes back a stamped permit. The images are free for
-        the grants decided after the current step of the event loop, so a
-        :meth:`Limiter.pause` called right after (the 429's wait) holds them too.
-        No-op unless stamped.
+        Its images leave the window (the server did not count them) but stay held by
+        this permit, to be :meth:`stamp`-ed again when the retry is sent (after
+        :meth:`resumed`) or :meth:`refund`-ed: the retry keeps its place instead of
+        queueing behind later waiters, who get none of its images meanwhile, so a 429
+        costs the refused request the server's wait and nobody anything more. Returns
+        True when held; False when its window was already over (the answer came that
+        late), and then it is spent: a retry takes a new permit. No-op (False) unless
+        stamped.
         """
-        if self._state == _STAMPED:
-            self._state = _REFUNDED
-            self._limiter._uncount(self)
+        if self._state != _STAMPED:
+            return False
+        kept = self._limiter._unstamp(self)
+        self._state = _HELD if kept else _REFUNDED
+        return kept
+
+    async def resumed(self) -> None:
+        """Return once the limiter's pause (a 429's wait) is over; at once if not paused."""
+        await self._limiter._resumed()
 
     def answered(self, processing: float) -> None:
         """The answer's headers are in; the server spent ``processing`` seconds on it.
@@ -259,7 +273,7 @@ class Permit:
         The server counted the request by ``now - processing`` at the latest: if that
         is after the stamp and the images are still in the window, their window is
         moved to start there. And it feeds the margin (see the module docstring).
-        No-op unless stamped (or uncounted), or if ``processing`` is negative.
+        No-op unless it was stamped, or if ``processing`` is negative.
         """
         if self.stamped_at is not None and processing >= 0:
             self._limiter._answered(self, processing)
@@ -274,7 +288,8 @@ class LimiterStats:
     """A snapshot of a limiter.
 
     Attributes:
-        granted: images granted since creation (refunded ones included).
+        granted: images granted since creation (refunded ones included; a 429's retry
+            holding its images again counts again).
         refunded: images given back unsent, or sent and refused uncounted (a 429).
         sent: images stamped (sent), those refused uncounted included.
         waiting: waiters in the queue.
@@ -339,14 +354,16 @@ class RateLimiter(Protocol):
         ...
 
 
-def note_answer(permit: RatePermit, headers: Mapping[str, str] | None, status: int) -> None:
+def note_answer(permit: RatePermit, headers: Mapping[str, str] | None, status: int) -> bool:
     """Tell ``permit`` (if it is a :class:`Permit`) about its answer.
 
     ``openai-processing-ms`` in ``headers`` feeds :meth:`Permit.answered`; a 429
-    :meth:`Permit.uncount`-s it (the server did not count the refused request).
+    holds it for the retry (:meth:`Permit.keep_for_retry`: the server did not count
+    the refused request). Returns True when it is held so: the caller's retry sends
+    with it, or refunds it.
     """
     if not isinstance(permit, Permit):
-        return
+        return False
     value = headers.get("openai-processing-ms") if headers else None
     if value is not None:
         try:
@@ -355,8 +372,7 @@ def note_answer(permit: RatePermit, headers: Mapping[str, str] | None, status: i
             processing = math.nan
         if math.isfinite(processing):
             permit.answered(processing)
-    if status == 429:
-        permit.uncount()
+    return status == 429 and permit.keep_for_retry()
 
 
 # -- the limiter ------------------------------------------------------------------------
@@ -758,21 +774,34 @@ class Limiter:
         if self._n_waiting:
             self._drain()
 
-    def _uncount(self, permit: Permit) -> None:
+    def _unstamp(self, permit: Permit) -> bool:
+        """Take a refused ``permit`` out of the window, holding its images; False: spent."""
         n = permit.images
-        self._refunded += n
+        self._refunded += n  # given back ...
         if self._limit:
             now = self._clock.now()
             self._expire(now)
-            if permit._expiry > now:  # still in the window: take it out
-                self._window.remove((permit._expiry, n))
-                self._used -= n
-            if self._sub_limit and permit._sub_expiry > now:
+            if permit._expiry <= now or (self._sub_limit and permit._sub_expiry <= now):
+                # Its window is over (a part of it, at least): the budget it held is
+                # someone else's by now. Whatever is still counted goes back.
+                if permit._expiry > now:
+                    self._window.remove((permit._expiry, n))
+                    self._used -= n
+                    if self._n_waiting:
+                        self._drain()
+                return False
+            self._window.remove((permit._expiry, n))
+            if self._sub_limit:
                 self._sub_window.remove((permit._sub_expiry, n))
-                self._sub_used -= n
-        if self._n_waiting:
-            # After this step: the pause of the 429 that refused it comes first.
-            asyncio.get_running_loop().call_soon(self._drain)
+        self._granted += n  # ... and granted again, to the same request
+        self._held += n
+        permit.stamped_at = None
+        return True
+
+    async def _resumed(self) -> None:
+        clock = self._clock
+        while clock.now() < self._paused_until:
+            await clock.sleep_until(self._paused_until)
 
     def _drain(self) -> None:
         """Serve the waiters at the head that fit; then arm the timer for the rest."""
@@ -847,20 +876,28 @@ class Limiter:
         if spare <= 0:
             return  # the head waits for permits not yet stamped, or nothing is spare
         waiters = self._waiters
-        i = 1
-        while i < len(waiters) and i <= BACKFILL_LOOKAHEAD and spare > 0 and room > 0:
-            future, n = waiters[i]
-            if future.done():
-                del waiters[i]
-                continue
-            if n <= spare and n <= room:
-                del waiters[i]
-                self._left(n)
-                future.set_result(self._grant(n))
-                spare -= n
-                room -= n
-                continue
-            i += 1
+        while spare > 0 and room > 0:
+            # Best fit: the largest that fits (the earliest of those) goes first, so that
+            # the small requests are left for the gaps the large ones cannot fill (the
+            # last window of a job with mixed n is filled instead of spilling over).
+            best = 0
+            i = 1
+            while i < len(waiters) and i <= BACKFILL_LOOKAHEAD:
+                future, n = waiters[i]
+                if future.done():
+                    del waiters[i]
+                    continue
+                if n <= spare and n <= room and (not best or n > waiters[best][1]):
+                    best = i
+                i += 1
+            if not best:
+                return
+            future, n = waiters[best]
+            del waiters[best]
+            self._left(n)
+            future.set_result(self._grant(n))
+            spare -= n
+            room -= n
 
     def _fit_time(self, spare_at: Callable[[int, float], int]) -> float | None:
         """The first expiry (or the allowance's lapse) at which ``spare_at`` is >= 0."""

@@ -494,3 +494,30 @@ async def test_a_refused_request_gives_its_images_back_for_the_retry() -> None:
             await asyncio.wait_for(client.generate("q", model="dall-e-2", size="256x256"), 5)
         assert [e.status for e in emu.requests("generate")] == [429, 200, 200]
     assert limiter.stats().refunded == 1
+
+
+async def test_a_refused_request_keeps_its_place_ahead_of_later_ones() -> None:
+    """A 429's retry goes after the server's wait, not behind the requests queued since."""
+    import asyncio
+
+    from asyncimg import Limiter
+
+    limiter = Limiter(RateLimit(images=2, per=60.0))
+    async with Emulator(api_key=TEST_KEY) as emu:
+        emu.add_fault(Fault.status(429, retry_after=0.05))
+        async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
+                                     limiter=limiter) as client:
+            first = [asyncio.ensure_future(client.generate(p, model="dall-e-2", size="256x256"))
+                     for p in ("a", "b")]
+            await asyncio.sleep(0)
+            later = asyncio.ensure_future(client.generate("c", model="dall-e-2", size="256x256"))
+            # Given back to the queue, the refused request's image would go to "c", and
+            # its retry would wait for the next window (60 s).
+            await asyncio.wait_for(asyncio.gather(*first), 5)
+            assert not later.done()
+            assert limiter.stats().waiting == 1
+            later.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await later
+        assert sorted(e.status for e in emu.requests("generate")) == [200, 200, 429]
+    assert limiter.stats().in_use == 2  # the two sends; nothing held, nothing leaked

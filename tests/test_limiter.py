@@ -219,6 +219,26 @@ async def test_backfill_uses_only_what_the_blocked_head_leaves_spare() -> None:
     assert all(t.done() for t in smalls)  # 2 + 5 + 3 = 10
 
 
+async def test_backfill_takes_the_largest_that_fits_first() -> None:
+    limiter, _clock = make(images=10, per=10.0)
+    (await take(limiter, 4)).stamp()
+    (await take(limiter, 3)).stamp()
+    unsent = await take(limiter, 3)
+    head = spawn(limiter.acquire(4))
+    await settle()
+    one = spawn(limiter.acquire(1))
+    await settle()
+    three = spawn(limiter.acquire(3))
+    await settle()
+    assert [t.done() for t in (head, one, three)] == [False, False, False]  # nothing is free
+    unsent.refund()  # 3 free now; the head fits at t=10 with 3 to spare
+    await settle()
+    # First fit would let the 1 in and leave 2 idle (the 3 does not fit in them); the
+    # small one is kept for a gap the 3 cannot fill.
+    assert (head.done(), one.done(), three.done()) == (False, False, True)
+    assert limiter.stats().available == 0
+
+
 async def test_backfill_never_takes_what_the_head_needs() -> None:
     limiter, clock = make(images=10, per=10.0)
     (await take(limiter, 6)).stamp()
@@ -1045,39 +1065,77 @@ async def test_preload_refuses_odd_sends_and_does_nothing_without_a_rate() -> No
 # -- a 429's refused request is not counted; the margin from measured lags ---------------
 
 
-async def test_an_uncounted_refusal_gives_its_images_back_after_the_pause() -> None:
+async def test_a_refused_permit_is_held_for_its_retry_ahead_of_the_waiters() -> None:
     limiter, clock = make(images=4, per=10.0)
     first, refused = await take(limiter, 2), await take(limiter, 2)
     first.stamp()
     refused.stamp()
     waiter = spawn(limiter.acquire(2))
     await settle()
-    assert not waiter.done()
-    refused.uncount()  # the server answered 429: it did not count this one
+    assert refused.keep_for_retry()  # the server answered 429: it did not count this one
     limiter.pause(1.0)  # the 429's wait, decided in the same step
+    stats = limiter.stats()
+    assert (stats.in_window, stats.held, stats.refunded, stats.granted) == (2, 2, 2, 6)
+    resumed = asyncio.ensure_future(refused.resumed())
+    clock.advance(0.99)
     await settle()
-    assert not waiter.done()  # the pause holds the images given back
-    assert limiter.stats().in_window == 2
-    clock.advance(1.0)
+    assert not resumed.done()
+    clock.advance(0.01)
     await settle()
-    assert waiter.done()  # after the pause, not after the refused request's window (10 s)
-    assert refused.refunded
-    assert limiter.stats().refunded == 2
-    refused.uncount()  # once only
-    assert limiter.stats().refunded == 2
+    assert resumed.done()  # after the pause, not after anyone's window
+    assert not waiter.done()  # the images stayed with the refused request
+    refused.stamp()  # the retry is on the wire: its window starts now
+    assert refused.stamped_at == 1.0
+    clock.advance(9.0)  # `first` leaves at 10.0
+    await settle()
+    assert waiter.done()
+    clock.advance(0.9)
+    assert limiter.stats().in_window == 2  # the retry leaves at 11.0, its first send at 10.0
+    clock.advance(0.2)
+    assert limiter.stats().in_window == 0
 
 
-async def test_uncount_is_a_no_op_unless_stamped_and_takes_an_expired_one_nowhere() -> None:
+async def test_a_held_retry_that_is_not_sent_gives_its_images_back() -> None:
+    limiter, _clock = make(images=2, per=10.0)
+    refused = await take(limiter, 2)
+    refused.stamp()
+    assert refused.keep_for_retry()
+    waiter = spawn(limiter.acquire(1))
+    await settle()
+    assert not waiter.done()
+    refused.refund()  # the retry was given up (no retries left, or cancelled)
+    await settle()
+    assert waiter.done()
+    assert limiter.stats().available == 1
+
+
+async def test_keep_for_retry_needs_a_stamp_and_an_open_window() -> None:
     limiter, clock = make(images=2, per=10.0)
     held = await take(limiter, 1)
-    held.uncount()
-    assert not held.refunded
+    assert not held.keep_for_retry()
     assert limiter.stats().held == 1
     held.stamp()
     clock.advance(11.0)
-    held.uncount()  # its window is over: nothing to take out
-    assert limiter.stats().in_window == 0
+    assert not held.keep_for_retry()  # the answer came after its window: spent
+    assert held.refunded
     assert limiter.stats().available == 2
+    assert not held.keep_for_retry()  # once only
+
+
+async def test_a_retry_whose_burst_window_is_over_is_not_held() -> None:
+    limiter, clock = make(images=4, per=10.0, burst=2)
+    permit = await take(limiter, 1)
+    permit.stamp()
+    clock.advance(6.0)  # the burst window (5 s) is over, the minute's (10 s) is not
+    assert not permit.keep_for_retry()
+    assert limiter.stats().in_window == 0
+    assert limiter.stats().available == 4
+
+
+async def test_resumed_returns_at_once_without_a_pause() -> None:
+    limiter, _clock = make(images=1, per=10.0)
+    permit = await take(limiter, 1)
+    await asyncio.wait_for(permit.resumed(), 0.1)
 
 
 async def test_the_margin_grows_to_the_spread_of_measured_lags_up_to_the_cap() -> None:
@@ -1109,8 +1167,10 @@ async def test_note_answer_reads_the_header_and_the_status() -> None:
     note_answer(permit, {"openai-processing-ms": "junk"}, 200)
     note_answer(permit, None, 500)
     assert permit.stamped
-    note_answer(permit, {}, 429)
-    assert permit.refunded
+    assert note_answer(permit, {}, 429)  # held for the retry
+    assert (permit.stamped, permit.refunded) == (False, False)
+    assert limiter.stats().held == 1
+    permit.refund()
     assert limiter.stats().available == 2
 
 
