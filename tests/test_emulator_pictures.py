@@ -130,3 +130,27 @@ def test_without_pillow_every_picture_is_a_png(tmp_path: Path) -> None:
         "assert r.render().startswith(b'\\x89PNG')\n"
     )
     python_without_pillow(code, tmp_path)
+
+
+@pytest.mark.subprocess
+def test_a_png_generation_never_loads_pillow() -> None:
+    """The API has no cold start: the emulator's first PNG answer must not import Pillow
+    (50 ms, far more on a loaded machine, which made the first window's answers late)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio, sys\n"
+        "from asyncimg import AsyncImagesClient\n"
+        "from asyncimg.testing import Emulator\n"
+        "async def main():\n"
+        "    async with Emulator(api_key='sk-t') as emu, AsyncImagesClient(\n"
+        "            api_key='sk-t', base_url=emu.base_url) as c:\n"
+        "        await c.generate('p', model='dall-e-2', size='256x256',\n"
+        "                         response_format='b64_json')\n"
+        "asyncio.run(main())\n"
+        "print('PIL' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "False"

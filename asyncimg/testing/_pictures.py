@@ -75,7 +75,7 @@ class Recipe:
     @property
     def plain(self) -> bool:
         """Whether the picture is the PNG of :func:`make_png` (no Pillow needed)."""
-        return pillow() is None or (self.output_format == "png" and self.image is None)
+        return (self.output_format == "png" and self.image is None) or pillow() is None
 
     def render(self) -> bytes:
         """The image's bytes."""
