@@ -995,3 +995,28 @@ async def test_a_multipart_part_header_with_a_control_character_is_400(
     ) as r:
         assert r.status == 400
         assert "multipart" in (await r.json())["error"]["message"]
+
+
+async def test_a_request_is_counted_at_once_and_its_images_drawn_after_the_latency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the API: the limit counts a request when it arrives, the picture is made while
+    the client waits. Drawn first, each picture of a burst held back the count of the
+    requests behind it (4 ms a 256x256 PNG, far more on a loaded machine)."""
+    from asyncimg.testing import _emulator
+
+    drawn: list[float] = []
+
+    def images_answer(*args: Any) -> Any:
+        drawn.append(time.monotonic())
+        return real(*args)
+
+    real = _emulator.images_answer
+    monkeypatch.setattr(_emulator, "images_answer", images_answer)
+    async with Emulator(api_key=KEY, latency=0.2, images_per_minute=10) as emu:
+        async with asyncimg.AsyncImagesClient(api_key=KEY, base_url=emu.base_url) as c:
+            await asyncio.gather(*(c.generate(f"p{i}", model="dall-e-2", size="256x256",
+                                              response_format="b64_json") for i in range(3)))
+        counted = sorted(t for t, _n in emu.arrivals)
+    assert len(drawn) == 3
+    assert min(drawn) - max(counted) >= 0.15  # all three counted before any was drawn

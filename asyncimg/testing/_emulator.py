@@ -368,14 +368,18 @@ class Emulator:
         record: dict[str, Any] = {"json": None, "fields": {}, "files": (), "status": None,
                                   "fault": None, "images": 0}  # the journal's, as learnt
         try:
-            answer, fault = await self._judge(request, arrived, record)
+            judged, fault = await self._judge(request, arrived, record)
             record["fault"] = fault.kind if fault is not None else None
+            await self._sleep(self._latency_for(request.path))
+            # The images are drawn after the latency, as the API makes them while the
+            # client waits: drawing them first would hold back the count of the requests
+            # behind this one in a burst by each picture's rendering time.
+            answer = judged if isinstance(judged, Answer) else judged()
             if request.path.startswith(("/v1/", "/openai/")):
                 for name, value in self._window.headers(self.rate_limit, arrived).items():
                     answer.headers.setdefault(name, value)
             answer.headers["x-request-id"] = request_id
             answer.headers["openai-version"] = OPENAI_VERSION
-            await self._sleep(self._latency_for(request.path))
             answer.headers["openai-processing-ms"] = str(
                 round((time.perf_counter() - started) * 1000)
             )
@@ -390,8 +394,10 @@ class Emulator:
 
     async def _judge(
         self, request: web.Request, arrived: float, record: dict[str, Any]
-    ) -> tuple[Answer, Fault | None]:
-        """Read the request into ``record`` and decide the answer (and the fault, if any)."""
+    ) -> tuple[Answer | Callable[[], Answer], Fault | None]:
+        """Read the request into ``record`` and decide the answer (and the fault, if any).
+
+        A request that passed is counted now; its answer is made when called."""
         endpoint = self._endpoint_of(request.path) if request.method == "POST" else None
         fields: dict[str, Any] = {}
         files: dict[str, tuple[ImageFile, ...]] = {}
@@ -442,8 +448,9 @@ class Emulator:
         *,
         as_json: bool = False,
         admit: bool = True,
-    ) -> Answer:
-        """Judge an images request whose body is read (parameters, limit, policy); answer it.
+    ) -> Callable[[], Answer]:
+        """Judge an images request whose body is read (parameters, limit, policy), and
+        count it; returns what makes its answer (draws its images) when called.
 
         Raises:
             Refusal: it is refused (400, 429).
@@ -455,7 +462,7 @@ class Emulator:
         headers = self._window.admit(self.rate_limit, images, now) if admit else {}
         police(judged, headers, azure=self.azure)
         store = functools.partial(self._blobs.store, now=now, ttl=self.url_ttl, keep=self.max_urls)
-        return images_answer(judged, headers, store)
+        return functools.partial(images_answer, judged, headers, store)
 
     def _render_batch_line(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
         """Answer one Batch API line as its endpoint would, outside the images limit."""
@@ -463,7 +470,7 @@ class Emulator:
         try:
             endpoint = ROUTES[path]
             answer = self._answer(endpoint, body, {}, self.clock(), record, admit=False,
-                                  as_json=endpoint == "edit")  # a batch's edits are JSON edits
+                                  as_json=endpoint == "edit")()  # a batch's edits are JSON edits
         except Refusal as refusal:
             answer = refusal.answer
         return answer.status, answer.body
