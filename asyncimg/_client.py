@@ -65,7 +65,6 @@ from ._params import EditParams, GenerateParams, JsonEditParams, Params, Variati
 from ._refs import EditImages, by_reference, load_ref, load_refs
 from ._retry import Decision, RetryPolicy, decide
 from ._sdk import AsyncImages, TimeoutLike, split_timeout
-from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 from ._transport import OnWire, RawResponse, Transport, without_query
 from ._validation import retired_note, sends_response_format
 from ._version import __version__
@@ -73,6 +72,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._batch import BatchItem, BatchIterator, PromptSource
     from ._cost import Budget, PriceTable
+    from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
 
 __all__ = ["DEFAULT_RATE_LIMIT", "AsyncImagesClient"]
 
@@ -747,6 +747,8 @@ class AsyncImagesClient:
             APIResponseValidationError: the event's base64 does not decode.
             OSError: the directory cannot be written.
         """
+        from ._stream import PartialImageEvent
+
         data = decode_b64(Image(b64_json=event.b64_json))
         base = safe_stem(stem or event.request_id or f"image-{event.created_at or 0}")
         ext = file_extension(data)
@@ -873,6 +875,8 @@ class AsyncImagesClient:
         self, params: GenerateParams | EditParams | JsonEditParams, options: _CallOptions
     ) -> ImageStream:
         """Open a stream and wait for its first event; retried until that event has come."""
+        from ._stream import ImageStream
+
         policy, attempt_timeout, url, extra = self._prepare(params, options)
         body = await _encode(params)
         opened: list[ImageStream] = []

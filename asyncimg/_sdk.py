@@ -26,14 +26,14 @@ import attrs
 
 from ._checks import check_seconds
 from ._exceptions import ValidationError
-from ._stream import ImageStream
+from ._models import ImagesResponse
 
 if TYPE_CHECKING:
     from ._client import AsyncImagesClient
     from ._files import ImageFile, ImageInput
     from ._keywords import EditKeywords, GenerateKeywords, Unpack, VariationKeywords
-    from ._models import ImagesResponse
     from ._refs import EditImages
+    from ._stream import ImageStream
 
 __all__ = [
     "AsyncImages",
@@ -229,6 +229,6 @@ class AsyncImagesWithRawResponse:
 
     def _raw(self, path: str, result: ImagesResponse | ImageStream) -> RawAPIResponse:
         request = RequestInfo("POST", self._client.endpoint_url(path))
-        if isinstance(result, ImageStream):
+        if not isinstance(result, ImagesResponse):
             return RawAPIResponse(result.status, result.headers, request, result)
         return RawAPIResponse(result.status_code, result.headers, request, result)
