@@ -1046,7 +1046,8 @@ class AsyncImagesClient:
                 if sent:
                     gate.answered(sent[0])
             self.limiter.observe_headers(raw.headers)
-            note_answer(permit, raw.headers, raw.status)
+            waited = time.monotonic() - raw.received if raw.received else 0.0
+            note_answer(permit, raw.headers, raw.status, waited)
             return raw
         finally:
             if not held:

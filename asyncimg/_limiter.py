@@ -354,10 +354,15 @@ class RateLimiter(Protocol):
         ...
 
 
-def note_answer(permit: RatePermit, headers: Mapping[str, str] | None, status: int) -> bool:
+def note_answer(
+    permit: RatePermit, headers: Mapping[str, str] | None, status: int, waited: float = 0.0
+) -> bool:
     """Tell ``permit`` (if it is a :class:`Permit`) about its answer.
 
-    ``openai-processing-ms`` in ``headers`` feeds :meth:`Permit.answered`; a 429
+    ``openai-processing-ms`` in ``headers`` feeds :meth:`Permit.answered`, plus
+    ``waited``: the seconds the answer spent in the client since its headers arrived
+    (its body read, its JSON decoded, its turn on the event loop), by which the server
+    counted the request earlier still; a 429
     holds it for the retry (:meth:`Permit.keep_for_retry`: the server did not count
     the refused request). Returns True when it is held so: the caller's retry sends
     with it, or refunds it.
@@ -371,7 +376,7 @@ def note_answer(permit: RatePermit, headers: Mapping[str, str] | None, status: i
         except ValueError:
             processing = math.nan
         if math.isfinite(processing):
-            permit.answered(processing)
+            permit.answered(processing + max(0.0, waited))
     return status == 429 and permit.keep_for_retry()
 
 

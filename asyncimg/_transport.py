@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import ssl
+import time
 from collections.abc import Callable, Iterator, Mapping
 from types import SimpleNamespace
 
@@ -58,6 +59,9 @@ class RawResponse:
     body: bytes = attrs.field(default=b"", repr=lambda b: f"<{len(b)} bytes>")
     json: object = attrs.field(default=None, repr=False)
     """The decoded body, when the request asked for JSON (``body`` is then empty)."""
+    received: float = attrs.field(default=0.0, repr=False)
+    """``time.monotonic()`` when the status and headers arrived, before the body was read
+    (0.0: not recorded)."""
 
     @property
     def request_id(self) -> str | None:
@@ -439,6 +443,7 @@ class Transport:
                 resp = await self._open(
                     Hop(method, URL(url), headers, body), self._timeout(timeout), wire
                 )
+                received = time.monotonic()
                 async with resp:
                     wire.fire()  # an answer began: the request was on the wire
                     chunks, size = await self._read(resp)
@@ -453,12 +458,12 @@ class Transport:
                 raise error_from_response(
                     status, raw, resp_headers, request_id=request_id_of(resp_headers)
                 )
-            return RawResponse(status, resp_headers, raw)
+            return RawResponse(status, resp_headers, raw, received=received)
         if size > self._off_loop_bytes:
             decoded = await off_loop(_decode_joined, chunks, size, status, resp_headers)
         else:
             decoded = self._decode(chunks, size, status, resp_headers)
-        return RawResponse(status, resp_headers, json=decoded)
+        return RawResponse(status, resp_headers, json=decoded, received=received)
 
     def _decode(
         self, chunks: list[bytes], size: int, status: int, headers: CIMultiDictProxy[str]

@@ -1160,6 +1160,23 @@ async def test_the_margin_grows_to_the_spread_of_measured_lags_up_to_the_cap() -
     assert limiter._span == pytest.approx(10.0 + 10.0 * MAX_LAG_MARGIN)
 
 
+async def test_note_answer_dates_the_count_from_when_the_headers_arrived() -> None:
+    limiter, clock = make(images=1, per=10.0)
+    permit = await take(limiter, 1)
+    permit.stamp()
+    waiter = spawn(limiter.acquire(1))
+    clock.advance(3.0)
+    # 1 s at the server; the answer then waited 0.5 s in the client: counted by 1.5 at
+    # the latest, not by 2.0.
+    note_answer(permit, {"openai-processing-ms": "1000"}, 200, waited=0.5)
+    clock.advance(8.49)
+    await settle()
+    assert not waiter.done()
+    clock.advance(0.02)
+    await settle()
+    assert waiter.done()
+
+
 async def test_note_answer_reads_the_header_and_the_status() -> None:
     limiter, _clock = make(images=2, per=10.0)
     permit = await take(limiter, 1)

@@ -140,3 +140,24 @@ def test_the_wire_signal_without_a_body_or_a_length(
     assert fired == ([1] if fires else [])
     wire.fire()  # the transport's fallback: the answer began
     assert fired == [1]
+
+
+async def test_an_answer_is_received_when_its_headers_arrive_not_its_body() -> None:
+    """The limiter dates the server's count from the headers' arrival: a body read slowly
+    (or a loop busy with other answers) must not make the count look later."""
+    async with Emulator(api_key=TEST_KEY) as emu:
+        emu.add_fault(Fault.trickle(0.05, chunks=4))
+        transport = Transport(max_connections=1, max_response_bytes=1 << 24, user_agent="t")
+        try:
+            raw = await transport.request(
+                "POST", emu.base_url + "/images/generations",
+                headers={"Authorization": f"Bearer {TEST_KEY}"},
+                body=Body(b'{"prompt": "p", "model": "dall-e-2", "size": "256x256"}',
+                          "application/json"),
+                timeout=5.0,
+            )
+            done = asyncio.get_running_loop().time()
+        finally:
+            await transport.aclose()
+    assert raw.status == 200
+    assert done - raw.received >= 0.15  # three of the four waits came after the headers
