@@ -52,7 +52,6 @@ from ._models import (
 from ._refs import EditImages, ImageRef
 from ._retry import RetryPolicy, retry_countdown
 from ._sdk import RawAPIResponse
-from ._transport import RawResponse
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
@@ -149,6 +148,7 @@ __all__ = [
 # extra, and the stream's and the cost's values (attrs classes: each costs about a
 # millisecond to create).
 _LAZY = {
+    "RawResponse": "._transport",
     "CompletedImageEvent": "._stream",
     "ImageStream": "._stream",
     "ImageStreamEvent": "._stream",

@@ -25,7 +25,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 from urllib.parse import urlsplit
 
-import aiohttp
 import attrs
 
 from ._azure import azure_options
@@ -44,6 +43,7 @@ from ._config import (
     split_base_url,
     ssl_context,
     with_query,
+    without_query,
 )
 from ._exceptions import (
     NO_KEY_NOTE,
@@ -65,14 +65,16 @@ from ._params import EditParams, GenerateParams, JsonEditParams, Params, Variati
 from ._refs import EditImages, by_reference, load_ref, load_refs
 from ._retry import Decision, RetryPolicy, decide
 from ._sdk import AsyncImages, TimeoutLike, split_timeout
-from ._transport import OnWire, RawResponse, Transport, without_query
 from ._validation import retired_note, sends_response_format
 from ._version import __version__
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from ._batch import BatchItem, BatchIterator, PromptSource
     from ._cost import Budget, PriceTable
     from ._stream import CompletedImageEvent, ImageStream, PartialImageEvent
+    from ._transport import OnWire, RawResponse
 
 __all__ = ["DEFAULT_RATE_LIMIT", "AsyncImagesClient"]
 
@@ -219,6 +221,10 @@ class AsyncImagesClient:
                 "http_session= brings its own connection settings: configure the proxy and "
                 "TLS on that session, not with proxy= or ssl=",
             )
+        import aiohttp  # here, not at import: `import asyncimg` stays light
+
+        from ._transport import Transport
+
         if http_session is not None and not isinstance(http_session, aiohttp.ClientSession):
             raise ValidationError("http_session", "http_session must be an aiohttp.ClientSession")
         self._base, self._base_query = split_base_url(base_url)
@@ -876,6 +882,7 @@ class AsyncImagesClient:
     ) -> ImageStream:
         """Open a stream and wait for its first event; retried until that event has come."""
         from ._stream import ImageStream
+        from ._transport import RawResponse
 
         policy, attempt_timeout, url, extra = self._prepare(params, options)
         body = await _encode(params)

@@ -178,6 +178,11 @@ def merge_headers(*layers: Mapping[str, str]) -> CIMultiDict[str]:
     return merged
 
 
+def without_query(url: str) -> str:
+    """The URL without its query and fragment (a download URL's query may be a signature)."""
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
 def redact_url(url: str) -> str:
     """The URL with the password of its userinfo (a proxy's credentials) masked."""
     parts = urlsplit(url)

@@ -24,7 +24,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._body import Body
-from ._config import ProxyConfig, ssl_context
+from ._config import ProxyConfig, ssl_context, without_query
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
@@ -46,7 +46,6 @@ __all__ = [
     "follow_redirect",
     "map_transport_errors",
     "transport_error",
-    "without_query",
 ]
 
 
@@ -157,11 +156,6 @@ def _trace_config() -> aiohttp.TraceConfig:
     config.on_connection_reuseconn.append(_on_reused)
     config.freeze()
     return config
-
-
-def without_query(url: str) -> str:
-    """The URL without its query and fragment (a download URL's query may be a signature)."""
-    return url.split("?", 1)[0].split("#", 1)[0]
 
 
 MAX_REDIRECTS = 10

@@ -59,7 +59,8 @@ def test_import_asyncimg_stays_light() -> None:
     code = (
         "import sys, asyncimg\n"
         "heavy = [m for m in sys.modules if m.startswith(('asyncimg._batch', 'asyncimg._sync',"
-        " 'asyncimg._redis', 'asyncimg._stream', 'asyncimg._cost', 'asyncimg.testing',"
+        " 'asyncimg._redis', 'asyncimg._stream', 'asyncimg._cost', 'asyncimg._transport',"
+        " 'aiohttp', 'asyncimg.testing',"
         " 'asyncimg.cli', 'redis', 'PIL', 'rich',"
         " 'opentelemetry', 'anyio.from_thread'))]\n"
         "print(heavy)\n"
