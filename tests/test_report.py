@@ -702,3 +702,21 @@ def test_a_corrupt_or_foreign_cache_is_rebuilt(
     else:
         assert not cache.is_symlink()
         assert opened == []  # rebuilt: the next report trusts it
+
+
+@pytest.mark.parametrize("block", [3, 4096])
+def test_json_lines_reads_blocks_and_passes_over_odd_lines_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    from asyncimg._batch import manifest
+
+    monkeypatch.setattr(manifest, "_JSON_BLOCK", block)
+
+    path = tmp_path / "m.jsonl"
+    good = [{"id": f"i{i}"} for i in range(10)]
+    lines = [json.dumps(x) for x in good]
+    lines[3:3] = ['{"id": "two"}, {"id": "on one line"}', "[1, 2]", "", "{broken", '"text"']
+    path.write_text("\n".join(lines) + '\n{"id": "torn"')
+    assert list(manifest.json_lines(path)) == good
+    path.write_text("".join(json.dumps(x) + "\n" for x in good))
+    assert list(manifest.json_lines(path)) == good
