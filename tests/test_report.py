@@ -720,3 +720,25 @@ def test_json_lines_reads_blocks_and_passes_over_odd_lines_alone(
     assert list(manifest.json_lines(path)) == good
     path.write_text("".join(json.dumps(x) + "\n" for x in good))
     assert list(manifest.json_lines(path)) == good
+
+
+def test_a_second_report_opens_no_image_and_writes_the_same_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[str]
+) -> None:
+    from asyncimg._batch import report
+
+    monkeypatch.setattr(report, "CHUNK_ITEMS", 4)
+    _long_dir(tmp_path, 10, failed_every=5)
+    _images(tmp_path)
+    line = {"id": "big", "line": 11, "prompt": "big", "status": "ok",
+            "files": ["big-0.png", "small-0.png"]}
+    with (tmp_path / MANIFEST_NAME).open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    first = write_report(tmp_path).read_text()
+    chunks = {p.name: p.read_text() for p in (tmp_path / CHUNKS_DIR).iterdir()}
+    assert len(opened) == 10  # eight 64-px images, the small one and the large one
+    assert '{"full":"big-0.png","thumb":".thumbs/big-0.webp"}' in "".join(chunks.values())
+    opened.clear()
+    assert write_report(tmp_path).read_text() == first
+    assert {p.name: p.read_text() for p in (tmp_path / CHUNKS_DIR).iterdir()} == chunks
+    assert opened == []
