@@ -1,30 +1,35 @@
-"""`asyncimg report` on a 10,000-item batch: time to write it, its size, time to open it.
+"""`asyncimg report` on a 100,000-item batch: time to write it, first and second run, its size,
+time to its first cards.
 
-A real batch makes the directory: ``run_batch`` against the in-process emulator,
-rate limiter off, 10,000 prompts at 512x512 (so every image gets a thumbnail),
-1% of them failing on purpose. Then, side by side with what a user would write
-by hand instead (one HTML file with a card and a full-size ``<img>`` per item):
+The directory is made directly (a run of the emulator at this size takes ten minutes): a
+manifest of ``--items`` lines as the runner writes them, 1 % failed, one image per done
+item, 256x256 PNGs (no thumbnail needed: what the second run must not open again) and
+every 50th 512x512 (thumbnailed), a ``runs.jsonl`` line. Then, for this checkout and,
+with ``--before DIR``, for the code in ``DIR`` (a checkout of main), alternately in each
+round, from a directory cleared of the report's files:
 
-* the time to write the page: with thumbnails made (Pillow, first run), with the
-  thumbnails already there (a rerun), without thumbnails;
-* the page's size, the thumbnails' total size against the images';
-* in headless Chromium, from ``file://``: first contentful paint, the moment the
-  first page of cards is drawn, the images in the first screen decoded, the load
-  event (median of ``--rounds`` fresh browsers).
+* ``asyncimg report DIR`` as a user runs it (a new process): the first run (thumbnails
+  made), the second (thumbnails there), and twice with ``--no-thumbnails``;
+* the size of ``index.html`` (and of the files beside it it loads later);
+* in headless Chromium from ``file://`` (a fresh browser each): first contentful paint
+  and the moment the first page of cards is drawn, for the page with thumbnails and the
+  page without.
 
-    .venv/bin/python benchmarks/report.py [--items 10000] [--rounds 3]
+    .venv/bin/python benchmarks/report.py [--items 100000] [--rounds 3] [--before DIR]
 
-Needs Pillow (the ``images`` extra) and Chromium. Nothing leaves 127.0.0.1.
+Medians of ``--rounds``. Needs Pillow (the ``images`` extra) and Chromium. Writes
+nothing outside a temporary directory (``--quick``: 300 items, one round, seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import html
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,129 +39,159 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from asyncimg import AsyncImagesClient  # noqa: E402
-from asyncimg._batch.input import open_text  # noqa: E402
-from asyncimg._batch.manifest import read_records  # noqa: E402
-from asyncimg._batch.report import REPORT_NAME, THUMBS_DIR, write_report  # noqa: E402
-from asyncimg._batch.runner import run_batch  # noqa: E402
-from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator  # noqa: E402
+from asyncimg.testing._png import make_png  # noqa: E402
 from tests.browser import Browser, find_chromium  # noqa: E402
 
-_TIMINGS = """(async () => {
-  const inView = [...document.images].filter(img => {
-    const r = img.getBoundingClientRect();
-    return r.top < innerHeight && r.bottom > 0;
-  });
-  await Promise.all(inView.map(img => img.decode().catch(() => null)));
-  const at = performance.now();
-  const paint = performance.getEntriesByName('first-contentful-paint')[0];
+# Made by the report; removed before each first run.
+_REPORT_FILES = ("index.html", ".thumbs", ".report")
+
+_TIMINGS = """new Promise(done => {
   const mark = performance.getEntriesByName('asyncimg-rendered')[0];
-  const nav = performance.getEntriesByType('navigation')[0];
-  return {fcp: paint ? paint.startTime : null, drawn: mark ? mark.startTime : null,
-          visible: at, load: nav.loadEventEnd, cards: document.querySelectorAll('.card').length};
-})()"""
+  const answer = fcp => done({fcp, drawn: mark ? mark.startTime : null,
+                             cards: document.querySelectorAll('.card').length});
+  new PerformanceObserver(list => {
+    const paint = list.getEntriesByName('first-contentful-paint')[0];
+    if (paint) answer(paint.startTime);
+  }).observe({type: 'paint', buffered: true});
+  setTimeout(() => answer(null), 5000);
+})"""
 
 
-async def make_batch(directory: Path, items: int) -> float:
-    src = directory / "prompts.txt"
-    src.write_text(
-        "".join(
-            f"prompt {i} {CONTENT_POLICY_MARKER}\n" if i % 100 == 99 else f"prompt {i}\n"
-            for i in range(items)
-        )
-    )
+def make_directory(folder: Path, items: int) -> None:
+    """A batch directory of ``items`` manifest lines and their images (see the docstring)."""
+    folder.mkdir()
+    start = 1_790_000_000.0
+    lines = []
+    for i in range(items):
+        item_id = f"{i:06d}-{i * 2654435761 % 16**8:08x}"
+        at = start + i * 0.05
+        line: dict[str, Any] = {
+            "id": item_id, "line": i + 1,
+            "prompt": f"a watercolour of lighthouse number {i} at dusk, seen from the sea",
+            "params": {"model": "dall-e-2", "size": "256x256"}, "attempts": 1,
+            "sent": [{"at": at, "images": 1}], "rate_limited": 0,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S.000+00:00", time.gmtime(at + 1)),
+        }
+        if i % 100 == 99:
+            line.update(status="failed", files=[], seconds=0.2, error={
+                "type": "ContentPolicyError", "code": "content_policy_violation",
+                "status": 400, "message": "refused by the content policy"})
+        else:
+            name = f"{item_id}-0.png"
+            side = 512 if i % 50 == 0 else 256
+            (folder / name).write_bytes(make_png(side, side, str(i % 97)))
+            line.update(status="ok", files=[name], seconds=0.4, request_id=f"req_{i:08d}",
+                        cost_usd=0.016)
+        lines.append(json.dumps(line) + "\n")
+    (folder / "manifest.jsonl").write_text("".join(lines))
+    run = {"started_at": start, "finished_at": start + items * 0.05 + 1, "route": "direct",
+           "rate": {"images": 1200, "per": 60.0, "margin": 0.6, "burst": None},
+           "params": {"model": "dall-e-2"}, "images": items - items // 100, "waited": 0.0,
+           "rate_limited": 0, "seconds": items * 0.05 + 1}
+    (folder / "runs.jsonl").write_text(json.dumps(run) + "\n")
+
+
+def clear(folder: Path) -> None:
+    for name in _REPORT_FILES:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def build(code: Path, folder: Path, *flags: str) -> float:
+    """Wall seconds of ``asyncimg report folder`` in a new process, with the code in ``code``."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
     started = time.perf_counter()
-    async with Emulator(api_key="sk-bench") as emu, AsyncImagesClient(
-        api_key="sk-bench", base_url=emu.base_url, rate_limit=None, max_concurrency=32,
-        max_retries=0,
-    ) as client:
-        await run_batch(
-            client, open_text(str(src)), "txt", directory / "out",
-            params={"model": "dall-e-2", "size": "512x512"},
-        )
+    subprocess.run([sys.executable, "-m", "asyncimg", "report", str(folder), *flags],
+                   cwd=code, env=env, check=True, capture_output=True)
     return time.perf_counter() - started
 
 
-def naive_page(directory: Path) -> Path:
-    """What a user would write instead: every card in the HTML, every image at full size."""
-    cards = []
-    for item in read_records(directory):
-        imgs = "".join(f'<img src="{html.escape(f)}" width="230">' for f in item.files)
-        error = html.escape(str((item.error or {}).get("message", "")))
-        cards.append(f"<div class=card>{imgs}<p>{html.escape(item.prompt)}</p>{error}</div>")
-    page = directory / "naive.html"
-    page.write_text("<!doctype html><meta charset=utf-8><body>" + "".join(cards))
-    return page
+def check_code(code: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    found = subprocess.run([sys.executable, "-c", "import asyncimg; print(asyncimg.__file__)"],
+                           cwd=code, env=env, check=True, capture_output=True, text=True)
+    if not Path(found.stdout.strip()).is_relative_to(code):
+        sys.exit(f"{code}: imports asyncimg from {found.stdout.strip()}")
 
 
-async def open_page(chromium: str, page: Path, rounds: int) -> dict[str, float]:
-    runs: list[dict[str, Any]] = []
-    for _ in range(rounds):
-        async with Browser(chromium) as browser:
-            await browser.open(page.as_uri())
-            runs.append(await browser.evaluate(_TIMINGS))
-    return {
-        key: statistics.median(r[key] for r in runs) if runs[0][key] is not None else float("nan")
-        for key in ("fcp", "drawn", "visible", "load", "cards")
-    }
+async def first_cards(chromium: str, page: Path) -> dict[str, float | None]:
+    async with Browser(chromium) as browser:
+        await browser.open(page.as_uri())
+        result: dict[str, float | None] = await browser.evaluate(_TIMINGS)
+        return result
 
 
-def _size(paths: list[Path]) -> float:
-    return sum(p.stat().st_size for p in paths) / 1e6
+def sizes(folder: Path) -> tuple[float, float]:
+    """``index.html`` and the chunk files beside it, in MB."""
+    side = folder / ".report"
+    later = sum(p.stat().st_size for p in side.iterdir()) if side.is_dir() else 0
+    return (folder / "index.html").stat().st_size / 1e6, later / 1e6
+
+
+async def one_round(chromium: str, code: Path, folder: Path) -> dict[str, float | None]:
+    clear(folder)
+    row: dict[str, float | None] = {}
+    row["first run (s)"] = build(code, folder)
+    row["second run (s)"] = build(code, folder)
+    row["index.html (MB)"], row["loaded later (MB)"] = sizes(folder)
+    seen = await first_cards(chromium, folder / "index.html")
+    row["first paint (ms)"], row["first cards (ms)"] = seen["fcp"], seen["drawn"]
+    row["no thumbnails, first run (s)"] = build(code, folder, "--no-thumbnails")
+    row["no thumbnails, second run (s)"] = build(code, folder, "--no-thumbnails")
+    row["no thumbnails: index.html (MB)"], _ = sizes(folder)
+    seen = await first_cards(chromium, folder / "index.html")
+    row["no thumbnails: first paint (ms)"] = seen["fcp"]
+    row["no thumbnails: first cards (ms)"] = seen["drawn"]
+    return row
+
+
+def _median(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):,.2f}" if known else "-"
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", type=Path, help="a checkout of the code to compare with")
     parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
     args = parser.parse_args()
     if args.quick:
-        args.items, args.rounds = 30, 1
+        args.items, args.rounds = 300, 1
     chromium = find_chromium()
     if chromium is None:
         sys.exit("no Chromium on PATH")
+    codes = {"after": ROOT}
+    if args.before is not None:
+        codes = {"before": args.before.resolve(), **codes}
+    for code in codes.values():
+        check_code(code)
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        made = await make_batch(base, args.items)
-        out = base / "out"
-        print(f"batch of {args.items:,} items (512x512) made in {made:.1f} s")
-
-        timings = {}
-        for label, thumbnails in (("cold", True), ("warm", True), ("none", False)):
-            started = time.perf_counter()
-            write_report(out, thumbnails=thumbnails)
-            timings[label] = time.perf_counter() - started
-        index = out / REPORT_NAME
-        thumbs = list((out / THUMBS_DIR).iterdir())
-        images = [p for p in out.iterdir() if p.suffix == ".png"]
-        write_report(out)  # the page with thumbnails, for the browser
-        naive_started = time.perf_counter()
-        naive = naive_page(out)
-        naive_time = time.perf_counter() - naive_started
-
-        ours = await open_page(chromium, index, args.rounds)
-        theirs = await open_page(chromium, naive, args.rounds)
-        rows = [
-            ("write the page, thumbnails made (s)", f"{timings['cold']:.2f}", "-"),
-            ("write the page, thumbnails reused (s)", f"{timings['warm']:.2f}", "-"),
-            ("write the page, no thumbnails (s)", f"{timings['none']:.2f}", f"{naive_time:.2f}"),
-            ("page size (MB)", f"{index.stat().st_size / 1e6:.2f}",
-             f"{naive.stat().st_size / 1e6:.2f}"),
-            ("images it shows (MB)", f"{_size(thumbs):.1f} thumbnails", f"{_size(images):.1f}"),
-            ("first contentful paint (ms)", f"{ours['fcp']:.0f}", f"{theirs['fcp']:.0f}"),
-            ("first page of cards drawn (ms)", f"{ours['drawn']:.0f}", "-"),
-            ("images of the first screen decoded (ms)", f"{ours['visible']:.0f}",
-             f"{theirs['visible']:.0f}"),
-            ("load event (ms)", f"{ours['load']:.0f}", f"{theirs['load']:.0f}"),
-            ("cards in the DOM", f"{ours['cards']:.0f}", f"{theirs['cards']:.0f}"),
-        ]
-        print(f"\n| {args.items:,} items | asyncimg report | one static card per item |")
-        print("|---|---:|---:|")
-        for name, a, b in rows:
-            print(f"| {name} | {a} | {b} |")
-        print(json.dumps({"timings": timings, "ours": ours, "naive": theirs}))
-        shutil.rmtree(out, ignore_errors=True)
+        folder = Path(tmp) / "out"
+        started = time.perf_counter()
+        make_directory(folder, args.items)
+        print(f"{args.items:,} items made in {time.perf_counter() - started:.1f} s; "
+              f"load {os.getloadavg()[0]:.2f}", flush=True)
+        rows: dict[str, list[dict[str, float | None]]] = {label: [] for label in codes}
+        for number in range(args.rounds):
+            order = list(codes.items())
+            if number % 2:
+                order.reverse()  # alternately first: neither gets the quieter minutes
+            for label, code in order:
+                rows[label].append(await one_round(chromium, code, folder))
+                print(f"round {number + 1} {label}: {json.dumps(rows[label][-1])} "
+                      f"load {os.getloadavg()[0]:.2f}", flush=True)
+    labels = list(codes)
+    print(f"\n| {args.items:,} items (median of {args.rounds}) | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for key in rows[labels[0]][0]:
+        cells = [_median([r[key] for r in rows[label]]) for label in labels]
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

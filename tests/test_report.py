@@ -14,13 +14,14 @@ from asyncimg import AsyncImagesClient
 from asyncimg._batch.input import open_text
 from asyncimg._batch.manifest import MANIFEST_NAME, RUNS_NAME, Record, read_records
 from asyncimg._batch.report import (
+    CHUNKS_DIR,
     REPORT_NAME,
-    THUMBS_DIR,
-    make_thumbnails,
+    render,
     window_peaks,
     write_report,
 )
 from asyncimg._batch.runner import run_batch
+from asyncimg._batch.thumbs import CACHE_NAME, THUMBS_DIR, make_thumbnails
 from asyncimg.testing import CONTENT_POLICY_MARKER, Emulator, Fault
 
 from .browser import Browser, find_chromium
@@ -180,7 +181,7 @@ def test_every_text_is_escaped(batch_dir: tuple[Path, int]) -> None:
 
 def test_thumbnails_are_made_only_for_large_images(batch_dir: tuple[Path, int]) -> None:
     out, _ = batch_dir
-    thumbs = sorted(p.name for p in (out / THUMBS_DIR).iterdir())
+    thumbs = sorted(p.name for p in (out / THUMBS_DIR).iterdir() if p.name != CACHE_NAME)
     larger = [i for i in read_records(out) if i.params.get("size") == "512x512"]
     assert thumbs == sorted(Path(f).stem + ".webp" for i in larger for f in i.files)
     from PIL import Image
@@ -201,7 +202,7 @@ def test_without_pillow_the_page_shows_the_images(
     monkeypatch.setitem(sys.modules, "PIL", None)
     assert make_thumbnails(tmp_path, ["big-0.png"]) is None
     page = write_report(tmp_path).read_text()
-    assert '"images":[{"full":"big-0.png","thumb":"big-0.png"}]' in page
+    assert '"images":[{"full":"big-0.png"}]' in page
     assert not (tmp_path / THUMBS_DIR).exists()
 
 
@@ -295,40 +296,87 @@ async def test_the_page_in_chromium(
         assert browser.errors == []
 
 
-async def test_a_long_report_is_paged_in_chromium(chromium: str, tmp_path: Path) -> None:
+def _long_dir(folder: Path, count: int, *, failed_every: int = 0) -> None:
+    """``count`` items with a 64-px image each (every ``failed_every``-th failed instead)."""
     from asyncimg.testing._png import make_png
 
     lines = []
-    for i in range(130):
-        name = f"item{i}-0.png"
-        (tmp_path / name).write_bytes(make_png(64, 64, seed=str(i)))
-        lines.append(json.dumps({
-            "id": f"item{i}", "line": i + 1, "prompt": f"prompt {i}", "status": "ok",
-            "files": [name], "sent": [{"at": 1000.0 + i / 10, "images": 1}], "seconds": 0.1,
-        }))
-    (tmp_path / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+    for i in range(count):
+        line: dict[str, object] = {
+            "id": f"item{i}", "line": i + 1, "prompt": f"prompt {i}", "seconds": 0.1,
+            "sent": [{"at": 1000.0 + i / 10, "images": 1}],
+        }
+        if failed_every and i % failed_every == failed_every - 1:
+            line.update(status="failed", error={"type": "BadRequestError", "message": f"no {i}"})
+        else:
+            name = f"item{i}-0.png"
+            (folder / name).write_bytes(make_png(64, 64, seed=str(i % 7)))
+            line.update(status="ok", files=[name])
+        lines.append(json.dumps(line))
+    (folder / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+
+
+_SETTLED = """new Promise(done => {
+  const pager = document.getElementById('pager');
+  const wait = () => pager.textContent.startsWith('loading') ? setTimeout(wait, 10) : done(
+    {pager: pager.textContent,
+     prompts: [...document.querySelectorAll('#gallery .prompt')].map(p => p.textContent),
+     empty: [...document.querySelectorAll('#gallery .empty')].map(p => p.textContent)});
+  wait();
+})"""
+
+
+def _search(text: str) -> str:
+    return (f"(() => {{ const box = document.getElementById('search'); box.value = {text!r};"
+            f" box.dispatchEvent(new Event('input')); }})()")
+
+
+async def test_a_long_report_is_paged_and_loaded_in_chunks_in_chromium(
+    chromium: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncimg._batch import report
+
+    monkeypatch.setattr(report, "CHUNK_ITEMS", 30)  # 130 items: the page's and four files
+    _long_dir(tmp_path, 130, failed_every=10)
     write_report(tmp_path, thumbnails=False)
+    assert len(list((tmp_path / CHUNKS_DIR).iterdir())) == 4
     async with Browser(chromium) as browser:
         await browser.open((tmp_path / REPORT_NAME).as_uri())
-        seen = set()
-        for _ in range(3):
-            page = await browser.evaluate(
-                "[...document.querySelectorAll('#gallery .prompt')].map(p => p.textContent)"
-            )
-            assert len(page) <= 60
-            seen.update(page)
+        first = await browser.evaluate(_SETTLED)
+        loaded = "Object.keys(chunks).map(Number)"  # the page script's loaded chunks
+        # Page 1's chunks and page 2's (loaded ahead), not the last one.
+        assert await browser.evaluate(loaded) == [0, 1, 2, 3]
+        seen = set(first["prompts"])
+        for _ in range(2):
             await browser.evaluate("document.querySelector('nav.pages .next').click()")
+            page = await browser.evaluate(_SETTLED)
+            assert len(page["prompts"]) <= 60
+            seen.update(page["prompts"])
         assert seen == {f"prompt {i}" for i in range(130)}
-        pager = await browser.evaluate("document.getElementById('pager').textContent")
-        assert pager == "130 of 130 items · page 3 of 3"
+        assert page["pager"] == "130 of 130 items · page 3 of 3"
+        # The filters and the search see every item, wherever its chunk.
+        await browser.evaluate("document.querySelector('[data-status=failed]').click()")
+        failed = await browser.evaluate(_SETTLED)
+        assert failed["pager"] == "13 of 130 items · page 1 of 1"
+        assert failed["prompts"] == [f"prompt {i}" for i in range(9, 130, 10)]
+        await browser.evaluate("document.querySelector('[data-status=all]').click()")
+        await browser.evaluate(_search("PROMPT 128"))
+        assert (await browser.evaluate(_SETTLED))["prompts"] == ["prompt 128"]
         assert browser.errors == []
+        # A chunk gone (a directory copied in part): the page says so, and how to mend it.
+        for chunk in (tmp_path / CHUNKS_DIR).iterdir():
+            chunk.unlink()
+        await browser.open((tmp_path / REPORT_NAME).as_uri())
+        await browser.evaluate(_search("prompt 128"))
+        gone = await browser.evaluate(_SETTLED)
+        assert gone["prompts"] == []
+        assert "run asyncimg report again" in gone["empty"][0]
 
 
 def test_a_rerun_inside_the_window_is_charted_with_the_earlier_runs_sends(
     tmp_path: Path,
 ) -> None:
     from asyncimg._batch.manifest import Run, read_runs
-    from asyncimg._batch.report import render
 
     t0 = 1_700_000_000.0
     rate = (20, 60.0)
@@ -341,7 +389,7 @@ def test_a_rerun_inside_the_window_is_charted_with_the_earlier_runs_sends(
     second = [Record(f"b{i}", 20 + i, "p", {}, "ok", sent=((t0 + 5 + i * 0.01, 1),))
               for i in range(20)]
     runs = [run(t0, t0 + 3, ((t0 + 2.0, 1), (t0 + 2.1, 1))), run(t0 + 5, t0 + 70)]
-    page = render(first + second, runs, None, tmp_path)
+    page = render(first + second, runs, None, tmp_path).html
     assert "peak 20</figcaption>" in page  # run 1
     assert "peak 40</figcaption>" in page  # run 2: what the server saw in one window
     line = json.dumps({"started_at": t0, "finished_at": t0 + 3,
@@ -454,3 +502,243 @@ async def test_images_per_minute_is_the_same_in_the_cli_summary_and_the_page(
     page = (write_report(out, thumbnails=False)).read_text()
     shown = f'<div class="v">{summary.images_per_minute:,.1f}</div><div class="k">images/min'
     assert shown in page
+
+
+# -- the gallery in chunks --------------------------------------------------------------
+
+
+def test_the_page_carries_one_chunk_and_the_others_are_files_of_its_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncimg._batch import report
+
+    monkeypatch.setattr(report, "CHUNK_ITEMS", 10)
+    _long_dir(tmp_path, 25)
+    built = render(read_records(tmp_path), [], None, tmp_path)
+    assert sorted(built.chunks) == [f"{built.build}-1.js", f"{built.build}-2.js"]
+    for attribute in ('data-total="25"', 'data-chunk="10"', 'data-chunks="3"'):
+        assert attribute in built.html
+    assert '"prompt 9"' in built.html
+    assert '"prompt 10"' not in built.html
+    second = built.chunks[f"{built.build}-2.js"]
+    assert second.startswith(f'asyncimgChunk("{built.build}",2,[{{"id":"item20"')
+    assert second.count('"id":') == 5
+    # The build is the cards' digest: the same cards, the same names.
+    assert render(read_records(tmp_path), [], None, tmp_path).build == built.build
+
+
+def test_the_chunks_of_an_earlier_report_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncimg._batch import report
+
+    monkeypatch.setattr(report, "CHUNK_ITEMS", 10)
+    _long_dir(tmp_path, 45)
+    write_report(tmp_path, thumbnails=False)
+    older = sorted(p.name for p in (tmp_path / CHUNKS_DIR).iterdir())
+    assert len(older) == 4
+    (tmp_path / CHUNKS_DIR / "notes.txt").write_text("mine")  # not a chunk: left alone
+    _long_dir(tmp_path, 22)  # a smaller batch in the same directory
+    page = write_report(tmp_path, thumbnails=False).read_text()
+    newer = sorted(p.name for p in (tmp_path / CHUNKS_DIR).iterdir() if p.suffix == ".js")
+    assert len(newer) == 2
+    assert not set(older) & set(newer)
+    build = newer[0].split("-")[0]
+    assert f'data-build="{build}"' in page
+    assert (tmp_path / CHUNKS_DIR / "notes.txt").read_text() == "mine"
+    (tmp_path / CHUNKS_DIR / "notes.txt").unlink()
+    _long_dir(tmp_path, 5)  # fits in the page: no chunk files, no folder
+    write_report(tmp_path, thumbnails=False)
+    assert not (tmp_path / CHUNKS_DIR).exists()
+
+
+def test_a_chunks_symlink_out_of_the_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncimg._batch import report
+
+    monkeypatch.setattr(report, "CHUNK_ITEMS", 10)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    _long_dir(folder, 25)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (folder / CHUNKS_DIR).symlink_to(elsewhere)
+    with pytest.raises(OSError, match="not a directory of its own"):
+        write_report(folder, thumbnails=False)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_report_of_a_large_batch_has_a_page_of_bounded_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncimg._batch import report
+
+    monkeypatch.setattr(report, "CHUNK_ITEMS", 20)
+    sizes = []
+    for count in (100, 1000):
+        folder = tmp_path / str(count)
+        folder.mkdir()
+        lines = [json.dumps({
+            "id": f"i{i}", "line": i + 1, "prompt": f"prompt {i}", "status": "ok", "files": [],
+            "sent": [{"at": 1000.0 + i, "images": 1}], "seconds": 0.5, "cost_usd": 0.02,
+            "finished_at": f"2026-01-01T10:{i // 3600 % 60:02d}:{i % 60:02d}.000+00:00",
+        }) for i in range(count)]
+        (folder / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+        sizes.append(write_report(folder, thumbnails=False).stat().st_size)
+    assert sizes[1] < sizes[0] * 1.2  # ten times the items: the charts and one chunk
+
+
+# -- the thumbnails' cache --------------------------------------------------------------
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the images Pillow opens."""
+    from PIL import Image
+
+    names: list[str] = []
+    real = Image.open
+
+    def spy(fp: object, *args: object, **kwargs: object) -> object:
+        names.append(Path(str(fp)).name)
+        return real(fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image, "open", spy)
+    return names
+
+
+def _images(folder: Path) -> None:
+    from asyncimg.testing._png import make_png
+
+    (folder / "small-0.png").write_bytes(make_png(64, 64, "small"))
+    (folder / "big-0.png").write_bytes(make_png(512, 512, "big"))
+
+
+def test_a_rerun_opens_no_image_it_has_seen(tmp_path: Path, opened: list[str]) -> None:
+    _images(tmp_path)
+    names = ["small-0.png", "big-0.png"]
+    first = make_thumbnails(tmp_path, names)
+    assert first == {"small-0.png": "small-0.png", "big-0.png": ".thumbs/big-0.webp"}
+    assert sorted(opened) == names[::-1]
+    cache = json.loads((tmp_path / THUMBS_DIR / CACHE_NAME).read_text())
+    assert cache["images"]["small-0.png"][2] is False
+    assert cache["images"]["big-0.png"][2] is True
+    opened.clear()
+    written = (tmp_path / THUMBS_DIR / CACHE_NAME).stat().st_mtime_ns
+    assert make_thumbnails(tmp_path, names) == first
+    assert opened == []
+    assert (tmp_path / THUMBS_DIR / CACHE_NAME).stat().st_mtime_ns == written  # unchanged
+
+
+def test_a_replaced_or_deleted_image_or_a_lost_thumbnail_is_seen_again(
+    tmp_path: Path, opened: list[str]
+) -> None:
+    from PIL import Image
+
+    from asyncimg.testing._png import make_png
+
+    _images(tmp_path)
+    names = ["small-0.png", "big-0.png"]
+    make_thumbnails(tmp_path, names)
+    opened.clear()
+    # The small image replaced by a large one, the large by a small one (same mtime).
+    stamp = (tmp_path / "small-0.png").stat()
+    (tmp_path / "small-0.png").write_bytes(make_png(400, 300, "now large"))
+    (tmp_path / "big-0.png").write_bytes(make_png(32, 32, "now small"))
+    os.utime(tmp_path / "small-0.png", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    shown = make_thumbnails(tmp_path, names)
+    assert shown == {"small-0.png": ".thumbs/small-0.webp", "big-0.png": "big-0.png"}
+    assert sorted(opened) == names[::-1]
+    with Image.open(tmp_path / THUMBS_DIR / "small-0.webp") as img:
+        assert img.size == (256, 192)
+    # A thumbnail deleted is made again; the others are not opened.
+    opened.clear()
+    (tmp_path / THUMBS_DIR / "small-0.webp").unlink()
+    assert make_thumbnails(tmp_path, names) == shown
+    assert opened == ["small-0.png"]
+    # An image deleted leaves the cache.
+    (tmp_path / "big-0.png").unlink()
+    opened.clear()
+    assert make_thumbnails(tmp_path, ["small-0.png"]) == {"small-0.png": ".thumbs/small-0.webp"}
+    assert opened == []
+    cache = json.loads((tmp_path / THUMBS_DIR / CACHE_NAME).read_text())
+    assert list(cache["images"]) == ["small-0.png"]
+
+
+@pytest.mark.parametrize("planted", [
+    b"{not json", b"\x00\xff" * 100, b"[]", b'{"images": {}}',
+    b'{"asyncimg_thumbs": 2, "size": 256, "suffix": ".webp", "images": {}}',
+    b'{"asyncimg_thumbs": 1, "size": 256, "suffix": ".webp", "images": '
+    b'{"big-0.png": [1, 2], "small-0.png": ["x", 1, true], "other.png": 7}}',
+    "symlink", "directory",
+])
+def test_a_corrupt_or_foreign_cache_is_rebuilt(
+    tmp_path: Path, opened: list[str], planted: bytes | str
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    _images(folder)
+    (folder / THUMBS_DIR).mkdir()
+    cache = folder / THUMBS_DIR / CACHE_NAME
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"asyncimg_thumbs": 1}')
+    if planted == "symlink":
+        cache.symlink_to(victim)
+    elif planted == "directory":
+        cache.mkdir()
+    else:
+        assert isinstance(planted, bytes)
+        cache.write_bytes(planted)
+    names = ["small-0.png", "big-0.png"]
+    expected = {"small-0.png": "small-0.png", "big-0.png": ".thumbs/big-0.webp"}
+    assert make_thumbnails(folder, names) == expected
+    assert sorted(opened) == names[::-1]  # nothing was believed
+    assert victim.read_text() == '{"asyncimg_thumbs": 1}'
+    opened.clear()
+    assert make_thumbnails(folder, names) == expected
+    if planted == "directory":
+        assert opened == ["small-0.png"]  # no cache: the thumbnail newer than its image only
+    else:
+        assert not cache.is_symlink()
+        assert opened == []  # rebuilt: the next report trusts it
+
+
+@pytest.mark.parametrize("block", [3, 4096])
+def test_json_lines_reads_blocks_and_passes_over_odd_lines_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    from asyncimg._batch import manifest
+
+    monkeypatch.setattr(manifest, "_JSON_BLOCK", block)
+
+    path = tmp_path / "m.jsonl"
+    good = [{"id": f"i{i}"} for i in range(10)]
+    lines = [json.dumps(x) for x in good]
+    lines[3:3] = ['{"id": "two"}, {"id": "on one line"}', "[1, 2]", "", "{broken", '"text"']
+    path.write_text("\n".join(lines) + '\n{"id": "torn"')
+    assert list(manifest.json_lines(path)) == good
+    path.write_text("".join(json.dumps(x) + "\n" for x in good))
+    assert list(manifest.json_lines(path)) == good
+
+
+def test_a_second_report_opens_no_image_and_writes_the_same_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[str]
+) -> None:
+    from asyncimg._batch import report
+
+    monkeypatch.setattr(report, "CHUNK_ITEMS", 4)
+    _long_dir(tmp_path, 10, failed_every=5)
+    _images(tmp_path)
+    line = {"id": "big", "line": 11, "prompt": "big", "status": "ok",
+            "files": ["big-0.png", "small-0.png"]}
+    with (tmp_path / MANIFEST_NAME).open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    first = write_report(tmp_path).read_text()
+    chunks = {p.name: p.read_text() for p in (tmp_path / CHUNKS_DIR).iterdir()}
+    assert len(opened) == 10  # eight 64-px images, the small one and the large one
+    assert '{"full":"big-0.png","thumb":".thumbs/big-0.webp"}' in "".join(chunks.values())
+    opened.clear()
+    assert write_report(tmp_path).read_text() == first
+    assert {p.name: p.read_text() for p in (tmp_path / CHUNKS_DIR).iterdir()} == chunks
+    assert opened == []

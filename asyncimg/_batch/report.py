@@ -13,14 +13,19 @@ nothing but the standard library (Pillow, when installed, makes the thumbnails):
   an earlier run's window is open shows both runs' sends, as the server counted them;
 * a spend chart beside them: what the done items cost, summed over time (USD);
 * a gallery: a card per item, failed items with their error, filters for done and
-  failed, a search over the prompts. The items travel as JSON inside the page and a
-  few lines of plain JavaScript draw one page of cards at a time, so a 10,000-item
-  report opens as fast as a 60-item one; images load lazily.
+  failed, a search over the prompts. The items travel as JSON in chunks of
+  :data:`CHUNK_ITEMS`: the first inside the page, the others in ``DIR/.report/`` as
+  scripts the page adds when it needs them (the next pages; every chunk for a filter
+  or a search), so the page, and the time to its first cards, stay the same at
+  100,000 items as at 1,000. A few lines of plain JavaScript draw one page of cards
+  at a time; images load lazily.
 
-One self-contained file plus the thumbnails in ``DIR/.thumbs/``: no network, no
-CDN, relative links only, so the page works from ``file://`` and when the
-directory is moved. Every text is escaped (``html.escape`` on the page, ``textContent``
-in the script, and ``<``, ``>``, ``&`` escaped inside the embedded JSON).
+The page, its chunks and the thumbnails in ``DIR/.thumbs/`` (:mod:`.thumbs`): no
+network, no CDN, relative links only, so the page works from ``file://`` and when the
+directory is moved. The chunks' names carry a digest of the cards (the build): a page
+loads only its own, and a report removes an earlier one's. Every text is escaped
+(``html.escape`` on the page, ``textContent`` in the script, and ``<``, ``>``, ``&``
+escaped inside the JSON).
 
 A manifest written by an older version (no ``sent``, no ``runs.jsonl``) still
 renders: the chart then places each image at its finish time minus its duration
@@ -29,33 +34,36 @@ and draws no limit line, and says so.
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import datetime
-import errno
 import functools
+import gc
+import hashlib
 import html
 import importlib.resources
-import io
 import json
 import math
 import os
-import stat
+import re
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from .._files import pixel_problem, size_problem
+import attrs
+
 from .._fs import write_atomic
 from .manifest import Record, Run, read_records, read_runs
 from .route import STATE_NAME
 from .runner import images_per_minute
+from .thumbs import check_real_directory, make_thumbnails
 
 __all__ = [
+    "CHUNKS_DIR",
+    "CHUNK_ITEMS",
     "REPORT_NAME",
-    "THUMBS_DIR",
+    "Page",
     "chart_svg",
-    "make_thumbnails",
     "render",
     "spend_svg",
     "wall_seconds",
@@ -64,91 +72,14 @@ __all__ = [
 ]
 
 REPORT_NAME: Final = "index.html"
-THUMBS_DIR: Final = ".thumbs"
-THUMB_SIZE: Final = 256
+CHUNKS_DIR: Final = ".report"
+CHUNK_ITEMS: Final = 1000
+"""Cards per chunk of the gallery's data: the first travels in the page, the others in
+``.report/`` and load when the gallery needs them."""
 PAGE_SIZE: Final = 60
 CHARTED_RUNS: Final = 5
-_BROWSER_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
-_HEADER_BYTES: Final = 256 * 1024
-"""Read to find an image's size before decoding it (a JPEG's frame header may follow
-its EXIF data)."""
-
-
-# -- thumbnails ---------------------------------------------------------------------------
-
-
-def make_thumbnails(directory: Path, names: Sequence[str]) -> dict[str, str] | None:
-    """Small copies of the images ``names`` in ``directory/.thumbs/``, made with Pillow.
-
-    Returns the relative path to show for each name: its thumbnail, or the image
-    itself when it is already small (or Pillow cannot read it, or its header says
-    it has more pixels than are decoded: :data:`~asyncimg._files.MAX_IMAGE_PIXELS`).
-    A JPEG is decoded at the smallest scale that still covers the thumbnail. A
-    thumbnail newer than its image is reused. Returns None when Pillow is not
-    installed (the ``images`` extra): the page then shows the images scaled by
-    the browser.
-
-    Raises:
-        OSError: ``directory/.thumbs`` exists and is not a directory (a symlink
-            is refused: thumbnails never go elsewhere).
-    """
-    try:
-        from PIL import Image, features
-    except ImportError:
-        return None
-    suffix = ".webp" if features.check("webp") else ".png"
-    folder = directory / THUMBS_DIR
-    _check_real_directory(folder)
-
-    def one(name: str) -> tuple[str, str]:
-        source = directory / name
-        thumb = folder / (Path(name).stem + suffix)
-        relative = f"{THUMBS_DIR}/{thumb.name}"
-        try:
-            if thumb.stat().st_mtime >= source.stat().st_mtime:
-                return name, relative
-        except OSError:
-            pass
-        try:
-            with open(source, "rb") as f:
-                if pixel_problem(f.read(_HEADER_BYTES)) is not None:
-                    return name, name
-            with Image.open(source) as img:
-                if max(img.size) <= THUMB_SIZE and img.format in _BROWSER_FORMATS:
-                    return name, name
-                if size_problem(*img.size) is not None:
-                    return name, name
-                img.thumbnail((THUMB_SIZE, THUMB_SIZE))  # draft(): JPEG at a reduced scale
-                if img.mode not in ("RGB", "RGBA"):
-                    img = img.convert("RGBA")
-                out = io.BytesIO()
-                img.save(out, format=suffix[1:].upper(), quality=80, method=0)
-            folder.mkdir(exist_ok=True)
-            _check_real_directory(folder)
-            write_atomic(thumb, out.getvalue(), sync=False)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return name, name
-        return name, relative
-
-    workers = min(4, os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return dict(pool.map(one, names))
-
-
-def _check_real_directory(folder: Path) -> None:
-    """Refuse ``folder`` when it exists as anything but a directory (a symlink included).
-
-    Raises:
-        OSError: (ENOTDIR) it is a symlink or a file.
-    """
-    try:
-        mode = os.lstat(folder).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(mode):
-        raise OSError(
-            errno.ENOTDIR, f"{folder} is not a directory of its own (a symlink?); remove it"
-        )
+_CHUNK_FILE = re.compile(r"[0-9a-f]{16}-[0-9]+\.js")
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]+")
 
 
 # -- the rate chart -------------------------------------------------------------------
@@ -283,7 +214,9 @@ def chart_svg(
 def spend_svg(
     costs: Sequence[tuple[float, float]], *, title: str, width: int = 920, height: int = 220
 ) -> str:
-    """An inline SVG: the spend in USD summed over time, from ``(epoch, cost)`` pairs. Pure."""
+    """An inline SVG: the spend in USD summed over time, from ``(epoch, cost)`` pairs.
+
+    Its size is bounded by ``width``, not by the number of pairs. Pure."""
     left, right, top, bottom = 56, 16, 30, 28
     plot_w, plot_h = width - left - right, height - top - bottom
     points = sorted(costs)
@@ -298,11 +231,12 @@ def spend_svg(
     def y(value: float) -> float:
         return top + plot_h - value / y_top * plot_h
 
-    path = [f"M{left:.1f},{y(0):.1f}"]
+    steps: dict[str, str] = {}  # a step per unit of width: the last sum there
     spent = 0.0
     for at, cost in points:
         spent += cost
-        path.append(f"H{x(at):.1f}V{y(spent):.1f}")
+        steps[f"{x(at):.0f}"] = f"{y(spent):.1f}"
+    path = [f"M{left:.1f},{y(0):.1f}", *(f"H{at}V{value}" for at, value in steps.items())]
     path.append(f"H{left + plot_w:.1f}")
     parts = [
         f'<svg class="chart spend-chart" viewBox="0 0 {width} {height}" role="img" '
@@ -349,14 +283,15 @@ def _spend(items: Sequence[Record]) -> tuple[float, int, list[tuple[float, float
 
 
 def _url(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
+    return name if _URL_SAFE.fullmatch(name) else urllib.parse.quote(name, safe="")
 
 
-def _present(directory: Path, name: str) -> bool:
-    """A plain file name (no directory part: links never leave the directory) that exists."""
-    return name == Path(name).name and name not in ("", ".", "..") and (
-        directory / name
-    ).is_file()
+def _files_in(directory: Path) -> frozenset[str]:
+    """The names of the files in ``directory`` (a symlink to a file counts, as a link on the
+    page follows it): one listing instead of a look-up per image. A name with a directory
+    part is never in it, so links never leave the directory."""
+    with os.scandir(directory) as entries:
+        return frozenset(entry.name for entry in entries if entry.is_file())
 
 
 def _when(epoch: float) -> str:
@@ -493,18 +428,23 @@ def _figure(title: str, svg: str) -> str:
             f'<div class="chart-scroll">{svg}</div></figure>')
 
 
-def _card_data(item: Record, shown: Mapping[str, str] | None, directory: Path) -> dict[str, Any]:
+def _card_data(
+    item: Record, shown: Mapping[str, str] | None, files: frozenset[str]
+) -> dict[str, Any]:
     card: dict[str, Any] = {"id": item.id, "line": item.line, "prompt": item.prompt}
     if item.params:
         card["params"] = {str(k): str(v) for k, v in item.params.items()}
     if item.ok:
         images = []
         for name in item.files:
-            if not _present(directory, name):
+            if name not in files:
                 images.append({"missing": name})
                 continue
             thumb = shown.get(name, name) if shown is not None else name
-            images.append({"full": _url(name), "thumb": "/".join(map(_url, thumb.split("/")))})
+            if thumb == name:
+                images.append({"full": _url(name)})  # shown as it is
+            else:
+                images.append({"full": _url(name), "thumb": "/".join(map(_url, thumb.split("/")))})
         card["images"] = images
     else:
         error = item.error or {}
@@ -530,16 +470,35 @@ def _script_json(value: object) -> str:
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
+@attrs.frozen
+class Page:
+    """What :func:`render` makes: ``index.html`` and the gallery's other chunks of data.
+
+    ``chunks`` maps a file name of ``.report/`` to its text: a script that hands its
+    cards to the page (``asyncimgChunk(build, number, cards)``). The names carry
+    ``build``, a digest of every card: a page loads only its own chunks, never those
+    of an earlier report.
+    """
+
+    html: str
+    build: str
+    chunks: Mapping[str, str]
+
+
 def render(
     items: Sequence[Record],
     runs: Sequence[Run],
     shown: Mapping[str, str] | None,
     directory: Path,
-) -> str:
+    *,
+    files: frozenset[str] | None = None,
+) -> Page:
     """The page: summary, charts and the gallery's data and script. Pure but for file checks.
 
     ``shown`` maps an image's file name to the relative path to display (its
-    thumbnail); None shows every image itself.
+    thumbnail); None shows every image itself. ``files`` are the names of the files in
+    ``directory`` (listed here when not given). The first :data:`CHUNK_ITEMS` cards
+    travel in the page, the others in :attr:`Page.chunks`.
     """
     name = html.escape(directory.resolve().name or str(directory))
     batch_api = all(run.route == "batch-api" for run in runs) if runs else (
@@ -567,9 +526,19 @@ def render(
     spent, _, points = _spend(items)
     if points:
         charts += spend_svg(points, title=f"spend over time: ${spent:,.2f} in all (USD)")
-    cards = [_card_data(item, shown, directory) for item in items]
+    if files is None:
+        files = _files_in(directory)
+    data = [
+        _script_json([_card_data(item, shown, files) for item in items[at:at + CHUNK_ITEMS]])
+        for at in range(0, max(len(items), 1), CHUNK_ITEMS)
+    ]
+    digest = hashlib.sha256()
+    for text in data:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\n")
+    build = digest.hexdigest()[:16]
     failed = sum(not item.ok for item in items)
-    return _template("report.html").format(
+    page = _template("report.html").format(
         title=name,
         details=details,
         tiles=tiles,
@@ -577,15 +546,26 @@ def render(
         all=len(items),
         done=len(items) - failed,
         failed=failed,
-        data=_script_json(cards),
+        data=data[0],
         page_size=PAGE_SIZE,
+        chunk=CHUNK_ITEMS,
+        chunks=len(data),
+        build=build,
         style=_template("report.css"),
         script=_template("report.js"),
     )
+    chunks = {
+        f"{build}-{number}.js": f'asyncimgChunk("{build}",{number},{text});\n'
+        for number, text in enumerate(data[1:], 1)
+    }
+    return Page(page, build, chunks)
 
 
 def write_report(directory: str | os.PathLike[str], *, thumbnails: bool = True) -> Path:
     """Write ``directory/index.html`` (and thumbnails) for a batch directory; returns its path.
+
+    The gallery's cards past the first :data:`CHUNK_ITEMS` go to ``directory/.report/``
+    (written before the page; the chunks of an earlier report are removed after it).
 
     Args:
         directory: the ``-o DIR`` of ``asyncimg batch``.
@@ -593,19 +573,59 @@ def write_report(directory: str | os.PathLike[str], *, thumbnails: bool = True) 
 
     Raises:
         InputError: ``directory`` holds no manifest.
-        OSError: the page cannot be written.
+        OSError: the page cannot be written; ``directory/.thumbs`` or
+            ``directory/.report`` is not a directory of its own (a symlink).
     """
     folder = Path(directory)
+    with _no_cycle_collection():
+        return _write_report(folder, thumbnails=thumbnails)
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Pause the cyclic garbage collector: a report of 100,000 items makes millions of
+    objects and no cycles, and the collector's passes over them took a fifth of its time."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _write_report(folder: Path, *, thumbnails: bool) -> Path:
     items = read_records(folder)
     runs = read_runs(folder)
+    files = _files_in(folder)
     shown = None
     if thumbnails:
-        names = [n for item in items if item.ok for n in item.files if _present(folder, n)]
+        names = [n for item in items if item.ok for n in item.files if n in files]
         shown = make_thumbnails(folder, names)
-    page = render(items, runs, shown, folder)
+    page = render(items, runs, shown, folder, files=files)
+    sidecar = folder / CHUNKS_DIR
+    check_real_directory(sidecar)
+    for file_name, text in page.chunks.items():
+        write_atomic(sidecar / file_name, text.encode("utf-8"), sync=False)
     target = folder / REPORT_NAME
-    write_atomic(target, page.encode("utf-8"))  # a new temporary file, never a planted one
+    write_atomic(target, page.html.encode("utf-8"))  # a new temporary file, never a planted one
+    _remove_stale_chunks(sidecar, set(page.chunks))
     return target
+
+
+def _remove_stale_chunks(sidecar: Path, keep: set[str]) -> None:
+    """Remove the chunk files of earlier reports from ``sidecar`` (and it, once empty)."""
+    try:
+        names = os.listdir(sidecar)
+    except FileNotFoundError:
+        return
+    for file_name in names:
+        if _CHUNK_FILE.fullmatch(file_name) and file_name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sidecar / file_name)
+    if not keep:
+        with contextlib.suppress(OSError):
+            sidecar.rmdir()
 
 
 @functools.cache

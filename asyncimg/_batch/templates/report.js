@@ -1,9 +1,51 @@
 "use strict";
-const ITEMS = JSON.parse(document.getElementById("items").textContent);
-const PAGE = Number(document.getElementById("gallery").dataset.pageSize);
+// The cards travel in chunks of CHUNK: the first in this page, the others in
+// .report/BUILD-K.js, each a script calling asyncimgChunk (works from file://). The
+// unfiltered gallery loads the chunks its page needs; a filter or a search loads them all.
 const grid = document.getElementById("gallery");
 const pager = document.getElementById("pager");
-let shown = ITEMS, page = 0, status = "all", query = "";
+const PAGE = Number(grid.dataset.pageSize), TOTAL = Number(grid.dataset.total);
+const CHUNK = Number(grid.dataset.chunk), CHUNKS = Number(grid.dataset.chunks);
+const BUILD = grid.dataset.build;
+const chunks = [JSON.parse(document.getElementById("items").textContent)];
+const loading = new Map();
+let shown = null, page = 0, status = "all", query = "", ticket = 0;
+window.asyncimgChunk = (build, k, items) => {
+  if (build === BUILD && Number.isInteger(k) && k > 0 && k < CHUNKS && Array.isArray(items))
+    chunks[k] = items;
+};
+function load(k) {
+  if (chunks[k]) return Promise.resolve();
+  if (!loading.has(k)) loading.set(k, new Promise((resolve, reject) => {
+    const s = document.createElement("script");
+    s.src = ".report/" + BUILD + "-" + k + ".js";
+    s.onload = s.onerror = () => {
+      s.remove();
+      loading.delete(k);
+      if (chunks[k]) resolve(); else reject(new Error(s.src));
+    };
+    document.head.append(s);
+  }));
+  return loading.get(k);
+}
+function missing(from, to) {
+  const ks = [];
+  for (let k = Math.floor(from / CHUNK); k * CHUNK < to; k++) if (!chunks[k]) ks.push(k);
+  return ks;
+}
+function loadThen(ks, then) {
+  const mine = ++ticket;
+  let got = 0;
+  pager.textContent = "loading the items\u2026";
+  Promise.all(ks.map(k => load(k).then(() => {
+    if (mine === ticket) pager.textContent = "loading the items: " + ++got + " of " + ks.length;
+  }))).then(() => { if (mine === ticket) then(); }, err => {
+    if (mine !== ticket) return;
+    grid.replaceChildren(el("div", "empty", "part of this report is missing (" + err.message +
+      "): run asyncimg report again"));
+    pager.textContent = "";
+  });
+}
 function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -22,7 +64,7 @@ function card(it) {
       if (im.missing) { imgs.append(el("div", "ph", "missing: " + im.missing)); continue; }
       const a = el("a"); a.href = im.full;
       const img = el("img"); img.loading = "lazy"; img.decoding = "async";
-      img.alt = it.prompt; img.src = im.thumb;
+      img.alt = it.prompt; img.src = im.thumb || im.full;
       a.append(img); imgs.append(a);
     }
   }
@@ -53,25 +95,45 @@ function card(it) {
   return c;
 }
 function draw() {
-  const pages = Math.max(1, Math.ceil(shown.length / PAGE));
+  const count = shown ? shown.length : TOTAL;
+  const pages = Math.max(1, Math.ceil(count / PAGE));
   page = Math.min(page, pages - 1);
-  const slice = shown.slice(page * PAGE, (page + 1) * PAGE);
+  const from = page * PAGE, to = Math.min(count, from + PAGE);
+  if (!shown) {
+    const ks = missing(from, to);
+    if (ks.length) return loadThen(ks, draw);
+  }
+  ticket++;
+  const slice = [];
+  for (let i = from; i < to; i++)
+    slice.push(shown ? shown[i] : chunks[Math.floor(i / CHUNK)][i % CHUNK]);
   grid.replaceChildren(...slice.map(card));
   if (!slice.length) grid.append(el("div", "empty", "nothing matches"));
-  pager.textContent = shown.length + " of " + ITEMS.length + " items \u00b7 page " +
+  pager.textContent = count + " of " + TOTAL + " items \u00b7 page " +
     (page + 1) + " of " + pages;
   for (const nav of document.querySelectorAll("nav.pages")) {
     nav.querySelector(".prev").disabled = page === 0;
     nav.querySelector(".next").disabled = page >= pages - 1;
   }
   document.body.dataset.rendered = String(slice.length);
+  if (!shown) for (const k of missing(to, Math.min(TOTAL, to + PAGE))) load(k).catch(() => {});
 }
 function apply() {
-  const q = query.toLowerCase();
-  shown = ITEMS.filter(it => (status === "all" || (status === "failed") === !!it.error) &&
-    (!q || (it.prompt + " " + (it.revised || "") + " " + it.id + " " +
-            (it.error ? it.error.message || "" : "")).toLowerCase().includes(q)));
   page = 0;
+  if (status === "all" && !query) {
+    shown = null;
+    return draw();
+  }
+  const ks = missing(0, TOTAL);
+  if (ks.length) return loadThen(ks, apply);
+  const q = query.toLowerCase();
+  shown = [];
+  for (const part of chunks) for (const it of part) {
+    if ((status === "all" || (status === "failed") === !!it.error) &&
+        (!q || (it.prompt + " " + (it.revised || "") + " " + it.id + " " +
+                (it.error ? it.error.message || "" : "")).toLowerCase().includes(q)))
+      shown.push(it);
+  }
   draw();
 }
 for (const btn of document.querySelectorAll("[data-status]")) {
