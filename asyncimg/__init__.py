@@ -66,8 +66,17 @@ if _typing.TYPE_CHECKING:
         batch_api_line,
         submit_batch,
     )
+    from ._cost import Budget, Estimate, PriceTable, cost_of, estimate_request, load_prices
     from ._redis import RedisLimiter
+    from ._stream import (
+        CompletedImageEvent,
+        ImageStream,
+        ImageStreamEvent,
+        PartialImageEvent,
+        UnknownEvent,
+    )
     from ._sync import ImagesClient, shared_images_client
+    from ._transport import RawResponse
 
 __all__ = [
     "APIConnectionError",
