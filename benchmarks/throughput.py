@@ -247,6 +247,7 @@ def client(caller: str, base_url: str, images: int, mixed: bool) -> None:
         import aiolimiter  # noqa: F401
         import openai  # noqa: F401
     else:
+        import asyncimg._transport  # aiohttp: imported by the first client, not at import
         import asyncimg.cli  # noqa: F401
     ns = ns_for(images, mixed)
     started = time.monotonic()
