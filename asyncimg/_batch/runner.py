@@ -31,6 +31,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -271,7 +272,7 @@ class ProgressSink:
 
 
 def _skip_done(
-    entries: Iterator[Entry], done: set[str], summary: BatchSummary, *, count: bool
+    entries: Iterator[Entry], done: AbstractSet[str], summary: BatchSummary, *, count: bool
 ) -> Iterator[Entry]:
     for entry in entries:
         if entry.id in done:
