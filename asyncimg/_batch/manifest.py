@@ -2,10 +2,13 @@
 
 ``DIR/manifest.jsonl`` holds a line per finished item (:class:`Record`), written
 durably (write, flush, fsync) after the item's images (the lines of the items
-that finished while the last fsync ran are written together, with one fsync);
+that finished while the last group was written are written together, with one fsync);
 ``DIR/runs.jsonl`` a line per run (:class:`Run`). At start the manifest is read
 and compacted: a torn last line is dropped, the latest line of an id wins, a done
-line counts only if its files exist; lines of items that will run again (failed
+line counts only if its files exist (a line of the writer's own form is read
+without decoding it whole, the files are checked with one listing of the
+directory, the done ids are kept as numbers: a million lines take seconds and
+about 50 MB); lines of items that will run again (failed
 ones, when failed items are retried) are dropped, and the manifest is rewritten
 atomically if anything was dropped. So every id has at most one line, whenever
 the process is killed. A lock file stops two runs from sharing a directory, and

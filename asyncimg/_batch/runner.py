@@ -5,7 +5,9 @@ Exactly-once results, at-least-once requests:
 * each input item has a stable id (:mod:`.input`);
 * an item's images are written atomically (temporary file, fsync, rename) as
   ``{id}-{i}.{ext}`` *before* its manifest line is appended (:mod:`.manifest`);
-  a line is the proof that the item is done, and a rerun skips done items;
+  a line is the proof that the item is done, and a rerun skips done items. The
+  items that finish while a group is being written make the next group: one
+  thread hop writes its images, then its lines (one fsync for the lines);
 * a batch stops early, sending nothing new, on a fatal error (a refused key,
   permission, an unknown model or URL, an exhausted quota), a local failure
   (a full disk), a line of input that does not decode, or a signal
