@@ -398,16 +398,32 @@ def _copy_lines(src: IO[bytes], dst: IO[bytes], kept: bytes | bytearray,
         stop = len(kept) if stop < 0 else stop
         if stop > index:
             start = ends[index - 1] if index else 0
-            src.seek(start)
-            left = ends[stop - 1] - start
-            while left > 0:
-                block = src.read(min(left, 1 << 22))
-                if not block:
-                    break
-                dst.write(block)
-                left -= len(block)
+            _copy_range(src, dst, start, ends[stop - 1] - start)
         skip = kept.find(1, stop)
         index = len(kept) if skip < 0 else skip
+
+
+def _copy_range(src: IO[bytes], dst: IO[bytes], start: int, left: int) -> None:
+    """``left`` bytes of ``src`` from ``start`` appended to ``dst``: in the kernel
+    (``os.copy_file_range``) where it can, else read and written in blocks."""
+    dst.flush()
+    copy = getattr(os, "copy_file_range", None)
+    while left > 0 and copy is not None:
+        try:
+            done = copy(src.fileno(), dst.fileno(), left, start)
+        except OSError:
+            break
+        if not done:
+            return
+        start += done
+        left -= done
+    src.seek(start)
+    while left > 0:
+        block = src.read(min(left, 1 << 22))
+        if not block:
+            return
+        dst.write(block)
+        left -= len(block)
 
 
 def _drop_superseded(keys: array.array[int], state: bytearray, odd: Mapping[int, str]) -> None:
