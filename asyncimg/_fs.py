@@ -13,10 +13,11 @@ import itertools
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["inside", "open_new", "safe_stem", "write_atomic", "write_new"]
+__all__ = ["inside", "open_new", "safe_stem", "write_atomic", "write_files", "write_new"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 _DASHES = re.compile(r"-{2,}")
@@ -38,16 +39,21 @@ def inside(folder: Path, name: str) -> Path:
         OSError: (EPERM) the path would leave ``folder``.
     """
     path = folder / name
-    plain = (
+    if not _plain(name) or path.parent.resolve() != folder.resolve():
+        raise OSError(errno.EPERM, f"refusing to write {name!r}: it would leave {folder}")
+    return path
+
+
+def _plain(name: str) -> bool:
+    """One plain file name: no separator, not ``.`` or ``..``, no NUL (its parent is the
+    folder it is joined to)."""
+    return (
         name not in ("", ".", "..")
         and "/" not in name
         and os.sep not in name
         and (os.altsep is None or os.altsep not in name)
         and "\0" not in name
     )
-    if not plain or path.parent.resolve() != folder.resolve():
-        raise OSError(errno.EPERM, f"refusing to write {name!r}: it would leave {folder}")
-    return path
 
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -100,6 +106,45 @@ def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_files(folder: Path, files: Sequence[tuple[str, bytes]], *, sync: bool = True) -> None:
+    """Write each ``(name, data)`` of ``files`` to ``folder/name``, replacing what is there.
+
+    One call for a group of files (the batch runner writes a group's images with
+    one): the folder is made and checked once; each file goes to a new temporary
+    file (``O_EXCL``, ``O_NOFOLLOW``), all are flushed to disk (``sync``), then each
+    is renamed into place, so a reader never sees a partial file, and once this
+    returns every file is on disk. On an error the temporary files are removed
+    (files already renamed stay).
+
+    Raises:
+        OSError: a file cannot be written, or a name would leave ``folder``.
+    """
+    if not files:
+        return
+    for name, _ in files:
+        if not _plain(name):
+            raise OSError(errno.EPERM, f"refusing to write {name!r}: it would leave {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(6)
+    temps: list[Path] = []
+    renamed = 0
+    try:
+        for index, (name, data) in enumerate(files):
+            temps.append(folder / f".{name}.{token}{index}.part")
+            with open_new(temps[-1]) as f:
+                f.write(data)
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        for (name, _), tmp in zip(files, temps, strict=True):
+            os.replace(tmp, folder / name)
+            renamed += 1
+    finally:
+        for tmp in temps[renamed:]:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def write_new(folder: Path, stem: str, ext: str, data: bytes, overwrite: bool = False) -> Path:

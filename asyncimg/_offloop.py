@@ -18,8 +18,8 @@ Three lanes, each for one kind of work, so that a reader finds every thread here
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final, Generic, ParamSpec, TypeVar
@@ -82,27 +82,46 @@ async def blocking(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> 
 class ThreadedIterator(Generic[T]):
     """``next(iterator)`` on one daemon thread of its own, awaited from the loop.
 
-    A daemon thread, so that a read blocked on a terminal or a pipe never keeps the
-    process alive after the run has stopped.
+    The thread reads up to ``ahead`` items before they are asked for, so that most
+    asks find one waiting and cost no hop between threads; the loop is woken only
+    when an ask is waiting. An exception of the iterator comes, in its turn, to the
+    ask that reaches it. A daemon thread, so that a read blocked on a terminal or a
+    pipe never keeps the process alive after the run has stopped.
     """
 
-    def __init__(self, iterator: Iterator[T]) -> None:
+    def __init__(self, iterator: Iterator[T], ahead: int = 64) -> None:
         self._iterator = iterator
-        self._asks: queue.SimpleQueue[asyncio.Future[T | None] | None] = queue.SimpleQueue()
+        self._ahead = max(1, ahead)
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._ready: collections.deque[tuple[T | None, BaseException | None]] = \
+            collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
         self._thread: threading.Thread | None = None
 
     def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        while (future := self._asks.get()) is not None:
+        while True:
             try:
-                entry = next(self._iterator, None)
-            except BaseException as exc:  # handed to the awaiting task
-                answer: Callable[[], None] = functools.partial(_settle, future, None, exc)
-            else:
-                answer = functools.partial(_settle, future, entry, None)
-            try:
-                loop.call_soon_threadsafe(answer)
-            except RuntimeError:  # the loop is gone
-                return
+                read: tuple[T | None, BaseException | None] = (next(self._iterator, None), None)
+            except BaseException as exc:  # handed to the ask that reaches it
+                read = (None, exc)
+            with self._lock:
+                if self._closed:
+                    return
+                self._ready.append(read)
+                if read[1] is not None:  # after an error, the end
+                    self._ready.append((None, None))
+                waiter, self._waiter = self._waiter, None
+                if waiter is not None:
+                    try:
+                        loop.call_soon_threadsafe(_wake, waiter)
+                    except RuntimeError:  # the loop is gone
+                        return
+                if read[0] is None:  # the end, or an error: nothing more to read
+                    return
+                while len(self._ready) >= self._ahead and not self._closed:
+                    self._room.wait()
 
     async def next(self) -> T | None:
         """The next item, None at the end.
@@ -116,21 +135,29 @@ class ThreadedIterator(Generic[T]):
                 target=self._serve, args=(loop,), name="asyncimg input", daemon=True
             )
             self._thread.start()
-        future: asyncio.Future[T | None] = loop.create_future()
-        self._asks.put(future)
-        return await future
+        while True:
+            with self._lock:
+                if self._ready:
+                    entry, exc = self._ready[0]
+                    if entry is not None or exc is not None:  # the end stays, for any ask
+                        self._ready.popleft()
+                        self._room.notify()
+                    break
+                waiter = self._waiter = loop.create_future()
+            await waiter
+        if exc is not None:
+            raise exc
+        return entry
 
     def close(self) -> None:
         """Let the thread end after the read in progress, if any."""
-        self._asks.put(None)
+        with self._lock:
+            self._closed = True
+            self._room.notify()
 
 
-def _settle(
-    future: asyncio.Future[T | None], entry: T | None, exc: BaseException | None
-) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(entry)
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -9,7 +10,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ import asyncimg._client
 import asyncimg._transport
 import asyncimg._validation
 from asyncimg import AsyncImagesClient
-from asyncimg._offloop import OFF_LOOP_BYTES
+from asyncimg._offloop import OFF_LOOP_BYTES, ThreadedIterator
 
 RAW = os.urandom(OFF_LOOP_BYTES)  # its base64 is 4/3 of the threshold
 
@@ -120,3 +121,30 @@ async def test_a_file_object_is_read_off_the_loop(tmp_path: Any) -> None:
     assert image.mime == "image/png"
     assert threads
     assert threading.get_ident() not in threads
+
+
+async def test_the_input_is_read_ahead_within_bounds_and_errors_come_in_turn() -> None:
+    read: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(1, 11):
+            read.append(i)
+            if i == 8:
+                raise ValueError("line 8")
+            yield i
+
+    reader = ThreadedIterator(items(), ahead=3)
+    assert await reader.next() == 1
+    for _ in range(200):  # the thread fills its buffer, then waits for room
+        if len(read) >= 4:
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.02)
+    assert len(read) == 4  # 1 taken, 3 ahead
+    assert [await reader.next() for _ in range(6)] == [2, 3, 4, 5, 6, 7]
+    with pytest.raises(ValueError, match="line 8"):
+        await reader.next()
+    assert await reader.next() is None
+    assert await reader.next() is None
+    assert read == list(range(1, 9))
+    reader.close()

@@ -2,10 +2,13 @@
 
 ``DIR/manifest.jsonl`` holds a line per finished item (:class:`Record`), written
 durably (write, flush, fsync) after the item's images (the lines of the items
-that finished while the last fsync ran are written together, with one fsync);
+that finished while the last group was written are written together, with one fsync);
 ``DIR/runs.jsonl`` a line per run (:class:`Run`). At start the manifest is read
 and compacted: a torn last line is dropped, the latest line of an id wins, a done
-line counts only if its files exist; lines of items that will run again (failed
+line counts only if its files exist (a line of the writer's own form is read
+without decoding it whole, the files are checked with one listing of the
+directory, the done ids are kept as numbers: a million lines take seconds and
+about 50 MB); lines of items that will run again (failed
 ones, when failed items are retried) are dropped, and the manifest is rewritten
 atomically if anything was dropped. So every id has at most one line, whenever
 the process is killed. A lock file stops two runs from sharing a directory, and
@@ -24,6 +27,7 @@ version, or edited by hand, reads with defaults for what is missing or odd.
 from __future__ import annotations
 
 import array
+import bisect
 import contextlib
 import datetime
 import itertools
@@ -31,7 +35,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -48,6 +52,7 @@ __all__ = [
     "MANIFEST_NAME",
     "RUNS_NAME",
     "SERVER_NAME",
+    "DoneIds",
     "Manifest",
     "Record",
     "Run",
@@ -74,6 +79,20 @@ _PART = re.compile(
 )
 _MANIFESTS = re.compile(r"^manifest(?:-[0-9]+of[0-9]+)?\.jsonl$")
 _RUNS = re.compile(r"^runs(?:-[0-9]+of[0-9]+)?\.jsonl$")
+# A line as :meth:`Record.to_json` writes it, read without json.loads (see _line_fields):
+# its id, line, prompt (any JSON string), params (an object with no object inside), then
+# the status and files. No string of JSON holds an unescaped quote, so the match can end
+# nowhere but at the line's own status and files.
+_CANONICAL = re.compile(
+    rb'\{"id": "([0-9a-f]{16}(?:-[0-9]+)?)", "line": -?[0-9]+, "prompt": "[^"\\]*(?:\\.[^"\\]*)*", '
+    rb'"params": \{[^{}]*\}, "status": "(ok|failed)", '
+    rb'"files": \[((?:"[^"\\]*")(?:, "[^"\\]*")*)?\], "error": '
+)
+_SENT_KEY = b', "sent": '
+_SENT_END = b', "rate_limited": '
+_HEX = "0123456789abcdef"
+_STAT_FIRST = 4096
+"""Files checked with one ``lstat`` each before the directory is listed once instead."""
 
 
 def _named(name: str, shard: Shard | None) -> str:
@@ -247,6 +266,188 @@ def error_fields(exc: BaseException) -> dict[str, Any]:
     }
 
 
+class DoneIds(Set[str]):
+    """The ids of done items, compact: a million take about 8 MB, not 100.
+
+    An id the batch makes (16 hex digits, :mod:`.input`) is kept as a 64-bit number in
+    a sorted array (looked up by bisection); any other id (one of the input's own,
+    a repeated prompt's ``{hash}-2``) in a set. :meth:`add` puts one more in;
+    :meth:`merge` many at once (one sort).
+    """
+
+    def __init__(self, keys: Iterable[int] = (), others: Iterable[str] = ()) -> None:
+        self._keys = _sorted_unique(keys)
+        self._added: set[int] = set()
+        self._others = set(others)
+
+    @staticmethod
+    def key(item_id: str) -> int | None:
+        """The number an id is kept as, or None for an id not of the batch's own form."""
+        return int(item_id, 16) if len(item_id) == 16 and not item_id.strip(_HEX) else None
+
+    def _has_key(self, key: int) -> bool:
+        keys = self._keys
+        at = bisect.bisect_left(keys, key)
+        return (at < len(keys) and keys[at] == key) or key in self._added
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, str):
+            return False
+        key = self.key(item)
+        return item in self._others if key is None else self._has_key(key)
+
+    def __len__(self) -> int:
+        return len(self._keys) + len(self._added) + len(self._others)
+
+    def __iter__(self) -> Iterator[str]:
+        for key in itertools.chain(self._keys, self._added):
+            yield f"{key:016x}"
+        yield from self._others
+
+    def add(self, item_id: str) -> None:
+        """Count ``item_id`` as done."""
+        key = self.key(item_id)
+        if key is None:
+            self._others.add(item_id)
+        elif not self._has_key(key):
+            self._added.add(key)
+
+    def merge(self, ids: Iterable[str]) -> None:
+        """Count all of ``ids`` as done (one sort, however many)."""
+        keys = array.array("Q")
+        for item_id in ids:
+            key = self.key(item_id)
+            if key is None:
+                self._others.add(item_id)
+            else:
+                keys.append(key)
+        if keys:
+            self._keys = _sorted_unique(itertools.chain(self._keys, self._added, keys))
+            self._added.clear()
+
+
+def _sorted_unique(keys: Iterable[int]) -> array.array[int]:
+    return array.array("Q", (key for key, _ in itertools.groupby(sorted(keys))))
+
+
+# A manifest line's state while the manifest is compacted (one byte a line), and the
+# tables that turn states into selectors for itertools.compress (1: selected).
+_UNREADABLE, _DONE, _FAILED, _DROP = 0, 1, 2, 3
+_KEPT = bytes([0, 1, 1, 0]) + bytes(252)
+_READ = bytes([0, 1, 1, 1]) + bytes(252)
+
+
+def _selector(state: bytearray, table: bytes, odd: Iterable[int]) -> bytearray:
+    """Per line, 1 where ``table`` selects its state, but 0 at the lines in ``odd``."""
+    selected = state.translate(table)
+    for index in odd:
+        selected[index] = 0
+    return selected
+
+
+def _line_fields(raw: bytes, want_sends: bool) -> tuple[str, bool, list[str], Any] | None:
+    """``(id, ok, files, sent)`` of a whole manifest line; None for an unreadable one.
+
+    A line of :meth:`Record.to_json`'s own form is read by its fixed layout (one regular
+    expression from its start to its files; the ``sent`` list, only when ``want_sends``,
+    found from the end); any other line (an older version's, one edited by hand, one
+    whose params hold an object) is decoded whole. ``sent`` is None when not wanted.
+    """
+    line = _CANONICAL.match(raw)
+    if line is not None:
+        names = line[3]
+        files = names[1:-1].decode().split('", "') if names else []
+        sent = None
+        if want_sends:
+            start = raw.rfind(_SENT_KEY) + len(_SENT_KEY)
+            end = raw.find(_SENT_END, start)
+            if start < len(_SENT_KEY) or end < 0:
+                return _decoded_fields(raw, want_sends)
+            try:
+                sent = json.loads(raw[start:end])
+            except ValueError:
+                return _decoded_fields(raw, want_sends)
+        return line[1].decode(), line[2] == b"ok", files, sent
+    return _decoded_fields(raw, want_sends)
+
+
+def _decoded_fields(raw: bytes, want_sends: bool) -> tuple[str, bool, list[str], Any] | None:
+    try:
+        record = json.loads(raw)
+        item_id = record["id"]
+        status = record.get("status")
+        files = record.get("files") or []
+        sent = record.get("sent") if want_sends else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(item_id, str):
+        return None
+    names = [name for name in files if isinstance(name, str)] \
+        if isinstance(files, list) and all(isinstance(name, str) for name in files) else []
+    return item_id, status == "ok", names, sent
+
+
+def _copy_lines(src: IO[bytes], dst: IO[bytes], kept: bytes | bytearray,
+                ends: array.array[int]) -> None:
+    """Copy the lines of ``src`` selected in ``kept`` (1 a line) to ``dst``, in blocks:
+    each run of kept lines at once, ``ends`` giving where each line ends."""
+    index = 0
+    while index < len(kept):
+        stop = kept.find(0, index)  # the first dropped line of this run
+        stop = len(kept) if stop < 0 else stop
+        if stop > index:
+            start = ends[index - 1] if index else 0
+            _copy_range(src, dst, start, ends[stop - 1] - start)
+        skip = kept.find(1, stop)
+        index = len(kept) if skip < 0 else skip
+
+
+def _copy_range(src: IO[bytes], dst: IO[bytes], start: int, left: int) -> None:
+    """``left`` bytes of ``src`` from ``start`` appended to ``dst``: in the kernel
+    (``os.copy_file_range``) where it can, else read and written in blocks."""
+    dst.flush()
+    copy = getattr(os, "copy_file_range", None)
+    while left > 0 and copy is not None:
+        try:
+            done = copy(src.fileno(), dst.fileno(), left, start)
+        except OSError:
+            break
+        if not done:
+            return
+        start += done
+        left -= done
+    src.seek(start)
+    while left > 0:
+        block = src.read(min(left, 1 << 22))
+        if not block:
+            return
+        dst.write(block)
+        left -= len(block)
+
+
+def _drop_superseded(keys: array.array[int], state: bytearray, odd: Mapping[int, str]) -> None:
+    """Mark every line of an id seen twice but its latest as dropped (the latest wins)."""
+    ordered = sorted(itertools.compress(keys, _selector(state, _READ, odd)))
+    twice = {a for a, b in itertools.pairwise(ordered) if a == b}
+    del ordered
+    if not twice and len(set(odd.values())) == len(odd):
+        return
+    seen_keys: set[int] = set()
+    seen_ids: set[str] = set()
+    for index in range(len(state) - 1, -1, -1):
+        if state[index] == _UNREADABLE:
+            continue
+        item_id = odd.get(index)
+        if item_id is not None:
+            if item_id in seen_ids:
+                state[index] = _DROP
+            seen_ids.add(item_id)
+        elif keys[index] in twice:
+            if keys[index] in seen_keys:
+                state[index] = _DROP
+            seen_keys.add(keys[index])
+
+
 @attrs.define
 class Manifest:
     """``DIR/manifest.jsonl``: read and compacted at start, then appended to, durably.
@@ -263,7 +464,7 @@ class Manifest:
     server: str | None = None
     sends_since: float | None = None
     recent_sends: list[tuple[float, int]] = attrs.field(factory=list)
-    done: set[str] = attrs.field(factory=set)
+    done: DoneIds = attrs.field(factory=DoneIds)
     failed_kept: int = 0
     dropped: int = 0
     torn: int = 0
@@ -337,12 +538,12 @@ class Manifest:
         for other in manifest_paths(self.directory):
             if other.name == self.path.name:
                 continue
-            for obj in json_lines(other):
-                item_id, files = obj.get("id"), obj.get("files")
-                if (isinstance(item_id, str) and obj.get("status") == "ok"
-                        and isinstance(files, list) and files
-                        and all(isinstance(name, str) and is_file(name) for name in files)):
-                    self.done.add(item_id)
+            with open(other, "rb") as f:
+                fields = (_line_fields(raw, want_sends=False) for raw in f
+                          if raw.endswith(b"\n"))
+                self.done.merge(
+                    item_id for item_id, ok, files, _ in filter(None, fields)
+                    if ok and files and all(is_file(name) for name in files))
 
     def _keep_sends(self, value: Any) -> None:
         since = self.sends_since
@@ -368,105 +569,66 @@ class Manifest:
             )
 
     def _compact(self) -> None:
-        # One pass keeps per line one byte (kept or not) and the hash of its id, and the
-        # set of done ids: a million-line manifest fits in about 100 MB. Ids seen twice
-        # (a retried item) are resolved by a second look at their lines only.
+        # One pass keeps per line its state (a byte) and its id's key (8 bytes, see
+        # DoneIds); the lines of an id seen twice (a retried item) are then resolved
+        # from the end (the latest line wins). A million-line manifest takes about 20 MB.
         path = self.path
         if not path.exists():
             return
-        keep_line = bytearray()
-        hashes = array.array("q")
-        done = self.done
-        others: set[str] = set()  # ids whose latest line is not kept
-        failed: set[str] = set()  # done ids whose latest line is a failure
-        twice: set[str] = set()
+        keys = array.array("Q")
+        state = bytearray()
+        ends = array.array("Q")  # per line, the offset of its end
+        odd: dict[int, str] = {}  # line -> id, for ids DoneIds keeps in a set
         is_file = _file_checker(self.directory)
+        want_sends = self.sends_since is not None
+        end = 0
         with open(path, "rb") as f:
-            for raw in f:
-                judged = self._judge_line(raw, is_file)
-                if judged is None:
-                    keep_line.append(0)
-                    hashes.append(0)
-                    continue
-                name, keep, ok = judged
-                hashes.append(hash(name))
-                if name in done or name in others:
-                    twice.add(name)
-                if keep:
-                    done.add(name)
-                    others.discard(name)
-                    if ok:
-                        failed.discard(name)
-                    else:
-                        failed.add(name)
+            for index, raw in enumerate(f):
+                end += len(raw)
+                ends.append(end)
+                if not raw.endswith(b"\n"):
+                    self.torn += 1
+                    fields = None
                 else:
-                    others.add(name)
-                    done.discard(name)
-                    failed.discard(name)
-                keep_line.append(keep)
-        if twice:
-            self._drop_superseded(keep_line, hashes, twice)
-        del hashes
-        self.failed_kept = len(failed)
-        total = len(keep_line)
-        kept = sum(keep_line)
+                    fields = _line_fields(raw, want_sends)
+                if fields is None:
+                    keys.append(0)
+                    state.append(_UNREADABLE)
+                    continue
+                item_id, ok, files, sent = fields
+                if want_sends:
+                    self._keep_sends(sent)
+                if ok:
+                    kept = _DONE if files and all(is_file(name) for name in files) else _DROP
+                else:
+                    kept = _DROP if self.retry_failed else _FAILED
+                key = DoneIds.key(item_id)
+                if key is None:
+                    odd[index] = item_id
+                    key = 0
+                keys.append(key)
+                state.append(kept)
+        _drop_superseded(keys, state, odd)
+        self.done = DoneIds(
+            itertools.compress(keys, _selector(state, _KEPT, odd)),
+            (item_id for index, item_id in odd.items() if state[index] in (_DONE, _FAILED)),
+        )
+        self.failed_kept = state.count(_FAILED)
+        total = len(state)
+        kept = total - state.count(_DROP) - state.count(_UNREADABLE)
         self.dropped = total - kept - self.torn
+        del keys
         if kept == total:
             return
         tmp = path.with_name(f".{path.name}.compact.part")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # a crashed run's (or a planted symlink: never followed)
         with open(path, "rb") as src, open_new(tmp) as dst:
-            for raw, keep_it in zip(src, keep_line, strict=True):
-                if keep_it:
-                    dst.write(raw)
+            _copy_lines(src, dst, state.translate(_KEPT), ends)
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, path)
         _fsync_dir(self.directory)
-
-    def _judge_line(
-        self, raw: bytes, is_file: Callable[[str], bool]
-    ) -> tuple[str, int, bool] | None:
-        """``(id, kept (1 or 0), ok)`` of a manifest line; None for a torn or unreadable one."""
-        if not raw.endswith(b"\n"):
-            self.torn += 1
-            return None
-        try:
-            record = json.loads(raw)
-            item_id = record["id"]
-            status = record.get("status")
-            files = record.get("files") or []
-            self._keep_sends(record.get("sent"))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
-        if not isinstance(item_id, str):
-            return None
-        if status == "ok":
-            keep = bool(files) and all(isinstance(name, str) and is_file(name) for name in files)
-        else:
-            keep = not self.retry_failed
-        return item_id, int(keep), status == "ok"
-
-    def _drop_superseded(
-        self, keep_line: bytearray, hashes: array.array[int], twice: set[str]
-    ) -> None:
-        """Unmark every line of an id in ``twice`` but its latest (the latest line wins)."""
-        wanted = {hash(name) for name in twice}
-        lines: dict[str, list[int]] = {}
-        with open(self.path, "rb") as f:
-            for index, raw in enumerate(f):
-                if hashes[index] not in wanted or not raw.endswith(b"\n"):
-                    continue
-                try:
-                    item_id = json.loads(raw).get("id")
-                except (ValueError, AttributeError):
-                    continue
-                if item_id in twice:
-                    lines.setdefault(item_id, []).append(index)
-        for indexes in lines.values():
-            for index in indexes[:-1]:
-                keep_line[index] = 0
 
     def append(self, record: Record) -> None:
         """Append one line and make it durable (write, flush, fsync).
@@ -501,22 +663,45 @@ class Manifest:
 
 
 def _file_checker(directory: Path) -> Callable[[str], bool]:
-    """``is_file(name)`` for names in ``directory``: one ``lstat`` each, no path objects.
+    """``is_file(name)`` for names in ``directory``: an ``lstat`` each for the first
+    few thousand, then one listing of the directory (``os.scandir``) for all the rest.
 
     Only a plain name (no separator, no ``..``) of a regular file counts: a path out
     of the directory, or a symlink (ours are never links), is not a done item's file.
+    The listing keeps the hash of each regular file's name (8 bytes a file).
     """
     base = os.fspath(directory)
+    checked = 0
+    listed: array.array[int] | None = None
 
     def is_file(name: str) -> bool:
+        nonlocal checked, listed
         if not name or name in (".", "..") or os.sep in name or (os.altsep or os.sep) in name:
             return False
-        try:
-            return stat.S_ISREG(os.lstat(os.path.join(base, name)).st_mode)
-        except (OSError, ValueError):
-            return False
+        if listed is None:
+            checked += 1
+            if checked <= _STAT_FIRST:
+                try:
+                    return stat.S_ISREG(os.lstat(os.path.join(base, name)).st_mode)
+                except (OSError, ValueError):
+                    return False
+            listed = _listing(base)
+        key = hash(name)
+        at = bisect.bisect_left(listed, key)
+        return at < len(listed) and listed[at] == key
 
     return is_file
+
+
+def _listing(base: str) -> array.array[int]:
+    """The sorted hashes of the names of the regular files in ``base`` (none if unreadable)."""
+    try:
+        with os.scandir(base) as entries:
+            hashes = array.array("q", (hash(entry.name) for entry in entries
+                                       if entry.is_file(follow_symlinks=False)))
+    except OSError:
+        return array.array("q")
+    return array.array("q", sorted(hashes))
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -5,7 +5,9 @@ Exactly-once results, at-least-once requests:
 * each input item has a stable id (:mod:`.input`);
 * an item's images are written atomically (temporary file, fsync, rename) as
   ``{id}-{i}.{ext}`` *before* its manifest line is appended (:mod:`.manifest`);
-  a line is the proof that the item is done, and a rerun skips done items;
+  a line is the proof that the item is done, and a rerun skips done items. The
+  items that finish while a group is being written make the next group: one
+  thread hop writes its images, then its lines (one fsync for the lines);
 * a batch stops early, sending nothing new, on a fatal error (a refused key,
   permission, an unknown model or URL, an exhausted quota), a local failure
   (a full disk), a line of input that does not decode, or a signal
@@ -31,6 +33,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +51,8 @@ from .._cost import (
     request_key,
 )
 from .._exceptions import AsyncImgError, LimiterUnavailableError, ValidationError
+from .._files import file_extension
+from .._fs import safe_stem, write_files
 from .._keywords import GENERATE_KEYWORDS
 from .._limiter import LimiterStats, RateLimit
 from .._offloop import blocking
@@ -83,7 +88,7 @@ __all__ = [
 
 # Per-call settings that generate() takes but are not request parameters.
 _GROUP = 256
-"""The most manifest lines written (and fsync-ed) together, and waiting for the writer."""
+"""The most items written together: their images, then their manifest lines (one fsync)."""
 _CALL_SETTINGS = frozenset({"timeout", "max_retries", "extra_body"})
 
 
@@ -271,7 +276,7 @@ class ProgressSink:
 
 
 def _skip_done(
-    entries: Iterator[Entry], done: set[str], summary: BatchSummary, *, count: bool
+    entries: Iterator[Entry], done: AbstractSet[str], summary: BatchSummary, *, count: bool
 ) -> Iterator[Entry]:
     for entry in entries:
         if entry.id in done:
@@ -393,10 +398,10 @@ async def run_batch(
                 count=not count_first,
             )
 
-            async def work(index: int, entry: Entry) -> Record | None:
+            async def work(index: int, entry: Entry) -> _Finished | None:
                 calls: list[CallStats] = []
 
-                def call(stats: CallStats) -> Awaitable[Record | None]:
+                def call(stats: CallStats) -> Awaitable[_Finished | None]:
                     calls.append(stats)
                     return _budgeted(
                         budget, table, entry, effective, stats, control,
@@ -416,9 +421,10 @@ async def run_batch(
                 control.pull(entries, bad_input=InputError), work,
                 concurrency=client.max_in_flight, ready=client.max_results_held,
             )
-            # Finished records go to a writer that appends what gathered while its last
-            # fsync ran, in one group (one thread hop and one fsync per group).
-            send, receive = anyio.create_memory_object_stream[Record](_GROUP)
+            # Finished items go to a writer that writes what gathered while it last wrote,
+            # in one group: the images, then the manifest lines (one thread hop per group).
+            send, receive = anyio.create_memory_object_stream[_Finished](
+                max(1, client.max_in_flight))
 
             async def writer() -> None:
                 async with receive:
@@ -429,18 +435,14 @@ async def run_batch(
                                 group.append(receive.receive_nowait())
                         if control.reason == "aborted":
                             continue
-                        try:
-                            await blocking(manifest.append_many, group)
-                        except OSError as exc:
-                            control.stop(
-                                "aborted", f"cannot write {manifest.path}: {exc}",
-                                cancel_sent=True,
-                            )
+                        failure = await blocking(_write_group, manifest, folder, group)
+                        if failure is not None:
+                            control.stop("aborted", failure[0], cancel_sent=failure[1])
                             continue
                         _observe(summary, client)
-                        for record in group:
-                            summary.count(record)
-                            sink.item(record, summary)
+                        for item in group:
+                            summary.count(item.record)
+                            sink.item(item.record, summary)
 
             async with batch, anyio.create_task_group() as tg:
 
@@ -454,9 +456,9 @@ async def run_batch(
                 async with anyio.create_task_group() as writing:
                     writing.start_soon(writer)
                     async with send:
-                        async for record in batch:
-                            if record is not None and control.reason != "aborted":
-                                await send.send(record)
+                        async for finished in batch:
+                            if finished is not None and control.reason != "aborted":
+                                await send.send(finished)
                 tg.cancel_scope.cancel()
         finally:
             stream.close()
@@ -470,6 +472,33 @@ async def run_batch(
         return summary
     finally:
         manifest.close()
+
+
+@attrs.frozen
+class _Finished:
+    """A finished item on its way to the writer: its manifest line, and the bytes of the
+    images it names (``record.files``, in order; none for a failed item)."""
+
+    record: Record
+    images: tuple[bytes, ...] = ()
+
+
+def _write_group(
+    manifest: Manifest, folder: Path, group: list[_Finished]
+) -> tuple[str, bool] | None:
+    """Write a group's images (made durable first), then its manifest lines (one fsync):
+    a line is never on disk before its images. On a failure, ``(message, cancel the
+    requests sent)``, and none of the group's lines is written."""
+    try:
+        write_files(folder, [file for item in group
+                             for file in zip(item.record.files, item.images, strict=True)])
+    except OSError as exc:
+        return f"cannot write images to {folder}: {exc}", False
+    try:
+        manifest.append_many(item.record for item in group)
+    except OSError as exc:
+        return f"cannot write {manifest.path}: {exc}", True
+    return None
 
 
 def directory_costs(directory: Path) -> tuple[float, Observed]:
@@ -494,8 +523,8 @@ async def _budgeted(
     params: Mapping[str, Any],
     stats: CallStats,
     control: BatchControl,
-    run: Callable[[], Awaitable[Record | None]],
-) -> Record | None:
+    run: Callable[[], Awaitable[_Finished | None]],
+) -> _Finished | None:
     """``run()`` the item within ``budget``: reserve its estimate first, settle after.
 
     A request never sent gives its reservation back; one sent whose cost is unknown
@@ -515,17 +544,18 @@ async def _budgeted(
     if not budget.reserve(hold):
         control.stop("budget", budget.over(hold))
         return None
-    record: Record | None = None
+    finished: _Finished | None = None
     try:
-        record = await run()
+        finished = await run()
     finally:
+        record = None if finished is None else finished.record
         budget.finish(
             hold, key, sent=bool(stats.attempts),
             refused=record is not None and not record.ok and bool((record.error or {}).get(
                 "status")),
             actual=record.cost_usd if record is not None and record.ok else None,
         )
-    return record
+    return finished
 
 
 def public_url(url: str) -> str:
@@ -592,14 +622,14 @@ async def _run_entry(
     stats: CallStats,
     control: BatchControl,
     prices: PriceTable,
-) -> Record | None:
+) -> _Finished | None:
     effective = dict(effective_params(client.model, params, entry.params))
 
-    def record(**fields: Any) -> Record:
-        return Record(
+    def record(data: tuple[bytes, ...] = (), **fields: Any) -> _Finished:
+        return _Finished(Record(
             entry.id, entry.line, entry.prompt, effective,
             sent=tuple(stats.sent), rate_limited=stats.rate_limited, **fields,
-        )
+        ), data)
 
     if entry.problem is not None:
         return record(
@@ -635,22 +665,20 @@ async def _run_entry(
                    "message": "the server answered with no images (\"data\": [])"},
             request_id=response.request_id, attempts=item.attempts, seconds=item.seconds,
         )
-    try:
-        paths = await client.save(response, folder, stem=entry.id, overwrite=True)
+    try:  # decoded here, written with the group the item's manifest line goes in
+        images = tuple([await client.download(image) for image in response.data])
     except AsyncImgError as exc:
         return record(
             status="failed", error=error_fields(exc), request_id=response.request_id,
             attempts=item.attempts, seconds=time.monotonic() - started,
         )
-    except OSError as exc:
-        # Not the item's fault: stop the run and leave the item to a rerun.
-        control.stop("aborted", f"cannot write images to {folder}: {exc}")
-        return None
+    stem = safe_stem(entry.id)
     revised = next((i.revised_prompt for i in response.data if i.revised_prompt), None)
     return record(
+        images,
         status="ok",
-        files=tuple(p.name for p in paths),
-        images=len(paths),
+        files=tuple(f"{stem}-{i}.{file_extension(data)}" for i, data in enumerate(images)),
+        images=len(images),
         request_id=response.request_id,
         revised_prompt=revised,
         attempts=item.attempts,
