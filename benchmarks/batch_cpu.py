@@ -12,13 +12,16 @@ fresh processes, alternately:
   and recorded in the manifest), and
 * a script awaiting as many ``client.generate(...)`` calls, 16 at a time
   (``rate_limit=None``, ``max_retries=0``; the images are decoded, not written),
+* the same script saving each image with ``client.save(...)`` (what a user who wants
+  the files writes instead of a batch: no manifest, no resume),
 
 each for ``--small`` and ``--large`` prompts. A process's CPU is its user + sys time
 (``resource.getrusage(RUSAGE_CHILDREN)`` around it); the marginal cost of an item is
 the difference between the large and the small run over the difference in prompts, so
 the imports and the start are left out. The ratio batch/bare is taken per round and
-the median of the rounds reported (goal: at most 1.5x). Nothing is written but the
-temporary directory; nothing talks to any address but 127.0.0.1.
+the median of the rounds reported (goal: at most 1.5x), and batch/save beside it.
+Nothing is written but the temporary directory; nothing talks to any address but
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ BARE = """
 import asyncio, sys
 import asyncimg
 
-async def main(port, count):
+async def main(port, count, out):
     async with asyncimg.AsyncImagesClient(
         api_key="sk-bench", base_url=f"http://127.0.0.1:{port}/v1", rate_limit=None,
         max_retries=0, max_concurrency=16,
@@ -57,10 +60,12 @@ async def main(port, count):
                     response_format="b64_json",
                 )
                 assert response.data[0].b64_json
+                if out:
+                    await client.save(response, out, stem=f"item-{i}")
 
         await asyncio.gather(*(one(i) for i in range(count)))
 
-asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else ""))
 """
 
 
@@ -94,9 +99,11 @@ def batch_cpu(port: int, prompts: Path, work: Path, tag: str) -> float:
     return seconds
 
 
-def bare_cpu(port: int, count: int, work: Path) -> float:
-    """CPU seconds of one process awaiting ``count`` generate calls, 16 at a time."""
-    return _cpu_of([sys.executable, "-c", BARE, str(port), str(count)], work)
+def bare_cpu(port: int, count: int, work: Path, save_to: Path | None = None) -> float:
+    """CPU seconds of one process awaiting ``count`` generate calls, 16 at a time (each
+    image saved into ``save_to``, a new directory, when given)."""
+    out = [] if save_to is None else [str(save_to)]
+    return _cpu_of([sys.executable, "-c", BARE, str(port), str(count), *out], work)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = args.large - args.small
     port = _free_port()
     server = start_server(port, None)
-    ratios, batch_ms, bare_ms = [], [], []
+    ratios, batch_ms, bare_ms, save_ms, save_ratios = [], [], [], [], []
     try:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             work = Path(tmp)
@@ -129,21 +136,28 @@ def main(argv: list[str] | None = None) -> int:
                   f"{os.getloadavg()[0]:.1f}", flush=True)
             for r in range(args.rounds):
                 cpu: dict[tuple[str, int], float] = {}
-                order = ("batch", "bare") if r % 2 == 0 else ("bare", "batch")
+                kinds = ("batch", "bare", "save")
+                order = kinds[r % 3:] + kinds[:r % 3]
                 for kind in order:
                     for count in (args.small, args.large):
                         cpu[kind, count] = (
                             batch_cpu(port, prompts[count], work, f"{r}-{count}")
-                            if kind == "batch" else bare_cpu(port, count, work))
+                            if kind == "batch" else bare_cpu(
+                                port, count, work,
+                                work / f"saved-{r}-{count}" if kind == "save" else None))
                 batch = (cpu["batch", args.large] - cpu["batch", args.small]) / extra * 1e3
                 bare = (cpu["bare", args.large] - cpu["bare", args.small]) / extra * 1e3
                 batch_ms.append(batch)
+                save = (cpu["save", args.large] - cpu["save", args.small]) / extra * 1e3
                 bare_ms.append(bare)
+                save_ms.append(save)
                 ratios.append(batch / bare if bare > 0 else float("inf"))
+                save_ratios.append(batch / save if save > 0 else float("inf"))
                 print(f"round {r + 1}: batch {batch:.2f} ms per item "
                       f"({cpu['batch', args.small]:.2f} s / {cpu['batch', args.large]:.2f} s), "
                       f"generate {bare:.2f} ms ({cpu['bare', args.small]:.2f} s / "
                       f"{cpu['bare', args.large]:.2f} s), ratio {ratios[-1]:.2f}x; "
+                      f"generate + save {save:.2f} ms, batch/save {save_ratios[-1]:.2f}x; "
                       f"load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         server.kill()
@@ -151,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     ratio = statistics.median(ratios)
     print(f"median of {args.rounds}: batch {statistics.median(batch_ms):.2f} ms per item, "
           f"generate {statistics.median(bare_ms):.2f} ms, paired ratio {ratio:.2f}x "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f}; goal <= {GOAL}x)")
+          f"(range {min(ratios):.2f}-{max(ratios):.2f}; goal <= {GOAL}x); generate + save "
+          f"{statistics.median(save_ms):.2f} ms, paired batch/save "
+          f"{statistics.median(save_ratios):.2f}x")
     return 0
 
 
