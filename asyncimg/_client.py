@@ -982,6 +982,8 @@ class AsyncImagesClient:
                         self.limiter.pause(decision.wait)
                     else:  # a download's 429 is its host's, not the image budget's
                         await asyncio.sleep(decision.wait)
+                    if decision.then:
+                        await asyncio.sleep(decision.then)
         except BaseException as exc:
             if span is not None:
                 span.failed(exc)

@@ -74,13 +74,17 @@ class Decision:
 
     ``retry`` says whether to try again; ``wait`` is the seconds to wait first;
     ``pause_all`` says the wait is a rate limit, to be shared by every caller
-    through the limiter rather than slept by this one.
+    through the limiter rather than slept by this one; ``then`` is what this caller
+    waits on its own after it (a request refused again backs off by itself, so
+    that the retries of a burst refused together spread out instead of meeting
+    the server's window in step).
     """
 
     retry: bool
     wait: float = 0.0
     pause_all: bool = False
     reason: str = ""
+    then: float = 0.0
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
@@ -152,7 +156,9 @@ def decide(
     parse is never retried: the images were made and billed, and sending again
     would pay for them twice. The wait is the server's positive
     ``retry-after-ms`` / ``Retry-After`` when given (a wait longer than
-    ``policy.max_retry_after`` is not retried), else jittered backoff.
+    ``policy.max_retry_after`` is not retried), else jittered backoff. A 429
+    with a server wait after an earlier failure adds this request's own jittered
+    backoff of the step before (``Decision.then``).
     """
     if attempt > policy.max_retries:
         return Decision(False, reason=f"no retries left after {attempt} attempts")
@@ -173,7 +179,12 @@ def decide(
                 f"{policy.max_retry_after:.0f}s cap",
             )
         wait = backoff(attempt, policy, rand) if server_wait is None else server_wait
-        return Decision(True, wait, pause_all=status == 429, reason=f"status {status}")
+        # A 429 after an earlier failure: the server's wait for everyone, then a jittered
+        # backoff of this request's own (the server's wait was computed for it alone).
+        again = status == 429 and attempt > 1 and server_wait is not None
+        then = backoff(attempt - 1, policy, rand) if again else 0.0
+        return Decision(True, wait, pause_all=status == 429, reason=f"status {status}",
+                        then=then)
     if isinstance(error, ResponseTooLargeError):
         return Decision(False, reason="the response is over the size cap")
     if isinstance(error, APIResponseValidationError):

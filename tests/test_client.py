@@ -521,3 +521,20 @@ async def test_a_refused_request_keeps_its_place_ahead_of_later_ones() -> None:
                 await later
         assert sorted(e.status for e in emu.requests("generate")) == [200, 200, 429]
     assert limiter.stats().in_use == 2  # the two sends; nothing held, nothing leaked
+
+
+async def test_a_request_refused_twice_also_backs_off_by_itself() -> None:
+    from asyncimg import Limiter, RetryPolicy
+
+    limiter = Limiter(RateLimit(images=10, per=60.0))
+    async with Emulator(api_key=TEST_KEY) as emu:
+        emu.add_fault(Fault.status(429, retry_after=0.01, times=2))
+        async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
+                                     limiter=limiter) as client:
+            client.retry_policy = RetryPolicy(initial=0.2, jitter=0.0)
+            await client.generate("p", model="dall-e-2", size="256x256")
+        times = [e.time for e in emu.requests("generate")]
+    assert [e.status for e in emu.requests("generate")] == [429, 429, 200]
+    assert times[1] - times[0] < 0.15  # the first refusal: the server's 10 ms
+    assert times[2] - times[1] >= 0.2  # refused again: 10 ms, then its own 0.2 s
+    assert limiter.stats().in_use == 1

@@ -107,6 +107,24 @@ def test_server_wait_is_honoured() -> None:
     assert decision.wait == 0.25
 
 
+def test_a_429_refused_again_adds_its_own_backoff_after_the_servers_wait() -> None:
+    """The server's wait is computed for each refused request alone: a burst refused
+    together, retried together when it ends, may be refused again; the second time
+    each request also backs off by itself, jittered, so that they spread out."""
+    policy = RetryPolicy(initial=0.4, maximum=8.0, jitter=0.5)
+    refused = status_error(429, {"retry-after-ms": "30"})
+    first = decide(refused, 1, policy, now=NOW, rand=lambda: 1.0)
+    assert (first.wait, first.pause_all, first.then) == (0.03, True, 0.0)
+    again = decide(refused, 2, policy, now=NOW, rand=lambda: 1.0)
+    assert (again.wait, again.pause_all) == (0.03, True)
+    assert again.then == pytest.approx(0.2)  # backoff(1): 0.4 less half of it at most
+    third = decide(refused, 3, policy, now=NOW, rand=lambda: 0.0)
+    assert third.then == pytest.approx(0.8)  # backoff(2), no jitter drawn
+    # Without a server wait the backoff is the wait itself, not added twice.
+    bare = decide(status_error(429), 2, policy, now=NOW, rand=lambda: 0.0)
+    assert (bare.wait, bare.then) == (pytest.approx(0.8), 0.0)
+
+
 def test_a_wait_over_the_cap_is_raised_not_slept() -> None:
     decision = decide(status_error(429, {"retry-after": "600"}), 1, POLICY, now=NOW)
     assert not decision.retry
