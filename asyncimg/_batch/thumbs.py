@@ -79,8 +79,9 @@ def make_thumbnails(directory: Path, names: Sequence[str]) -> dict[str, str] | N
     def thumb_of(name: str) -> str:
         return os.path.splitext(name)[0] + suffix
 
-    def remembered_or_none(name: str) -> tuple[_Key | None, bool] | None:
-        """What the cache (or a thumbnail newer than the image) says; None: open the image."""
+    def from_cache(name: str) -> tuple[_Key | None, bool | None]:
+        """The image's key (None: it cannot be read now) and what the cache (or a
+        thumbnail newer than the image) says of its thumbnail; None: open the image."""
         try:
             st = os.stat(os.path.join(base, name))
         except OSError:
@@ -95,15 +96,10 @@ def make_thumbnails(directory: Path, names: Sequence[str]) -> dict[str, str] | N
                     return key, True
             except OSError:
                 pass
-        return None
+        return key, None
 
-    def decide(name: str) -> tuple[_Key | None, bool]:
+    def decide(name: str, key: _Key) -> tuple[_Key | None, bool]:
         """The image's key (None: it cannot be read now) and whether it has a thumbnail."""
-        try:
-            st = os.stat(os.path.join(base, name))
-        except OSError:
-            return None, False
-        key = (st.st_size, st.st_mtime_ns)
         try:
             with open(os.path.join(base, name), "rb") as f:
                 if pixel_problem(f.read(_HEADER_BYTES)) is not None:
@@ -129,16 +125,17 @@ def make_thumbnails(directory: Path, names: Sequence[str]) -> dict[str, str] | N
 
     workers = min(4, os.cpu_count() or 1)
     decided: dict[str, tuple[_Key | None, bool]] = {}
-    opened = []
+    opened: list[tuple[str, _Key]] = []
     for name in names:
-        answer = remembered_or_none(name)
-        if answer is None:
-            opened.append(name)
+        key, thumb = from_cache(name)
+        if key is not None and thumb is None:
+            opened.append((name, key))
         else:
-            decided[name] = answer
+            decided[name] = key, bool(thumb)
     if opened:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            decided.update(zip(opened, pool.map(decide, opened), strict=True))
+            decided.update(zip((name for name, _ in opened),
+                               pool.map(lambda job: decide(*job), opened), strict=True))
     remembered = {name: (key, thumb) for name, (key, thumb) in decided.items() if key is not None}
     if remembered != known:
         folder.mkdir(exist_ok=True)
