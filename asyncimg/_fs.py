@@ -76,16 +76,21 @@ def _write_temp(folder: Path, stem: str, data: bytes, sync: bool = True) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     tmp = inside(folder, f".{stem}.{secrets.token_hex(6)}.part")
     try:
-        with open_new(tmp) as f:
-            f.write(data)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
+        _fill(tmp, data, sync)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return tmp
+
+
+def _fill(path: Path, data: bytes, sync: bool) -> None:
+    """``data`` in the new file ``path`` (:func:`open_new`), flushed to disk if ``sync``."""
+    with open_new(path) as f:
+        f.write(data)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
@@ -133,11 +138,7 @@ def write_files(folder: Path, files: Sequence[tuple[str, bytes]], *, sync: bool 
     try:
         for index, (name, data) in enumerate(files):
             temps.append(folder / f".{name}.{token}{index}.part")
-            with open_new(temps[-1]) as f:
-                f.write(data)
-                if sync:
-                    f.flush()
-                    os.fsync(f.fileno())
+            _fill(temps[-1], data, sync)
         for (name, _), tmp in zip(files, temps, strict=True):
             os.replace(tmp, folder / name)
             renamed += 1

@@ -159,5 +159,3 @@ class ThreadedIterator(Generic[T]):
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -477,6 +479,18 @@ async def test_one_limiter_shared_by_two_clients_holds_at_the_server() -> None:
     assert shared.stats().sent == 16
 
 
+@contextlib.asynccontextmanager
+async def client_with_fault(
+    limiter: Any, fault: Fault
+) -> AsyncIterator[tuple[Emulator, AsyncImagesClient]]:
+    """An emulator that answers with ``fault``, and a client on it sharing ``limiter``."""
+    async with Emulator(api_key=TEST_KEY) as emu:
+        emu.add_fault(fault)
+        async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
+                                     limiter=limiter) as client:
+            yield emu, client
+
+
 async def test_a_refused_request_gives_its_images_back_for_the_retry() -> None:
     """A 429 means the server did not count the request: its permit is not spent."""
     import asyncio
@@ -484,15 +498,12 @@ async def test_a_refused_request_gives_its_images_back_for_the_retry() -> None:
     from asyncimg import Limiter
 
     limiter = Limiter(RateLimit(images=2, per=60.0))
-    async with Emulator(api_key=TEST_KEY) as emu:
-        emu.add_fault(Fault.status(429, retry_after=0.05))
-        async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
-                                     limiter=limiter) as client:
-            await client.generate("p", model="dall-e-2", size="256x256")
-            # Without the refund the refused attempt and the retry spend both images,
-            # and this one waits the whole 60 s window.
-            await asyncio.wait_for(client.generate("q", model="dall-e-2", size="256x256"), 5)
-        assert [e.status for e in emu.requests("generate")] == [429, 200, 200]
+    async with client_with_fault(limiter, Fault.status(429, retry_after=0.05)) as (emu, client):
+        await client.generate("p", model="dall-e-2", size="256x256")
+        # Without the refund the refused attempt and the retry spend both images,
+        # and this one waits the whole 60 s window.
+        await asyncio.wait_for(client.generate("q", model="dall-e-2", size="256x256"), 5)
+    assert [e.status for e in emu.requests("generate")] == [429, 200, 200]
     assert limiter.stats().refunded == 1
 
 
@@ -503,23 +514,20 @@ async def test_a_refused_request_keeps_its_place_ahead_of_later_ones() -> None:
     from asyncimg import Limiter
 
     limiter = Limiter(RateLimit(images=2, per=60.0))
-    async with Emulator(api_key=TEST_KEY) as emu:
-        emu.add_fault(Fault.status(429, retry_after=0.05))
-        async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
-                                     limiter=limiter) as client:
-            first = [asyncio.ensure_future(client.generate(p, model="dall-e-2", size="256x256"))
-                     for p in ("a", "b")]
-            await asyncio.sleep(0)
-            later = asyncio.ensure_future(client.generate("c", model="dall-e-2", size="256x256"))
-            # Given back to the queue, the refused request's image would go to "c", and
-            # its retry would wait for the next window (60 s).
-            await asyncio.wait_for(asyncio.gather(*first), 5)
-            assert not later.done()
-            assert limiter.stats().waiting == 1
-            later.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await later
-        assert sorted(e.status for e in emu.requests("generate")) == [200, 200, 429]
+    async with client_with_fault(limiter, Fault.status(429, retry_after=0.05)) as (emu, client):
+        first = [asyncio.ensure_future(client.generate(p, model="dall-e-2", size="256x256"))
+                 for p in ("a", "b")]
+        await asyncio.sleep(0)
+        later = asyncio.ensure_future(client.generate("c", model="dall-e-2", size="256x256"))
+        # Given back to the queue, the refused request's image would go to "c", and
+        # its retry would wait for the next window (60 s).
+        await asyncio.wait_for(asyncio.gather(*first), 5)
+        assert not later.done()
+        assert limiter.stats().waiting == 1
+        later.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await later
+    assert sorted(e.status for e in emu.requests("generate")) == [200, 200, 429]
     assert limiter.stats().in_use == 2  # the two sends; nothing held, nothing leaked
 
 
@@ -527,13 +535,11 @@ async def test_a_request_refused_twice_also_backs_off_by_itself() -> None:
     from asyncimg import Limiter, RetryPolicy
 
     limiter = Limiter(RateLimit(images=10, per=60.0))
-    async with Emulator(api_key=TEST_KEY) as emu:
-        emu.add_fault(Fault.status(429, retry_after=0.01, times=2))
-        async with AsyncImagesClient(api_key=TEST_KEY, base_url=emu.base_url,
-                                     limiter=limiter) as client:
-            client.retry_policy = RetryPolicy(initial=0.2, jitter=0.0)
-            await client.generate("p", model="dall-e-2", size="256x256")
-        times = [e.time for e in emu.requests("generate")]
+    fault = Fault.status(429, retry_after=0.01, times=2)
+    async with client_with_fault(limiter, fault) as (emu, client):
+        client.retry_policy = RetryPolicy(initial=0.2, jitter=0.0)
+        await client.generate("p", model="dall-e-2", size="256x256")
+    times = [e.time for e in emu.requests("generate")]
     assert [e.status for e in emu.requests("generate")] == [429, 429, 200]
     assert times[1] - times[0] < 0.15  # the first refusal: the server's 10 ms
     assert times[2] - times[1] >= 0.2  # refused again: 10 ms, then its own 0.2 s

@@ -111,8 +111,14 @@ def manifest_path(directory: Path, shard: Shard | None = None) -> Path:
 
 def manifest_paths(directory: Path) -> list[Path]:
     """The manifests in ``directory``: ``manifest.jsonl`` and every shard's, by name."""
+    return _files_named(directory, _MANIFESTS)
+
+
+def _files_named(directory: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """The regular files of ``directory`` whose names match ``pattern``, by name (none if
+    it cannot be listed)."""
     try:
-        names = sorted(name for name in os.listdir(directory) if _MANIFESTS.match(name))
+        names = sorted(name for name in os.listdir(directory) if pattern.match(name))
     except OSError:
         return []
     return [directory / name for name in names if (directory / name).is_file()]
@@ -382,9 +388,9 @@ def _decoded_fields(raw: bytes, want_sends: bool) -> tuple[str, bool, list[str],
         return None
     if not isinstance(item_id, str):
         return None
-    names = [name for name in files if isinstance(name, str)] \
-        if isinstance(files, list) and all(isinstance(name, str) for name in files) else []
-    return item_id, status == "ok", names, sent
+    if not (isinstance(files, list) and all(isinstance(name, str) for name in files)):
+        files = []
+    return item_id, status == "ok", files, sent
 
 
 def _copy_lines(src: IO[bytes], dst: IO[bytes], kept: bytes | bytearray,
@@ -819,11 +825,7 @@ def _rank(record: Record) -> tuple[bool, float]:
 def read_runs(directory: Path) -> list[Run]:
     """The runs recorded in ``runs.jsonl`` and every shard's ``runs-KofN.jsonl``, oldest
     first (none for an older version)."""
-    try:
-        names = sorted(name for name in os.listdir(directory) if _RUNS.match(name))
-        paths = [directory / name for name in names if (directory / name).is_file()]
-    except OSError:
-        return []
+    paths = _files_named(directory, _RUNS)
     runs = (Run.from_json(obj) for path in paths for obj in json_lines(path))
     return sorted((run for run in runs if run is not None), key=lambda run: run.started_at)
 
